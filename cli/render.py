@@ -1,0 +1,104 @@
+"""Human-readable views of `reg show` and `reg diff` (the JSON views print the same data raw)."""
+
+from __future__ import annotations
+
+import json
+
+from rich.console import Console
+
+from .output import human_size, short, table
+
+
+def render_show(console: Console, info: dict) -> None:
+    v = info["version"]
+    adapter = info["adapter"]
+    here = info["aliases_here"]
+    console.print(f"[bold]{v['ref']}[/bold]" + (f"  aliases: {', '.join(here)}" if here else ""))
+    rows = [
+        ("manifest", v["manifest_digest"]),
+        ("base", f"{v['base_name']}  {short(v['base_digest'], 16)}"),
+        ("peft", f"{v['peft_type']}" + (f"  r={v['rank']}" if v["rank"] else "") + (f"  alpha={v['alpha']:g}" if v["alpha"] else "")
+         + (f"  task={v['task_type']}" if v["task_type"] else "")),
+        ("targets", ", ".join(v["target_modules"]) if v["target_modules"] else "-"),
+        ("size", f"{human_size(v['size_bytes'])} in {len(v['files'])} files"),
+        ("created", f"{v['created_at'][:19]} by {v['creator']}"),
+        ("parent", f"{v['ref'].split(':')[0]}:{v['parent']}" if v["parent"] else "-"),
+        ("message", v["message"] or "-"),
+    ]
+    for key, value in rows:
+        console.print(f"  {key:<9} {value}")
+    all_aliases = ", ".join(f"{a}->{n}" for a, n in adapter["aliases"].items()) or "none"
+    console.print(f"  adapter   {adapter['name']}: {adapter['live_versions']} live versions; aliases {all_aliases}")
+
+    files = table("PATH", "SIZE", "SHA256", title="Files")
+    for f in v["files"]:
+        files.add_row(f["path"], human_size(f["size"]), f["sha256"][:16])
+    console.print(files)
+
+    console.print("[bold]Lineage[/bold]")
+    run = info["run"]
+    if run is None:
+        console.print("  no training run recorded (pushed from a directory)")
+    else:
+        _render_run(console, run)
+
+    console.print("[bold]Evaluations[/bold]")
+    if not info["evaluations"]:
+        console.print("  none recorded")
+    for ev in info["evaluations"]:
+        base = ev.get("base_metrics") or {}
+        for key, value in ev["metrics"].items():
+            against = f"  (base {_fmt(base[key])}, delta {_fmt(value - base[key])})" if isinstance(base.get(key), (int, float)) and isinstance(value, (int, float)) else ""
+            console.print(f"  {ev['name']}/{ev['split']} {key}: {_fmt(value)}{against}")
+
+
+def _render_run(console: Console, run: dict) -> None:
+    console.print(f"  run        {run['id']} ({run['status']}, {run.get('duration_s') or 0:.0f} s)")
+    console.print(f"  config     {run.get('config_hash') or '-'}")
+    console.print(f"  base       {run.get('base_name')} {short(run.get('base_digest'), 16)}")
+    console.print(f"  seed       {run.get('seed')}")
+    for ds in run.get("datasets") or []:
+        console.print(f"  dataset    {ds.get('path')} {short(ds.get('sha256'), 16)} " + json.dumps(ds.get("counts", {})))
+    libs = run.get("libraries") or {}
+    if libs:
+        console.print("  libraries  " + ", ".join(f"{k} {v}" for k, v in libs.items()))
+    hw = run.get("hardware") or {}
+    if hw:
+        console.print("  hardware   " + ", ".join(f"{k}={v}" for k, v in hw.items()))
+    if run.get("run_dir"):
+        console.print(f"  run dir    {run['run_dir']}")
+
+
+def _fmt(value) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def render_diff(console: Console, d: dict) -> None:
+    console.print(f"[bold]{d['a']} -> {d['b']}[/bold]" + ("  (identical content)" if d["same_content"] else ""))
+    for key, (a, b) in d["fields"].items():
+        console.print(f"  {key}: {a} -> {b}")
+    if d["config"]:
+        console.print("[bold]adapter_config.json[/bold]")
+        for key, (a, b) in d["config"].items():
+            console.print(f"  {key}: {json.dumps(a)} -> {json.dumps(b)}")
+    files = d["files"]
+    for kind in ("added", "removed", "changed"):
+        if files[kind]:
+            console.print(f"  files {kind}: {', '.join(files[kind])}")
+    t = d["tensors"]
+    console.print(f"[bold]tensors[/bold] {len(t['changed'])} changed, {len(t['added'])} added, "
+                  f"{len(t['removed'])} removed, {t['unchanged']} unchanged")
+    for c in t["changed"][:50]:
+        shape = f"{c['shape'][0]} -> {c['shape'][1]}" if c["shape"][0] != c["shape"][1] else f"{c['shape'][0]}"
+        console.print(f"  ~ {c['name']} {shape}" + ("" if c["same_bytes"] else " (values differ)"))
+    if len(t["changed"]) > 50:
+        console.print(f"  ... {len(t['changed']) - 50} more (--json lists all)")
+    for name in t["added"][:20]:
+        console.print(f"  + {name}")
+    for name in t["removed"][:20]:
+        console.print(f"  - {name}")
+    if d["metrics"]:
+        console.print("[bold]metrics[/bold]")
+        for key, m in d["metrics"].items():
+            delta = f" ({m['delta']:+.4g})" if m["delta"] is not None else ""
+            console.print(f"  {key}: {_fmt(m['a'])} -> {_fmt(m['b'])}{delta}")

@@ -1,0 +1,165 @@
+"""The registry database: one SQLite file in WAL mode, changed only by numbered migrations.
+
+Reads go through the stdlib connection so that `reg ls` stays fast; the schema is
+defined with sqlite-utils (imported only when a migration has to run). Writes happen
+inside `transaction()`, which takes the write lock up front (`BEGIN IMMEDIATE`) so
+concurrent writers queue on the busy timeout instead of failing with "database is locked".
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import datetime, timezone
+from pathlib import Path
+
+BUSY_TIMEOUT_S = 60.0
+
+
+def utcnow() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
+
+
+def connect(path: Path) -> sqlite3.Connection:
+    """Open (creating if needed) the registry database and bring its schema up to date."""
+    conn = sqlite3.connect(str(path), timeout=BUSY_TIMEOUT_S, isolation_level=None, check_same_thread=False)
+    conn.row_factory = sqlite3.Row
+    conn.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}")
+    _retry_locked(lambda: conn.execute("PRAGMA journal_mode = WAL"))
+    conn.execute("PRAGMA synchronous = NORMAL")
+    conn.execute("PRAGMA foreign_keys = ON")
+    if _pending_migrations(conn):
+        migrate(conn)
+    return conn
+
+
+def _retry_locked(fn: Callable[[], object], attempts: int = 200) -> object:
+    # Switching to WAL needs an exclusive lock for an instant and does not use the busy
+    # handler; a few short retries cover several processes opening a new home at once.
+    for attempt in range(attempts):
+        try:
+            return fn()
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or attempt == attempts - 1:
+                raise
+            time.sleep(0.01 + 0.002 * attempt)
+    return None
+
+
+@contextmanager
+def transaction(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
+    """A write transaction that holds the write lock from its first statement."""
+    _retry_locked(lambda: conn.execute("BEGIN IMMEDIATE"))
+    try:
+        yield conn
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    else:
+        conn.execute("COMMIT")
+
+
+# --- migrations ---------------------------------------------------------------------------
+# Each migration is a numbered function that receives a sqlite_utils.Database. They run in
+# order, each in its own transaction, and are recorded in the `migrations` table. Never edit
+# one that has shipped; add the next number.
+
+
+def _m001_initial(db) -> None:
+    db["bases"].create(
+        {
+            "name": str, "source": str, "path": str, "hub_id": str, "weights_digest": str,
+            "architecture": str, "config_json": str, "tensors_json": str,
+            "num_parameters": int, "size_bytes": int, "created_at": str,
+        },
+        pk="name",
+    )
+    db["adapters"].create({"name": str, "next_version": int, "created_at": str}, pk="name")
+    db["runs"].create(
+        {
+            "id": str, "adapter": str, "status": str, "config_json": str, "config_hash": str,
+            "base_name": str, "base_digest": str, "datasets_json": str, "seed": int,
+            "libraries_json": str, "hardware_json": str, "metrics_json": str,
+            "started_at": str, "finished_at": str, "duration_s": float, "run_dir": str,
+        },
+        pk="id",
+    )
+    db["versions"].create(
+        {
+            "id": int, "adapter": str, "number": int, "manifest_digest": str,
+            "base_name": str, "base_digest": str, "peft_type": str, "task_type": str,
+            "rank": int, "alpha": float, "target_modules": str, "adapter_config": str,
+            "size_bytes": int, "creator": str, "message": str, "parent": int,
+            "run_id": str, "created_at": str, "deleted_at": str,
+        },
+        pk="id",
+        not_null={"adapter", "number", "manifest_digest", "created_at"},
+        foreign_keys=[("adapter", "adapters", "name"), ("run_id", "runs", "id")],
+    )
+    db["versions"].create_index(["adapter", "number"], unique=True)
+    db["versions"].create_index(["adapter", "manifest_digest"])
+    db["files"].create(
+        {"version_id": int, "path": str, "size": int, "sha256": str},
+        pk=("version_id", "path"),
+        foreign_keys=[("version_id", "versions", "id")],
+    )
+    db["files"].create_index(["sha256"])
+    db["aliases"].create(
+        {"adapter": str, "alias": str, "version": int, "updated_at": str},
+        pk=("adapter", "alias"),
+        foreign_keys=[("adapter", "adapters", "name")],
+    )
+    db["alias_events"].create(
+        {
+            "id": int, "adapter": str, "alias": str, "action": str, "old_version": int,
+            "new_version": int, "actor": str, "at": str,
+        },
+        pk="id",
+    )
+    db["alias_events"].create_index(["adapter", "id"])
+    db["evaluations"].create(
+        {
+            "id": int, "version_id": int, "run_id": str, "name": str, "split": str,
+            "metrics_json": str, "base_metrics_json": str, "created_at": str,
+        },
+        pk="id",
+        foreign_keys=[("version_id", "versions", "id"), ("run_id", "runs", "id")],
+    )
+    db["evaluations"].create_index(["version_id"])
+
+
+MIGRATIONS: list[tuple[int, str, Callable]] = [
+    (1, "initial schema", _m001_initial),
+]
+
+
+def _applied(conn: sqlite3.Connection) -> set[int]:
+    exists = conn.execute("SELECT 1 FROM sqlite_master WHERE type='table' AND name='migrations'").fetchone()
+    if not exists:
+        return set()
+    return {row[0] for row in conn.execute("SELECT id FROM migrations")}
+
+
+def _pending_migrations(conn: sqlite3.Connection) -> list[tuple[int, str, Callable]]:
+    applied = _applied(conn)
+    return [m for m in MIGRATIONS if m[0] not in applied]
+
+
+def migrate(conn: sqlite3.Connection) -> list[int]:
+    """Apply pending migrations, each in its own write transaction; return the numbers applied."""
+    import sqlite_utils
+
+    db = sqlite_utils.Database(conn, execute_plugins=False)
+    done = []
+    for number, name, apply in MIGRATIONS:
+        with transaction(conn):
+            # Checked again under the write lock: another process may have just applied it.
+            conn.execute("CREATE TABLE IF NOT EXISTS migrations (id INTEGER PRIMARY KEY, name TEXT, applied_at TEXT)")
+            if number in _applied(conn):
+                continue
+            apply(db)
+            conn.execute("INSERT INTO migrations (id, name, applied_at) VALUES (?, ?, ?)", (number, name, utcnow()))
+            done.append(number)
+    return done

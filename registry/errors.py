@@ -1,0 +1,53 @@
+"""The registry's errors. Each says what was wrong, with the value, and what to do.
+
+The CLI maps them to exit codes in one place (`cli/errors.py`); the gRPC servicer maps
+them to status codes in one place. Nothing else catches them to reword them.
+"""
+
+
+class LoradockError(Exception):
+    """Base class of every error a loradock user is meant to read."""
+
+
+class InvalidName(LoradockError):
+    """An adapter, alias or base name that does not match the naming rule."""
+
+
+class InvalidRef(LoradockError):
+    """A reference that is not `NAME`, `NAME:N` or `NAME@ALIAS`."""
+
+
+class NotFound(LoradockError):
+    """Something that was asked for by name does not exist."""
+
+
+class AdapterNotFound(NotFound):
+    pass
+
+
+class VersionNotFound(NotFound):
+    pass
+
+
+class AliasNotFound(NotFound):
+    pass
+
+
+class BaseNotFound(NotFound):
+    pass
+
+
+class InvalidAdapter(LoradockError):
+    """A directory or file that is not an adapter we can store (wrong layout, pickles, corrupt weights)."""
+
+
+class BaseMismatch(LoradockError):
+    """An adapter that does not fit the base model it is said to belong to."""
+
+
+class IntegrityError(LoradockError):
+    """Stored bytes whose sha256 no longer matches what was recorded."""
+
+
+class Conflict(LoradockError):
+    """An operation refused because of the registry's current state (an alias in use, an existing output)."""

@@ -1,0 +1,108 @@
+"""Keeping the store honest: `verify` re-hashes what versions reference, `gc` removes what none does."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+from .blobs import sha256_file
+from .records import Version
+from .store import Registry
+
+DEFAULT_GC_GRACE_S = 3600.0
+
+
+@dataclass
+class Problem:
+    ref: str
+    path: str
+    sha256: str
+    problem: str
+
+
+@dataclass
+class VerifyReport:
+    versions: int = 0
+    files: int = 0
+    bytes: int = 0
+    problems: list[Problem] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+def verify(registry: Registry, ref: str | None = None) -> VerifyReport:
+    """Re-hash every blob referenced by one version (`ref`) or by every live version."""
+    if ref is not None:
+        versions = [registry.resolve(ref)]
+    else:
+        rows = registry.conn.execute("SELECT * FROM versions WHERE deleted_at IS NULL ORDER BY adapter, number")
+        versions = [registry._with_files(Version.from_row(r)) for r in rows]
+    report = VerifyReport()
+    checked: dict[str, str | None] = {}  # digest -> problem (None when good), so shared blobs hash once
+    for version in versions:
+        report.versions += 1
+        for f in version.files:
+            report.files += 1
+            if f.sha256 not in checked:
+                checked[f.sha256] = _check_blob(registry, f.sha256, f.size)
+                report.bytes += f.size
+            if checked[f.sha256]:
+                report.problems.append(Problem(version.ref, f.path, f.sha256, checked[f.sha256]))
+    return report
+
+
+def _check_blob(registry: Registry, digest: str, size: int) -> str | None:
+    path = registry.blobs.path(digest)
+    if not path.exists():
+        return "missing from the blob store"
+    actual_size = path.stat().st_size
+    if actual_size != size:
+        return f"size {actual_size} bytes, recorded {size}"
+    actual = sha256_file(path)
+    if actual != digest:
+        return f"content hashes to {actual}"
+    return None
+
+
+@dataclass
+class GcReport:
+    removed: list[str] = field(default_factory=list)
+    removed_bytes: int = 0
+    kept_recent: int = 0
+    temp_removed: int = 0
+    dry_run: bool = False
+
+
+def gc(registry: Registry, dry_run: bool = False, grace_s: float = DEFAULT_GC_GRACE_S) -> GcReport:
+    """Remove blobs no live version references, and stale temp files.
+
+    Blobs younger than `grace_s` are kept: a push in flight has written its blobs but not
+    yet committed the version that references them.
+    """
+    live = {
+        row[0]
+        for row in registry.conn.execute(
+            "SELECT DISTINCT f.sha256 FROM files f JOIN versions v ON v.id = f.version_id WHERE v.deleted_at IS NULL"
+        )
+    }
+    report = GcReport(dry_run=dry_run)
+    cutoff = time.time() - grace_s
+    for digest, path in registry.blobs.iter_digests():
+        if digest in live:
+            continue
+        stat = path.stat()
+        if stat.st_mtime > cutoff:
+            report.kept_recent += 1
+            continue
+        report.removed.append(digest)
+        report.removed_bytes += stat.st_size
+        if not dry_run:
+            path.unlink(missing_ok=True)
+    for tmp in registry.blobs.iter_temp_files():
+        if tmp.stat().st_mtime <= cutoff:
+            report.temp_removed += 1
+            if not dry_run:
+                tmp.unlink(missing_ok=True)
+    return report

