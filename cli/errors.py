@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import click
+import sys
 
 from registry.errors import (
     BaseMismatch, Conflict, IntegrityError, InvalidAdapter, InvalidName, InvalidRef, LoradockError, NotFound,
@@ -19,12 +19,12 @@ EXIT_CODES: list[tuple[type[LoradockError], int]] = [
 ]
 
 
-class CliError(click.ClickException):
-    """A loradock error shown as one line, `error: ...`, with its exit code."""
+def exit_code_for(error: LoradockError) -> int:
+    return next(code for cls, code in EXIT_CODES if isinstance(error, cls))
 
-    def __init__(self, error: LoradockError):
-        super().__init__(str(error))
-        self.exit_code = next(code for cls, code in EXIT_CODES if isinstance(error, cls))
 
-    def show(self, file=None) -> None:
-        click.echo(f"error: {self.format_message()}", err=True)
+def report(error: LoradockError) -> int:
+    """Print `error: <message>` as one line on stderr; return the exit code for it."""
+    message = " ".join(str(error).split())
+    sys.stderr.write(f"error: {message}\n")
+    return exit_code_for(error)

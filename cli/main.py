@@ -6,12 +6,11 @@ import sys
 from pathlib import Path
 from typing import Annotated, Optional
 
-import click
 import typer
 
 from registry import LoradockError, Registry, parse_ref
 
-from .errors import CliError
+from . import errors
 from .output import console, err_console, human_size, print_json, short, table
 
 app = typer.Typer(
@@ -323,20 +322,12 @@ def main(argv: list[str] | None = None) -> int:
     """Run `reg` with `argv`; return the exit code. Loradock errors become one-line messages here."""
     command = typer.main.get_command(app)
     try:
-        rv = command.main(args=argv, prog_name="reg", standalone_mode=False)
+        command.main(args=argv, prog_name="reg", standalone_mode=True)
+    except SystemExit as exc:  # typer's own usage errors, --help and typer.Exit end here
+        return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
     except LoradockError as exc:
-        error = CliError(exc)
-        error.show()
-        return error.exit_code
-    except click.exceptions.Exit as exc:
-        return exc.exit_code
-    except click.ClickException as exc:
-        exc.show()
-        return exc.exit_code
-    except click.Abort:
-        err_console.print("aborted")
-        return 130
-    return rv if isinstance(rv, int) else 0
+        return errors.report(exc)
+    return 0
 
 
 def run() -> None:

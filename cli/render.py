@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 from rich.console import Console
 
@@ -73,6 +74,20 @@ def _fmt(value) -> str:
     return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
+def _shape_change(c: dict) -> str:
+    shape = f"{c['shape'][0]} -> {c['shape'][1]}" if c["shape"][0] != c["shape"][1] else f"{c['shape'][0]}"
+    return shape + ("" if c["same_bytes"] else " (values differ)")
+
+
+def _grouped(lines: list[str]) -> list[tuple[str, int]]:
+    """Collapse per-layer lines (`layers.0.`, `layers.1.`, ...) into one pattern with a count."""
+    counts: dict[str, int] = {}
+    for line in lines:
+        key = re.sub(r"\.\d+\.", ".N.", line.replace("base_model.model.", "", 1))
+        counts[key] = counts.get(key, 0) + 1
+    return list(counts.items())
+
+
 def render_diff(console: Console, d: dict) -> None:
     console.print(f"[bold]{d['a']} -> {d['b']}[/bold]" + ("  (identical content)" if d["same_content"] else ""))
     for key, (a, b) in d["fields"].items():
@@ -88,15 +103,10 @@ def render_diff(console: Console, d: dict) -> None:
     t = d["tensors"]
     console.print(f"[bold]tensors[/bold] {len(t['changed'])} changed, {len(t['added'])} added, "
                   f"{len(t['removed'])} removed, {t['unchanged']} unchanged")
-    for c in t["changed"][:50]:
-        shape = f"{c['shape'][0]} -> {c['shape'][1]}" if c["shape"][0] != c["shape"][1] else f"{c['shape'][0]}"
-        console.print(f"  ~ {c['name']} {shape}" + ("" if c["same_bytes"] else " (values differ)"))
-    if len(t["changed"]) > 50:
-        console.print(f"  ... {len(t['changed']) - 50} more (--json lists all)")
-    for name in t["added"][:20]:
-        console.print(f"  + {name}")
-    for name in t["removed"][:20]:
-        console.print(f"  - {name}")
+    for pattern, count in _grouped([f"~ {c['name']} {_shape_change(c)}" for c in t["changed"]]):
+        console.print(f"  {pattern}" + (f"  x{count}" if count > 1 else ""))
+    for pattern, count in _grouped([f"+ {n}" for n in t["added"]] + [f"- {n}" for n in t["removed"]]):
+        console.print(f"  {pattern}" + (f"  x{count}" if count > 1 else ""))
     if d["metrics"]:
         console.print("[bold]metrics[/bold]")
         for key, m in d["metrics"].items():
