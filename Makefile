@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.loradock-installed
 
-.PHONY: setup demo test test-fast bench proto clean
+.PHONY: setup demo test test-fast bench clean
 
 setup: $(STAMP)
 

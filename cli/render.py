@@ -29,7 +29,9 @@ def render_show(console: Console, info: dict) -> None:
     for key, value in rows:
         console.print(f"  {key:<9} {value}")
     all_aliases = ", ".join(f"{a}->{n}" for a, n in adapter["aliases"].items()) or "none"
-    console.print(f"  adapter   {adapter['name']}: {adapter['live_versions']} live versions; aliases {all_aliases}")
+    recent = ", ".join(str(n) for n in adapter["recent_versions"])
+    more = ", ..." if adapter["live_versions"] > len(adapter["recent_versions"]) else ""
+    console.print(f"  adapter   {adapter['name']}: {adapter['live_versions']} live versions ({recent}{more}); aliases {all_aliases}")
 
     files = table("PATH", "SIZE", "SHA256", title="Files")
     for f in v["files"]:

@@ -325,6 +325,37 @@ class Registry:
             out[key.removesuffix("_json")] = json.loads(out.pop(key) or "null")
         return out
 
+    def record_run(
+        self, run_id: str, adapter: str, config: dict, config_hash: str, base: Base, datasets: list[dict], seed: int,
+        libraries: dict, hardware: dict, metrics: dict, started_at: str, finished_at: str, duration_s: float,
+        run_dir: str | None, status: str = "succeeded",
+    ) -> None:
+        """Record a training run (its resolved config, data, base, environment and metric curves)."""
+        validate_name(adapter)
+        with dbmod.transaction(self.conn) as conn:
+            conn.execute(
+                "INSERT INTO runs (id, adapter, status, config_json, config_hash, base_name, base_digest, datasets_json,"
+                " seed, libraries_json, hardware_json, metrics_json, started_at, finished_at, duration_s, run_dir)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    run_id, adapter, status, json.dumps(config, sort_keys=True), config_hash, base.name, base.weights_digest,
+                    json.dumps(datasets), seed, json.dumps(libraries), json.dumps(hardware), json.dumps(metrics),
+                    started_at, finished_at, duration_s, run_dir,
+                ),
+            )
+
+    def record_evaluation(
+        self, version: Version, name: str, split: str, metrics: dict, base_metrics: dict | None = None,
+        run_id: str | None = None,
+    ) -> None:
+        """Attach evaluation results (and the base model's, for comparison) to a version."""
+        with dbmod.transaction(self.conn) as conn:
+            conn.execute(
+                "INSERT INTO evaluations (version_id, run_id, name, split, metrics_json, base_metrics_json, created_at)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (version.id, run_id, name, split, json.dumps(metrics), json.dumps(base_metrics), dbmod.utcnow()),
+            )
+
     def evaluations(self, version_id: int) -> list[dict]:
         rows = self.conn.execute("SELECT * FROM evaluations WHERE version_id=? ORDER BY id", (version_id,))
         out = []
@@ -344,6 +375,7 @@ class Registry:
             "adapter": {
                 "name": version.adapter,
                 "live_versions": self.count_versions(version.adapter),
+                "recent_versions": [v.number for v in self.list_versions(version.adapter, limit=10)],
                 "aliases": aliases,
             },
             "aliases_here": sorted(a for a, n in aliases.items() if n == version.number),
