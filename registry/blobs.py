@@ -62,13 +62,14 @@ class BlobStore:
                 os.fsync(fout.fileno())
             digest = h.hexdigest()
             final = self.path(digest)
-            if final.exists():
-                tmp_path.unlink()
-            else:
+            # Replace even when the blob exists: that repairs a corrupt copy, and the fresh mtime
+            # keeps gc's grace period protecting the blob until this push commits.
+            if not final.parent.exists():
                 final.parent.mkdir(exist_ok=True)
-                os.chmod(tmp_path, 0o444)
-                os.replace(tmp_path, final)
-                _fsync_dir(final.parent)
+                _fsync_dir(self.objects)
+            os.chmod(tmp_path, 0o444)
+            os.replace(tmp_path, final)
+            _fsync_dir(final.parent)
             return digest, size
         except BaseException:
             tmp_path.unlink(missing_ok=True)

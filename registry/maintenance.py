@@ -6,6 +6,7 @@ import time
 from dataclasses import dataclass, field
 
 from .blobs import sha256_file
+from .db import transaction
 from .records import Version
 from .store import Registry
 
@@ -81,25 +82,31 @@ def gc(registry: Registry, dry_run: bool = False, grace_s: float = DEFAULT_GC_GR
     Blobs younger than `grace_s` are kept: a push in flight has written its blobs but not
     yet committed the version that references them.
     """
-    live = {
-        row[0]
-        for row in registry.conn.execute(
-            "SELECT DISTINCT f.sha256 FROM files f JOIN versions v ON v.id = f.version_id WHERE v.deleted_at IS NULL"
-        )
-    }
     report = GcReport(dry_run=dry_run)
-    cutoff = time.time() - grace_s
-    for digest, path in registry.blobs.iter_digests():
-        if digest in live:
-            continue
-        stat = path.stat()
-        if stat.st_mtime > cutoff:
-            report.kept_recent += 1
-            continue
-        report.removed.append(digest)
-        report.removed_bytes += stat.st_size
-        if not dry_run:
-            path.unlink(missing_ok=True)
+    # Under the write lock no push can commit between deciding a blob is unused and removing it;
+    # a push that ingested it meanwhile finds it missing at commit time and fails cleanly.
+    with transaction(registry.conn) as conn:
+        live = {
+            row[0]
+            for row in conn.execute(
+                "SELECT DISTINCT f.sha256 FROM files f JOIN versions v ON v.id = f.version_id WHERE v.deleted_at IS NULL"
+            )
+        }
+        cutoff = time.time() - grace_s
+        for digest, path in registry.blobs.iter_digests():
+            if digest in live:
+                continue
+            try:
+                stat = path.stat()
+            except FileNotFoundError:
+                continue
+            if stat.st_mtime > cutoff:
+                report.kept_recent += 1
+                continue
+            report.removed.append(digest)
+            report.removed_bytes += stat.st_size
+            if not dry_run:
+                path.unlink(missing_ok=True)
     for tmp in registry.blobs.iter_temp_files():
         if tmp.stat().st_mtime <= cutoff:
             report.temp_removed += 1

@@ -20,7 +20,7 @@ from .adapters import AdapterInfo, check_fits_base, inspect_adapter_dir
 from .bases import DEFAULT_BASE, DEFAULT_BASE_HUB_ID, Base, convert_gguf_to_hf, default_base_source, describe_base_dir, resolve_hub_id
 from .blobs import BlobStore
 from .errors import (
-    AdapterNotFound, AliasNotFound, BaseMismatch, BaseNotFound, Conflict, InvalidRef, VersionNotFound,
+    AdapterNotFound, AliasNotFound, BaseMismatch, BaseNotFound, Conflict, IntegrityError, InvalidRef, VersionNotFound,
 )
 from .names import Ref, parse_ref, validate_name
 from .records import AdapterSummary, AliasEvent, FileRecord, PushResult, Version
@@ -146,6 +146,9 @@ class Registry:
                     if alias is not None:
                         self._set_alias_in(conn, name, alias, existing.number, actor)
                     return PushResult(self._with_files(existing), created=False, warnings=info.warnings)
+            missing = [f.path for f in files if not self.blobs.has(f.sha256)]
+            if missing:  # only a gc racing this push can do that; nothing is recorded, so a retry is safe
+                raise IntegrityError(f"blobs of {', '.join(missing)} vanished before the version was recorded; push again")
             number = conn.execute("SELECT next_version FROM adapters WHERE name=?", (name,)).fetchone()[0]
             parent = conn.execute(
                 "SELECT MAX(number) FROM versions WHERE adapter=? AND deleted_at IS NULL", (name,)
@@ -205,9 +208,13 @@ class Registry:
         except BaseException:
             shutil.rmtree(partial, ignore_errors=True)
             raise
-        if out.exists():
-            shutil.rmtree(out) if out.is_dir() else out.unlink()
-        partial.rename(out)
+        if out.exists():  # --force: swap, so a crash here never loses both the old and the new directory
+            aside = out.with_name(f".{out.name}.old-{os.getpid()}")
+            out.rename(aside)
+            partial.rename(out)
+            shutil.rmtree(aside) if aside.is_dir() else aside.unlink()
+        else:
+            partial.rename(out)
         return version, out
 
     # --- listing -------------------------------------------------------------------------

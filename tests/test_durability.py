@@ -11,7 +11,6 @@ import hashlib
 import json
 import os
 import random
-import shutil
 import signal
 import sqlite3
 import subprocess
@@ -235,7 +234,8 @@ def _check_invariants(home: Path, expected_paths: set[str], known: dict[str, dic
         for r in rows:
             files = reg.conn.execute("SELECT path, size, sha256 FROM files WHERE version_id=?", (r["id"],)).fetchall()
             assert files, f"big:{r['number']} is visible with no files"
-            assert {f["path"] for f in files} == expected_paths, f"big:{r['number']} is half-written: {[f['path'] for f in files]}"
+            paths = {f["path"] for f in files}
+            assert paths == expected_paths, f"big:{r['number']} is half-written: {sorted(paths)}"
             assert r["size_bytes"] == sum(f["size"] for f in files)
             recorded = {f["path"]: f["sha256"] for f in files}
             assert recorded in known.values(), f"big:{r['number']} holds content no push sent"
@@ -382,7 +382,8 @@ def test_a_flipped_byte_is_reported_by_verify_and_pull_and_pull_writes_nothing(r
     blob = registry.blobs.path(weights.sha256)
     before = blob.read_bytes()
     _flip_byte(blob, len(before) // 2)
-    assert blob.stat().st_size == len(before) and blob.read_bytes() != before
+    corrupted = blob.read_bytes()
+    assert len(corrupted) == len(before) and corrupted != before
 
     report = verify(registry)
     assert not report.ok
@@ -415,6 +416,49 @@ def test_a_flipped_byte_is_reported_by_verify_and_pull_and_pull_writes_nothing(r
     assert not out.exists()
     assert list(out.parent.iterdir()) == []
 
-    # The good files of the version are still fine, and the store itself was not touched by the failed pulls.
-    assert blob.exists() and registry.blobs.has(weights.sha256)
-    assert hashlib.sha256(blob.read_bytes()).hexdigest() != weights.sha256
+    # Failed pulls report the damage; they neither hide nor "repair" it in the store.
+    assert blob.read_bytes() == corrupted
+    assert hashlib.sha256(corrupted).hexdigest() != weights.sha256
+
+
+def _flip_byte(path: Path, offset: int = 100) -> None:
+    mode = path.stat().st_mode
+    path.chmod(0o644)
+    data = bytearray(path.read_bytes())
+    data[offset] ^= 0xFF
+    path.write_bytes(bytes(data))
+    path.chmod(mode)
+
+
+def test_pushing_the_original_files_again_repairs_a_corrupt_blob(registry: Registry, make_adapter):
+    src = make_adapter("lora")
+    version = registry.push(src, "demo").version
+    weights = next(f for f in version.files if f.path == "adapter_model.safetensors")
+    _flip_byte(registry.blobs.path(weights.sha256))
+    assert not verify(registry).ok
+    again = registry.push(src, "demo")
+    assert not again.created and again.version.ref == "demo:1"
+    assert verify(registry).ok
+
+
+def test_a_gc_that_removes_a_reused_blob_before_commit_makes_the_push_fail_cleanly(registry: Registry, make_adapter):
+    """gc and push race on a blob only a deleted version used: the push must never record a version with a missing blob."""
+    src = make_adapter("lora")
+    registry.push(src, "demo")
+    registry.remove_version("demo:1")
+    original_ingest = registry.blobs.ingest
+
+    def ingest_then_gc(path):
+        result = original_ingest(path)
+        other = Registry(registry.home)
+        gc(other, grace_s=-1)  # a gc from another connection, ignoring the grace period, right after ingest
+        other.close()
+        return result
+
+    registry.blobs.ingest = ingest_then_gc
+    with pytest.raises(IntegrityError, match="vanished"):
+        registry.push(src, "demo")
+    registry.blobs.ingest = original_ingest
+    assert registry.count_versions("demo") == 0
+    assert registry.push(src, "demo").version.number == 2
+    assert verify(registry).ok
