@@ -315,6 +315,62 @@ def base_ls(json_out: Json = False, home: Home = None) -> None:
     console.print(t if bases else "no base models yet: `reg base fetch` prepares the default one")
 
 
+# --- training --------------------------------------------------------------------------------
+
+
+@app.command()
+def train(
+    config_path: Annotated[Path, typer.Argument(metavar="CONFIG", help="Training config (YAML, Axolotl-style keys).")],
+    set_: Annotated[Optional[list[str]], typer.Option("--set", help="Override a config key: key=value (dotted for sections, e.g. push.alias=staging).")] = None,
+    resume: Annotated[bool, typer.Option(help="Continue the newest unfinished run of this config from its last checkpoint.")] = False,
+    run_id: Annotated[Optional[str], typer.Option(help="With --resume: the run to continue.")] = None,
+    skip_bad_lines: Annotated[bool, typer.Option(help="Skip invalid dataset lines (and report how many) instead of stopping.")] = False,
+    no_push: Annotated[bool, typer.Option("--no-push", help="Train and evaluate, but do not push a version.")] = False,
+    home: Home = None,
+) -> None:
+    """Fine-tune an adapter from a YAML config, evaluate it against its base, and push it with its lineage."""
+    from trainer.config import load_config
+    from trainer.train import train as run_training
+
+    config = load_config(config_path, set_ or [])
+    result = run_training(config, _registry(home), resume=resume, run_id=run_id, skip_bad_lines=skip_bad_lines,
+                          push=not no_push, log=lambda m: err_console.print(m))
+    if result.evaluation is None:  # a non-main process under accelerate launch
+        return
+    from .render import render_evaluation
+
+    render_evaluation(console, result.evaluation)
+    console.print(f"run {result.run_id}: {result.duration_s:.0f} s, {result.seconds_per_step:.2f} s/step, "
+                  f"peak memory {result.peak_memory_mb:.0f} MB; loss curves in {result.run_dir / 'loss.png'}")
+    if result.version_ref:
+        console.print(result.version_ref)
+
+
+@app.command("eval")
+def eval_(
+    ref: Annotated[str, typer.Argument(help="Version to evaluate: NAME, NAME:N or NAME@ALIAS.")],
+    data: Annotated[Path, typer.Option(help="JSONL file of examples to evaluate on.")],
+    data_type: Annotated[str, typer.Option("--type", help="Format of --data: alpaca, sharegpt, chat or completion.")] = "alpaca",
+    task_metric: Annotated[str, typer.Option(help="Headline metric: exact_match, rouge_l or bleu.")] = "exact_match",
+    max_examples: Annotated[int, typer.Option(help="Examples to generate answers for.")] = 64,
+    quant: Annotated[str, typer.Option(help="Load the base as none, nf4 or int8.")] = "none",
+    no_record: Annotated[bool, typer.Option("--no-record", help="Print only; do not record the evaluation.")] = False,
+    json_out: Json = False,
+    home: Home = None,
+) -> None:
+    """Evaluate a registered version (and its base) on a data file; records the result with the version."""
+    from trainer.evaluate import evaluate_version
+
+    result = evaluate_version(_registry(home), ref, data, data_type, task_metric=task_metric, max_examples=max_examples,
+                              quantization=quant, record=not no_record)
+    if json_out:
+        print_json(result)
+        return
+    from .render import render_evaluation
+
+    render_evaluation(console, result)
+
+
 # --- entry point -----------------------------------------------------------------------------
 
 

@@ -49,6 +49,10 @@ def render_show(console: Console, info: dict) -> None:
     if not info["evaluations"]:
         console.print("  none recorded")
     for ev in info["evaluations"]:
+        if ev.get("passed") is False:
+            console.print(f"  [bold red]FAILED[/bold red] {ev['name']}/{ev['split']}: " + "; ".join(ev.get("failures") or []))
+        elif ev.get("passed"):
+            console.print(f"  passed {ev['name']}/{ev['split']} thresholds")
         base = ev.get("base_metrics") or {}
         for key, value in ev["metrics"].items():
             against = f"  (base {_fmt(base[key])}, delta {_fmt(value - base[key])})" if isinstance(base.get(key), (int, float)) and isinstance(value, (int, float)) else ""
@@ -114,3 +118,24 @@ def render_diff(console: Console, d: dict) -> None:
         for key, m in d["metrics"].items():
             delta = f" ({m['delta']:+.4g})" if m["delta"] is not None else ""
             console.print(f"  {key}: {_fmt(m['a'])} -> {_fmt(m['b'])}{delta}")
+
+
+def render_evaluation(console: Console, ev: dict) -> None:
+    """Adapter vs base, metric by metric, then a few sample answers side by side."""
+    adapter, base = ev["adapter"], ev["base"]
+    t = table("METRIC", "ADAPTER", "BASE", "DELTA", title="Held-out evaluation")
+    for key in adapter:
+        a, b = adapter.get(key), base.get(key)
+        delta = f"{a - b:+.4g}" if isinstance(a, (int, float)) and isinstance(b, (int, float)) and not isinstance(a, bool) else ""
+        t.add_row(key, _fmt(a), _fmt(b), delta)
+    console.print(t)
+    if ev.get("overfitting", {}).get("flag"):
+        console.print(f"[yellow]overfitting:[/yellow] {ev['overfitting']['why']}")
+    if ev.get("failures"):
+        console.print("[bold red]evaluation FAILED:[/bold red] " + "; ".join(ev["failures"]) + " (the version is still pushed, marked)")
+    samples = ev.get("samples") or []
+    if samples:
+        s = table("PROMPT", "REFERENCE", "BASE", "ADAPTER", title="Samples")
+        for row in samples:
+            s.add_row(*(str(row.get(k) or "")[:60] for k in ("prompt", "reference", "base", "adapter")))
+        console.print(s)

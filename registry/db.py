@@ -130,8 +130,15 @@ def _m001_initial(db) -> None:
     db["evaluations"].create_index(["version_id"])
 
 
+def _m002_evaluation_verdicts(db) -> None:
+    # A version whose evaluation fails a configured threshold is still pushed, but marked.
+    db["evaluations"].add_column("passed", int)
+    db["evaluations"].add_column("failures_json", str)
+
+
 MIGRATIONS: list[tuple[int, str, Callable]] = [
     (1, "initial schema", _m001_initial),
+    (2, "evaluation pass/fail verdicts", _m002_evaluation_verdicts),
 ]
 
 

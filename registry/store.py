@@ -353,14 +353,20 @@ class Registry:
 
     def record_evaluation(
         self, version: Version, name: str, split: str, metrics: dict, base_metrics: dict | None = None,
-        run_id: str | None = None,
+        run_id: str | None = None, passed: bool | None = None, failures: list[str] | None = None,
     ) -> None:
-        """Attach evaluation results (and the base model's, for comparison) to a version."""
+        """Attach evaluation results (and the base model's, for comparison) to a version.
+
+        `passed=False` with `failures` marks a version that missed a threshold; it stays usable.
+        """
         with dbmod.transaction(self.conn) as conn:
             conn.execute(
-                "INSERT INTO evaluations (version_id, run_id, name, split, metrics_json, base_metrics_json, created_at)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (version.id, run_id, name, split, json.dumps(metrics), json.dumps(base_metrics), dbmod.utcnow()),
+                "INSERT INTO evaluations (version_id, run_id, name, split, metrics_json, base_metrics_json, created_at,"
+                " passed, failures_json) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    version.id, run_id, name, split, json.dumps(metrics), json.dumps(base_metrics), dbmod.utcnow(),
+                    None if passed is None else int(passed), json.dumps(failures or []),
+                ),
             )
 
     def evaluations(self, version_id: int) -> list[dict]:
@@ -370,6 +376,8 @@ class Registry:
             d = dict(r)
             d["metrics"] = json.loads(d.pop("metrics_json") or "{}")
             d["base_metrics"] = json.loads(d.pop("base_metrics_json") or "null")
+            d["failures"] = json.loads(d.pop("failures_json") or "[]")
+            d["passed"] = None if d["passed"] is None else bool(d["passed"])
             out.append(d)
         return out
 

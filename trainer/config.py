@@ -1,0 +1,280 @@
+"""The training config: one place that defines each YAML key, its default, its help and its validation.
+
+Keys follow Axolotl's names. `load_config(path, overrides)` reads the YAML, applies
+`--set key=value` overrides (dotted keys reach nested sections: `push.name=arith`), rejects
+unknown keys by name, validates every value, and returns a `TrainConfig` whose `resolved()`
+dict (and its hash) is recorded with the version it produces.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from registry.errors import LoradockError
+from registry.names import validate_name
+
+from .metrics import TASK_METRICS
+
+ADAPTERS = ("lora", "qlora", "dora", "ia3", "prefix")
+SCHEDULERS = ("linear", "cosine", "constant", "constant_with_warmup", "cosine_with_restarts", "polynomial")
+OPTIMIZERS = ("adamw_torch", "adamw_8bit", "paged_adamw_8bit", "paged_adamw_32bit", "sgd", "adafactor")
+DATASET_TYPES = ("alpaca", "sharegpt", "chat", "completion")
+
+
+class ConfigError(LoradockError):
+    """A training config key that is unknown or has a bad value; the message names the key."""
+
+
+def _doc(text: str, default: Any = dataclasses.MISSING, factory: Any = dataclasses.MISSING):
+    if factory is not dataclasses.MISSING:
+        return field(default_factory=factory, metadata={"help": text})
+    return field(default=default, metadata={"help": text})
+
+
+@dataclass
+class DatasetConfig:
+    path: str = _doc("JSONL file, relative to the config file's directory.", "")
+    type: str = _doc(f"Record format: one of {', '.join(DATASET_TYPES)}.", "alpaca")
+
+
+@dataclass
+class PushConfig:
+    name: str | None = _doc("Adapter name to push the result under (default: the config file's name).", None)
+    alias: str | None = _doc("Alias to point at the new version (e.g. staging).", None)
+    message: str = _doc("Version message.", "")
+
+
+@dataclass
+class EvalConfig:
+    task_metric: str = _doc(f"The task's headline generation metric: one of {', '.join(TASK_METRICS)}.", "exact_match")
+    max_examples: int = _doc("Held-out examples to generate answers for (adapter and base each).", 64)
+    max_new_tokens: int = _doc("Generation length for the generation metrics.", 24)
+    general_text: str | None = _doc("Text file for the general-ability perplexity check (default: the shipped one).", None)
+    min_task_score: float | None = _doc("Fail the evaluation if the task metric is below this.", None)
+    min_gain_over_base: float | None = _doc("Fail if the task metric does not beat the base's by at least this.", None)
+    max_general_ppl_ratio: float | None = _doc("Fail if general-text perplexity rises above base x this (forgetting).", 1.5)
+    min_distinct_ratio: float | None = _doc("Fail if distinct-2 of the adapter's answers falls below base x this (format collapse).", None)
+
+
+@dataclass
+class TrainConfig:
+    """A fine-tuning run. Every field is a YAML key; see README "Training" for a worked example."""
+
+    base_model: str = _doc("Registered base name, local model directory or hub id.", "smollm2-135m-instruct")
+    load_in_4bit: bool = _doc("QLoRA: load the base in 4-bit NF4 with double quantization.", False)
+    load_in_8bit: bool = _doc("Load the base in 8-bit (LLM.int8).", False)
+    adapter: str = _doc(f"Adapter kind: one of {', '.join(ADAPTERS)} (qlora = lora on a 4-bit base).", "lora")
+    lora_r: int = _doc("LoRA rank.", 16)
+    lora_alpha: float = _doc("LoRA alpha (scale = alpha / r).", 32)
+    lora_dropout: float = _doc("Dropout on the LoRA input.", 0.05)
+    lora_target_modules: list[str] | str = _doc("Modules to adapt: a list of names, or all-linear.", "all-linear")
+    num_virtual_tokens: int = _doc("Prefix tuning: number of virtual tokens.", 16)
+    datasets: list[DatasetConfig] = _doc("Training data: a list of {path, type}.", factory=list)
+    val_set_size: float = _doc("Held-out split: a fraction in (0, 1) or a count of examples; 0 disables it.", 0.1)
+    sequence_len: int = _doc("Maximum tokens per example (longer ones are truncated from the right).", 512)
+    micro_batch_size: int = _doc("Examples per forward pass.", 8)
+    gradient_accumulation_steps: int = _doc("Forward passes per optimizer step.", 1)
+    num_epochs: float = _doc("Passes over the training split (ignored when max_steps > 0).", 1.0)
+    max_steps: int = _doc("Optimizer steps to run; overrides num_epochs when > 0.", -1)
+    learning_rate: float = _doc("Peak learning rate.", 2e-4)
+    lr_scheduler: str = _doc(f"Schedule: one of {', '.join(SCHEDULERS)}.", "cosine")
+    warmup_steps: int = _doc("Linear warmup steps.", 0)
+    weight_decay: float = _doc("AdamW weight decay.", 0.0)
+    optimizer: str = _doc(f"One of {', '.join(OPTIMIZERS)}; the 8-bit ones need bitsandbytes support.", "adamw_torch")
+    bf16: bool | str = _doc("bf16 mixed precision: true, false or auto (on where the hardware supports it).", "auto")
+    tf32: bool | str = _doc("TF32 matmuls on Ampere+ GPUs: true, false or auto.", "auto")
+    gradient_checkpointing: bool = _doc("Recompute activations in the backward pass to save memory.", False)
+    eval_steps: int | None = _doc("Evaluate validation loss every N steps (default: about 10 times per run).", None)
+    save_steps: int | None = _doc("Checkpoint every N steps (default: eval_steps).", None)
+    save_total_limit: int = _doc("Checkpoints to keep.", 2)
+    early_stopping_patience: int | None = _doc("Stop after this many evaluations without validation-loss improvement.", None)
+    seed: int = _doc("Seed for the split, the adapter's initialisation and the data order.", 42)
+    output_dir: str | None = _doc("Run directory (default: $LORADOCK_HOME/runs/<run id>).", None)
+    push: PushConfig = _doc("Where the result goes: {name, alias, message}.", factory=PushConfig)
+    evaluation: EvalConfig = _doc("Held-out evaluation settings and pass/fail thresholds.", factory=EvalConfig)
+
+    def resolved(self) -> dict:
+        """The config as recorded in the lineage: every key, defaults filled in."""
+        return dataclasses.asdict(self)
+
+    def config_hash(self) -> str:
+        canonical = json.dumps(self.resolved(), sort_keys=True, separators=(",", ":"))
+        return "sha256:" + hashlib.sha256(canonical.encode()).hexdigest()
+
+    @property
+    def quantization(self) -> str:
+        if self.load_in_4bit:
+            return "nf4"
+        return "int8" if self.load_in_8bit else "none"
+
+
+def field_help(cls=TrainConfig) -> dict[str, str]:
+    return {f.name: f.metadata.get("help", "") for f in fields(cls)}
+
+
+# --- loading ---------------------------------------------------------------------------------
+
+
+def load_config(path: Path | str, overrides: list[str] | None = None) -> TrainConfig:
+    """Read a YAML config, apply `key=value` overrides, validate; raise `ConfigError` naming the key."""
+    import yaml
+
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {path} does not exist")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML ({exc})") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping of keys, got {type(raw).__name__}")
+    for item in overrides or []:
+        _apply_override(raw, item)
+    config = _build(TrainConfig, raw, prefix="")
+    # Paths are relative to the config file, so a config and its data move together.
+    for ds in config.datasets:
+        if not Path(ds.path).is_absolute():
+            ds.path = str((path.parent / ds.path).resolve())
+    if config.evaluation.general_text and not Path(config.evaluation.general_text).is_absolute():
+        config.evaluation.general_text = str((path.parent / config.evaluation.general_text).resolve())
+    if config.push.name is None:
+        config.push.name = path.stem.lower().replace(" ", "-")
+    validate(config)
+    return config
+
+
+def _apply_override(raw: dict, item: str) -> None:
+    import yaml
+
+    if "=" not in item:
+        raise ConfigError(f"--set {item!r}: expected key=value")
+    key, value = item.split("=", 1)
+    target = raw
+    parts = key.strip().split(".")
+    for part in parts[:-1]:
+        target = target.setdefault(part, {})
+        if not isinstance(target, dict):
+            raise ConfigError(f"--set {item!r}: {part} is not a section")
+    target[parts[-1]] = yaml.safe_load(value) if value.strip() else None
+
+
+def _build(cls, raw: dict, prefix: str):
+    known = {f.name: f for f in fields(cls)}
+    unknown = sorted(set(raw) - set(known))
+    if unknown:
+        raise ConfigError(f"unknown config key {prefix + unknown[0]!r} (known keys: {', '.join(sorted(known))})")
+    values = {}
+    for name, value in raw.items():
+        key = prefix + name
+        if name == "datasets":
+            if not isinstance(value, list):
+                raise ConfigError(f"{key}: expected a list of {{path, type}}, got {value!r}")
+            values[name] = [_build(DatasetConfig, _mapping(v, f"{key}[{i}]"), f"{key}[{i}].") for i, v in enumerate(value)]
+        elif name == "push":
+            values[name] = _build(PushConfig, _mapping(value, key), key + ".")
+        elif name == "evaluation":
+            values[name] = _build(EvalConfig, _mapping(value, key), key + ".")
+        else:
+            values[name] = _coerce(key, value, known[name])
+    return cls(**values)
+
+
+def _mapping(value, key: str) -> dict:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise ConfigError(f"{key}: expected a mapping, got {value!r}")
+    return value
+
+
+def _coerce(key: str, value, f: dataclasses.Field):
+    kind = str(f.type)
+    if value is None:
+        if "None" in kind:
+            return None
+        raise ConfigError(f"{key}: a value is required")
+    if kind.startswith("bool |") or kind == "bool":
+        if isinstance(value, bool):
+            return value
+        if "str" in kind and value == "auto":
+            return value
+        raise ConfigError(f"{key}: expected true or false{' or auto' if 'str' in kind else ''}, got {value!r}")
+    if kind.startswith("int"):
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{key}: expected an integer, got {value!r}")
+        return value
+    if kind.startswith("float"):
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{key}: expected a number, got {value!r}")
+        return float(value)
+    if kind.startswith("list[str] | str"):
+        if isinstance(value, str):
+            return value
+        if isinstance(value, list) and value and all(isinstance(v, str) for v in value):
+            return value
+        raise ConfigError(f"{key}: expected a list of module names or all-linear, got {value!r}")
+    if kind.startswith("str"):
+        if not isinstance(value, str):
+            raise ConfigError(f"{key}: expected a string, got {value!r}")
+        return value
+    return value
+
+
+def validate_choice(key: str, task_metric: str) -> None:
+    _check(task_metric in TASK_METRICS, key, f"must be one of {', '.join(TASK_METRICS)}, got {task_metric!r}")
+
+
+def _check(ok: bool, key: str, message: str) -> None:
+    if not ok:
+        raise ConfigError(f"{key}: {message}")
+
+
+def validate(c: TrainConfig) -> None:
+    """Cross-field and range checks; each error names the key and the value."""
+    _check(c.adapter in ADAPTERS, "adapter", f"must be one of {', '.join(ADAPTERS)}, got {c.adapter!r}")
+    if c.adapter == "qlora":
+        _check(not c.load_in_8bit, "load_in_8bit", "qlora loads the base in 4-bit; drop load_in_8bit")
+        c.load_in_4bit = True
+    _check(not (c.load_in_4bit and c.load_in_8bit), "load_in_4bit", "load_in_4bit and load_in_8bit are exclusive")
+    _check(c.lora_r > 0, "lora_r", f"must be a positive integer, got {c.lora_r}")
+    _check(c.lora_alpha > 0, "lora_alpha", f"must be positive, got {c.lora_alpha}")
+    _check(0 <= c.lora_dropout < 1, "lora_dropout", f"must be in [0, 1), got {c.lora_dropout}")
+    if isinstance(c.lora_target_modules, str):
+        _check(c.lora_target_modules == "all-linear", "lora_target_modules", f"expected a list or all-linear, got {c.lora_target_modules!r}")
+    _check(c.num_virtual_tokens > 0, "num_virtual_tokens", f"must be positive, got {c.num_virtual_tokens}")
+    _check(bool(c.datasets), "datasets", "at least one {path, type} is required")
+    for i, ds in enumerate(c.datasets):
+        _check(bool(ds.path), f"datasets[{i}].path", "is required")
+        _check(ds.type in DATASET_TYPES, f"datasets[{i}].type", f"must be one of {', '.join(DATASET_TYPES)}, got {ds.type!r}")
+    _check(c.val_set_size >= 0 and (c.val_set_size < 1 or float(c.val_set_size).is_integer()), "val_set_size",
+           f"must be a fraction in [0, 1) or a whole count, got {c.val_set_size}")
+    _check(16 <= c.sequence_len <= 1_000_000, "sequence_len", f"must be between 16 and 1000000, got {c.sequence_len}")
+    _check(c.micro_batch_size > 0, "micro_batch_size", f"must be positive, got {c.micro_batch_size}")
+    _check(c.gradient_accumulation_steps > 0, "gradient_accumulation_steps", f"must be positive, got {c.gradient_accumulation_steps}")
+    _check(c.max_steps > 0 or c.num_epochs > 0, "num_epochs", f"set num_epochs > 0 or max_steps > 0 (got {c.num_epochs}, {c.max_steps})")
+    _check(0 < c.learning_rate < 1, "learning_rate", f"must be in (0, 1), got {c.learning_rate}")
+    _check(c.lr_scheduler in SCHEDULERS, "lr_scheduler", f"must be one of {', '.join(SCHEDULERS)}, got {c.lr_scheduler!r}")
+    _check(c.warmup_steps >= 0, "warmup_steps", f"must be >= 0, got {c.warmup_steps}")
+    _check(c.weight_decay >= 0, "weight_decay", f"must be >= 0, got {c.weight_decay}")
+    _check(c.optimizer in OPTIMIZERS, "optimizer", f"must be one of {', '.join(OPTIMIZERS)}, got {c.optimizer!r}")
+    for key in ("eval_steps", "save_steps", "early_stopping_patience"):
+        value = getattr(c, key)
+        _check(value is None or value > 0, key, f"must be positive, got {value}")
+    _check(c.save_total_limit > 0, "save_total_limit", f"must be positive, got {c.save_total_limit}")
+    if c.early_stopping_patience is not None:
+        _check(c.val_set_size > 0, "early_stopping_patience", "needs a validation split (val_set_size > 0)")
+    _check(c.evaluation.task_metric in TASK_METRICS, "evaluation.task_metric",
+           f"must be one of {', '.join(TASK_METRICS)}, got {c.evaluation.task_metric!r}")
+    _check(c.evaluation.max_examples >= 0, "evaluation.max_examples", f"must be >= 0, got {c.evaluation.max_examples}")
+    _check(c.evaluation.max_new_tokens > 0, "evaluation.max_new_tokens", f"must be positive, got {c.evaluation.max_new_tokens}")
+    try:
+        validate_name(c.push.name or "")
+        if c.push.alias:
+            validate_name(c.push.alias, "alias")
+    except LoradockError as exc:
+        raise ConfigError(f"push: {exc}") from None
