@@ -89,7 +89,7 @@ def pull(
 @app.command("ls")
 def list_(
     name: Annotated[Optional[str], typer.Argument(help="List this adapter's versions instead of all adapters.")] = None,
-    limit: Annotated[int, typer.Option(help="Show at most this many versions, newest first (0 = all).")] = 20,
+    limit: Annotated[Optional[int], typer.Option(help="Show at most this many versions, newest first (0 = all; default 20, all with --json).")] = None,
     deleted: Annotated[bool, typer.Option("--deleted", help="Include deleted versions.")] = False,
     json_out: Json = False,
     home: Home = None,
@@ -107,10 +107,11 @@ def list_(
             t.add_row(a.name, str(a.versions), str(a.latest or "-"), aliases or "-", (a.updated_at or "-")[:19])
         console.print(t if adapters else "no adapters yet: `reg push DIR --name NAME` adds one")
         return
-    versions = reg.list_versions(name, include_deleted=deleted, limit=None if json_out else (limit or None))
     if json_out:
-        print_json([_version_summary(v) for v in versions])
+        print_json(reg.version_summaries(name, include_deleted=deleted, limit=limit or None))
         return
+    limit = 20 if limit is None else limit
+    versions = reg.list_versions(name, include_deleted=deleted, limit=limit or None)
     aliases_by_version: dict[int, list[str]] = {}
     for alias, number in reg.aliases(name).items():
         aliases_by_version.setdefault(number, []).append(alias)
@@ -125,15 +126,6 @@ def list_(
     total = reg.count_versions(name)
     if limit and total > len(versions) and not deleted:
         console.print(f"... {total - len(versions)} older versions not shown (--limit 0 shows all)")
-
-
-def _version_summary(v) -> dict:
-    return {
-        "ref": v.ref, "number": v.number, "manifest_digest": v.manifest_digest, "base": v.base_name,
-        "peft_type": v.peft_type, "rank": v.rank, "alpha": v.alpha, "target_modules": v.target_modules,
-        "size_bytes": v.size_bytes, "creator": v.creator, "message": v.message, "parent": v.parent,
-        "run_id": v.run_id, "created_at": v.created_at, "deleted_at": v.deleted_at,
-    }
 
 
 @app.command()

@@ -18,7 +18,8 @@ def print_json(data) -> None:
             return asdict(obj)
         return str(obj)
 
-    sys.stdout.write(json.dumps(data, indent=2, default=default) + "\n")
+    # Compact separators keep json's C encoder; `| jq` pretty-prints for people.
+    sys.stdout.write(json.dumps(data, separators=(",", ":"), default=default) + "\n")
 
 
 def human_size(n: int | None) -> str:

@@ -206,7 +206,8 @@ def bench_throughput(work: Path, size_mb: float, repeats: int, log) -> dict:
             pushed_home = home
         else:
             remove(home)
-        log(f"  push repeat {i + 1}/{repeats}: push {push_s[-1]:.3f} s, copy+fsync {copy_fsync_s[-1]:.3f} s, copy {copy_s[-1]:.3f} s")
+        log(f"  push repeat {i + 1}/{repeats}: push {push_s[-1]:.3f} s, "
+            f"copy+fsync {copy_fsync_s[-1]:.3f} s, copy {copy_s[-1]:.3f} s")
 
     reg = Registry(pushed_home)
     version = reg.resolve("big:1")
@@ -233,7 +234,8 @@ def bench_throughput(work: Path, size_mb: float, repeats: int, log) -> dict:
     os.sync()
     cli_push_s, _ = run_cli(reg_command() + ["push", str(adapter), "--name", "big", "--home", str(cli_home)], work, "big:1")
     os.sync()
-    cli_pull_s, _ = run_cli(reg_command() + ["pull", "big:1", "--out", str(work / "cli-pull"), "--home", str(cli_home)], work, "big:1")
+    pull_args = ["pull", "big:1", "--out", str(work / "cli-pull"), "--home", str(cli_home)]
+    cli_pull_s, _ = run_cli(reg_command() + pull_args, work, "big:1")
     remove(work / "cli-pull")
     remove(cli_home)
     remove(pushed_home)
@@ -291,13 +293,15 @@ def build_many_versions(work: Path, home: Path, name: str, versions: int, push_b
     log(f"pushing up to {versions} versions of {name!r} for real (budget {push_budget_s:g} s) ...")
     push_total = 0.0
     real = 0
+    durations: list[float] = []
     t_start = time.perf_counter()
     last_log = t_start
     while real < versions and push_total < push_budget_s:
         write_adapter(adapter, base_dir, SMALL_HIDDEN, SMALL_LAYERS, SMALL_MODULES, SMALL_RANK, seed=real, config_too=real == 0)
         t0 = time.perf_counter()
         result = reg.push(adapter, name, message=f"bench version {real + 1}")
-        push_total += time.perf_counter() - t0
+        durations.append(time.perf_counter() - t0)
+        push_total += durations[-1]
         assert result.created, "synthetic versions must differ"
         real += 1
         if time.perf_counter() - last_log > 15:
@@ -316,8 +320,12 @@ def build_many_versions(work: Path, home: Path, name: str, versions: int, push_b
     reg.set_alias(name, "staging", versions)
     assert reg.count_versions(name) == versions
     reg.close()
+    window = max(1, real // 10)  # push rate of the first and the last tenth: does a push slow down as versions grow?
     return {
-        "versions": versions, "real_pushes": real, "push_seconds": push_total, "push_wall_seconds": wall,
+        "versions": versions, "real_pushes": real,
+        "window": window, "first_window_pushes_per_s": window / sum(durations[:window]) if real else None,
+        "last_window_pushes_per_s": window / sum(durations[-window:]) if real else None,
+        "push_seconds": push_total, "push_wall_seconds": wall,
         "pushes_per_s": real / push_total if push_total else None,
         "projected_real_seconds_for_all": versions * push_total / real if real else None,
         "bulk_inserted": bulk, "bulk_seconds": bulk_s,
@@ -436,7 +444,8 @@ def print_report(machine: dict, tp: dict | None, many: dict | None, lat: list[di
     p(f"workdir : {machine['workdir']}")
     if tp:
         p("")
-        p(f"Push / pull throughput: {tp['adapter_bytes'] / MB:.1f} MB adapter in {tp['adapter_files']} files (LoRA r={tp['rank']}, fp32), "
+        p(f"Push / pull throughput: {tp['adapter_bytes'] / MB:.1f} MB adapter in {tp['adapter_files']} files "
+          f"(LoRA r={tp['rank']}, fp32), "
           f"median of {tp['repeats']}, page cache warm")
         p(f"  {'operation':<52} {'MB/s':>9} {'median s':>9}  runs (s)")
         rows = [
@@ -453,7 +462,8 @@ def print_report(machine: dict, tp: dict | None, many: dict | None, lat: list[di
         p(f"  {'ratio':<52} {'value':>9} {'target':>9}  verdict")
         p(f"  {'push / (copy + fsync)':<52} {tp['push_ratio']:>9.2f} {'>= 0.5':>9}  {verdict(tp['push_ratio'] >= TARGET_RATIO)}")
         p(f"  {'push / copy without fsync (for reference)':<52} {tp['push_ratio_vs_nofsync']:>9.2f} {'-':>9}  -")
-        p(f"  {'pull / copy (both without fsync)':<52} {tp['pull_ratio']:>9.2f} {'>= 0.5':>9}  {verdict(tp['pull_ratio'] >= TARGET_RATIO)}")
+        pull_ok = verdict(tp["pull_ratio"] >= TARGET_RATIO)
+        p(f"  {'pull / copy (both without fsync)':<52} {tp['pull_ratio']:>9.2f} {'>= 0.5':>9}  {pull_ok}")
     if many:
         p("")
         p(f"Many versions: {many['versions']} versions of one adapter ({many['db_bytes'] / MB:.1f} MB of registry.db)")
@@ -461,9 +471,12 @@ def print_report(machine: dict, tp: dict | None, many: dict | None, lat: list[di
             p(f"  real Registry.push: {many['real_pushes']} versions in {many['push_seconds']:.1f} s of push time "
               f"({many['push_wall_seconds']:.1f} s wall with writing the adapters) = {many['pushes_per_s']:.1f} pushes/s; "
               f"all {many['versions']} would take ~{many['projected_real_seconds_for_all']:.0f} s")
+        p(f"  push rate, first {many['window']} versions: {many['first_window_pushes_per_s']:.1f} pushes/s; "
+          f"last {many['window']} (of {many['real_pushes']}): {many['last_window_pushes_per_s']:.1f} pushes/s")
         if many["bulk_inserted"]:
             p(f"  BULK-INSERTED: {many['bulk_inserted']} versions added with SQL mirroring push's rows "
-              f"(versions + files + adapters.next_version) in {many['bulk_seconds']:.2f} s, because real pushes exceeded the budget")
+              f"(versions + files + adapters.next_version) in {many['bulk_seconds']:.2f} s, "
+              "because real pushes exceeded the budget")
         else:
             p("  every version was made by a real Registry.push (no bulk insert)")
     if lat:
@@ -471,7 +484,8 @@ def print_report(machine: dict, tp: dict | None, many: dict | None, lat: list[di
         p(f"Latency at {many['versions'] if many else '?'} versions (target < {TARGET_LATENCY_S * 1000:.0f} ms)")
         p(f"  {'kind':<11} {'operation':<52} {'median ms':>10} {'min ms':>8} {'runs':>5}  verdict")
         for r in lat:
-            p(f"  {r['kind']:<11} {r['what']:<52} {r['median_s'] * 1000:>10.1f} {r['min_s'] * 1000:>8.1f} {r['runs']:>5}  {verdict(r['pass'])}")
+            p(f"  {r['kind']:<11} {r['what']:<52} {r['median_s'] * 1000:>10.1f} {r['min_s'] * 1000:>8.1f} "
+              f"{r['runs']:>5}  {verdict(r['pass'])}")
     p("")
 
 
@@ -488,21 +502,26 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(
         description="Benchmark loradock's registry: push/pull throughput of a large adapter against a plain copy, "
         "and reg ls / reg show latency with many versions.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     ap.add_argument("--workdir", type=Path, default=None,
-                    help="Directory for bases, adapters and registry homes (default: a new temp dir next to the registry home, "
-                    f"i.e. under {default_workdir_parent()}, so it is on the registry's disk). A given dir is not removed.")
-    ap.add_argument("--size-mb", type=float, default=None, help="Adapter size in MB (10^6 bytes) [default 200; 20 with --quick].")
-    ap.add_argument("--versions", type=int, default=None, help="Versions of one adapter for the ls/show latency [default 10000; 300 with --quick].")
-    ap.add_argument("--repeats", type=int, default=None, help="Repeats of each push/pull/copy timing; the median is reported [default 3; 1 with --quick].")
-    ap.add_argument("--cli-runs", type=int, default=5, help="Timed runs of each CLI command (after one warm-up).")
+                    help="Where to make the scratch directory (bases, adapters, registry homes); it is removed at the end "
+                    f"unless --keep (default: next to the registry home, i.e. under {default_workdir_parent()}, "
+                    "so the bench runs on the registry's disk).")
+    ap.add_argument("--size-mb", type=float, default=None,
+                    help="Adapter size in MB of 10^6 bytes (default 200; 20 with --quick).")
+    ap.add_argument("--versions", type=int, default=None,
+                    help="Versions of one adapter for the ls/show latency (default 10000; 300 with --quick).")
+    ap.add_argument("--repeats", type=int, default=None,
+                    help="Repeats of each push/pull/copy timing; the median is reported (default 3; 1 with --quick).")
+    ap.add_argument("--cli-runs", type=int, default=5, help="Timed runs of each CLI command, after one warm-up (default 5).")
     ap.add_argument("--push-budget-s", type=float, default=300.0,
-                    help="Seconds of real pushes for the many-versions adapter; versions beyond it are bulk-inserted with SQL.")
+                    help="Seconds of real pushes for the many-versions adapter; versions beyond it are bulk-inserted "
+                    "with SQL (default 300).")
     ap.add_argument("--quick", action="store_true", help="CI smoke: 20 MB adapter, 300 versions, 1 repeat.")
     ap.add_argument("--skip-throughput", action="store_true", help="Skip the push/pull throughput part.")
     ap.add_argument("--skip-latency", action="store_true", help="Skip the many-versions latency part.")
-    ap.add_argument("--json", dest="json_out", type=Path, default=None, metavar="OUT", help="Also write all results as JSON to OUT.")
+    ap.add_argument("--json", dest="json_out", type=Path, default=None, metavar="OUT",
+                    help="Also write all results as JSON to OUT.")
     ap.add_argument("--keep", action="store_true", help="Keep the workdir (registry homes, adapters) for inspection.")
     ap.add_argument("--fail-on-miss", action="store_true", help="Exit 1 if any target is missed.")
     args = ap.parse_args(argv)

