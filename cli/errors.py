@@ -5,12 +5,12 @@ from __future__ import annotations
 import sys
 
 from registry.errors import (
-    BaseMismatch, Conflict, IntegrityError, InvalidAdapter, InvalidName, InvalidRef, LoradockError, NotFound,
+    BaseMismatch, Conflict, IntegrityError, InvalidAdapter, InvalidInput, InvalidName, InvalidRef, LoradockError, NotFound,
 )
 
 # Documented in README.md ("Exit codes"); scripts may rely on them.
 EXIT_CODES: list[tuple[type[LoradockError], int]] = [
-    (InvalidName, 2), (InvalidRef, 2), (InvalidAdapter, 2),
+    (InvalidName, 2), (InvalidRef, 2), (InvalidAdapter, 2), (InvalidInput, 2),
     (NotFound, 3),
     (Conflict, 4),
     (BaseMismatch, 5),

@@ -338,6 +338,39 @@ def train(
         console.print(result.version_ref)
 
 
+@app.command()
+def plan(
+    params: Annotated[Optional[str], typer.Option(help="Model size, e.g. 8B, 70b, 135M (or use --base).")] = None,
+    base: Annotated[Optional[str], typer.Option(help="A registered base: its config.json gives the exact shape.")] = None,
+    method: Annotated[str, typer.Option(help="full, lora, qlora, or all (side by side).")] = "all",
+    rank: Annotated[int, typer.Option(help="LoRA rank (all linear layers).")] = 16,
+    seq: Annotated[int, typer.Option(help="Sequence length in tokens.")] = 2048,
+    batch: Annotated[int, typer.Option(help="Micro-batch size per GPU.")] = 1,
+    gradient_checkpointing: Annotated[bool, typer.Option(help="Recompute activations in the backward pass.")] = True,
+    gpus: Annotated[Optional[Path], typer.Option(help="GPU price table (YAML); default $LORADOCK_HOME/gpus.yaml if present, else the shipped one.")] = None,
+    json_out: Json = False,
+    home: Home = None,
+) -> None:
+    """Estimate fine-tuning memory (weights, adapter, gradients, optimizer, activations), recommend GPUs, price them."""
+    from trainer.plan import METHODS, PlanError, format_gpu_table, format_plan_table, load_gpu_table, plan as make_plan, shape_from_config
+
+    if (params is None) == (base is None):
+        raise PlanError("give exactly one of --params (e.g. 8B) or --base NAME")
+    if method != "all" and method not in METHODS:
+        raise PlanError(f"--method {method!r}: use one of {', '.join(METHODS)} or all")
+    model = shape_from_config(_registry(home).get_base(base).config, name=base) if base else params
+    result = make_plan(model, rank=rank, seq=seq, batch=batch, methods=METHODS if method == "all" else (method,),
+                       gpus=load_gpu_table(gpus, home=home), gradient_checkpointing=gradient_checkpointing)
+    if json_out:
+        print_json(result)
+        return
+    console.print(format_plan_table(result))
+    for m in result["methods"]:
+        console.print(format_gpu_table(result, m))
+        for note in result["methods"][m].get("notes", []):
+            console.print(f"  note: {note}")
+
+
 @app.command("eval")
 def eval_(
     ref: Annotated[str, typer.Argument(help="Version to evaluate: NAME, NAME:N or NAME@ALIAS.")],

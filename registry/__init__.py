@@ -6,13 +6,13 @@ Imports no torch, so `reg ls` answers instantly; the few functions that need a m
 
 from .errors import (
     AdapterNotFound, AliasNotFound, BaseMismatch, BaseNotFound, Conflict, IntegrityError, InvalidAdapter,
-    InvalidName, InvalidRef, LoradockError, NotFound, VersionNotFound,
+    InvalidInput, InvalidName, InvalidRef, LoradockError, NotFound, VersionNotFound,
 )
 from .names import Ref, parse_ref, validate_name
 from .store import Registry, default_home
 
 __all__ = [
     "AdapterNotFound", "AliasNotFound", "BaseMismatch", "BaseNotFound", "Conflict", "IntegrityError",
-    "InvalidAdapter", "InvalidName", "InvalidRef", "LoradockError", "NotFound", "Ref", "Registry",
+    "InvalidAdapter", "InvalidInput", "InvalidName", "InvalidRef", "LoradockError", "NotFound", "Ref", "Registry",
     "VersionNotFound", "default_home", "parse_ref", "validate_name",
 ]

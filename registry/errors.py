@@ -9,6 +9,10 @@ class LoradockError(Exception):
     """Base class of every error a loradock user is meant to read."""
 
 
+class InvalidInput(LoradockError):
+    """Malformed input that is not a name or a ref: a config key, a dataset line, a parameter value."""
+
+
 class InvalidName(LoradockError):
     """An adapter, alias or base name that does not match the naming rule."""
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from registry.errors import LoradockError
+from registry.errors import InvalidInput, LoradockError
 from registry.names import validate_name
 
 from .metrics import TASK_METRICS
@@ -26,7 +26,7 @@ OPTIMIZERS = ("adamw_torch", "adamw_8bit", "paged_adamw_8bit", "paged_adamw_32bi
 DATASET_TYPES = ("alpaca", "sharegpt", "chat", "completion")
 
 
-class ConfigError(LoradockError):
+class ConfigError(InvalidInput):
     """A training config key that is unknown or has a bad value; the message names the key."""
 
 

@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from registry.errors import LoradockError
+from registry.errors import InvalidInput
 
 IGNORE_INDEX = -100  # the label PyTorch's cross-entropy skips
 DATASET_TYPES = ("alpaca", "sharegpt", "chat", "completion")
@@ -37,7 +37,7 @@ MAX_LISTED_BAD_LINES = 10
 ROLE_NAMES = {"system": "system", "human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant"}
 
 
-class DataError(LoradockError):
+class DataError(InvalidInput):
     """A dataset that cannot be trained on: a bad line (named by file:line), a missing file, nothing to learn."""
 
 
