@@ -130,7 +130,7 @@ def train(
         run_id, run_dir = find_resumable_run(registry, config, run_id)
         log(f"resuming run {run_id} from {run_dir}")
     else:
-        run_id = run_id or os.environ.get("LORADOCK_RUN_ID") or new_run_id(config)
+        run_id = _same_on_every_process(run_id or os.environ.get("LORADOCK_RUN_ID") or new_run_id(config))
         run_dir = Path(config.output_dir) if config.output_dir else registry.runs_dir / run_id
     run_dir.mkdir(parents=True, exist_ok=True)
     if is_main:
@@ -198,7 +198,7 @@ def train(
         greater_is_better=False if early_stop else None,
         logging_steps=max(1, min(10, total_steps // 20)), report_to=[], seed=config.seed, data_seed=config.seed,
         disable_tqdm=True, use_cpu=use_cpu, dataloader_num_workers=0, remove_unused_columns=False,
-        save_only_model=False,
+        save_only_model=False, ddp_find_unused_parameters=False,
     )
     curves = CurveRecorder()
     callbacks = [curves]
@@ -250,7 +250,8 @@ def train(
             run_id, config.push.name, config=config.resolved(), config_hash=config.config_hash(), base=base,
             datasets=[{**f, "counts": counts} for f in report.files] if len(report.files) == 1 else
             [*report.files, {"path": "(all files)", "counts": counts}],
-            seed=config.seed, libraries=library_versions(), hardware=hardware(), metrics=metrics,
+            seed=config.seed, libraries=library_versions(),
+            hardware={**hardware(), "processes": int(os.environ.get("WORLD_SIZE", "1"))}, metrics=metrics,
             started_at=time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(started)), finished_at=utcnow(),
             duration_s=duration, run_dir=str(run_dir),
         )
@@ -262,6 +263,23 @@ def train(
                                    run_id=run_id, passed=evaluation["passed"], failures=evaluation["failures"])
     _write_run_json(run_dir, status="succeeded", finished_at=utcnow(), version=version_ref, duration_s=duration)
     return TrainResult(run_id, run_dir, version_ref, curve_data, evaluation, duration, seconds_per_step, peak_memory_mb(), warnings)
+
+
+def _same_on_every_process(value: str) -> str:
+    """Under `accelerate launch` every process must agree on the run id (and so the run directory)."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return value
+    import torch
+    import torch.distributed as dist
+
+    if not dist.is_initialized():  # Trainer/accelerate reuse this group rather than making their own
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        if backend == "nccl":
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+        dist.init_process_group(backend)
+    box = [value]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
 
 
 class _ListDataset:

@@ -1,0 +1,207 @@
+"""The trainer end to end on the tiny Llama: config -> trained, evaluated, pushed version with lineage."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from cli.main import main
+from registry import Registry
+from trainer.config import ConfigError, load_config
+
+ROOT = Path(__file__).resolve().parent.parent
+ARITH = ROOT / "examples" / "arith.jsonl"
+
+
+def write_config(tmp_path: Path, base_dir: Path, name: str = "tiny-arith", **overrides) -> Path:
+    config = {
+        "base_model": str(base_dir), "adapter": "lora", "lora_r": 4, "lora_alpha": 8, "lora_dropout": 0.0,
+        "datasets": [{"path": str(ARITH), "type": "alpaca"}], "val_set_size": 24, "sequence_len": 48,
+        "micro_batch_size": 8, "max_steps": 8, "eval_steps": 4, "save_steps": 4, "learning_rate": 0.002, "seed": 3,
+        "push": {"name": name}, "evaluation": {"max_examples": 8, "max_new_tokens": 4, "max_general_ppl_ratio": None},
+    }
+    for key, value in overrides.items():
+        config[key] = value
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "examples").glob("*.yaml")), ids=lambda p: p.name)
+def test_every_shipped_example_config_loads_and_validates(path):
+    config = load_config(path)
+    assert config.datasets and all(Path(d.path).is_file() for d in config.datasets)
+    assert config.push.name
+
+
+@pytest.mark.parametrize(
+    "override, needle",
+    [("lora_rr=8", "unknown config key 'lora_rr'"), ("push.nam=x", "unknown config key 'push.nam'"),
+     ("lora_r=0", "lora_r: must be a positive integer, got 0"), ("adapter=lokr", "adapter: must be one of"),
+     ("learning_rate=fast", "learning_rate: expected a number, got 'fast'"), ("optimizer=adam9", "optimizer: must be one of"),
+     ("datasets=[]", "datasets: at least one"), ("push.name=Bad/Name", "push: invalid adapter name"),
+     ("val_set_size=1.5", "val_set_size"), ("evaluation.task_metric=f1", "evaluation.task_metric")],
+)
+def test_bad_config_values_name_the_key(tmp_path, tiny_base_dir, home, capsys, override, needle):
+    path = write_config(tmp_path, tiny_base_dir)
+    with pytest.raises(ConfigError, match=needle.replace("(", r"\(").replace("[", r"\[")):
+        load_config(path, [override])
+    capsys.readouterr()
+    assert main(["train", str(path), "--set", override]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and needle in err
+    assert not (home / "runs").exists() or not any((home / "runs").iterdir())
+
+
+def test_train_pushes_an_evaluated_version_with_full_lineage(tmp_path, tiny_base_dir, home, capsys):
+    path = write_config(tmp_path, tiny_base_dir, push={"name": "tiny-arith", "alias": "staging", "message": "first"})
+    assert main(["train", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "tiny-arith:1" in out and "Held-out evaluation" in out
+    reg = Registry(home)
+    info = reg.describe("tiny-arith@staging")
+    run = info["run"]
+    config = load_config(path)
+    assert run["config_hash"] == config.config_hash() and run["config"]["lora_r"] == 4
+    assert run["seed"] == 3 and run["base_name"] == info["version"]["base_name"]
+    dataset = run["datasets"][0]
+    assert dataset["sha256"].startswith("sha256:") and dataset["counts"]["val"] == 24
+    assert dataset["counts"]["train"] + dataset["counts"]["val"] == dataset["counts"]["unique"]
+    assert {"torch", "transformers", "peft"} <= set(run["libraries"]) and run["hardware"]["cpu_cores"]
+    assert run["duration_s"] > 0 and run["status"] == "succeeded"
+    curves = run["metrics"]
+    assert [s for s, _ in curves["train_loss"]] == list(range(1, 9)) and [s for s, _ in curves["val_loss"]] == [4, 8]
+    assert Path(curves["loss_plot"]).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    (evaluation,) = info["evaluations"]
+    assert evaluation["metrics"]["examples"] == 24 and "exact_match" in evaluation["metrics"]
+    assert evaluation["base_metrics"]["loss"] > evaluation["metrics"]["loss"]  # trained on the task: lower held-out loss
+    assert evaluation["passed"] is True
+    shown = capsys.readouterr() or None
+    assert main(["show", "tiny-arith:1"]) == 0
+    shown = capsys.readouterr().out
+    for needle in (config.config_hash()[:20], "seed       3", "arith.jsonl", "heldout/val loss"):
+        assert needle in shown, needle
+
+
+@pytest.mark.parametrize("adapter", ["qlora", "dora", "ia3", "prefix"])
+def test_every_adapter_kind_trains_and_pushes(tmp_path, tiny_base_dir, home, adapter):
+    from trainer.train import train
+
+    config = load_config(write_config(tmp_path, tiny_base_dir, name=f"tiny-{adapter}", adapter=adapter, max_steps=4))
+    result = train(config, Registry(home), progress=False, log=lambda m: None)
+    version = Registry(home).resolve(result.version_ref)
+    expected = {"qlora": "LORA", "dora": "LORA", "ia3": "IA3", "prefix": "PREFIX_TUNING"}[adapter]
+    assert version.peft_type == expected
+    assert version.adapter_config.get("use_dora", False) == (adapter == "dora")
+    run = Registry(home).run(version.run_id)
+    assert run["config"]["load_in_4bit"] == (adapter == "qlora")
+
+
+def test_failed_threshold_still_pushes_but_marks_the_version(tmp_path, tiny_base_dir, home, capsys):
+    path = write_config(tmp_path, tiny_base_dir, evaluation={"max_examples": 4, "max_new_tokens": 3, "min_task_score": 0.99})
+    assert main(["train", str(path)]) == 0
+    assert "evaluation FAILED" in capsys.readouterr().out
+    (evaluation,) = Registry(home).describe("tiny-arith")["evaluations"]
+    assert evaluation["passed"] is False and "below min_task_score 0.99" in evaluation["failures"][0]
+    assert main(["show", "tiny-arith"]) == 0
+    assert "FAILED heldout/val: exact_match" in capsys.readouterr().out
+
+
+def test_early_stopping_ends_the_run_when_validation_loss_stalls(tmp_path, tiny_base_dir, home):
+    from trainer.train import train
+
+    path = write_config(tmp_path, tiny_base_dir, max_steps=40, eval_steps=2, save_steps=2, learning_rate=1e-9,
+                        early_stopping_patience=2)
+    result = train(load_config(path), Registry(home), progress=False, log=lambda m: None)
+    last_step = result.curves["train_loss"][-1][0]
+    assert last_step < 40 and len(result.curves["val_loss"]) == 3
+
+
+def test_bad_dataset_lines_stop_the_run_unless_skipped(tmp_path, tiny_base_dir, home, capsys):
+    data = tmp_path / "data.jsonl"
+    lines = ARITH.read_text().splitlines()[:200]
+    lines.insert(5, '{"instruction": "What is 1 + 1?"}')
+    lines.insert(9, "not json")
+    data.write_text("\n".join(lines) + "\n")
+    path = write_config(tmp_path, tiny_base_dir, datasets=[{"path": str(data), "type": "alpaca"}], max_steps=2)
+    assert main(["train", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert f"{data.name}:6" in err and f"{data.name}:10" in err
+    assert main(["train", str(path), "--skip-bad-lines"]) == 0
+    assert "skipped 2 bad lines" in capsys.readouterr().err
+
+
+def test_reg_eval_records_an_evaluation_on_a_data_file(tmp_path, tiny_base_dir, home, capsys):
+    assert main(["train", str(write_config(tmp_path, tiny_base_dir, max_steps=4))]) == 0
+    data = tmp_path / "probe.jsonl"
+    data.write_text("\n".join(ARITH.read_text().splitlines()[-10:]) + "\n")
+    capsys.readouterr()
+    assert main(["eval", "tiny-arith:1", "--data", str(data), "--max-examples", "4", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["adapter"]["examples"] == 10 and "loss" in result["base"]
+    names = [e["name"] for e in Registry(home).describe("tiny-arith:1")["evaluations"]]
+    assert names == ["heldout", "eval:probe.jsonl"]
+
+
+def _reg(*args: str) -> list[str]:
+    return [str(Path(sys.executable).parent / "reg"), *args]
+
+
+def test_a_killed_run_resumes_from_its_last_checkpoint(tmp_path, tiny_base_dir, home):
+    path = write_config(tmp_path, tiny_base_dir, max_steps=60, eval_steps=20, save_steps=5, micro_batch_size=4)
+    env = {**os.environ, "LORADOCK_HOME": str(home)}
+    proc = subprocess.Popen(_reg("train", str(path)), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    checkpoints = None
+    while time.time() < deadline:
+        found = list(home.glob("runs/*/checkpoints/checkpoint-10/trainer_state.json"))
+        if found:
+            checkpoints = found[0].parent.parent
+            break
+        assert proc.poll() is None, "training finished before it could be killed; make it longer"
+        time.sleep(0.05)
+    assert checkpoints is not None
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    run_dir = checkpoints.parent
+    assert json.loads((run_dir / "run.json").read_text())["status"] == "running"
+    killed_at = max(int(p.name.split("-")[1]) for p in checkpoints.glob("checkpoint-*"))
+    assert killed_at < 60
+    assert Registry(home).list_adapters() == []  # nothing pushed by the killed run
+
+    done = subprocess.run(_reg("train", str(path), "--resume"), env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert f"continuing from checkpoint-{killed_at}" in done.stderr
+    state = json.loads((run_dir / "run.json").read_text())
+    assert state["status"] == "succeeded" and state["version"] == "tiny-arith:1"
+    run = Registry(home).run(state["run_id"])
+    steps = [s for s, _ in run["metrics"]["train_loss"]]
+    assert steps == sorted(set(steps)) and steps[-1] == 60  # one continuous curve, no repeated steps
+
+
+def test_training_runs_unchanged_under_accelerate_launch_with_two_processes(tmp_path, tiny_base_dir, home):
+    path = write_config(tmp_path, tiny_base_dir, max_steps=4)
+    accelerate = Path(sys.executable).parent / "accelerate"
+    # accelerate's `--cpu` alone runs one process (multi-CPU wants mpirun); its torch.distributed launcher with
+    # ACCELERATE_USE_CPU=1 runs real DDP over gloo on CPU processes.
+    env = {**os.environ, "LORADOCK_HOME": str(home), "OMP_NUM_THREADS": "1", "ACCELERATE_USE_CPU": "1"}
+    done = subprocess.run(
+        [str(accelerate), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
+         "--dynamo_backend", "no", "-m", "trainer", str(path)],
+        env=env, capture_output=True, text=True, timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stderr.count("trainable parameters:") == 2  # both processes trained
+    reg = Registry(home)
+    assert [a.name for a in reg.list_adapters()] == ["tiny-arith"] and reg.count_versions("tiny-arith") == 1
+    run = reg.run(reg.resolve("tiny-arith").run_id)
+    assert run["hardware"]["processes"] == 2
+    assert len(list((home / "runs").iterdir())) == 1  # one run directory shared by both processes
