@@ -10,7 +10,9 @@ from __future__ import annotations
 import json
 import math
 import mmap
+import os
 import struct
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,6 +24,10 @@ DTYPE_SIZES = {
 }
 # Exponent bits of each IEEE-like float type: a value is NaN or Inf exactly when they are all ones.
 _EXPONENT_MASKS = {"F16": ("<u2", 0x7C00), "BF16": ("<u2", 0x7F80), "F32": ("<u4", 0x7F800000), "F64": ("<u8", 0x7FF0000000000000)}
+# Bytes scanned per step: small enough that a step's temporary stays in the CPU cache.
+_SCAN_STEP_BYTES = 1 << 20
+# Scan on two threads (numpy releases the GIL) when there is at least this much float data.
+_PARALLEL_SCAN_BYTES = 16 << 20
 MAX_HEADER_BYTES = 100 * 1024 * 1024
 
 
@@ -76,29 +82,72 @@ def read_header(path: Path) -> tuple[dict[str, TensorInfo], dict[str, str], int]
 
 
 def non_finite_tensors(path: Path, tensors: dict[str, TensorInfo], data_start: int) -> list[str]:
-    """Names of the floating-point tensors that hold at least one NaN or Inf."""
+    """Names of the floating-point tensors that hold at least one NaN or Inf.
+
+    A value is NaN or Inf exactly when its exponent bits are all ones, i.e. when the value with
+    its sign bit cleared, read as an unsigned integer, is at least the exponent mask; each step
+    takes the max of that over ~1 MB of values. Large files are scanned on two threads.
+    """
     import numpy as np
 
-    bad = []
-    chunk = 1 << 24  # elements per step, to bound the temporary arrays
+    steps = []  # (tensor name, dtype, file offset, element count): the work, in ~1 MB pieces
+    for name, info in tensors.items():
+        if info.dtype not in _EXPONENT_MASKS or info.end == info.begin:
+            continue
+        item = DTYPE_SIZES[info.dtype]
+        count = (info.end - info.begin) // item
+        per_step = _SCAN_STEP_BYTES // item
+        for first in range(0, count, per_step):
+            steps.append((name, info.dtype, data_start + info.begin + first * item, min(per_step, count - first)))
+    if not steps:
+        return []
+    found: set[str] = set()
     with open(path, "rb") as fh:
         if fh.seek(0, 2) == 0:
-            return bad
+            return []
         with mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as mm:
-            for name, info in tensors.items():
-                if info.dtype not in _EXPONENT_MASKS or info.end == info.begin:
-                    continue
-                np_dtype, mask = _EXPONENT_MASKS[info.dtype]
-                count = (info.end - info.begin) // DTYPE_SIZES[info.dtype]
-                values = np.frombuffer(mm, dtype=np_dtype, count=count, offset=data_start + info.begin)
-                mask_value = values.dtype.type(mask)
-                for start in range(0, count, chunk):
-                    part = values[start : start + chunk]
-                    if np.any((part & mask_value) == mask_value):
-                        bad.append(name)
-                        break
-                del values, part
-    return bad
+            pending = iter(steps)  # shared by the workers; next() on a list iterator is atomic under the GIL
+            failure: list[BaseException] = []
+
+            def worker() -> None:
+                scratch: dict[str, np.ndarray] = {}
+                values = None
+                try:
+                    for name, dtype, offset, count in pending:
+                        if name in found or failure:
+                            continue
+                        np_dtype, mask = _EXPONENT_MASKS[dtype]
+                        uint = np.dtype(np_dtype)
+                        if np_dtype not in scratch:
+                            scratch[np_dtype] = np.empty(_SCAN_STEP_BYTES // uint.itemsize, uint)
+                        magnitude = scratch[np_dtype][:count]
+                        values = np.frombuffer(mm, dtype=uint, count=count, offset=offset)
+                        np.bitwise_and(values, uint.type((1 << (8 * uint.itemsize - 1)) - 1), out=magnitude)
+                        values = None  # drop the view of the mmap promptly, so it can be closed
+                        if magnitude.max() >= mask:
+                            found.add(name)
+                except BaseException as exc:  # noqa: BLE001 - re-raised on the calling thread
+                    values = None
+                    failure.append(exc)
+
+            helper = None
+            total = sum(count * DTYPE_SIZES[dtype] for _, dtype, _, count in steps)
+            if total >= _PARALLEL_SCAN_BYTES and _usable_cpus() > 1:
+                helper = threading.Thread(target=worker, name="nan-scan", daemon=True)
+                helper.start()
+            worker()
+            if helper is not None:
+                helper.join()
+            if failure:
+                raise failure[0]
+    return [name for name in tensors if name in found]
+
+
+def _usable_cpus() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
 
 
 def check_weights_file(path: Path) -> dict[str, TensorInfo]:
