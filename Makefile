@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.loradock-installed
 
-.PHONY: setup demo test test-fast bench clean
+.PHONY: setup demo test test-fast bench proto clean
 
 setup: $(STAMP)
 
@@ -29,6 +29,9 @@ test-fast: setup
 
 bench: setup
 	$(PY) load_tests/bench_registry.py
+
+proto: setup
+	$(PY) server/rpc/codegen.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .loradock-demo demo-out

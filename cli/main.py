@@ -396,6 +396,105 @@ def eval_(
     render_evaluation(console, result)
 
 
+# --- serving ---------------------------------------------------------------------------------
+
+Target = Annotated[str, typer.Option("--target", "-t", envvar="LORADOCK_TARGET", help="Server address host:port.")]
+
+
+@app.command()
+def serve(
+    base: Annotated[str, typer.Option(help="Base model: a registered name, a model directory or a hub id.")] = "smollm2-135m-instruct",
+    quant: Annotated[str, typer.Option(help="Base weights in memory: nf4, int8 or none.")] = "nf4",
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on (0 picks a free one).")] = 50051,
+    max_batch_size: Annotated[int, typer.Option(help="Rows decoded together (continuous batching).")] = 16,
+    max_queue: Annotated[int, typer.Option(help="Waiting requests beyond which requests get RESOURCE_EXHAUSTED.")] = 256,
+    max_adapters: Annotated[int, typer.Option(help="Adapters held in memory at once (LRU eviction).")] = 8,
+    adapter_memory_mb: Annotated[int, typer.Option(help="Memory for adapter weights, MB.")] = 1024,
+    max_new_tokens_limit: Annotated[int, typer.Option(help="Largest max_new_tokens a request may ask for.")] = 1024,
+    grace: Annotated[float, typer.Option(help="On SIGTERM, seconds in-flight requests may take to finish.")] = 10.0,
+    home: Home = None,
+) -> None:
+    """Serve completions over gRPC from one base model, with adapters per request from the registry."""
+    from server.app import serve_forever
+    from server.options import ServerOptions
+
+    options = ServerOptions(base=base, quant=quant, host=host, port=port, max_batch_size=max_batch_size, max_queue=max_queue,
+                            max_adapters=max_adapters, adapter_memory_mb=adapter_memory_mb,
+                            max_new_tokens_limit=max_new_tokens_limit, grace_s=grace)
+    raise typer.Exit(serve_forever(options, _registry(home), log=lambda m: err_console.print(m)))
+
+
+@app.command()
+def generate(
+    prompt: Annotated[str, typer.Argument(help="The prompt (sent as a user chat message unless --raw).")],
+    adapter: Annotated[str, typer.Option("--adapter", "-a", help="NAME, NAME:N or NAME@ALIAS (default: the bare base).")] = "",
+    target: Target = "localhost:50051",
+    stream: Annotated[bool, typer.Option(help="Print text as it is decoded.")] = False,
+    key: Annotated[str, typer.Option(help="Routing key for sticky rollouts (e.g. a user id).")] = "",
+    raw: Annotated[bool, typer.Option(help="Send the prompt as raw text, without the chat template.")] = False,
+    max_new_tokens: Annotated[int, typer.Option(help="Tokens to generate (0 = server default).")] = 0,
+    temperature: Annotated[float, typer.Option(help="Sampling temperature (0 = greedy).")] = 0.0,
+    top_p: Annotated[float, typer.Option(help="Nucleus sampling (0 = off).")] = 0.0,
+    seed: Annotated[int, typer.Option(help="Sampling seed (0 = unseeded).")] = 0,
+    stop: Annotated[Optional[list[str]], typer.Option(help="Stop string (repeatable).")] = None,
+    merge: Annotated[Optional[list[str]], typer.Option(help="Serve a weighted merge instead: REF=WEIGHT (repeatable).")] = None,
+    merge_method: Annotated[str, typer.Option(help="Merge method: cat, linear, svd, ties...")] = "",
+    timeout: Annotated[float, typer.Option(help="Deadline in seconds.")] = 120.0,
+    json_out: Json = False,
+) -> None:
+    """Ask a running server for a completion; prints the text and which version served it."""
+    import grpc
+
+    from server.client import LoradockClient
+
+    merges = []
+    for item in merge or []:
+        ref, _, weight = item.rpartition("=")
+        try:
+            merges.append((ref, float(weight)))
+        except ValueError:
+            raise typer.BadParameter(f"--merge {item!r}: expected REF=WEIGHT") from None
+    kwargs = dict(adapter=adapter, max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, seed=seed,
+                  stop=stop or [], routing_key=key, merge=merges, merge_method=merge_method)
+    if raw:
+        kwargs["prompt"] = prompt
+    else:
+        kwargs["messages"] = [{"role": "user", "content": prompt}]
+    client = LoradockClient(target, timeout=timeout)
+    try:
+        if stream and not json_out:
+            final = None
+            for chunk in client.stream(**kwargs):
+                if chunk.done:
+                    final = chunk
+                else:
+                    sys.stdout.write(chunk.text)
+                    sys.stdout.flush()
+            sys.stdout.write("\n")
+            served = final.adapter_version or "base"
+            err_console.print(f"[{served}{' / ' + final.variant if final.variant else ''}] {final.finish_reason}, "
+                              f"{final.usage.completion_tokens} tokens, {final.timing.total_ms:.0f} ms")
+            return
+        result = client.generate(**kwargs)
+    except grpc.RpcError as exc:
+        err_console.print(f"error: {exc.code().name}: {exc.details()}")
+        raise typer.Exit(_RPC_EXIT.get(exc.code().name, 1)) from None
+    finally:
+        client.close()
+    if json_out:
+        print_json(result.__dict__)
+        return
+    console.print(result.text)
+    served = result.adapter_version or "base"
+    err_console.print(f"[{served}{' / ' + result.variant if result.variant else ''}] {result.finish_reason}, "
+                      f"{result.completion_tokens} tokens, {result.total_ms:.0f} ms")
+
+
+_RPC_EXIT = {"INVALID_ARGUMENT": 2, "NOT_FOUND": 3, "FAILED_PRECONDITION": 5, "RESOURCE_EXHAUSTED": 7,
+             "DEADLINE_EXCEEDED": 8, "UNAVAILABLE": 9}
+
+
 # --- entry point -----------------------------------------------------------------------------
 
 

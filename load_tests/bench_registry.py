@@ -385,7 +385,7 @@ def bench_latency(work: Path, home: Path, name: str, versions: int, cli_runs: in
     older = f"{versions - 20} older versions not shown" if versions > 20 else None
     subproc(f"reg ls {name}", reg + ["ls", name] + h, older)
     subproc(f"reg show {name}", reg + ["show", name] + h, f"{name}:{versions}")
-    subproc(f"reg ls {name} --json", reg + ["ls", name, "--json"] + h, f'"ref": "{name}:1"')
+    subproc(f"reg ls {name} --json", reg + ["ls", name, "--json"] + h, f'"{name}:1"')
     subproc("reg ls", reg + ["ls"] + h, name)
     for row in rows:
         targeted = row["what"].startswith(("reg ", "list_", "describe", "cli.main"))

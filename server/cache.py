@@ -1,0 +1,132 @@
+"""The adapter cache: which adapter versions sit in which LoRA slot, loaded lazily, evicted LRU.
+
+Keys are resolved identities (`NAME:N`, or a merge key), never bare names, so a push or an alias
+move simply resolves to a new key on the next request. `acquire` returns a slot and holds a
+reference until `release`; only unpinned entries with no references are evicted.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .errors import QueueFull
+
+
+@dataclass
+class CacheEntry:
+    key: str
+    slot: int
+    nbytes: int
+    peft_type: str = "LORA"
+    rank: int = 0
+    pinned: bool = False
+    refs: int = 0
+    requests: int = 0
+    last_used: float = field(default_factory=time.monotonic)
+    load_ms: float = 0.0
+
+
+class AdapterCache:
+    """Bounded by `max_adapters` (slots) and `max_bytes` of adapter weights."""
+
+    def __init__(self, lora, max_adapters: int, max_bytes: int, engine_lock: threading.Lock | None = None,
+                 slot_wait_s: float = 60.0):
+        self.lora = lora
+        self.max_adapters = max_adapters
+        self.max_bytes = max_bytes
+        self._engine_lock = engine_lock or threading.Lock()
+        self._lock = threading.RLock()
+        self._freed = threading.Condition(self._lock)
+        self.slot_wait_s = slot_wait_s
+        self._loading: dict[str, threading.Event] = {}
+        self.entries: dict[str, CacheEntry] = {}
+        self.hits = self.misses = self.evictions = 0
+
+    @property
+    def used_bytes(self) -> int:
+        return sum(e.nbytes for e in self.entries.values())
+
+    def acquire(self, key: str, load: Callable[[], object], pin: bool = False) -> CacheEntry:
+        """The entry for `key`, loading it with `load()` (-> LoraWeights) on a miss; holds a reference."""
+        while True:
+            with self._lock:
+                entry = self.entries.get(key)
+                if entry is not None:
+                    self.hits += 1
+                    entry.refs += 1
+                    entry.requests += 1
+                    entry.pinned = entry.pinned or pin
+                    entry.last_used = time.monotonic()
+                    return entry
+                waiting = self._loading.get(key)
+                if waiting is None:
+                    self._loading[key] = threading.Event()
+                    self.misses += 1
+                    break
+            waiting.wait()  # another request is loading the same adapter: share its result
+        try:
+            started = time.perf_counter()
+            weights = load()  # file I/O and tensor building happen outside every lock
+            with self._lock:
+                slot = self._free_slot(weights.nbytes, key)
+                with self._engine_lock:  # the slot write waits for the current forward to end
+                    self.lora.assign(slot, weights)
+                entry = CacheEntry(key, slot, weights.nbytes, rank=weights.rank, pinned=pin, refs=1, requests=1,
+                                   load_ms=(time.perf_counter() - started) * 1000)
+                self.entries[key] = entry
+                return entry
+        finally:
+            with self._lock:
+                self._loading.pop(key).set()
+
+    def release(self, key: str) -> None:
+        with self._lock:
+            entry = self.entries.get(key)
+            if entry is not None and entry.refs > 0:
+                entry.refs -= 1
+                entry.last_used = time.monotonic()
+                if entry.refs == 0:
+                    self._freed.notify_all()
+
+    def unload(self, key: str) -> bool:
+        """Remove `key` now if no request uses it (pinned or not); False if it was not loaded."""
+        with self._lock:
+            entry = self.entries.get(key)
+            if entry is None:
+                return False
+            if entry.refs:
+                raise QueueFull(f"{key} is serving {entry.refs} request(s); unload it when they finish")
+            self._evict(entry)
+            return True
+
+    def _free_slot(self, nbytes: int, key: str) -> int:
+        if nbytes > self.max_bytes:
+            raise QueueFull(f"{key} needs {nbytes / 2**20:.1f} MB, more than the whole adapter memory limit "
+                            f"({self.max_bytes / 2**20:.0f} MB); raise --adapter-memory-mb")
+        deadline = time.monotonic() + self.slot_wait_s
+        while len(self.entries) >= self.max_adapters or self.used_bytes + nbytes > self.max_bytes:
+            victims = [e for e in self.entries.values() if not e.pinned and e.refs == 0]
+            if victims:
+                self._evict(min(victims, key=lambda e: e.last_used))
+                continue
+            # Every slot serves a request: wait for one to finish rather than fail at once.
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or all(e.pinned for e in self.entries.values()):
+                raise QueueFull(f"adapter cache full: all {len(self.entries)} loaded adapters are pinned or serving; retry later")
+            self._freed.wait(remaining)
+        used = {e.slot for e in self.entries.values()}
+        return next(s for s in range(1, self.max_adapters + 1) if s not in used)
+
+    def _evict(self, entry: CacheEntry) -> None:
+        with self._engine_lock:
+            self.lora.clear(entry.slot)
+        del self.entries[entry.key]
+        self.evictions += 1
+
+
+def adapter_dir_for(cache_root: Path, manifest_digest: str) -> Path:
+    return cache_root / manifest_digest.replace("sha256:", "")

@@ -1,0 +1,375 @@
+"""The generation engine: one model, one running batch, continuous batching across adapters.
+
+A single thread owns the model. Each turn it admits waiting requests (prefilling them together,
+left-padded) into the running batch, then runs one decode step for every row at once. Each row
+carries its adapter's slot, so requests for different adapters (and the bare base) share every
+forward pass (`server.lora.MultiLoraModel`). Rows that finish leave at once; their KV cache
+rows are dropped and the cache is trimmed of columns no row needs any more.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+
+import torch
+
+from .errors import QueueFull, ServerShuttingDown
+from .sampling import Sampling, sample_row
+
+
+@dataclass
+class EngineRequest:
+    request_id: str
+    prompt_ids: list[int]
+    sampling: Sampling
+    slot: int = 0                       # 0 = the bare base
+    version: str = ""                   # NAME:N that serves it ("" for the base)
+    variant: str = ""                   # rollout arm, if any
+    on_finish: Callable[["Result"], None] | None = None  # releases the adapter, records stats
+
+
+@dataclass
+class Result:
+    request_id: str
+    text: str
+    finish_reason: str                  # stop, length, cancelled
+    prompt_tokens: int
+    completion_tokens: int
+    queue_ms: float
+    ttft_ms: float
+    total_ms: float
+    version: str
+    variant: str
+    error: BaseException | None = None
+
+
+class Handle:
+    """The caller's side of a submitted request: stream deltas, wait for the result, cancel."""
+
+    def __init__(self, seq: "_Sequence"):
+        self._seq = seq
+
+    @property
+    def request_id(self) -> str:
+        return self._seq.request.request_id
+
+    def cancel(self) -> None:
+        self._seq.cancelled = True
+
+    def deltas(self, timeout: float | None = None) -> Iterator[str]:
+        """Yield text deltas as they are decoded; ends when the request finishes (then `result()` is ready)."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+            try:
+                kind, payload = self._seq.events.get(timeout=remaining)
+            except queue.Empty:
+                raise TimeoutError from None
+            if kind == "done":
+                self._seq.events.put((kind, payload))  # keep it for result()
+                return
+            yield payload
+
+    def result(self, timeout: float | None = None) -> Result:
+        if not self._seq.done.wait(timeout):
+            raise TimeoutError
+        assert self._seq.result is not None
+        if self._seq.result.error is not None:
+            raise self._seq.result.error
+        return self._seq.result
+
+
+@dataclass
+class _Sequence:
+    request: EngineRequest
+    submitted_at: float
+    events: "queue.Queue[tuple[str, object]]" = field(default_factory=queue.Queue)
+    done: threading.Event = field(default_factory=threading.Event)
+    generated: list[int] = field(default_factory=list)
+    sent: int = 0                        # characters of text already streamed
+    cancelled: bool = False
+    admitted_at: float | None = None
+    first_token_at: float | None = None
+    generator: torch.Generator | None = None
+    result: Result | None = None
+
+
+class Engine:
+    def __init__(self, model, tokenizer, lora=None, max_batch_size: int = 16, max_queue: int = 256):
+        self.model = model
+        self.tokenizer = tokenizer
+        self.lora = lora
+        self.max_batch_size = max_batch_size
+        self.max_queue = max_queue
+        self.device = next(model.parameters()).device
+        self.lock = threading.Lock()  # held for every forward; adapter slot writes take it too
+        self._cond = threading.Condition()
+        self._waiting: deque[_Sequence] = deque()
+        self._active: list[_Sequence] = []
+        self._cache = None
+        self._mask: torch.Tensor | None = None
+        self._stopping = False
+        self._accepting = True
+        self._thread = threading.Thread(target=self._run, name="loradock-engine", daemon=True)
+        eos = model.generation_config.eos_token_id if model.generation_config else None
+        eos_ids = set(eos if isinstance(eos, (list, tuple)) else [eos]) | {tokenizer.eos_token_id}
+        self.eos_ids = {e for e in eos_ids if e is not None}
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        self.decode_tokens = 0
+        self.decode_seconds = 0.0
+
+    # --- lifecycle ------------------------------------------------------------------------
+
+    def start(self) -> "Engine":
+        self._thread.start()
+        return self
+
+    def stop(self, drain_s: float = 0.0) -> None:
+        """Stop taking requests; let the running and queued ones finish for up to `drain_s`; then cancel the rest."""
+        self._accepting = False
+        deadline = time.monotonic() + drain_s
+        while time.monotonic() < deadline and (self._waiting or self._active):
+            time.sleep(0.02)
+        with self._cond:
+            for seq in list(self._waiting) + list(self._active):
+                seq.cancelled = True
+            self._stopping = True
+            self._cond.notify_all()
+        self._thread.join(timeout=30)
+
+    @property
+    def batch_size(self) -> int:
+        return len(self._active)
+
+    @property
+    def queue_depth(self) -> int:
+        return len(self._waiting)
+
+    # --- submitting -----------------------------------------------------------------------
+
+    def submit(self, request: EngineRequest) -> Handle:
+        seq = _Sequence(request, submitted_at=time.monotonic())
+        if request.sampling.seed:
+            seq.generator = torch.Generator().manual_seed(request.sampling.seed)
+        with self._cond:
+            if not self._accepting:
+                raise ServerShuttingDown("the server is shutting down and takes no new requests")
+            if len(self._waiting) >= self.max_queue:
+                raise QueueFull(f"queue full ({self.max_queue} requests waiting); retry later")
+            self._waiting.append(seq)
+            self._cond.notify()
+        return Handle(seq)
+
+    # --- the loop -------------------------------------------------------------------------
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while not self._stopping and not self._waiting and not self._active:
+                    self._cond.wait()
+                if self._stopping and not self._active and not self._waiting:
+                    return
+                admit = []
+                while self._waiting and len(self._active) + len(admit) < self.max_batch_size:
+                    seq = self._waiting.popleft()
+                    if seq.cancelled:
+                        self._finish(seq, "cancelled")
+                        continue
+                    admit.append(seq)
+            try:
+                self._drop_cancelled()
+                if admit:
+                    self._prefill(admit)
+                if self._active:
+                    self._decode_step()
+            except Exception as exc:  # a failure in a forward fails the rows in it, not the server
+                for seq in list(self._active) + admit:
+                    if seq.result is None:
+                        self._finish(seq, "error", error=exc)
+                self._active, self._cache, self._mask = [], None, None
+            if self._stopping and not self._active and not self._waiting:
+                return
+
+    def _forward(self, input_ids, attention_mask, position_ids, cache, slots):
+        from transformers import DynamicCache
+
+        with self.lock, torch.inference_mode():
+            context = self.lora.rows(slots) if self.lora is not None else _nullcontext()
+            with context:
+                out = self.model(
+                    input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                    cache=cache if cache is not None else DynamicCache(), use_cache=True, logits_to_keep=1,
+                )
+        return out.logits[:, -1, :].float(), out.cache
+
+    def _prefill(self, seqs: list[_Sequence]) -> None:
+        now = time.monotonic()
+        for seq in seqs:
+            seq.admitted_at = now
+        width = max(len(s.request.prompt_ids) for s in seqs)
+        ids = torch.full((len(seqs), width), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(seqs), width), dtype=torch.long)
+        for row, seq in enumerate(seqs):
+            p = seq.request.prompt_ids
+            ids[row, width - len(p):] = torch.tensor(p, dtype=torch.long)
+            mask[row, width - len(p):] = 1
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        slots = torch.tensor([s.request.slot for s in seqs], dtype=torch.long)
+        logits, cache = self._forward(ids.to(self.device), mask.to(self.device), positions.to(self.device), None, slots)
+        self._join(seqs, cache, mask.to(self.device))
+        self._emit(seqs, logits)
+
+    def _join(self, seqs: list[_Sequence], cache, mask: torch.Tensor) -> None:
+        """Add freshly prefilled rows to the running batch, left-padding whichever side is shorter."""
+        if not self._active:
+            self._active, self._cache, self._mask = list(seqs), cache, mask
+            return
+        old_len, new_len = self._mask.shape[1], mask.shape[1]
+        width = max(old_len, new_len)
+        layers = []
+        for old_layer, new_layer in zip(self._cache.layers, cache.layers):
+            k = torch.cat([_left_pad(old_layer.keys, width), _left_pad(new_layer.keys, width)], dim=0)
+            v = torch.cat([_left_pad(old_layer.values, width), _left_pad(new_layer.values, width)], dim=0)
+            layers.append((k, v))
+        self._cache = _cache_from(layers)
+        self._mask = torch.cat([_left_pad(self._mask, width, dim=1), _left_pad(mask, width, dim=1)], dim=0)
+        self._active.extend(seqs)
+
+    def _decode_step(self) -> None:
+        started = time.perf_counter()
+        last = torch.tensor([[s.generated[-1]] for s in self._active], dtype=torch.long, device=self.device)
+        self._mask = torch.cat([self._mask, torch.ones((len(self._active), 1), dtype=torch.long, device=self.device)], dim=1)
+        positions = self._mask.sum(-1, keepdim=True) - 1
+        slots = torch.tensor([s.request.slot for s in self._active], dtype=torch.long)
+        logits, self._cache = self._forward(last, self._mask, positions, self._cache, slots)
+        self.decode_seconds += time.perf_counter() - started
+        self.decode_tokens += len(self._active)
+        self._emit(list(self._active), logits)
+
+    def _emit(self, seqs: list[_Sequence], logits: torch.Tensor) -> None:
+        """Pick each row's next token, stream it, and retire rows that are done."""
+        finished: list[int] = []
+        now = time.monotonic()
+        for row, seq in enumerate(seqs):
+            s = seq.request.sampling
+            seen = torch.tensor(seq.request.prompt_ids + seq.generated, dtype=torch.long) if s.repetition_penalty != 1.0 else None
+            token = sample_row(logits[row].cpu(), s, seq.generator, seen)
+            if seq.first_token_at is None:
+                seq.first_token_at = now
+            reason = None
+            if token in self.eos_ids:
+                reason = "eos"
+            else:
+                seq.generated.append(token)
+                reason = self._stream(seq)
+                if reason is None and len(seq.generated) >= s.max_new_tokens:
+                    reason = "length"
+            if reason is not None or seq.cancelled:
+                self._finish(seq, reason or "cancelled")
+                finished.append(row)
+        if finished:
+            self._retire(set(id(seqs[r]) for r in finished))
+
+    def _stream(self, seq: _Sequence) -> str | None:
+        """Send the newly decoded text; return "stop" when a stop string appeared."""
+        text = self.tokenizer.decode(seq.generated, skip_special_tokens=True)
+        stops = seq.request.sampling.stop
+        if stops:
+            hits = [i for i in (text.find(stop) for stop in stops) if i >= 0]
+            if hits:
+                cut = min(hits)
+                if cut > seq.sent:
+                    seq.events.put(("delta", text[seq.sent:cut]))
+                seq.sent = cut
+                return "stop"
+        safe = len(text)
+        if text.endswith("\ufffd"):  # an incomplete multi-byte character: wait for the rest
+            safe = len(text.rstrip("\ufffd"))
+        for stop in stops:  # hold back a possible beginning of a stop string
+            for k in range(min(len(stop) - 1, len(text)), 0, -1):
+                if text.endswith(stop[:k]):
+                    safe = min(safe, len(text) - k)
+                    break
+        if safe > seq.sent:
+            seq.events.put(("delta", text[seq.sent:safe]))
+            seq.sent = safe
+        return None
+
+    def _drop_cancelled(self) -> None:
+        cancelled = [s for s in self._active if s.cancelled]
+        for seq in cancelled:
+            self._finish(seq, "cancelled")
+        if cancelled:
+            self._retire({id(s) for s in cancelled})
+
+    def _retire(self, gone: set[int]) -> None:
+        keep = [i for i, s in enumerate(self._active) if id(s) not in gone]
+        self._active = [self._active[i] for i in keep]
+        if not self._active:
+            self._cache, self._mask = None, None
+            return
+        index = torch.tensor(keep, dtype=torch.long, device=self.device)
+        mask = self._mask.index_select(0, index)
+        used = torch.nonzero(mask.sum(0) > 0)
+        first = int(used[0]) if used.numel() else 0  # leading columns no remaining row attends to
+        layers = [(layer.keys.index_select(0, index)[:, :, first:], layer.values.index_select(0, index)[:, :, first:])
+                  for layer in self._cache.layers]
+        self._cache = _cache_from(layers)
+        self._mask = mask[:, first:]
+
+    def _finish(self, seq: _Sequence, reason: str, error: BaseException | None = None) -> None:
+        if seq.result is not None:
+            return
+        end = time.monotonic()
+        full = self.tokenizer.decode(seq.generated, skip_special_tokens=True)
+        if reason in ("eos", "length"):  # everything decoded counts, including text held back for stop strings
+            if len(full) > seq.sent:
+                seq.events.put(("delta", full[seq.sent:]))
+                seq.sent = len(full)
+            text = full
+        else:  # a stop string (cut at it), a cancellation or an error: what was sent
+            text = full[: seq.sent]
+        reason = "stop" if reason == "eos" else reason
+        admitted = seq.admitted_at or end
+        seq.result = Result(
+            request_id=seq.request.request_id, text=text, finish_reason=reason,
+            prompt_tokens=len(seq.request.prompt_ids), completion_tokens=len(seq.generated),
+            queue_ms=(admitted - seq.submitted_at) * 1000,
+            ttft_ms=((seq.first_token_at or end) - seq.submitted_at) * 1000, total_ms=(end - seq.submitted_at) * 1000,
+            version=seq.request.version, variant=seq.request.variant, error=error,
+        )
+        if seq.request.on_finish is not None:
+            try:
+                seq.request.on_finish(seq.result)
+            except Exception:  # bookkeeping must never take the engine down
+                pass
+        seq.done.set()
+        seq.events.put(("done", seq.result))
+
+
+def _left_pad(t: torch.Tensor, width: int, dim: int = 2) -> torch.Tensor:
+    missing = width - t.shape[dim]
+    if missing <= 0:
+        return t
+    shape = list(t.shape)
+    shape[dim] = missing
+    return torch.cat([torch.zeros(shape, dtype=t.dtype, device=t.device), t], dim=dim)
+
+
+def _cache_from(layers: list[tuple[torch.Tensor, torch.Tensor]]):
+    from transformers import DynamicCache
+
+    return DynamicCache(ddp_cache_data=layers)
+
+
+class _nullcontext:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False

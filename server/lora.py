@@ -1,0 +1,435 @@
+"""Heterogeneous multi-LoRA: many adapters (and the bare base) in one batch, one forward pass.
+
+Every targeted Linear of the decoder layers is wrapped in a `MultiLoraLinear` that runs the
+original layer (fp32/bf16, or bitsandbytes 4-/8-bit) and then adds a LoRA delta chosen per
+batch row. Adapters live in numbered slots of stacked A/B tensors (vLLM's fixed slots, Punica's
+gathered matmuls in plain torch); slot 0 is the bare base and is always zero. Base weights are
+never merged, swapped or copied to serve a request.
+
+    multi = MultiLoraModel(model, max_slots=16)
+    multi.assign(1, load_lora_weights(adapter_dir, multi))
+    with multi.rows([1, 0, 1]):          # row 0 and 2 use slot 1, row 1 the bare base
+        model.generate(**batch)
+
+`rows()` sets shared state on the wrapped layers: one batch at a time per model.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from collections.abc import Iterable, Iterator
+from contextlib import AbstractContextManager, contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from registry.errors import LoradockError
+
+CONFIG_FILE = "adapter_config.json"
+WEIGHTS_FILE = "adapter_model.safetensors"
+# More distinct adapters than this in one batch: one gathered bmm instead of a matmul pair per adapter.
+DEFAULT_MAX_GROUPS = 4
+
+_KEY = re.compile(r"^base_model\.model\.(?P<module>.+)\.lora_(?P<side>[AB])\.weight$")
+# Config fields that make an adapter something other than "y = base(x) + B A x * scaling".
+_REFUSED_FIELDS = {
+    "use_dora": "it is a DoRA adapter (use_dora), whose magnitude vector rescales the base weight itself",
+    "lora_bias": "it trains a bias on lora_B (lora_bias)",
+    "modules_to_save": "it replaces whole base modules (modules_to_save={value})",
+    "trainable_token_indices": "it retrains embedding rows (trainable_token_indices)",
+    "target_parameters": "it targets parameters, not Linear layers (target_parameters={value})",
+    "layer_replication": "it changes the base's layer stack (layer_replication)",
+    "use_qalora": "it is a QA-LoRA adapter (use_qalora)",
+    "use_bdlora": "it is a block-diagonal LoRA (use_bdlora)",
+    "velora_config": "it is a VeLoRA adapter (velora_config)",
+    "alora_invocation_tokens": "it is an activated LoRA (alora_invocation_tokens)",
+    "monteclora_config": "it is a MonteCLoRA adapter (monteclora_config)",
+    "arrow_config": "it is an Arrow routing adapter (arrow_config)",
+    "kasa_config": "it is a KaSA adapter (kasa_config)",
+}
+# Initialisations that also rewrite the base weights, unless saved with PEFT's weight conversion.
+_BASE_REWRITING_INITS = ("pissa", "corda", "olora", "loftq", "mica")
+
+
+class AdapterIncompatible(LoradockError):
+    """An adapter the multi-LoRA server cannot apply to its base: wrong kind, wrong modules or wrong shapes."""
+
+
+@dataclass
+class LoraWeights:
+    """One adapter's LoRA matrices, ready to place in a slot."""
+
+    modules: dict[str, tuple[torch.Tensor, torch.Tensor]]
+    """Base module name (`model.layers.0.self_attn.q_proj`) -> (A [r, in], B [out, r]), float32, scaling folded into B."""
+    rank: int
+    """The largest rank over the adapter's modules (rank_pattern may vary it per module)."""
+    nbytes: int
+    """Bytes of all A and B tensors."""
+
+
+def load_lora_weights(adapter_dir: str | Path, model: nn.Module | MultiLoraModel | None = None) -> LoraWeights:
+    """Read a PEFT LoRA adapter directory into `LoraWeights`; with `model`, also check it fits that model.
+
+    Honours rank_pattern, alpha_pattern and use_rslora (scaling alpha/sqrt(r) instead of alpha/r).
+    Anything that is not plain LoRA on Linear layers raises `AdapterIncompatible` saying what it is.
+    """
+    from safetensors.torch import load_file
+
+    adapter_dir = Path(adapter_dir)
+    config = _read_config(adapter_dir)
+    _refuse_unsupported(adapter_dir, config)
+    weights_path = adapter_dir / WEIGHTS_FILE
+    if not weights_path.is_file():
+        raise AdapterIncompatible(f"{adapter_dir}: no {WEIGHTS_FILE} there; the server loads safetensors adapters only")
+    try:
+        tensors = load_file(weights_path)
+    except Exception as e:  # safetensors raises its own error types for truncated or malformed files
+        raise AdapterIncompatible(f"{weights_path}: cannot be read as safetensors ({e})") from None
+    foreign = [key for key in tensors if not _KEY.match(key)]
+    if foreign:
+        reason, key = min((_why_not_lora(key), key) for key in foreign)
+        raise AdapterIncompatible(f"{adapter_dir}: weight {key!r} {reason[1]}; the server applies plain LoRA only")
+    pairs: dict[str, dict[str, torch.Tensor]] = {}
+    for key, tensor in tensors.items():
+        match = _KEY.match(key)
+        pairs.setdefault(match["module"], {})[match["side"]] = tensor
+    if not pairs:
+        raise AdapterIncompatible(f"{adapter_dir}: {WEIGHTS_FILE} holds no LoRA weights")
+
+    modules = {}
+    for name, pair in sorted(pairs.items()):
+        if set(pair) != {"A", "B"}:
+            raise AdapterIncompatible(f"{adapter_dir}: {name} has lora_{''.join(pair)} but not both lora_A and lora_B")
+        a, b = pair["A"], pair["B"]
+        r = _pattern_value(config.get("rank_pattern") or {}, name, config.get("r", 8))
+        if a.ndim != 2 or b.ndim != 2 or a.shape[0] != r or b.shape[1] != r:
+            raise AdapterIncompatible(
+                f"{adapter_dir}: {name} has lora_A {tuple(a.shape)} and lora_B {tuple(b.shape)}, "
+                f"which are not [r, in] and [out, r] with the configured r={r}"
+            )
+        alpha = _pattern_value(config.get("alpha_pattern") or {}, name, config.get("lora_alpha", 8))
+        scaling = alpha / math.sqrt(r) if config.get("use_rslora") else alpha / r
+        modules[name] = (a.float().contiguous(), (b.float() * scaling).contiguous())
+    weights = LoraWeights(
+        modules=modules,
+        rank=max(a.shape[0] for a, _ in modules.values()),
+        nbytes=sum(a.nbytes + b.nbytes for a, b in modules.values()),
+    )
+    if model is not None:
+        check_fits(weights, model)
+    return weights
+
+
+def check_fits(weights: LoraWeights, model: nn.Module | MultiLoraModel) -> None:
+    """Raise `AdapterIncompatible` unless every module of `weights` exists in `model` with matching in/out features.
+
+    Against a `MultiLoraModel` the modules must also be ones it wrapped.
+    """
+    if isinstance(model, MultiLoraModel):
+        shapes = {name: (layer.in_features, layer.out_features) for name, layer in model.layers.items()}
+        missing_hint = f"which this server does not apply LoRA to (it wraps {_suffixes(shapes)})"
+    else:
+        shapes = {
+            name: (module.in_features, module.out_features)
+            for name, module in model.named_modules()
+            if isinstance(module, (nn.Linear, MultiLoraLinear))
+        }
+        missing_hint = "which are not Linear layers of this base"
+    missing = [name for name in weights.modules if name not in shapes]
+    if missing:
+        raise AdapterIncompatible(f"adapter targets {_suffixes(missing)} (e.g. {missing[0]}), {missing_hint}")
+    mismatched = []
+    for name, (a, b) in weights.modules.items():
+        in_features, out_features = shapes[name]
+        if a.shape[1] != in_features or b.shape[0] != out_features:
+            mismatched.append(
+                f"{name} expects in={a.shape[1]}, out={b.shape[0]} but the base layer has in={in_features}, out={out_features}"
+            )
+    if mismatched:
+        raise AdapterIncompatible(
+            f"adapter shapes do not match the base in {len(mismatched)} of {len(weights.modules)} modules, "
+            f"e.g. {mismatched[0]}; it was trained for a different base model"
+        )
+
+
+@dataclass(frozen=True)
+class RowPlan:
+    """Which slot each batch row (or token) uses, grouped once per batch rather than once per layer."""
+
+    slots: torch.Tensor
+    """Long tensor on the model's device, shape (batch,) or (batch, seq) for per-token slots."""
+    groups: tuple[tuple[int, torch.Tensor | None], ...]
+    """Each distinct non-base slot with the flat indices of its rows (None: every row)."""
+    max_groups: int
+    """Above this many distinct slots in one layer, a gathered bmm replaces the per-slot matmuls."""
+
+
+class MultiLoraLinear(nn.Module):
+    """A base Linear plus a per-row LoRA delta read from stacked slot tensors."""
+
+    def __init__(self, base: nn.Linear, max_slots: int, rank: int = 0):
+        super().__init__()
+        self.base = base
+        self.in_features = base.in_features
+        self.out_features = base.out_features
+        device = base.weight.device
+        self.register_buffer("stacked_A", torch.zeros(max_slots + 1, rank, self.in_features, device=device), persistent=False)
+        self.register_buffer("stacked_B", torch.zeros(max_slots + 1, self.out_features, rank, device=device), persistent=False)
+        self.slot_ranks: dict[int, int] = {}  # slots with weights for this module -> their rank here
+        self.plan: RowPlan | None = None
+
+    @property
+    def rank(self) -> int:
+        return self.stacked_A.shape[1]
+
+    def grow(self, rank: int) -> None:
+        """Re-allocate the stacks for a larger rank; existing slots keep their values, zero-padded."""
+        old_rank = self.rank
+        stacked_A = self.stacked_A.new_zeros(self.stacked_A.shape[0], rank, self.in_features)
+        stacked_B = self.stacked_B.new_zeros(self.stacked_B.shape[0], self.out_features, rank)
+        stacked_A[:, :old_rank] = self.stacked_A
+        stacked_B[:, :, :old_rank] = self.stacked_B
+        self.stacked_A, self.stacked_B = stacked_A, stacked_B
+
+    def set_slot(self, slot: int, pair: tuple[torch.Tensor, torch.Tensor] | None) -> None:
+        """Put (A, B) in `slot`, or zero it when `pair` is None."""
+        self.stacked_A[slot].zero_()
+        self.stacked_B[slot].zero_()
+        self.slot_ranks.pop(slot, None)
+        if pair is not None:
+            a, b = pair
+            r = a.shape[0]
+            self.stacked_A[slot, :r] = a
+            self.stacked_B[slot, :, :r] = b
+            self.slot_ranks[slot] = r
+
+    def forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+        y = self.base(x, *args, **kwargs)
+        plan = self.plan
+        if plan is None:
+            return y
+        groups = [(slot, rows) for slot, rows in plan.groups if slot in self.slot_ranks]
+        if not groups:
+            return y
+        if x.shape[: plan.slots.dim()] != plan.slots.shape:
+            raise ValueError(
+                f"rows() gave slots of shape {tuple(plan.slots.shape)} but this forward's input is {tuple(x.shape)}; "
+                "give one slot per batch row (or per token)"
+            )
+        n = plan.slots.numel()
+        xr = x.reshape(n, -1, self.in_features).float()  # (rows, seq, in); per-token slots: (tokens, 1, in)
+        yr = y.view(n, -1, self.out_features)
+        if len(groups) <= plan.max_groups:
+            for slot, rows in groups:
+                r = self.slot_ranks[slot]
+                xs = xr if rows is None else xr.index_select(0, rows)
+                delta = F.linear(F.linear(xs, self.stacked_A[slot, :r]), self.stacked_B[slot, :, :r]).to(y.dtype)
+                if rows is None:
+                    yr.add_(delta)
+                else:
+                    yr.index_add_(0, rows, delta)
+        else:
+            r = max(self.slot_ranks[slot] for slot, _ in groups)
+            slots = plan.slots.reshape(-1)
+            a = self.stacked_A[:, :r].index_select(0, slots)  # (rows, r, in)
+            b = self.stacked_B[:, :, :r].index_select(0, slots)  # (rows, out, r)
+            yr.add_(torch.bmm(torch.bmm(xr, a.transpose(1, 2)), b.transpose(1, 2)).to(y.dtype))
+        return y
+
+
+class MultiLoraModel:
+    """Wraps a causal LM's decoder Linear layers in place so each batch row can use its own adapter slot."""
+
+    def __init__(
+        self, model: nn.Module, max_slots: int, target_modules: Iterable[str] | None = None,
+        max_groups: int = DEFAULT_MAX_GROUPS, rank: int = 0,
+    ):
+        """`target_modules`: last name components to wrap (q_proj, ...); None wraps every Linear in the
+        decoder layers (lm_head and embeddings are never wrapped). `rank` pre-allocates that rank."""
+        if max_slots < 1:
+            raise ValueError(f"max_slots must be at least 1, got {max_slots}")
+        if any(isinstance(m, MultiLoraLinear) for m in model.modules()):
+            raise ValueError("this model is already wrapped by a MultiLoraModel")
+        self.model = model
+        self.max_slots = max_slots
+        self.max_groups = max_groups
+        self.layers: dict[str, MultiLoraLinear] = {}
+        self._slot_ranks: dict[int, int] = {}
+        targets = set(target_modules) if target_modules is not None else None
+        stack_name = _decoder_stack_name(model)
+        stack = model.get_submodule(stack_name)
+        linears = [
+            (f"{stack_name}.{name}", module) for name, module in stack.named_modules()
+            if isinstance(module, nn.Linear) and (targets is None or name.rsplit(".", 1)[-1] in targets)
+        ]
+        if not linears:
+            raise ValueError(f"no Linear layers named {sorted(targets or [])} in {stack_name}")
+        for name, module in linears:
+            parent_name, _, child = name.rpartition(".")
+            wrapper = MultiLoraLinear(module, max_slots, rank)
+            setattr(model.get_submodule(parent_name), child, wrapper)
+            self.layers[name] = wrapper
+        self._device = next(iter(self.layers.values())).stacked_A.device
+
+    @property
+    def max_rank(self) -> int:
+        """The rank every slot's storage is padded to (the largest assigned so far)."""
+        return next(iter(self.layers.values())).rank
+
+    @property
+    def nbytes_per_slot(self) -> int:
+        return sum(
+            (layer.stacked_A[0].numel() + layer.stacked_B[0].numel()) * layer.stacked_A.element_size()
+            for layer in self.layers.values()
+        )
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of all slot storage, slot 0 included."""
+        return self.nbytes_per_slot * (self.max_slots + 1)
+
+    @property
+    def assigned(self) -> dict[int, int]:
+        """Occupied slots -> the rank of the adapter in them."""
+        return dict(self._slot_ranks)
+
+    def assign(self, slot: int, weights: LoraWeights) -> None:
+        """Place `weights` in `slot` (1..max_slots), replacing whatever was there; raises before changing anything."""
+        self._check_slot(slot)
+        check_fits(weights, self)
+        if weights.rank > self.max_rank:
+            for layer in self.layers.values():
+                layer.grow(weights.rank)
+        for name, layer in self.layers.items():
+            layer.set_slot(slot, weights.modules.get(name))
+        self._slot_ranks[slot] = weights.rank
+
+    def clear(self, slot: int) -> None:
+        """Empty `slot`: rows that still name it get the bare base."""
+        self._check_slot(slot)
+        for layer in self.layers.values():
+            layer.set_slot(slot, None)
+        self._slot_ranks.pop(slot, None)
+
+    def plan(self, row_slots: torch.Tensor | Iterable[int]) -> RowPlan:
+        """Group `row_slots` (one per batch row, or a (batch, seq) tensor of per-token slots) by slot."""
+        slots = torch.as_tensor(row_slots if isinstance(row_slots, torch.Tensor) else list(row_slots), dtype=torch.long)
+        if slots.dim() not in (1, 2) or slots.numel() == 0:
+            raise ValueError(f"row slots must be a non-empty (batch,) or (batch, seq) sequence, got shape {tuple(slots.shape)}")
+        distinct = sorted(set(slots.reshape(-1).tolist()))
+        if distinct[0] < 0 or distinct[-1] > self.max_slots:
+            raise ValueError(f"row slots must be in 0..{self.max_slots}, got {distinct}")
+        flat = slots.reshape(-1)
+        nonzero = [s for s in distinct if s != 0]
+        if distinct == nonzero and len(nonzero) == 1:
+            groups = ((nonzero[0], None),)
+        else:
+            groups = tuple((s, torch.nonzero(flat == s).reshape(-1).to(self._device)) for s in nonzero)
+        return RowPlan(slots.to(self._device), groups, self.max_groups)
+
+    def rows(self, row_slots: torch.Tensor | Iterable[int]) -> AbstractContextManager[RowPlan]:
+        """Within the `with` block, row i of every forward uses slot row_slots[i] (0 = the bare base).
+
+        Raises here, not at `with`, for slots out of range."""
+        return self._planned(self.plan(row_slots))
+
+    @contextmanager
+    def _planned(self, plan: RowPlan) -> Iterator[RowPlan]:
+        previous = next(iter(self.layers.values())).plan
+        self._set_plan(plan)
+        try:
+            yield plan
+        finally:
+            self._set_plan(previous)
+
+    def unwrap(self) -> nn.Module:
+        """Put the original Linear layers back and return the model; this object is unusable afterwards."""
+        for name, layer in self.layers.items():
+            parent_name, _, child = name.rpartition(".")
+            setattr(self.model.get_submodule(parent_name), child, layer.base)
+        self.layers = {}
+        return self.model
+
+    def _set_plan(self, plan: RowPlan | None) -> None:
+        for layer in self.layers.values():
+            layer.plan = plan
+
+    def _check_slot(self, slot: int) -> None:
+        if not 1 <= slot <= self.max_slots:
+            raise ValueError(f"slot must be in 1..{self.max_slots} (0 is the bare base), got {slot}")
+
+
+def _read_config(adapter_dir: Path) -> dict:
+    path = adapter_dir / CONFIG_FILE
+    try:
+        config = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise AdapterIncompatible(f"{adapter_dir}: no {CONFIG_FILE} there; is it a PEFT adapter directory?") from None
+    except json.JSONDecodeError as e:
+        raise AdapterIncompatible(f"{path}: not valid JSON ({e})") from None
+    if not isinstance(config, dict):
+        raise AdapterIncompatible(f"{path}: expected a JSON object")
+    return config
+
+
+def _refuse_unsupported(adapter_dir: Path, config: dict) -> None:
+    peft_type = config.get("peft_type")
+    if peft_type != "LORA":
+        raise AdapterIncompatible(
+            f"{adapter_dir}: peft_type is {peft_type!r}; the server applies LORA adapters only "
+            "(prompt tuning, IA3 and other methods are not served)"
+        )
+    if config.get("bias", "none") != "none":
+        raise AdapterIncompatible(
+            f"{adapter_dir}: it trains the base layers' biases (bias={config['bias']!r}); the server applies "
+            "plain LoRA only (retrain with bias='none')"
+        )
+    for field, reason in _REFUSED_FIELDS.items():
+        value = config.get(field)
+        if value:
+            raise AdapterIncompatible(
+                f"{adapter_dir}: {reason.format(value=value)}; the server applies plain LoRA only "
+                "(merge such an adapter into a base, or train it as plain LoRA)"
+            )
+    init = config.get("init_lora_weights")
+    if isinstance(init, str) and init.lower().startswith(_BASE_REWRITING_INITS):
+        raise AdapterIncompatible(
+            f"{adapter_dir}: init_lora_weights={init!r} also rewrites the base weights; save it with PEFT's "
+            "path_initial_model_for_weight_conversion to get a plain LoRA adapter"
+        )
+
+
+def _why_not_lora(key: str) -> tuple[int, str]:
+    """Why a weight is not plain LoRA, most telling reason first when sorted."""
+    if "lora_embedding_" in key:
+        return 0, "is an embedding LoRA matrix (LoRA on embedding layers is not supported)"
+    if "lora_magnitude_vector" in key:
+        return 1, "is a DoRA magnitude vector"
+    if ".base_layer." in key or "modules_to_save" in key:
+        return 2, "is a full base weight the adapter replaces (saved embedding layers or modules_to_save)"
+    return 3, "is not a LoRA A/B matrix of a Linear layer"
+
+
+def _pattern_value(pattern: dict, module: str, default):
+    """PEFT's rank_pattern/alpha_pattern lookup: the first key that matches the end of the module name."""
+    for key, value in pattern.items():
+        if re.match(rf"(.*\.)?({key})$", module):
+            return value
+    return default
+
+
+def _decoder_stack_name(model: nn.Module) -> str:
+    """The ModuleList of decoder layers: `model.layers` for Llama-likes, else the first `layers`/`h` list."""
+    for name, module in model.named_modules():
+        if isinstance(module, nn.ModuleList) and name.rsplit(".", 1)[-1] in ("layers", "h"):
+            return name
+    raise ValueError(f"cannot find the decoder layers of {type(model).__name__} (no ModuleList named layers or h)")
+
+
+def _suffixes(names: Iterable[str]) -> str:
+    return ", ".join(sorted({name.rsplit(".", 1)[-1] for name in names}))

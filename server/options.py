@@ -1,0 +1,41 @@
+"""Server options: one place that defines each setting, its default and its help (the CLI reads these)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+
+
+def _opt(default, text: str):
+    return field(default=default, metadata={"help": text})
+
+
+@dataclass
+class ServerOptions:
+    base: str = _opt("smollm2-135m-instruct", "Base model: a registered name, a model directory or a hub id.")
+    quant: str = _opt("nf4", "Base weights in memory: nf4 (4-bit NormalFloat), int8, or none (full precision).")
+    host: str = _opt("127.0.0.1", "Address to listen on.")
+    port: int = _opt(50051, "Port to listen on (0 picks a free one).")
+    max_batch_size: int = _opt(16, "Rows decoded together; new requests join between decode steps up to this.")
+    max_queue: int = _opt(256, "Requests waiting to join the batch; beyond it requests get RESOURCE_EXHAUSTED.")
+    max_adapters: int = _opt(8, "Adapters held in memory at once (LRU eviction of idle, unpinned ones).")
+    adapter_memory_mb: int = _opt(1024, "Memory for adapter weights in the cache, in MB.")
+    default_max_new_tokens: int = _opt(128, "max_new_tokens when a request leaves it at 0.")
+    max_new_tokens_limit: int = _opt(1024, "Largest max_new_tokens a request may ask for.")
+    grace_s: float = _opt(10.0, "On SIGTERM, how long in-flight requests may take to finish.")
+    workers: int = _opt(64, "gRPC handler threads (each waiting request holds one).")
+
+    def validate(self) -> None:
+        from .errors import BadRequest
+
+        if self.quant not in ("nf4", "int8", "none"):
+            raise BadRequest(f"--quant {self.quant!r}: use nf4, int8 or none")
+        for name in ("max_batch_size", "max_queue", "max_adapters", "adapter_memory_mb", "default_max_new_tokens",
+                     "max_new_tokens_limit", "workers"):
+            if getattr(self, name) < 1:
+                raise BadRequest(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
+        if not 0 <= self.port <= 65535:
+            raise BadRequest(f"--port {self.port}: must be between 0 and 65535")
+
+
+def option_help() -> dict[str, str]:
+    return {f.name: f.metadata["help"] for f in fields(ServerOptions)}

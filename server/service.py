@@ -1,0 +1,217 @@
+"""The inference service: turns a GenerateRequest into an engine request, and everything around it.
+
+Validation, chat templating, resolving adapter refs through the registry (so pushes and alias
+moves are served on the next request), base compatibility, the adapter cache, per-request
+merges, stats and feedback. Transport-free: the gRPC servicer is a thin layer over this.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+import uuid
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+
+from registry import Registry
+from registry.bases import Base
+from registry.errors import BaseMismatch, NotFound
+from registry.names import parse_ref
+
+from .cache import AdapterCache, adapter_dir_for
+from .engine import Engine, EngineRequest, Handle, Result
+from .errors import BadRequest
+from .options import ServerOptions
+from .sampling import Sampling
+from .stats import Stats
+
+MERGE_DEFAULT = "cat"
+RECENT_REQUESTS = 100_000  # request_id -> version, for Feedback
+
+
+@dataclass
+class Prepared:
+    request: EngineRequest
+    cache_key: str | None
+
+
+class InferenceService:
+    def __init__(self, registry: Registry, base: Base, model, tokenizer, lora, options: ServerOptions, quantization: str):
+        self.registry = registry
+        self.base = base
+        self.tokenizer = tokenizer
+        self.lora = lora
+        self.options = options
+        self.quantization = quantization
+        self.context_len = int(getattr(model.config, "max_position_embeddings", 2048) or 2048)
+        self.engine = Engine(model, tokenizer, lora, options.max_batch_size, options.max_queue)
+        self.cache = AdapterCache(lora, options.max_adapters, options.adapter_memory_mb * 2**20, self.engine.lock)
+        self.stats = Stats()
+        self.recent: OrderedDict[str, str] = OrderedDict()
+        self.feedback: list[dict] = []
+        self.started = time.time()
+        self.adapter_files = registry.home / "cache" / "adapters"
+
+    def start(self) -> "InferenceService":
+        self.engine.start()
+        return self
+
+    def stop(self, drain_s: float = 0.0) -> None:
+        self.engine.stop(drain_s)
+
+    # --- requests -------------------------------------------------------------------------
+
+    def submit(self, req) -> tuple[Handle, Prepared]:
+        prepared = self.prepare(req)
+        try:
+            return self.engine.submit(prepared.request), prepared
+        except Exception:
+            if prepared.cache_key:
+                self.cache.release(prepared.cache_key)
+            raise
+
+    def prepare(self, req) -> Prepared:
+        """Validate and tokenize; resolve and load the adapter. Raises loradock errors (mapped by the servicer)."""
+        if req.adapter and len(req.merge):
+            raise BadRequest("give either `adapter` or `merge`, not both")
+        sampling = self._sampling(req.params)
+        prompt_ids = self._prompt_ids(req)
+        room = self.context_len - len(prompt_ids)
+        if room <= 0:
+            raise BadRequest(f"prompt is {len(prompt_ids)} tokens; the base's context is {self.context_len}")
+        sampling.max_new_tokens = min(sampling.max_new_tokens, room)
+        request_id = req.request_id or uuid.uuid4().hex
+        version, key, slot = "", None, 0
+        if len(req.merge):
+            version, key, slot = self._acquire_merge(req)
+        elif req.adapter:
+            version, key, slot = self._acquire_adapter(req.adapter)
+        def on_finish(result: Result) -> None:
+            if key:
+                self.cache.release(key)
+            self.stats.record(version, result.error is None, result.prompt_tokens, result.completion_tokens,
+                              result.total_ms, result.ttft_ms)
+            self._remember(result.request_id, version)
+
+        return Prepared(EngineRequest(request_id, prompt_ids, sampling, slot, version, "", on_finish), key)
+
+    def _sampling(self, p) -> Sampling:
+        limit = self.options.max_new_tokens_limit
+        max_new = p.max_new_tokens or self.options.default_max_new_tokens
+        checks = [
+            (1 <= max_new <= limit, f"params.max_new_tokens={p.max_new_tokens}: allowed 1..{limit} (0 = {self.options.default_max_new_tokens})"),
+            (0.0 <= p.temperature <= 5.0 and math.isfinite(p.temperature), f"params.temperature={p.temperature}: allowed 0..5 (0 = greedy)"),
+            (0.0 <= p.top_p <= 1.0, f"params.top_p={p.top_p}: allowed 0..1 (0 or 1 = off)"),
+            (0 <= p.top_k <= 100_000, f"params.top_k={p.top_k}: allowed 0..100000 (0 = off)"),
+            (p.repetition_penalty == 0 or 0.5 <= p.repetition_penalty <= 3.0,
+             f"params.repetition_penalty={p.repetition_penalty}: allowed 0.5..3 (0 or 1 = off)"),
+            (len(p.stop) <= 8 and all(0 < len(s) <= 64 for s in p.stop), "params.stop: at most 8 non-empty strings of up to 64 characters"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise BadRequest(message)
+        return Sampling(
+            max_new_tokens=max_new, temperature=p.temperature, top_p=p.top_p or 1.0, top_k=p.top_k,
+            seed=p.seed or None, stop=tuple(p.stop), repetition_penalty=p.repetition_penalty or 1.0,
+        )
+
+    def _prompt_ids(self, req) -> list[int]:
+        if req.messages:
+            if req.prompt:
+                raise BadRequest("give either `prompt` or `messages`, not both")
+            messages = []
+            for i, m in enumerate(req.messages):
+                if m.role not in ("system", "user", "assistant"):
+                    raise BadRequest(f"messages[{i}].role={m.role!r}: use system, user or assistant")
+                messages.append({"role": m.role, "content": m.content})
+            if self.tokenizer.chat_template:
+                return list(self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True,
+                                                               return_dict=True)["input_ids"])
+            return self.tokenizer("\n".join(m["content"] for m in messages))["input_ids"]
+        if not req.prompt:
+            raise BadRequest("empty request: give `prompt` or `messages`")
+        return self.tokenizer(req.prompt)["input_ids"]
+
+    def _acquire_adapter(self, ref: str) -> tuple[str, str, int]:
+        version = self.registry.resolve(parse_ref(ref))
+        self._check_compatible(version)
+        entry = self.cache.acquire(version.ref, lambda: self._load_version(version))
+        return version.ref, version.ref, entry.slot
+
+    def _check_compatible(self, version) -> None:
+        if version.base_digest != self.base.weights_digest:
+            raise BaseMismatch(
+                f"{version.ref} was trained on base {version.base_name} ({version.base_digest[:19]}), but this server "
+                f"serves {self.base.name} ({self.base.weights_digest[:19]})"
+            )
+
+    def _local_dir(self, version) -> Path:
+        path = adapter_dir_for(self.adapter_files, version.manifest_digest)
+        if not (path / "adapter_model.safetensors").exists():
+            self.registry.pull(version.ref, path, force=True)  # digest-verified
+        return path
+
+    def _load_version(self, version):
+        from .lora import load_lora_weights
+
+        return load_lora_weights(self._local_dir(version), self.lora)
+
+    def _acquire_merge(self, req) -> tuple[str, str, int]:
+        from .merge import MERGE_METHODS, merge_key
+
+        method = req.merge_method or MERGE_DEFAULT
+        if method not in MERGE_METHODS:
+            raise BadRequest(f"merge_method={method!r}: use one of {', '.join(MERGE_METHODS)}")
+        parts = []
+        for i, item in enumerate(req.merge):
+            if not item.adapter:
+                raise BadRequest(f"merge[{i}].adapter is empty")
+            if not math.isfinite(item.weight) or item.weight == 0:
+                raise BadRequest(f"merge[{i}].weight={item.weight}: must be a non-zero finite number")
+            version = self.registry.resolve(parse_ref(item.adapter))
+            self._check_compatible(version)
+            parts.append((version, float(item.weight)))
+        key = merge_key([(v.ref, w) for v, w in parts], method)
+        entry = self.cache.acquire(key, lambda: self._load_merge(parts, method))
+        return key, key, entry.slot
+
+    def _load_merge(self, parts, method: str):
+        """PEFT's weighted-adapter math on the versions' files, placed in a slot like any adapter."""
+        from .lora import LoraWeights, check_fits
+        from .merge import merge_adapters, read_lora_adapter
+
+        merged = merge_adapters([(read_lora_adapter(self._local_dir(v)), w) for v, w in parts], method)
+        modules = {m: (merged.lora_A[m].float().contiguous(), (merged.lora_B[m].float() * merged.scaling[m]).contiguous())
+                   for m in merged.lora_A}
+        weights = LoraWeights(modules, rank=max(a.shape[0] for a, _ in modules.values()),
+                              nbytes=sum(a.nbytes + b.nbytes for a, b in modules.values()))
+        check_fits(weights, self.lora)
+        return weights
+
+    # --- the other RPCs -------------------------------------------------------------------
+
+    def load_adapter(self, ref: str, pin: bool):
+        version = self.registry.resolve(parse_ref(ref))
+        self._check_compatible(version)
+        already = version.ref in self.cache.entries
+        entry = self.cache.acquire(version.ref, lambda: self._load_version(version), pin=pin)
+        self.cache.release(version.ref)
+        return version, entry, already
+
+    def unload_adapter(self, ref: str) -> bool:
+        parsed = parse_ref(ref)
+        key = str(parsed) if parsed.version is not None else self.registry.resolve(parsed).ref
+        return self.cache.unload(key)
+
+    def _remember(self, request_id: str, version: str) -> None:
+        self.recent[request_id] = version
+        while len(self.recent) > RECENT_REQUESTS:
+            self.recent.popitem(last=False)
+
+    def record_feedback(self, request_id: str, score: float, label: str) -> dict:
+        if request_id not in self.recent:
+            raise NotFound(f"no recent request with id {request_id!r} (feedback is accepted for the last {RECENT_REQUESTS:,} requests)")
+        item = {"request_id": request_id, "version": self.recent[request_id], "score": score, "label": label, "at": time.time()}
+        self.feedback.append(item)
+        return item

@@ -1,0 +1,334 @@
+"""The gRPC inference server on the tiny Llama: a real server on port 0, a real channel, real adapters."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import grpc
+import pytest
+from conftest import TINY_BASE, make_adapter_dir
+
+from registry import Registry
+from server.app import create_server, shutdown
+from server.client import LoradockClient
+from server.options import ServerOptions
+
+PROMPTS = ["Q: 12+30 A:", "hello world", "The quick brown fox", "What is the capital of France?", "LOUD VOICE"]
+N_ADAPTERS = 5
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory, tiny_base_dir, other_base_dir):
+    """A registry with 5 LoRA adapters (different seeds, ranks and targets) and a server on it (fp32, no quantization)."""
+    home = tmp_path_factory.mktemp("server-home")
+    work = tmp_path_factory.mktemp("server-adapters")
+    reg = Registry(home)
+    reg.add_base(str(tiny_base_dir), TINY_BASE)
+    reg.add_base(str(other_base_dir), "tiny-wide")
+    dirs = {}
+    for i in range(N_ADAPTERS):
+        kind = "lora-all" if i % 2 else "lora"
+        dirs[f"a{i}"] = make_adapter_dir(tiny_base_dir, work / f"a{i}", kind, seed=10 + i)
+        reg.push(dirs[f"a{i}"], f"a{i}")
+    reg.push(make_adapter_dir(other_base_dir, work / "wide", "lora", seed=1), "wide")
+    options = ServerOptions(base=TINY_BASE, quant="none", port=0, max_batch_size=8, max_adapters=4, max_queue=64,
+                            default_max_new_tokens=8)
+    server, port, service = create_server(options, reg, log=lambda m: None)
+    client = LoradockClient(f"127.0.0.1:{port}", timeout=60)
+    yield {"reg": reg, "server": server, "port": port, "service": service, "client": client, "dirs": dirs,
+           "base_dir": tiny_base_dir, "work": work}
+    client.close()
+    shutdown(server, service, 0)
+
+
+def reference(base_dir: Path, adapter_dir: Path | None, prompt: str, max_new_tokens: int) -> str:
+    """What plain transformers (+ PEFT) generates greedily for one prompt alone."""
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(base_dir)
+    model = AutoModelForCausalLM.from_pretrained(base_dir)
+    if adapter_dir is not None:
+        model = PeftModel.from_pretrained(model, adapter_dir)
+    model.eval()
+    ids = tok(prompt, return_tensors="pt")["input_ids"]
+    with torch.no_grad():
+        out = model.generate(ids, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tok.pad_token_id,
+                             eos_token_id=tok.eos_token_id)
+    return tok.decode(out[0, ids.shape[1]:], skip_special_tokens=True)
+
+
+@pytest.fixture(scope="module")
+def expected(served):
+    """Reference answers: every prompt on the base and on each adapter, alone, with plain PEFT."""
+    out = {}
+    for name in [""] + list(served["dirs"]):
+        adapter_dir = served["dirs"].get(name)
+        for prompt in PROMPTS:
+            out[(name, prompt)] = reference(served["base_dir"], adapter_dir, prompt, 8)
+    return out
+
+
+def test_health_and_reflection(served):
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+    from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+    channel = served["client"].channel
+    status = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service="loradock.v1.Inference"))
+    assert status.status == health_pb2.HealthCheckResponse.SERVING
+    responses = reflection_pb2_grpc.ServerReflectionStub(channel).ServerReflectionInfo(
+        iter([reflection_pb2.ServerReflectionRequest(list_services="")]))
+    names = {s.name for r in responses for s in r.list_services_response.service}
+    assert {"loradock.v1.Inference", "grpc.health.v1.Health"} <= names
+
+
+def test_each_adapter_alone_matches_plain_peft(served, expected):
+    client = served["client"]
+    for name in [""] + list(served["dirs"]):
+        for prompt in PROMPTS[:2]:
+            result = client.generate(prompt, adapter=name, max_new_tokens=8)
+            assert result.text == expected[(name, prompt)], (name, prompt)
+            assert result.adapter_version == (f"{name}:1" if name else "")
+            assert result.finish_reason in ("length", "stop") and result.completion_tokens <= 8
+
+
+def test_a_mixed_batch_gives_each_row_what_it_gets_alone(served, expected):
+    """Requests for 4 adapters and the base at once share forward passes; each answer equals its solo answer."""
+    client = served["client"]
+    jobs = [(name, prompt) for prompt in PROMPTS for name in ["", "a0", "a1", "a2", "a3"]]
+    with ThreadPoolExecutor(len(jobs)) as pool:
+        results = list(pool.map(lambda job: client.generate(job[1], adapter=job[0], max_new_tokens=8), jobs))
+    for (name, prompt), result in zip(jobs, results):
+        assert result.text == expected[(name, prompt)], (name, prompt)
+
+
+def test_sixty_four_concurrent_requests_over_eight_adapters(served, expected):
+    """More requests than batch rows and more adapters than cache slots: all complete, all correct."""
+    reg, client = served["reg"], served["client"]
+    names = list(served["dirs"])  # 5 adapters + base + 2 refs through aliases = 8 distinct names
+    reg.set_alias("a1", "prod", 1)
+    reg.set_alias("a2", "prod", 1)
+    refs = names + ["", "a1@prod", "a2@prod"]
+    jobs = [(refs[i % len(refs)], PROMPTS[i % len(PROMPTS)]) for i in range(64)]
+    with ThreadPoolExecutor(64) as pool:
+        results = list(pool.map(lambda job: client.generate(job[1], adapter=job[0], max_new_tokens=8), jobs))
+    for (ref, prompt), result in zip(jobs, results):
+        assert result.text == expected[(ref.split("@")[0], prompt)], (ref, prompt)
+
+
+def test_streaming_sends_the_same_text_in_pieces(served, expected):
+    chunks = list(served["client"].stream("hello world", adapter="a3", max_new_tokens=8))
+    assert chunks[-1].done and not any(c.done for c in chunks[:-1])
+    assert "".join(c.text for c in chunks[:-1]) == expected[("a3", "hello world")]
+    final = chunks[-1]
+    assert final.adapter_version == "a3:1" and final.usage.completion_tokens > 0 and final.timing.total_ms > 0
+
+
+def test_stop_strings_cut_the_text(served, expected):
+    full = expected[("a0", "hello world")]
+    assert len(full) > 3
+    stop = full[2:4]
+    result = served["client"].generate("hello world", adapter="a0", max_new_tokens=8, stop=[stop])
+    assert result.finish_reason == "stop" and result.text == full[: full.index(stop)]
+
+
+@pytest.mark.parametrize(
+    "kwargs, code, needle",
+    [
+        ({"adapter": "nope"}, grpc.StatusCode.NOT_FOUND, "no adapter named 'nope'"),
+        ({"adapter": "a0:9"}, grpc.StatusCode.NOT_FOUND, "has no version 9"),
+        ({"adapter": "a0@canary"}, grpc.StatusCode.NOT_FOUND, "has no alias 'canary'"),
+        ({"adapter": "A0:1"}, grpc.StatusCode.INVALID_ARGUMENT, "invalid reference"),
+        ({"adapter": "a0:1:2"}, grpc.StatusCode.INVALID_ARGUMENT, "invalid reference"),
+        ({"prompt": ""}, grpc.StatusCode.INVALID_ARGUMENT, "empty request"),
+        ({"adapter": "a0", "merge": [("a1", 0.5)]}, grpc.StatusCode.INVALID_ARGUMENT, "either `adapter` or `merge`"),
+        ({"temperature": 9.0}, grpc.StatusCode.INVALID_ARGUMENT, "allowed 0..5"),
+        ({"max_new_tokens": 5000}, grpc.StatusCode.INVALID_ARGUMENT, "allowed 1..1024"),
+        ({"top_p": 2.0}, grpc.StatusCode.INVALID_ARGUMENT, "params.top_p"),
+        ({"prompt": "hello " * 400}, grpc.StatusCode.INVALID_ARGUMENT, "the base's context is 256"),
+        ({"adapter": "wide"}, grpc.StatusCode.FAILED_PRECONDITION, "trained on base tiny-wide"),
+        ({"merge": [("a0", 0.5), ("a1", float("nan"))]}, grpc.StatusCode.INVALID_ARGUMENT, "merge[1].weight"),
+        ({"merge": [("a0", 0.5)], "merge_method": "blend"}, grpc.StatusCode.INVALID_ARGUMENT, "merge_method='blend'"),
+    ],
+)
+def test_bad_requests_get_their_status_code_and_the_server_keeps_serving(served, expected, kwargs, code, needle):
+    client = served["client"]
+    kwargs = dict(kwargs)
+    prompt = kwargs.pop("prompt", "hello world")
+    with pytest.raises(grpc.RpcError) as err:
+        client.generate(prompt, **kwargs)
+    assert err.value.code() == code and needle in err.value.details(), err.value.details()
+    assert client.generate("hello world", adapter="a0", max_new_tokens=8).text == expected[("a0", "hello world")]
+
+
+def test_a_push_or_an_alias_move_is_served_on_the_next_request(served, tiny_base_dir):
+    reg, client, work = served["reg"], served["client"], served["work"]
+    new_dir = make_adapter_dir(tiny_base_dir, work / "hot-v1", "lora", seed=77)
+    reg.push(new_dir, "hot")
+    assert client.generate("hello world", adapter="hot", max_new_tokens=4).adapter_version == "hot:1"
+    reg.push(make_adapter_dir(tiny_base_dir, work / "hot-v2", "lora", seed=78), "hot")
+    second = client.generate("hello world", adapter="hot", max_new_tokens=8)
+    assert second.adapter_version == "hot:2"
+    assert second.text == reference(tiny_base_dir, work / "hot-v2", "hello world", 8)
+    reg.set_alias("hot", "prod", 1)
+    assert client.generate("hello world", adapter="hot@prod", max_new_tokens=4).adapter_version == "hot:1"
+    reg.set_alias("hot", "prod", 2)
+    assert client.generate("hello world", adapter="hot@prod", max_new_tokens=4).adapter_version == "hot:2"
+
+
+def test_eviction_keeps_answers_right_with_more_adapters_than_slots(tmp_path, tiny_base_dir):
+    """A 2-adapter cache with 5 adapters in rotation: adapters are evicted and reloaded; every answer stays right."""
+    reg = Registry(tmp_path / "home")
+    reg.add_base(str(tiny_base_dir), TINY_BASE)
+    dirs = {f"r{i}": make_adapter_dir(tiny_base_dir, tmp_path / f"r{i}", "lora", seed=30 + i) for i in range(5)}
+    for name, d in dirs.items():
+        reg.push(d, name)
+    options = ServerOptions(base=TINY_BASE, quant="none", port=0, max_adapters=2, max_batch_size=2, default_max_new_tokens=6)
+    server, port, service = create_server(options, reg, log=lambda m: None)
+    try:
+        with LoradockClient(f"127.0.0.1:{port}") as client:
+            want = {n: reference(tiny_base_dir, d, "hello world", 6) for n, d in dirs.items()}
+            for round_ in range(2):
+                for name in dirs:
+                    assert client.generate("hello world", adapter=name, max_new_tokens=6).text == want[name]
+            with ThreadPoolExecutor(10) as pool:
+                got = list(pool.map(lambda n: (n, client.generate("hello world", adapter=n, max_new_tokens=6).text),
+                                    list(dirs) * 2))
+            assert all(text == want[n] for n, text in got)
+            stats = client.stats()
+            assert stats.cache.evictions >= 8 and stats.cache.loaded <= 2 and stats.cache.max_adapters == 2
+    finally:
+        shutdown(server, service, 0)
+
+
+def test_pinned_adapters_are_not_evicted_and_unload_frees_them(served):
+    client = served["client"]
+    response = client.load_adapter("a4", pin=True)
+    assert response.adapter.version == "a4:1" and response.adapter.pinned
+    for name in ["a0", "a1", "a2", "a3", "a0", "a1"]:
+        client.generate("hello world", adapter=name, max_new_tokens=2)
+    loaded = {a.version: a for a in client.list_adapters(loaded_only=True)}
+    assert loaded["a4:1"].pinned
+    assert client.unload_adapter("a4:1") is True
+    assert "a4:1" not in {a.version for a in client.list_adapters(loaded_only=True)}
+    listed = {a.name: a for a in client.list_adapters()}
+    assert "wide" not in listed and listed["a0"].version == "a0:1"
+
+
+def test_cancelling_a_stream_frees_its_batch_slot(served):
+    client, service = served["client"], served["service"]
+    call = client.stub.GenerateStream(client.request("hello world", adapter="a0", max_new_tokens=200))
+    next(call)
+    call.cancel()
+    deadline = time.time() + 10
+    while service.engine.batch_size and time.time() < deadline:
+        time.sleep(0.02)
+    assert service.engine.batch_size == 0 and service.engine.queue_depth == 0
+
+
+def test_a_client_deadline_is_deadline_exceeded_and_frees_the_slot(served):
+    client, service = served["client"], served["service"]
+    with pytest.raises(grpc.RpcError) as err:
+        client.generate("hello world", adapter="a1", max_new_tokens=1000, timeout=0.3)
+    assert err.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    deadline = time.time() + 10
+    while service.engine.batch_size and time.time() < deadline:
+        time.sleep(0.02)
+    assert service.engine.batch_size == 0
+
+
+def test_a_full_queue_answers_resource_exhausted_quickly(tmp_path, tiny_base_dir):
+    reg = Registry(tmp_path / "home")
+    reg.add_base(str(tiny_base_dir), TINY_BASE)
+    options = ServerOptions(base=TINY_BASE, quant="none", port=0, max_batch_size=1, max_queue=2)
+    server, port, service = create_server(options, reg, log=lambda m: None)
+    try:
+        with LoradockClient(f"127.0.0.1:{port}") as client:
+            def one(_):
+                started = time.monotonic()
+                try:
+                    client.generate("hello world", max_new_tokens=60)
+                    return "ok", time.monotonic() - started
+                except grpc.RpcError as exc:
+                    return exc.code().name, time.monotonic() - started
+
+            with ThreadPoolExecutor(12) as pool:
+                outcomes = list(pool.map(one, range(12)))
+            codes = [c for c, _ in outcomes]
+            assert "RESOURCE_EXHAUSTED" in codes and "ok" in codes
+            assert all(t < 1.0 for c, t in outcomes if c == "RESOURCE_EXHAUSTED")
+            assert client.generate("hello world", max_new_tokens=4).finish_reason in ("length", "stop")
+    finally:
+        shutdown(server, service, 0)
+
+
+def test_feedback_and_stats(served):
+    client = served["client"]
+    result = client.generate("hello world", adapter="a2", max_new_tokens=3, request_id="req-feedback-1")
+    assert result.request_id == "req-feedback-1"
+    assert client.feedback("req-feedback-1", score=1.0, label="good")
+    with pytest.raises(grpc.RpcError) as err:
+        client.feedback("no-such-request", score=1.0)
+    assert err.value.code() == grpc.StatusCode.NOT_FOUND
+    stats = client.stats()
+    by_version = {a.version: a for a in stats.adapters}
+    assert by_version["a2:1"].requests >= 1 and by_version["a2:1"].latency.p50_ms > 0
+    assert stats.base == TINY_BASE and stats.quantization == "none" and stats.max_batch_size == 8
+    assert by_version["base"].completion_tokens > 0
+
+
+def test_generated_stubs_are_not_stale(tmp_path):
+    from server.rpc import codegen
+
+    for path in codegen.generate(tmp_path):
+        assert path.read_text() == (codegen.OUT / path.name).read_text(), f"{path.name} is stale: run `make proto`"
+
+
+def test_reg_serve_drains_on_sigterm_and_exits_zero(tmp_path, tiny_base_dir):
+    home = tmp_path / "home"
+    reg = Registry(home)
+    reg.add_base(str(tiny_base_dir), TINY_BASE)
+    reg.close()
+    env = {**os.environ, "LORADOCK_HOME": str(home)}
+    port = _free_port()
+    proc = subprocess.Popen(
+        [str(Path(sys.executable).parent / "reg"), "serve", "--base", TINY_BASE, "--quant", "none", "--port", str(port),
+         "--grace", "20"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        client = LoradockClient(f"127.0.0.1:{port}", timeout=60)
+        deadline = time.time() + 60
+        while True:
+            try:
+                client.generate("hello", max_new_tokens=1)
+                break
+            except grpc.RpcError:
+                assert time.time() < deadline and proc.poll() is None, proc.stderr.read() if proc.poll() is not None else ""
+                time.sleep(0.2)
+        outcome = {}
+        worker = threading.Thread(target=lambda: outcome.update(r=client.generate("hello world", max_new_tokens=120)))
+        worker.start()
+        time.sleep(0.3)
+        proc.send_signal(signal.SIGTERM)
+        worker.join(60)
+        assert outcome["r"].completion_tokens > 0  # the in-flight request finished during the drain
+        assert proc.wait(60) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
