@@ -171,7 +171,7 @@ class InferenceService:
                 raise BadRequest(f"merge[{i}].weight={item.weight}: must be a non-zero finite number")
             version = self.registry.resolve(parse_ref(item.adapter))
             self._check_compatible(version)
-            parts.append((version, float(item.weight)))
+            parts.append((version, float(f"{item.weight:.7g}")))  # the wire is float32: 0.7 arrives as 0.69999998
         key = merge_key([(v.ref, w) for v, w in parts], method)
         entry = self.cache.acquire(key, lambda: self._load_merge(parts, method))
         return key, key, entry.slot

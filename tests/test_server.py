@@ -332,3 +332,46 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def test_a_per_request_merge_is_served_like_peft_merges_it(served):
+    """merge=[a0*0.7, a2*0.3] with cat: the server's answer equals plain PEFT's add_weighted_adapter result."""
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    base_dir, dirs = served["base_dir"], served["dirs"]
+    result = served["client"].generate("hello world", merge=[("a0", 0.7), ("a2", 0.3)], merge_method="cat", max_new_tokens=8)
+    assert result.adapter_version == "merge(a0:1*0.7+a2:1*0.3,cat)"
+    tok = AutoTokenizer.from_pretrained(base_dir)
+    model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base_dir), dirs["a0"], adapter_name="a0")
+    model.load_adapter(dirs["a2"], adapter_name="a2")
+    model.add_weighted_adapter(["a0", "a2"], [0.7, 0.3], "combo", combination_type="cat")
+    model.set_adapter("combo")
+    model.eval()
+    ids = tok("hello world", return_tensors="pt")["input_ids"]
+    with torch.no_grad():
+        out = model.generate(ids, max_new_tokens=8, do_sample=False, pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
+    assert result.text == tok.decode(out[0, ids.shape[1]:], skip_special_tokens=True)
+    again = served["client"].generate("hello world", merge=[("a0", 0.7), ("a2", 0.3)], merge_method="cat", max_new_tokens=8)
+    assert again.text == result.text  # served from the cache the second time
+    assert "merge(a0:1*0.7+a2:1*0.3,cat)" in {a.version for a in served["client"].list_adapters(loaded_only=True)}
+
+
+def test_a_corrupt_adapter_file_fails_that_request_only(served, tiny_base_dir, expected):
+    reg, client, work = served["reg"], served["client"], served["work"]
+    version = reg.push(make_adapter_dir(tiny_base_dir, work / "broken", "lora", seed=99), "broken").version
+    weights = next(f for f in version.files if f.path == "adapter_model.safetensors")
+    blob = reg.blobs.path(weights.sha256)
+    blob.chmod(0o644)
+    data = bytearray(blob.read_bytes())
+    data[-5] ^= 0xFF
+    blob.write_bytes(bytes(data))
+    with ThreadPoolExecutor(4) as pool:
+        bad = pool.submit(client.generate, "hello world", adapter="broken", max_new_tokens=4)
+        good = [pool.submit(client.generate, "hello world", adapter=n, max_new_tokens=8) for n in ("a0", "a1", "")]
+        with pytest.raises(grpc.RpcError) as err:
+            bad.result()
+        assert err.value.code() == grpc.StatusCode.DATA_LOSS and "adapter_model.safetensors" in err.value.details()
+        for name, future in zip(("a0", "a1", ""), good):
+            assert future.result().text == expected[(name, "hello world")]
