@@ -9,7 +9,7 @@ from dataclasses import asdict, is_dataclass
 from rich.console import Console
 
 console = Console(highlight=False, soft_wrap=True)
-err_console = Console(stderr=True, highlight=False, soft_wrap=True)
+err_console = Console(stderr=True, highlight=False, soft_wrap=True, markup=False)
 
 
 def print_json(data) -> None:

@@ -375,3 +375,20 @@ def test_a_corrupt_adapter_file_fails_that_request_only(served, tiny_base_dir, e
         assert err.value.code() == grpc.StatusCode.DATA_LOSS and "adapter_model.safetensors" in err.value.details()
         for name, future in zip(("a0", "a1", ""), good):
             assert future.result().text == expected[(name, "hello world")]
+
+
+def test_reg_generate_prints_the_text_and_the_version_that_served_it(served, expected, capsys):
+    from cli.main import main
+
+    target = f"127.0.0.1:{served['port']}"
+    capsys.readouterr()
+    assert main(["generate", "hello world", "--raw", "--adapter", "a1", "--target", target, "--max-new-tokens", "8"]) == 0
+    captured = capsys.readouterr()
+    assert captured.out.strip() == expected[("a1", "hello world")].strip()
+    assert "[a1:1]" in captured.err
+    assert main(["generate", "hello world", "--raw", "--adapter", "a1", "--target", target, "--max-new-tokens", "8",
+                 "--stream"]) == 0
+    captured = capsys.readouterr()
+    assert captured.out.strip() == expected[("a1", "hello world")].strip() and "[a1:1]" in captured.err
+    assert main(["generate", "hello", "--adapter", "nope", "--target", target]) == 3
+    assert "NOT_FOUND" in capsys.readouterr().err

@@ -190,8 +190,7 @@ def train(
         gradient_accumulation_steps=config.gradient_accumulation_steps, num_train_epochs=config.num_epochs,
         max_steps=config.max_steps, learning_rate=config.learning_rate, lr_scheduler_type=config.lr_scheduler,
         warmup_steps=config.warmup_steps, weight_decay=config.weight_decay, optim=config.optimizer,
-        bf16=bf16, tf32=tf32 or None, gradient_checkpointing=config.gradient_checkpointing,
-        gradient_checkpointing_kwargs={"use_reentrant": False} if config.gradient_checkpointing else None,
+        bf16=bf16, tf32=tf32 or None, **_checkpointing_args(config.gradient_checkpointing),
         eval_strategy="steps" if has_val else "no", eval_steps=eval_steps if has_val else None,
         save_strategy="steps", save_steps=save_steps, save_total_limit=config.save_total_limit,
         load_best_model_at_end=early_stop, metric_for_best_model="eval_loss" if early_stop else None,
@@ -263,6 +262,19 @@ def train(
                                    run_id=run_id, passed=evaluation["passed"], failures=evaluation["failures"])
     _write_run_json(run_dir, status="succeeded", finished_at=utcnow(), version=version_ref, duration_s=duration)
     return TrainResult(run_id, run_dir, version_ref, curve_data, evaluation, duration, seconds_per_step, peak_memory_mb(), warnings)
+
+
+def _checkpointing_args(enabled: bool) -> dict:
+    """TrainingArguments' activation checkpointing switch (renamed in transformers 5; only passed when on)."""
+    if not enabled:
+        return {}
+    import dataclasses
+
+    from transformers import TrainingArguments
+
+    names = {f.name for f in dataclasses.fields(TrainingArguments)}
+    key = "activation_checkpointing" if "activation_checkpointing" in names else "gradient_checkpointing"
+    return {key: True, f"{key}_kwargs": {"use_reentrant": False}}
 
 
 def _same_on_every_process(value: str) -> str:
