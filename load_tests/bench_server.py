@@ -17,8 +17,10 @@ same batch of B random prompts (fixed seed) is run through:
   (d) PEFT one-by-one    for each request: set_adapter(name), prefill that single row, decode D steps
                          at batch 1; total tokens / total time (swap time counted in prefill).
 
-Variants run interleaved (a, b, c, d, a, b, ...) after a warmup round, so background load hits them
-alike; the median over --repeats is reported as tokens/s and as a ratio to the bare base.
+(a)-(c) run interleaved step by step (the three prefills, then decode step t of each before step t+1
+of any), (d) after them, in rounds: one warmup round, then --repeats timed ones. Reported: the median
+tokens/s over the rounds, and the ratio to the bare base as the median of the per-round ratios (each
+paired with the bare base's time in the same round, so background load on a shared machine cancels).
 Targets (the issue): (b) >= 0.9x bare in prefill and >= 0.8x in decode.
 
 Also measured: the real `server.engine.Engine` (continuous batching) decoding B requests spread
@@ -176,6 +178,27 @@ def run_batch(model, prompt, steps, context=None, **kwargs) -> tuple[float, floa
     return prefilled - start, time.perf_counter() - prefilled, logits
 
 
+def run_interleaved(batched: dict, prompt, steps) -> tuple[dict, dict, dict]:
+    """The batched variants step by step in turn: every prefill, then decode step t of each variant
+    before step t + 1 of any, so noise from other work on the machine falls on all of them alike.
+
+    `batched`: name -> (model, context factory or None, forward kwargs). Returns (prefill s, decode s, prefill logits)."""
+    length = prompt.shape[1]
+    prefill, decode, logits, caches = {}, dict.fromkeys(batched, 0.0), {}, {}
+    for name, (model, context, kwargs) in batched.items():
+        start = time.perf_counter()
+        with (context or contextlib.nullcontext)():
+            logits[name], caches[name] = forward(model, prompt, None, 0, **kwargs)
+        prefill[name] = time.perf_counter() - start
+    for t in range(steps.shape[1]):
+        for name, (model, context, kwargs) in batched.items():
+            start = time.perf_counter()
+            with (context or contextlib.nullcontext)():
+                _, caches[name] = forward(model, steps[:, t:t + 1], caches[name], length + t, **kwargs)
+            decode[name] += time.perf_counter() - start
+    return prefill, decode, logits
+
+
 def run_one_by_one(peft_model, names, prompt, steps) -> tuple[float, float]:
     """Each row alone: set_adapter(its adapter), prefill it, decode it; swap time counts as prefill."""
     prefill_s = decode_s = 0.0
@@ -323,27 +346,27 @@ def bench_quant(args, base, quant: str, adapter_dirs, cold, scratch: Path) -> di
     row_slots = [1 + i % args.adapters for i in range(b)]
     row_names = [names[s - 1] for s in row_slots]
 
-    runs = {
-        "bare": lambda: run_batch(bare, prompt, steps),
-        "ours": lambda: run_batch(ours_model, prompt, steps, context=lambda: multi.rows(row_slots)),
-        "peft_mixed": lambda: run_batch(peft_model, prompt, steps, adapter_names=row_names),
-        "peft_one_by_one": lambda: run_one_by_one(peft_model, row_names, prompt, steps),
+    batched = {
+        "bare": (bare, None, {}),
+        "ours": (ours_model, lambda: multi.rows(row_slots), {}),  # rows() per forward, as server.engine does
+        "peft_mixed": (peft_model, None, {"adapter_names": row_names}),
     }
     times: dict[str, list[tuple[float, float]]] = {v: [] for v in VARIANTS}
-    logits = {}
     with torch.inference_mode():
         for r in range(args.repeats + 1):
-            for v in VARIANTS:
-                began = time.perf_counter()
-                out = runs[v]()
-                if r == 0:
-                    log(f"[{quant}] warmup {v}: {time.perf_counter() - began:.1f}s")
-                if r == 0:
-                    if len(out) == 3:
-                        logits[v] = out[2].float()
-                    continue  # warmup
-                times[v].append(out[:2])
+            began = time.perf_counter()
+            prefill, decode, logits = run_interleaved(batched, prompt, steps)
+            middle = time.perf_counter()
+            one = run_one_by_one(peft_model, row_names, prompt, steps)
+            if r == 0:
+                log(f"[{quant}] warmup: batched variants {middle - began:.1f}s, one-by-one {time.perf_counter() - middle:.1f}s")
+                first_logits = {v: lg.float() for v, lg in logits.items()}
+                continue
+            for v in batched:
+                times[v].append((prefill[v], decode[v]))
+            times["peft_one_by_one"].append(one)
             log(f"[{quant}] round {r}/{args.repeats} done (load {loadavg()})")
+        logits = first_logits
         check = {
             "max_abs_logit_diff_ours_vs_peft": float((logits["ours"] - logits["peft_mixed"]).abs().max()),
             "max_abs_logit_diff_ours_vs_bare": float((logits["ours"] - logits["bare"]).abs().max()),
@@ -362,9 +385,11 @@ def bench_quant(args, base, quant: str, adapter_dirs, cold, scratch: Path) -> di
             "prefill_s": p, "decode_s": dd, "prefill_tok_s": prefill_tokens / p, "decode_tok_s": decode_tokens / dd,
             "prefill_runs_s": [t[0] for t in times[v]], "decode_runs_s": [t[1] for t in times[v]],
         }
-    for v in VARIANTS:
-        variants[v]["prefill_x_bare"] = variants[v]["prefill_tok_s"] / variants["bare"]["prefill_tok_s"]
-        variants[v]["decode_x_bare"] = variants[v]["decode_tok_s"] / variants["bare"]["decode_tok_s"]
+    for v in VARIANTS:  # ratios paired within each round (same moment, same background load), then the median
+        variants[v]["prefill_x_bare"] = statistics.median(
+            bt[0] / vt[0] for bt, vt in zip(times["bare"], times[v]))
+        variants[v]["decode_x_bare"] = statistics.median(
+            bt[1] / vt[1] for bt, vt in zip(times["bare"], times[v]))
 
     if args.engine:
         log(f"[{quant}] engine runs")
@@ -380,10 +405,10 @@ def bench_quant(args, base, quant: str, adapter_dirs, cold, scratch: Path) -> di
                 "wall_tok_s": statistics.median(o["wall_tok_s"] for o in outs),
                 "completion_tokens": outs[0]["completion_tokens"],
             }
-        base_rate = variants["engine_base"]["decode_tok_s"]
-        for key in eng:
-            variants[key]["decode_x_engine_base"] = variants[key]["decode_tok_s"] / base_rate
-            variants[key]["wall_x_engine_base"] = variants[key]["wall_tok_s"] / variants["engine_base"]["wall_tok_s"]
+        for key in eng:  # paired within each round, then the median
+            pairs = list(zip(eng["engine_base"], eng[key]))
+            variants[key]["decode_x_engine_base"] = statistics.median(o["decode_tok_s"] / e["decode_tok_s"] for e, o in pairs)
+            variants[key]["wall_x_engine_base"] = statistics.median(o["wall_tok_s"] / e["wall_tok_s"] for e, o in pairs)
     result["variants"] = variants
 
     if args.profile:
@@ -405,14 +430,15 @@ def report(info: dict, args, results: list[dict]) -> str:
     busy = ""
     with contextlib.suppress(ValueError, IndexError):
         if float(info["load_start"].split()[0]) > 0.5 * (info["nproc"] or 1):
-            busy = "  <- the machine was busy at start: small-op timings suffer badly from CPU contention"
+            busy = "  (other work was running: absolute tok/s suffer, ratios are paired per round)"
     lines = [
         f"machine: {info['nproc']} CPUs ({info['cpu']}), torch threads {info['torch_threads']}, device {info['device']}; "
         f"torch {info['torch']}, transformers {info['transformers']}, peft {info['peft']}",
         f"code: {info['revision']}",
         f"load average: start {info['load_start']}, end {info['load_end']}{busy}",
         f"base {args.base}; batch {args.batch}, {args.adapters} adapters (rank {RANK}, all-linear), prompt {args.prompt_len} "
-        f"tokens, {args.decode_steps} decode steps; median of {args.repeats} after a warmup",
+        f"tokens, {args.decode_steps} decode steps; median of {args.repeats} rounds after a warmup "
+        "(x bare: median of per-round paired ratios)",
         "",
     ]
     head = f"{'quant':<6} {'variant':<36} {'prefill tok/s':>13} {'x bare':>7} {'decode tok/s':>13} {'x bare':>7}"
