@@ -411,6 +411,8 @@ def serve(
     max_queue: Annotated[int, typer.Option(help="Waiting requests beyond which requests get RESOURCE_EXHAUSTED.")] = 256,
     max_adapters: Annotated[int, typer.Option(help="Adapters held in memory at once (LRU eviction).")] = 8,
     adapter_memory_mb: Annotated[int, typer.Option(help="Memory for adapter weights, MB.")] = 1024,
+    lora_rank: Annotated[int, typer.Option(help="LoRA rank adapter slots are allocated for at startup (larger adapters grow them).")] = 16,
+    gather_cache_mb: Annotated[int, typer.Option(help="Memory for per-row adapter copies kept between decode steps; 0 = off.")] = 512,
     max_new_tokens_limit: Annotated[int, typer.Option(help="Largest max_new_tokens a request may ask for.")] = 1024,
     grace: Annotated[float, typer.Option(help="On SIGTERM, seconds in-flight requests may take to finish.")] = 10.0,
     home: Home = None,
@@ -420,8 +422,8 @@ def serve(
     from server.options import ServerOptions
 
     options = ServerOptions(base=base, quant=quant, host=host, port=port, max_batch_size=max_batch_size, max_queue=max_queue,
-                            max_adapters=max_adapters, adapter_memory_mb=adapter_memory_mb,
-                            max_new_tokens_limit=max_new_tokens_limit, grace_s=grace)
+                            max_adapters=max_adapters, adapter_memory_mb=adapter_memory_mb, lora_rank=lora_rank,
+                            gather_cache_mb=gather_cache_mb, max_new_tokens_limit=max_new_tokens_limit, grace_s=grace)
     raise typer.Exit(serve_forever(options, _registry(home), log=lambda m: err_console.print(m)))
 
 

@@ -35,7 +35,8 @@ def load_service(options: ServerOptions, registry: Registry, log=print) -> Infer
     base = resolve_base(registry, options.base)
     log(f"loading base {base.name} ({options.quant}) ...")
     loaded = load_base_model(base, options.quant)
-    lora = MultiLoraModel(loaded.model, max_slots=options.max_adapters)
+    lora = MultiLoraModel(loaded.model, max_slots=options.max_adapters, rank=options.lora_rank,
+                          gather_cache_bytes=options.gather_cache_mb * 2**20)
     return InferenceService(registry, base, loaded.model, loaded.tokenizer, lora, options, options.quant).start()
 
 

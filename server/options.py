@@ -19,6 +19,8 @@ class ServerOptions:
     max_queue: int = _opt(256, "Requests waiting to join the batch; beyond it requests get RESOURCE_EXHAUSTED.")
     max_adapters: int = _opt(8, "Adapters held in memory at once (LRU eviction of idle, unpinned ones).")
     adapter_memory_mb: int = _opt(1024, "Memory for adapter weights in the cache, in MB.")
+    lora_rank: int = _opt(16, "LoRA rank the adapter slots are allocated for at startup (a larger adapter grows them).")
+    gather_cache_mb: int = _opt(512, "Memory for per-row adapter copies kept between decode steps (faster decode); 0 = off.")
     default_max_new_tokens: int = _opt(128, "max_new_tokens when a request leaves it at 0.")
     max_new_tokens_limit: int = _opt(1024, "Largest max_new_tokens a request may ask for.")
     grace_s: float = _opt(10.0, "On SIGTERM, how long in-flight requests may take to finish.")
@@ -33,6 +35,9 @@ class ServerOptions:
                      "max_new_tokens_limit", "workers"):
             if getattr(self, name) < 1:
                 raise BadRequest(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
+        for name in ("lora_rank", "gather_cache_mb"):
+            if getattr(self, name) < 0:
+                raise BadRequest(f"--{name.replace('_', '-')} must be 0 or more, got {getattr(self, name)}")
         if not 0 <= self.port <= 65535:
             raise BadRequest(f"--port {self.port}: must be between 0 and 65535")
 

@@ -162,7 +162,8 @@ class InferenceServicer(pb_grpc.InferenceServicer):
         return pb.ServerStatsResponse(
             base=s.base.name, quantization=s.quantization, adapters=adapters,
             cache=pb.CacheStats(hits=cache.hits, misses=cache.misses, evictions=cache.evictions, loaded=len(cache.entries),
-                                max_adapters=cache.max_adapters, memory_bytes=cache.used_bytes, max_memory_bytes=cache.max_bytes),
+                                max_adapters=cache.max_adapters, memory_bytes=cache.used_bytes, max_memory_bytes=cache.max_bytes,
+                                slot_memory_bytes=s.lora.nbytes, gathered_memory_bytes=s.lora.gathered_nbytes),
             batch_size=engine.batch_size, queue_depth=engine.queue_depth, max_batch_size=engine.max_batch_size,
             max_queue=engine.max_queue, total_requests=s.stats.total_requests, uptime_s=time.time() - s.started,
             decode_tokens_per_s=engine.decode_tokens / engine.decode_seconds if engine.decode_seconds else 0.0,

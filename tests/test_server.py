@@ -283,6 +283,9 @@ def test_feedback_and_stats(served):
     assert by_version["a2:1"].requests >= 1 and by_version["a2:1"].latency.p50_ms > 0
     assert stats.base == TINY_BASE and stats.quantization == "none" and stats.max_batch_size == 8
     assert by_version["base"].completion_tokens > 0
+    lora = served["service"].lora
+    assert stats.cache.slot_memory_bytes == lora.nbytes > 0 and lora.max_rank >= 16  # pre-allocated at startup
+    assert 0 <= stats.cache.gathered_memory_bytes <= 512 * 2**20
 
 
 def test_generated_stubs_are_not_stale(tmp_path):

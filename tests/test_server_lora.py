@@ -316,3 +316,69 @@ def test_rows_outside_a_context_and_bad_slots(multi, adapter_dirs, right_batch, 
         multi.model(**right_batch)
     # a failed forward leaves no plan behind
     assert all(layer.plan is None for layer in multi.layers.values())
+
+
+# --- per-row copies kept between decode steps ----------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def step_batch(tiny_base_dir) -> dict:
+    """One token per row: the shape of a decode step."""
+    ids = tokenize(tiny_base_dir, "right")["input_ids"][:, :1]
+    return {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+
+
+@pytest.fixture(scope="module")
+def peft_step_logits(tiny_base_dir, adapter_dirs, step_batch) -> dict[str, torch.Tensor]:
+    return peft_outputs(load_peft(tiny_base_dir, adapter_dirs), lambda model: model(**step_batch).logits)
+
+
+def test_decode_steps_keep_gathered_copies_until_the_slots_change(tiny_base_dir, adapter_dirs, step_batch, peft_step_logits):
+    multi = load_multi(tiny_base_dir, adapter_dirs)
+    row_slots = MIXES["all-different"]
+    plan = multi.plan(row_slots)
+    assert multi.plan(list(row_slots)) is plan  # the same slots: the same plan, so layers can reuse their copies
+    assert multi.gathered_nbytes == 0
+    for _ in range(3):
+        torch.testing.assert_close(logits(multi, step_batch, row_slots), expected_rows(peft_step_logits, row_slots),
+                                   atol=1e-5, rtol=0)
+    kept = multi.gathered_nbytes
+    assert 0 < kept <= len(row_slots) * multi.nbytes_per_slot
+
+    # Replacing an adapter drops every copy: the next step serves the new weights, not the kept ones.
+    multi.assign(1, load_lora_weights(adapter_dirs["mlp"], multi))
+    assert multi.gathered_nbytes == 0 and multi.plan(row_slots) is not plan
+    swapped = logits(multi, step_batch, row_slots)
+    rows_on_1 = [i for i, slot in enumerate(row_slots) if slot == 1]
+    torch.testing.assert_close(swapped[rows_on_1], peft_step_logits["mlp"][rows_on_1], atol=1e-5, rtol=0)
+
+    # A different batch frees the old copies before making its own.
+    logits(multi, step_batch, [2] * len(row_slots))
+    logits(multi, step_batch, list(reversed(row_slots)))
+    assert multi.gathered_nbytes <= kept
+
+
+@pytest.mark.parametrize("budget", [0, 1024])
+def test_gathered_copies_respect_their_memory_budget(tiny_base_dir, adapter_dirs, step_batch, peft_step_logits, budget):
+    multi = load_multi(tiny_base_dir, adapter_dirs, gather_cache_bytes=budget)
+    row_slots = MIXES["all-different"]
+    for _ in range(2):
+        got = logits(multi, step_batch, row_slots)
+    torch.testing.assert_close(got, expected_rows(peft_step_logits, row_slots), atol=1e-5, rtol=0)
+    assert multi.gathered_nbytes == 0
+
+
+def test_prefill_keeps_no_copies(multi, right_batch):
+    logits(multi, right_batch, MIXES["all-different"])  # several tokens per row: gathered once, used once
+    assert multi.gathered_nbytes == 0
+
+
+def test_slot_storage_preallocated_and_grown_outside_inference_mode(tiny_base_dir, adapter_dirs, right_batch, peft_logits):
+    multi = MultiLoraModel(load_base_model(tiny_base_dir, device="cpu").model, max_slots=2, rank=4)
+    assert multi.max_rank == 4 and multi.nbytes > 0
+    with torch.inference_mode():  # where the engine's first request lands an adapter
+        multi.assign(1, load_lora_weights(adapter_dirs["rslora"]))  # rank 16: grows the stacks
+    assert multi.max_rank == 16
+    multi.assign(2, load_lora_weights(adapter_dirs["lora"]))  # outside inference mode: still writable
+    torch.testing.assert_close(logits(multi, right_batch, [1, 2, 0, 1, 2, 0]),
+                               expected_rows(peft_logits, [3, 1, 0, 3, 1, 0]), atol=1e-5, rtol=0)

@@ -231,7 +231,7 @@ class AdapterStats(_message.Message):
     def __init__(self, version: _Optional[str] = ..., requests: _Optional[int] = ..., errors: _Optional[int] = ..., prompt_tokens: _Optional[int] = ..., completion_tokens: _Optional[int] = ..., latency: _Optional[_Union[LatencySummary, _Mapping]] = ..., ttft: _Optional[_Union[LatencySummary, _Mapping]] = ...) -> None: ...
 
 class CacheStats(_message.Message):
-    __slots__ = ("hits", "misses", "evictions", "loaded", "max_adapters", "memory_bytes", "max_memory_bytes")
+    __slots__ = ("hits", "misses", "evictions", "loaded", "max_adapters", "memory_bytes", "max_memory_bytes", "slot_memory_bytes", "gathered_memory_bytes")
     HITS_FIELD_NUMBER: _ClassVar[int]
     MISSES_FIELD_NUMBER: _ClassVar[int]
     EVICTIONS_FIELD_NUMBER: _ClassVar[int]
@@ -239,6 +239,8 @@ class CacheStats(_message.Message):
     MAX_ADAPTERS_FIELD_NUMBER: _ClassVar[int]
     MEMORY_BYTES_FIELD_NUMBER: _ClassVar[int]
     MAX_MEMORY_BYTES_FIELD_NUMBER: _ClassVar[int]
+    SLOT_MEMORY_BYTES_FIELD_NUMBER: _ClassVar[int]
+    GATHERED_MEMORY_BYTES_FIELD_NUMBER: _ClassVar[int]
     hits: int
     misses: int
     evictions: int
@@ -246,7 +248,9 @@ class CacheStats(_message.Message):
     max_adapters: int
     memory_bytes: int
     max_memory_bytes: int
-    def __init__(self, hits: _Optional[int] = ..., misses: _Optional[int] = ..., evictions: _Optional[int] = ..., loaded: _Optional[int] = ..., max_adapters: _Optional[int] = ..., memory_bytes: _Optional[int] = ..., max_memory_bytes: _Optional[int] = ...) -> None: ...
+    slot_memory_bytes: int
+    gathered_memory_bytes: int
+    def __init__(self, hits: _Optional[int] = ..., misses: _Optional[int] = ..., evictions: _Optional[int] = ..., loaded: _Optional[int] = ..., max_adapters: _Optional[int] = ..., memory_bytes: _Optional[int] = ..., max_memory_bytes: _Optional[int] = ..., slot_memory_bytes: _Optional[int] = ..., gathered_memory_bytes: _Optional[int] = ...) -> None: ...
 
 class ServerStatsResponse(_message.Message):
     __slots__ = ("base", "quantization", "adapters", "cache", "batch_size", "queue_depth", "max_batch_size", "max_queue", "total_requests", "uptime_s", "decode_tokens_per_s")
