@@ -1,0 +1,368 @@
+"""A/B rollouts: a bare adapter name split between some of its versions, by weight, optionally sticky.
+
+Every change is a new revision in an append-only table (who, when, why), so the history is exact and
+`rollback` restores an earlier state by copying it into a new revision. A revision without arms
+(`clear`) ends the rollout: the bare name resolves to the latest version again. Servers record every
+routed request and every Feedback per arm (`record`); `report` compares the arms, and `check_guard`
+routes everything back to the older arms when the newest one breaches its guard.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sqlite3
+from dataclasses import asdict, astuple, dataclass, field, fields
+
+from . import db as dbmod
+from .errors import Conflict, InvalidInput, RolloutNotFound, VersionNotFound
+from .names import validate_name
+
+WEIGHT_TOTAL = 100
+MAX_ARMS = 26  # arms are labelled A, B, C ... in version order
+GUARD_ACTOR = "guard"
+
+
+@dataclass(frozen=True)
+class Arm:
+    version: int
+    weight: int  # percent of the traffic
+
+
+def arm_label(index: int) -> str:
+    """A, B, C ...: an arm's label is its place in version order (A is the oldest version)."""
+    return chr(ord("A") + index)
+
+
+def parse_arm(text: str) -> Arm:
+    """`3=90` -> Arm(version=3, weight=90)."""
+    version, sep, weight = (part.strip() for part in text.partition("="))
+    if not sep or not version.isdigit():
+        raise InvalidInput(f"arm {text!r}: expected VERSION=WEIGHT, e.g. 3=90")
+    if not weight.isdigit():
+        raise InvalidInput(f"arm {text!r}: weight {weight!r} is not a whole number; weights are integer percentages")
+    return Arm(int(version), int(weight))
+
+
+def _guard_key(default, kind: type, rule: str, check, help: str):
+    return field(default=default, metadata={"kind": kind, "rule": rule, "check": check, "help": help})
+
+
+@dataclass(frozen=True)
+class Guard:
+    """Limits on the newest arm; when it breaches one after `min_requests`, traffic goes back to the older arms."""
+
+    max_error_rate: float | None = _guard_key(None, float, "a number from 0 to 1", lambda v: 0 <= v <= 1,
+                                              "highest share of the newest arm's requests that may fail")
+    max_p95_ratio: float | None = _guard_key(None, float, "a number of at least 1", lambda v: v >= 1,
+                                             "highest p95 latency of the newest arm, as a multiple of the other arms' p95")
+    min_requests: int = _guard_key(100, int, "a whole number of at least 1", lambda v: v >= 1,
+                                   "requests the newest arm serves in a revision before the guard judges it")
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            value, meta = getattr(self, f.name), f.metadata
+            if value is None and f.default is None:
+                continue
+            number = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+            if not number or (meta["kind"] is int and not isinstance(value, int)) or not meta["check"](value):
+                raise InvalidInput(f"guard {f.name}={value!r}: must be {meta['rule']}")
+        if self.max_error_rate is None and self.max_p95_ratio is None:
+            raise InvalidInput("the guard sets no limit: give max_error_rate and/or max_p95_ratio")
+
+    @classmethod
+    def parse(cls, text: str) -> "Guard":
+        """`max_error_rate=0.05,max_p95_ratio=1.5,min_requests=200`; a bad key or value is named in the error."""
+        known = {f.name: f for f in fields(cls)}
+        values: dict = {}
+        for item in (part.strip() for part in text.split(",")):
+            key, sep, raw = (part.strip() for part in item.partition("="))
+            if not sep:
+                raise InvalidInput(f"guard {item!r}: expected KEY=VALUE, e.g. max_error_rate=0.05")
+            if key not in known:
+                raise InvalidInput(f"unknown guard key {key!r}: use {', '.join(known)}")
+            if key in values:
+                raise InvalidInput(f"guard key {key!r} is given twice")
+            meta = known[key].metadata
+            try:
+                values[key] = meta["kind"](raw)
+            except ValueError:
+                raise InvalidInput(f"guard {key}={raw!r}: must be {meta['rule']}") from None
+        return cls(**values)
+
+    def __str__(self) -> str:
+        return ",".join(f"{k}={v:g}" for k, v in asdict(self).items() if v is not None)
+
+
+@dataclass
+class Revision:
+    """One state of an adapter's rollout. No arms: no rollout (the bare name resolves to the latest version)."""
+
+    adapter: str
+    revision: int
+    arms: list[Arm]             # sorted by version
+    sticky: bool                # a routing key always gets the same arm
+    guard: Guard | None
+    action: str                 # set, promote, rollback, clear or guard
+    restores: int | None        # rollback: the revision whose state it copies
+    reason: str
+    actor: str
+    at: str
+
+    def labelled(self) -> list[tuple[str, Arm]]:
+        return [(arm_label(i), arm) for i, arm in enumerate(self.arms)]
+
+    def describe_arms(self) -> str:
+        return " ".join(f"{label}={self.adapter}:{a.version}:{a.weight}%" for label, a in self.labelled()) or "none"
+
+    def to_dict(self) -> dict:
+        out = asdict(self)
+        out["arms"] = [{"arm": label, "version": a.version, "ref": f"{self.adapter}:{a.version}", "weight": a.weight}
+                       for label, a in self.labelled()]
+        out["guard"] = asdict(self.guard) if self.guard else None
+        return out
+
+    @classmethod
+    def from_row(cls, row: sqlite3.Row) -> "Revision":
+        guard = json.loads(row["guard_json"]) if row["guard_json"] else None
+        return cls(
+            adapter=row["adapter"], revision=row["revision"], arms=[Arm(**a) for a in json.loads(row["arms_json"])],
+            sticky=bool(row["sticky"]), guard=Guard(**guard) if guard else None, action=row["action"],
+            restores=row["restores"], reason=row["reason"] or "", actor=row["actor"] or "", at=row["at"],
+        )
+
+
+@dataclass
+class Outcome:
+    """One request a rollout routed to an arm, as a server saw it finish."""
+
+    adapter: str
+    revision: int
+    version: int
+    arm: str
+    request_id: str
+    key_hash: str | None        # sha256 of the routing key (never the key itself), or None without one
+    status: str                 # the gRPC status name: OK, CANCELLED, DATA_LOSS ...
+    latency_ms: float | None
+    ttft_ms: float | None
+    prompt_tokens: int
+    completion_tokens: int
+    at: str
+
+
+@dataclass
+class FeedbackRecord:
+    """A `Feedback(request_id, score or label)` on a served request; `version` is None for the base or a merge."""
+
+    request_id: str
+    adapter: str
+    version: int | None
+    revision: int | None
+    arm: str
+    score: float | None         # None when only a label was given
+    label: str
+    at: str
+
+
+class Rollouts:
+    """The rollouts of a registry: `registry.rollouts.set("support", [Arm(3, 90), Arm(4, 10)], sticky=True)`."""
+
+    def __init__(self, registry):
+        self.registry = registry
+
+    @property
+    def conn(self) -> sqlite3.Connection:
+        return self.registry.conn
+
+    # --- reading -------------------------------------------------------------------------
+
+    def history(self, name: str) -> list[Revision]:
+        """Every revision of `name`'s rollout, oldest first."""
+        self._require_adapter(name)
+        rows = self.conn.execute("SELECT * FROM rollout_revisions WHERE adapter=? ORDER BY revision", (name,))
+        return [Revision.from_row(r) for r in rows]
+
+    def current(self, name: str) -> Revision | None:
+        """The revision in force, or None when `name` has no rollout (never set, or cleared)."""
+        self._require_adapter(name)
+        row = self.conn.execute(
+            "SELECT * FROM rollout_revisions WHERE adapter=? ORDER BY revision DESC LIMIT 1", (name,)
+        ).fetchone()
+        revision = Revision.from_row(row) if row else None
+        return revision if revision and revision.arms else None
+
+    def all_current(self) -> dict[str, Revision]:
+        """Every adapter's revision in force (what a server routes by)."""
+        rows = self.conn.execute(
+            "SELECT r.* FROM rollout_revisions r JOIN (SELECT adapter, MAX(revision) AS latest FROM rollout_revisions"
+            " GROUP BY adapter) m ON r.adapter = m.adapter AND r.revision = m.latest"
+        )
+        revisions = (Revision.from_row(r) for r in rows)
+        return {r.adapter: r for r in revisions if r.arms}
+
+    def change_id(self) -> int:
+        """Grows with every change to any rollout: a server polls it to know when to reload."""
+        return self.conn.execute("SELECT COALESCE(MAX(id), 0) FROM rollout_revisions").fetchone()[0]
+
+    def show(self, name: str) -> dict:
+        """What `reg rollout show` prints: the revision in force (or what the bare name resolves to) and the history."""
+        history = self.history(name)
+        current = history[-1] if history and history[-1].arms else None
+        live = [] if current else self.registry.list_versions(name, limit=1)
+        latest = live[0].ref if live else None
+        return {"adapter": name, "current": current.to_dict() if current else None, "resolves_to_latest": latest,
+                "history": [r.to_dict() for r in history]}
+
+    def report(self, name: str, since: int | None = None) -> dict:
+        """Per arm: requests, errors, latency, tokens, feedback; and each arm against arm A with a significance test."""
+        from .rollout_report import build_report
+
+        return build_report(self.conn, name, self.current(name), since or 1)
+
+    # --- changing ------------------------------------------------------------------------
+
+    def set(self, name: str, arms: list[Arm], sticky: bool = False, guard: Guard | None = None, reason: str = "",
+            actor: str | None = None) -> Revision:
+        """Split the bare `name` between `arms` (live versions, integer weights summing to 100)."""
+        self._require_adapter(name)
+        arms = self._checked_arms(name, arms)
+        if guard is not None and len(arms) < 2:
+            raise InvalidInput("a guard needs at least two arms: it routes the traffic back to the older ones")
+        return self._append(name, "set", arms, sticky, guard, reason, actor)
+
+    def promote(self, name: str, version: int, reason: str = "", actor: str | None = None) -> Revision:
+        """Send 100 % of the bare name to `version` (stays until the next change, even when newer versions are pushed)."""
+        self._require_adapter(name)
+        current = self.current(name)
+        arms = self._checked_arms(name, [Arm(version, WEIGHT_TOTAL)])
+        return self._append(name, "promote", arms, bool(current and current.sticky), None, reason, actor)
+
+    def rollback(self, name: str, reason: str = "", actor: str | None = None) -> Revision:
+        """Go back to the state before the latest revision (a rollback of a rollback goes further back)."""
+        history = self.history(name)
+        if not history:
+            raise RolloutNotFound(f"adapter {name!r} has no rollout to roll back (see `reg rollout show {name}`)")
+        by_number = {r.revision: r for r in history}
+        standing = _original(history[-1], by_number)
+        target = by_number.get(standing.revision - 1)
+        if target is None:
+            restored = f" (revision {history[-1].revision} rolled back to its state)" if standing is not history[-1] else ""
+            raise Conflict(f"{name}'s rollout has no revision before {standing.revision}{restored} to go back to; "
+                           f"`reg rollout clear {name}` ends the rollout")
+        arms = self._checked_arms(name, target.arms) if target.arms else []
+        return self._append(name, "rollback", arms, target.sticky, target.guard, reason, actor,
+                            restores=target.revision, expect=history[-1].revision)
+
+    def clear(self, name: str, reason: str = "", actor: str | None = None) -> Revision:
+        """End the rollout: the bare name resolves to the latest version again."""
+        current = self.current(name)
+        if current is None:
+            raise RolloutNotFound(f"adapter {name!r} has no rollout to clear (see `reg rollout show {name}`)")
+        return self._append(name, "clear", [], False, None, reason, actor, expect=current.revision)
+
+    def check_guard(self, name: str) -> Revision | None:
+        """If the newest arm breaches the guard of the revision in force, route everything back to the older arms.
+
+        Returns the new revision, or None when nothing was breached (or the rollout changed meanwhile).
+        """
+        from .rollout_report import collect_outcomes, guard_breach
+
+        current = self.current(name)
+        if current is None or current.guard is None or len(current.arms) < 2:
+            return None
+        why = guard_breach(current, collect_outcomes(self.conn, name, current.revision, current.revision))
+        if why is None:
+            return None
+        older = _rescaled(current.arms[:-1])
+        reason = f"{why}; routed back to {', '.join(f'{name}:{a.version}' for a in older)}"
+        try:
+            return self._append(name, "guard", older, current.sticky, None, reason, GUARD_ACTOR, expect=current.revision)
+        except Conflict:  # someone changed the rollout since we read it; their revision stands
+            return None
+
+    def record(self, outcomes: list[Outcome], feedback: list[FeedbackRecord] = ()) -> None:
+        """Write a batch of outcomes and feedback in one transaction (a server's writer thread calls this)."""
+        with dbmod.transaction(self.conn) as conn:
+            conn.executemany(
+                "INSERT INTO rollout_events (adapter, revision, version, arm, request_id, key_hash, status, latency_ms,"
+                " ttft_ms, prompt_tokens, completion_tokens, at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                [astuple(o) for o in outcomes],
+            )
+            conn.executemany(
+                "INSERT INTO feedback (request_id, adapter, version, revision, arm, score, label, at)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                [astuple(f) for f in feedback],
+            )
+
+    # --- helpers -------------------------------------------------------------------------
+
+    def _require_adapter(self, name: str) -> None:
+        validate_name(name)
+        self.registry._require_adapter(name)
+
+    def _checked_arms(self, name: str, arms: list[Arm]) -> list[Arm]:
+        """Arms as stored: sorted by version, each a live version of `name` with a weight of 1..100, summing to 100."""
+        if not arms:
+            raise InvalidInput("a rollout needs at least one arm, e.g. --arm 3=90 --arm 4=10")
+        if len(arms) > MAX_ARMS:
+            raise InvalidInput(f"{len(arms)} arms: a rollout has at most {MAX_ARMS}")
+        spec = " ".join(f"{a.version}={a.weight}" for a in arms)
+        for a in arms:
+            if isinstance(a.weight, bool) or not isinstance(a.weight, int) or not 1 <= a.weight <= WEIGHT_TOTAL:
+                raise InvalidInput(f"arm {a.version}={a.weight}: a weight is a whole percentage from 1 to {WEIGHT_TOTAL}")
+            if sum(b.version == a.version for b in arms) > 1:
+                raise InvalidInput(f"version {a.version} is in more than one arm ({spec}); give each version once")
+        total = sum(a.weight for a in arms)
+        if total != WEIGHT_TOTAL:
+            raise InvalidInput(f"weights sum to {total} ({spec}); they must sum to {WEIGHT_TOTAL}")
+        bases = {}
+        for a in arms:
+            row = self.conn.execute("SELECT deleted_at, base_name FROM versions WHERE adapter=? AND number=?",
+                                    (name, a.version)).fetchone()
+            if row is None:
+                raise VersionNotFound(f"arm {a.version}={a.weight}: adapter {name!r} has no version {a.version} "
+                                      f"(see `reg ls {name}`)")
+            if row["deleted_at"]:
+                raise VersionNotFound(f"arm {a.version}={a.weight}: {name}:{a.version} was deleted at {row['deleted_at']}; "
+                                      "arms must be live versions")
+            bases[a.version] = row["base_name"]
+        if len(set(bases.values())) > 1:
+            found = ", ".join(f"{name}:{v} on {b}" for v, b in bases.items())
+            raise InvalidInput(f"the arms are for different base models ({found}); one server serves one base")
+        return sorted(arms, key=lambda a: a.version)
+
+    def _append(self, name: str, action: str, arms: list[Arm], sticky: bool, guard: Guard | None, reason: str,
+                actor: str | None, restores: int | None = None, expect: int | None = None) -> Revision:
+        from .store import current_actor
+
+        actor, now = actor or current_actor(), dbmod.utcnow()
+        with dbmod.transaction(self.conn) as conn:
+            latest = conn.execute("SELECT COALESCE(MAX(revision), 0) FROM rollout_revisions WHERE adapter=?",
+                                  (name,)).fetchone()[0]
+            if expect is not None and latest != expect:
+                raise Conflict(f"{name}'s rollout changed while this ran (now at revision {latest}); look again and retry")
+            conn.execute(
+                "INSERT INTO rollout_revisions (adapter, revision, arms_json, sticky, guard_json, action, restores, reason,"
+                " actor, at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (name, latest + 1, json.dumps([asdict(a) for a in arms]), int(sticky),
+                 json.dumps(asdict(guard)) if guard else None, action, restores, reason, actor, now),
+            )
+        return Revision(name, latest + 1, arms, sticky, guard, action, restores, reason, actor, now)
+
+
+def _original(revision: Revision, by_number: dict[int, Revision]) -> Revision:
+    """The revision that made the state `revision` holds: a rollback stands for the one it restored."""
+    while revision.action == "rollback":
+        revision = by_number[revision.restores]
+    return revision
+
+
+def _rescaled(arms: list[Arm]) -> list[Arm]:
+    """The same arms with weights scaled up to sum to 100 (largest remainders get the spare points)."""
+    total = sum(a.weight for a in arms)
+    exact = [a.weight * WEIGHT_TOTAL / total for a in arms]
+    weights = [int(x) for x in exact]
+    by_remainder = sorted(range(len(arms)), key=lambda i: exact[i] - weights[i], reverse=True)
+    for i in by_remainder[: WEIGHT_TOTAL - sum(weights)]:
+        weights[i] += 1
+    return [Arm(a.version, w) for a, w in zip(arms, weights)]

@@ -1,0 +1,107 @@
+"""The rollout side of a server, kept off the request path by one background thread.
+
+Requests only append to in-memory buffers. Every `interval_s` the thread writes the buffered outcomes
+and feedback in one transaction, runs the guard of each rollout that got new outcomes, and reloads the
+router when any rollout changed (a cheap `MAX(id)` poll), so `reg rollout set` reaches a running
+server within a second or two, without a restart. It uses its own registry connection.
+"""
+
+from __future__ import annotations
+
+import sys
+import threading
+import time
+
+from registry import Registry
+from registry.db import utcnow
+from registry.rollouts import FeedbackRecord, Outcome
+
+from .router import Choice, RolloutRouter
+
+
+class RolloutWorker:
+    def __init__(self, registry: Registry, router: RolloutRouter, interval_s: float = 0.5, log=None):
+        self.registry = registry
+        self.router = router
+        self.interval_s = interval_s
+        self.log = log or (lambda message: print(message, file=sys.stderr))
+        self._buffer_lock = threading.Lock()
+        self._outcomes: list[Outcome] = []
+        self._feedback: list[FeedbackRecord] = []
+        self._db_lock = threading.Lock()  # one connection: flush, guards and reloads take turns
+        self._change_id: int | None = None
+        self._stopping = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="loradock-rollouts", daemon=True)
+
+    def start(self) -> "RolloutWorker":
+        self.reload()
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        """Stop the thread and write what is still buffered."""
+        self._stopping.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout=30)
+        self.flush()
+        self.registry.close()
+
+    # --- called on the request path: append only -----------------------------------------
+
+    def record_outcome(self, choice: Choice, request_id: str, status: str, result=None) -> None:
+        """A routed request finished (`result`: the engine's Result) or failed before it ran (no result)."""
+        outcome = Outcome(
+            choice.adapter, choice.revision, choice.version, choice.arm, request_id, choice.key_hash, status,
+            result.total_ms if result else None, result.ttft_ms if result else None,
+            result.prompt_tokens if result else 0, result.completion_tokens if result else 0, utcnow(),
+        )
+        with self._buffer_lock:
+            self._outcomes.append(outcome)
+
+    def record_feedback(self, record: FeedbackRecord) -> None:
+        with self._buffer_lock:
+            self._feedback.append(record)
+
+    # --- the thread ----------------------------------------------------------------------
+
+    def flush(self) -> set[str]:
+        """Write everything buffered in one transaction; return the adapters that got outcomes."""
+        with self._buffer_lock:
+            outcomes, self._outcomes = self._outcomes, []
+            feedback, self._feedback = self._feedback, []
+        if not outcomes and not feedback:
+            return set()
+        with self._db_lock:
+            try:
+                self.registry.rollouts.record(outcomes, feedback)
+            except BaseException:
+                with self._buffer_lock:  # keep them for the next turn
+                    self._outcomes[:0], self._feedback[:0] = outcomes, feedback
+                raise
+        return {o.adapter for o in outcomes}
+
+    def check_guards(self, adapters: set[str]) -> None:
+        with self._db_lock:
+            for name in sorted(adapters):
+                revision = self.registry.rollouts.check_guard(name)
+                if revision is not None:
+                    self.log(f"rollout {name}: revision {revision.revision}: {revision.reason}")
+
+    def reload(self) -> bool:
+        """Load the revisions in force into the router if any rollout changed; True if it did."""
+        with self._db_lock:
+            change_id = self.registry.rollouts.change_id()
+            if change_id == self._change_id:
+                return False
+            self.router.load(self.registry.rollouts.all_current())
+            self._change_id = change_id
+            return True
+
+    def _run(self) -> None:
+        while not self._stopping.wait(self.interval_s):
+            try:
+                self.check_guards(self.flush())
+                self.reload()
+            except Exception as exc:  # a locked or unreachable database must not stop serving; try again next turn
+                self.log(f"rollout bookkeeping failed, retrying: {type(exc).__name__}: {exc}")
+                time.sleep(self.interval_s)
