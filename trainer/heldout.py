@@ -1,0 +1,59 @@
+"""A version's held-out examples, rebuilt from its training run's lineage.
+
+The trainer never stores the held-out split itself: it is fixed by the run's recorded config
+(dataset files, `val_set_size`, `seed`) and the data pipeline. Rebuilding it gives the same
+examples, provided the dataset files are still where the run read them and still hash to the
+recorded sha256. `reg export` uses them as fidelity probes.
+"""
+
+from __future__ import annotations
+
+from registry import Registry
+from registry.records import Version
+
+from .data import DataError, DatasetSpec, Example, deduplicate, load_datasets, split_examples
+
+
+def held_out_examples(registry: Registry, version: Version) -> tuple[list[Example], str]:
+    """(examples, description); no examples (and why not, in the description) when they cannot be rebuilt."""
+    run = registry.run(version.run_id) if version.run_id else None
+    if run is None:
+        return [], f"{version.ref} has no training run recorded"
+    config = run.get("config") or {}
+    if not config.get("val_set_size") or not config.get("datasets"):
+        return [], f"run {run['id']} of {version.ref} had no held-out split"
+    specs = [DatasetSpec(d["path"], d["type"]) for d in config["datasets"]]
+    try:
+        report = load_datasets(specs, skip_bad_lines=True)  # the run stopped on bad lines or skipped them
+    except DataError as exc:
+        return [], f"the data of run {run['id']} cannot be read again ({exc})"
+    recorded = {d["path"]: d.get("sha256") for d in run.get("datasets") or [] if d.get("sha256")}
+    changed = [f["path"] for f in report.files if recorded.get(f["path"]) not in (None, f["sha256"])]
+    if changed:
+        return [], f"dataset {', '.join(changed)} changed since run {run['id']}"
+    kept = deduplicate(report.examples, seed=config["seed"]).kept
+    _, val = split_examples(kept, config["val_set_size"], config["seed"])
+    return val, f"held-out split of run {run['id']} ({version.ref})"
+
+
+def held_out_probes(registry: Registry, versions: list[Version], limit: int = 8) -> tuple[list[dict], str]:
+    """Probe texts (prompt and reference answer) from the versions' held-out examples, shared out across them.
+
+    Each probe is `{"messages": [..., assistant answer]}` or, for completion data, `{"text": prompt + answer}`.
+    Returns no probes, with the reasons, when no version has held-out examples.
+    """
+    found, why_not = [], []
+    for version in versions:
+        examples, description = held_out_examples(registry, version)
+        (found if examples else why_not).append((examples, description))
+    if not found:
+        return [], "; ".join(d for _, d in why_not)
+    per_version = max(1, limit // len(found))
+    probes = [_probe(e) for examples, _ in found for e in examples[:per_version]][:limit]
+    return probes, "; ".join(d for _, d in found)
+
+
+def _probe(example: Example) -> dict:
+    if example.raw_prompt is not None:
+        return {"text": example.raw_prompt + example.response}
+    return {"messages": [*example.messages, {"role": "assistant", "content": example.response}]}
