@@ -5,7 +5,8 @@ from __future__ import annotations
 import sys
 
 from registry.errors import (
-    BaseMismatch, Conflict, IntegrityError, InvalidAdapter, InvalidInput, InvalidName, InvalidRef, LoradockError, NotFound,
+    BaseMismatch, BlobsMissing, Conflict, IntegrityError, InvalidAdapter, InvalidInput, InvalidName, InvalidRef,
+    LoradockError, NotFound, PermissionDenied, TooLarge, Unauthenticated, Unavailable,
 )
 
 # Documented in README.md ("Exit codes"); scripts may rely on them.
@@ -14,7 +15,11 @@ EXIT_CODES: list[tuple[type[LoradockError], int]] = [
     (NotFound, 3),
     (Conflict, 4),
     (BaseMismatch, 5),
-    (IntegrityError, 6),
+    (IntegrityError, 6), (BlobsMissing, 6),
+    (TooLarge, 7),
+    (Unavailable, 9),
+    (Unauthenticated, 10),
+    (PermissionDenied, 11),
     (LoradockError, 1),
 ]
 

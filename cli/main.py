@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from registry import LoradockError, Registry, parse_ref
+from registry import InvalidInput, LoradockError, Registry, parse_ref
 
 from . import errors
 from .output import console, err_console, human_size, print_json, short, table
@@ -32,8 +32,47 @@ Home = Annotated[
 Json = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON instead of a table.")]
 
 
+# Set by the global options (`reg --registry grpc://HOST:PORT --token T ...`) before any command runs.
+_REMOTE: dict = {}
+
+
+@app.callback()
+def _global_options(
+    registry: Annotated[Optional[str], typer.Option(
+        "--registry", envvar="LORADOCK_REGISTRY", show_default=False,
+        help="Use a remote registry, grpc://HOST:PORT (grpcs:// for TLS), instead of the local home.")] = None,
+    token: Annotated[Optional[str], typer.Option(
+        "--token", envvar="LORADOCK_TOKEN", show_default=False,
+        help="Bearer token for a remote registry or server (default: $LORADOCK_TOKEN).")] = None,
+    tls_ca: Annotated[Optional[Path], typer.Option(
+        "--tls-ca", envvar="LORADOCK_TLS_CA", show_default=False,
+        help="PEM CA certificate to verify the remote's TLS certificate (turns TLS on).")] = None,
+) -> None:
+    """loradock: register, train, serve and export LoRA/QLoRA adapters."""
+    _REMOTE.clear()
+    _REMOTE.update(url=registry, token=token, tls_ca=tls_ca)
+
+
 def _registry(home: Optional[Path]) -> Registry:
+    """The local registry at `home`, or the remote one `--registry` names (same methods, same records)."""
+    if _REMOTE.get("url"):
+        from server.remote import RemoteRegistry
+
+        return RemoteRegistry(_REMOTE["url"], token=_REMOTE.get("token"), tls_ca=_REMOTE.get("tls_ca"), home=home)
     return Registry(home)
+
+
+def _local_registry(home: Optional[Path], command: str) -> Registry:
+    """For commands that need the registry's own files (training records, evaluations): refused up front with --registry."""
+    if _REMOTE.get("url"):
+        raise InvalidInput(f"`{command}` works on a local registry only, not on {_REMOTE['url']}: run it on the "
+                           f"registry's host (with --home), or train locally and `reg --registry ... push` the adapter")
+    return Registry(home)
+
+
+from .rollout import rollout_app  # noqa: E402  (after Home, Json and _registry, which it uses)
+
+app.add_typer(rollout_app, name="rollout")
 
 
 # --- push / pull -----------------------------------------------------------------------------
@@ -152,9 +191,7 @@ def diff(
     home: Home = None,
 ) -> None:
     """Compare two versions: config keys, rank/alpha/targets, tensors (shape and digest), metrics."""
-    from registry.diff import diff_versions
-
-    result = diff_versions(_registry(home), ref_a, ref_b)
+    result = _registry(home).diff(ref_a, ref_b)
     if json_out:
         print_json(result)
         return
@@ -234,9 +271,7 @@ def gc(
     home: Home = None,
 ) -> None:
     """Remove blobs that no live version references."""
-    from registry.maintenance import gc as run_gc
-
-    report = run_gc(_registry(home), dry_run=dry_run, grace_s=grace)
+    report = _registry(home).gc(dry_run=dry_run, grace_s=grace)
     if json_out:
         print_json(report)
         return
@@ -254,9 +289,7 @@ def verify(
     home: Home = None,
 ) -> None:
     """Re-hash stored files; exits non-zero naming each bad file."""
-    from registry.maintenance import verify as run_verify
-
-    report = run_verify(_registry(home), ref)
+    report = _registry(home).verify(ref)
     if json_out:
         print_json({"ok": report.ok, **report.__dict__})
     else:
@@ -325,7 +358,7 @@ def train(
     from trainer.train import train as run_training
 
     config = load_config(config_path, set_ or [])
-    result = run_training(config, _registry(home), resume=resume, run_id=run_id, skip_bad_lines=skip_bad_lines,
+    result = run_training(config, _local_registry(home, "reg train"), resume=resume, run_id=run_id, skip_bad_lines=skip_bad_lines,
                           push=not no_push, log=lambda m: err_console.print(m))
     if result.evaluation is None:  # a non-main process under accelerate launch
         return
@@ -386,7 +419,7 @@ def eval_(
     """Evaluate a registered version (and its base) on a data file; records the result with the version."""
     from trainer.evaluate import evaluate_version
 
-    result = evaluate_version(_registry(home), ref, data, data_type, task_metric=task_metric, max_examples=max_examples,
+    result = evaluate_version(_local_registry(home, "reg eval"), ref, data, data_type, task_metric=task_metric, max_examples=max_examples,
                               quantization=quant, record=not no_record)
     if json_out:
         print_json(result)
@@ -415,16 +448,36 @@ def serve(
     gather_cache_mb: Annotated[int, typer.Option(help="Memory for per-row adapter copies kept between decode steps; 0 = off.")] = 512,
     max_new_tokens_limit: Annotated[int, typer.Option(help="Largest max_new_tokens a request may ask for.")] = 1024,
     grace: Annotated[float, typer.Option(help="On SIGTERM, seconds in-flight requests may take to finish.")] = 10.0,
+    registry_only: Annotated[bool, typer.Option("--registry-only", help="Serve only the Registry service of --home (no model is loaded).")] = False,
+    registry_url: Annotated[Optional[str], typer.Option("--registry", show_default=False, help="Resolve and pull adapters from this remote registry (grpc://HOST:PORT) instead of --home; the base stays local.")] = None,
+    auth_tokens: Annotated[Optional[Path], typer.Option(show_default=False, help="Tokens file (`reg token create`): every RPC then needs a token with its role.")] = None,
+    insecure_listen_all: Annotated[bool, typer.Option(help="Allow a non-localhost --host without auth.")] = False,
+    tls_cert: Annotated[Optional[Path], typer.Option(show_default=False, help="PEM certificate (chain) to serve TLS with; needs --tls-key.")] = None,
+    tls_key: Annotated[Optional[Path], typer.Option(show_default=False, help="PEM private key of --tls-cert.")] = None,
+    max_blob_mb: Annotated[float, typer.Option(help="Registry service: largest file a push may upload, MB.")] = 4096.0,
     home: Home = None,
 ) -> None:
-    """Serve completions over gRPC from one base model, with adapters per request from the registry."""
-    from server.app import serve_forever
+    """Serve completions over gRPC from one base model, with adapters per request from the registry.
+
+    The server also serves the Registry service (remote push/pull) of its home; --registry-only serves only that.
+    """
+    from server.app import serve_forever, serve_registry_forever
     from server.options import ServerOptions
 
     options = ServerOptions(base=base, quant=quant, host=host, port=port, max_batch_size=max_batch_size, max_queue=max_queue,
                             max_adapters=max_adapters, adapter_memory_mb=adapter_memory_mb, lora_rank=lora_rank,
-                            gather_cache_mb=gather_cache_mb, max_new_tokens_limit=max_new_tokens_limit, grace_s=grace)
-    raise typer.Exit(serve_forever(options, _registry(home), log=lambda m: err_console.print(m)))
+                            gather_cache_mb=gather_cache_mb, max_new_tokens_limit=max_new_tokens_limit, grace_s=grace,
+                            auth_tokens=str(auth_tokens) if auth_tokens else None, insecure_listen_all=insecure_listen_all,
+                            tls_cert=str(tls_cert) if tls_cert else None, tls_key=str(tls_key) if tls_key else None,
+                            max_blob_mb=max_blob_mb)
+    log = lambda m: err_console.print(m)  # noqa: E731
+    if registry_url:
+        _REMOTE["url"] = registry_url
+    if registry_only:
+        if _REMOTE.get("url"):
+            raise typer.BadParameter("--registry-only serves the registry of --home; it cannot serve a remote one")
+        raise typer.Exit(serve_registry_forever(options, Registry(home).home, log=log))
+    raise typer.Exit(serve_forever(options, _registry(home), log=log))
 
 
 @app.command()
@@ -463,7 +516,7 @@ def generate(
         kwargs["prompt"] = prompt
     else:
         kwargs["messages"] = [{"role": "user", "content": prompt}]
-    client = LoradockClient(target, timeout=timeout)
+    client = LoradockClient(target, timeout=timeout, token=_REMOTE.get("token"), tls_ca=_REMOTE.get("tls_ca"))
     try:
         if stream and not json_out:
             final = None
@@ -494,7 +547,67 @@ def generate(
 
 
 _RPC_EXIT = {"INVALID_ARGUMENT": 2, "NOT_FOUND": 3, "FAILED_PRECONDITION": 5, "RESOURCE_EXHAUSTED": 7,
-             "DEADLINE_EXCEEDED": 8, "UNAVAILABLE": 9}
+             "DEADLINE_EXCEEDED": 8, "UNAVAILABLE": 9, "UNAUTHENTICATED": 10, "PERMISSION_DENIED": 11}
+
+
+# --- access control --------------------------------------------------------------------------
+
+token_app = typer.Typer(help="Bearer tokens for `reg serve --auth-tokens FILE` (the file holds hashes only).", no_args_is_help=True)
+app.add_typer(token_app, name="token")
+TokensFile = Annotated[Optional[Path], typer.Option("--file", "-f", show_default=False, help="Tokens file (default: HOME/tokens.yaml).")]
+
+
+@token_app.command("create")
+def token_create(
+    name: Annotated[str, typer.Argument(help="A name for the token (kept in the audit log), e.g. ci-pusher.")],
+    roles: Annotated[str, typer.Option(help="Comma-separated roles: infer, read, push, admin (admin implies all).")] = "read",
+    file: TokensFile = None,
+    home: Home = None,
+) -> None:
+    """Make a random token, add its sha256 to the tokens file, and print the token once (it is stored nowhere)."""
+    from server.tokens import create_token
+
+    path = file or Registry(home).home / "tokens.yaml"
+    token = create_token(name, roles, path)
+    err_console.print(f"added token {name!r} ({roles}) to {path}; it is shown only now:")
+    console.print(token)
+
+
+@token_app.command("ls")
+def token_ls(file: TokensFile = None, json_out: Json = False, home: Home = None) -> None:
+    """List the tokens file's entries (names and roles)."""
+    from server.tokens import load_tokens_file
+
+    entries = load_tokens_file(file or Registry(home).home / "tokens.yaml")
+    if json_out:
+        print_json([{"name": e.name, "roles": sorted(e.roles)} for e in entries])
+        return
+    t = table("NAME", "ROLES", "SHA256")
+    for e in entries:
+        t.add_row(e.name, ",".join(sorted(e.roles)), short(e.sha256))
+    console.print(t)
+
+
+@app.command()
+def audit(
+    limit: Annotated[int, typer.Option(help="Show the newest this many entries (0 = all).")] = 50,
+    json_out: Json = False,
+    home: Home = None,
+) -> None:
+    """The audit log: every write a served registry accepted (push, alias, rollout, rm, gc), by token name."""
+    entries = _registry(home).audit_entries(limit or None)
+    if json_out:
+        print_json(entries)
+        return
+    t = table("WHEN", "TOKEN", "ACTION", "TARGET", "DETAIL")
+    for column in t.columns[:4]:
+        column.no_wrap = True  # the detail column wraps instead
+    for e in entries:
+        detail = " ".join(f"{k}={v}" for k, v in e["detail"].items() if v not in (None, ""))
+        t.add_row(e["at"][:19], e["token"] or "-", e["action"], e["target"], f"{detail} client={e['actor'] or '-'} peer={e['peer']}")
+    console.print(t if entries else "no audited writes yet (the log records writes made through a served registry)")
+
+from . import export  # noqa: E402,F401  (`reg export`, in its own module; it registers itself on `app`)
 
 
 # --- entry point -----------------------------------------------------------------------------

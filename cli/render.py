@@ -57,6 +57,26 @@ def render_show(console: Console, info: dict) -> None:
         for key, value in ev["metrics"].items():
             against = f"  (base {_fmt(base[key])}, delta {_fmt(value - base[key])})" if isinstance(base.get(key), (int, float)) and isinstance(value, (int, float)) else ""
             console.print(f"  {ev['name']}/{ev['split']} {key}: {_fmt(value)}{against}")
+    if info.get("exports"):
+        _render_exports(console, info["exports"])
+
+
+def _render_exports(console: Console, exports: list[dict]) -> None:
+    from rich.markup import escape
+
+    console.print("[bold]Exports[/bold]")
+    for e in exports:
+        sources = " + ".join(s["ref"] if len(e["sources"]) == 1 and s["weight"] == 1 else f"{s['ref']}*{s['weight']:g}"
+                             for s in e["sources"])
+        method = f" ({e['method']})" if len(e["sources"]) > 1 else ""
+        where = escape(e["out_path"] or "-") + (f", uploaded to {e['hub_repo']}" if e.get("hub_repo") else "")
+        fid = e.get("fidelity") or {}
+        check = f"max diff {fid['max_abs_diff']:.2g}, top-1 {fid['top1_agreement']:.1%}" if fid else "no check"
+        status = "passed" if e["status"] == "passed" else "[bold red]FAILED[/bold red]"
+        console.print(f"  #{e['id']} {e['created_at'][:19]} {status} {sources}{method} -> "
+                      f"{e['format']} {e['dtype']} {where} ({check})")
+        if e["status"] != "passed":
+            console.print(f"      {escape(e.get('reason') or '')}")
 
 
 def _render_run(console: Console, run: dict) -> None:

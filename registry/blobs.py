@@ -14,7 +14,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from .errors import IntegrityError
+from .errors import IntegrityError, InvalidInput
 
 # Bytes per read/hash/write step: small enough that a buffer is still in the CPU cache when it is
 # hashed and written, large enough that the per-chunk Python overhead is noise.
@@ -141,6 +141,13 @@ def _pump(fd_in: int, fd_out: int | None, h, size_hint: int, writeback: bool = F
     return total
 
 
+def check_digest(digest: str) -> str:
+    """A blob digest as the store names it: 64 lower-case hex digits (it becomes a file name)."""
+    if not isinstance(digest, str) or len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest):
+        raise InvalidInput(f"invalid blob digest {digest!r}: expected 64 lower-case hex digits (a sha256)")
+    return digest
+
+
 class BlobStore:
     def __init__(self, root: Path):
         self.root = root
@@ -171,19 +178,39 @@ class BlobStore:
             finally:
                 os.close(fd_in)
             digest = h.hexdigest()
-            final = self.path(digest)
-            # Replace even when the blob exists: that repairs a corrupt copy, and the fresh mtime
-            # keeps gc's grace period protecting the blob until this push commits.
-            if not final.parent.exists():
-                final.parent.mkdir(exist_ok=True)
-                _fsync_dir(self.objects)
-            os.chmod(tmp_path, 0o444)
-            os.replace(tmp_path, final)
-            _fsync_dir(final.parent)
+            self.place(tmp_path, digest)
             return digest, size
         except BaseException:
             tmp_path.unlink(missing_ok=True)
             raise
+
+    def place(self, tmp_path: Path, digest: str) -> Path:
+        """Move a fully written, fsynced temp file whose sha256 is `digest` into the store."""
+        final = self.path(digest)
+        # Replace even when the blob exists: that repairs a corrupt copy, and the fresh mtime
+        # keeps gc's grace period protecting the blob until this push commits.
+        if not final.parent.exists():
+            final.parent.mkdir(exist_ok=True)
+            _fsync_dir(self.objects)
+        os.chmod(tmp_path, 0o444)
+        os.replace(tmp_path, final)
+        _fsync_dir(final.parent)
+        return final
+
+    # --- uploads from a remote client (server/registry_service.py) ---------------------------
+
+    def upload_path(self, digest: str) -> Path:
+        """Where the bytes of an upload in progress (or interrupted, to be resumed) accumulate.
+
+        It lives in `tmp/`, so `reg gc` removes an upload abandoned for longer than its grace period.
+        """
+        return self.tmp / f"upload-{check_digest(digest)}"
+
+    def received(self, digest: str) -> int:
+        try:
+            return self.upload_path(digest).stat().st_size
+        except FileNotFoundError:
+            return 0
 
     def copy_out(self, digest: str, dest: Path, label: str) -> int:
         """Write blob `digest` to `dest`, verifying the hash of the bytes written.

@@ -142,10 +142,78 @@ def _m003_manifest_lookup_index(db) -> None:
     db["versions"].create_index(["adapter", "manifest_digest", "number"], index_name="idx_versions_adapter_manifest_number")
 
 
+def _m004_rollouts(db) -> None:
+    # A/B rollouts. Revisions are append-only, so history and rollback are exact; a revision with no arms
+    # (`clear`) ends the rollout. Outcomes and feedback are written in batches by a server, per arm.
+    db["rollout_revisions"].create(
+        {
+            "id": int, "adapter": str, "revision": int, "arms_json": str, "sticky": int, "guard_json": str,
+            "action": str, "restores": int, "reason": str, "actor": str, "at": str,
+        },
+        pk="id",
+        not_null={"adapter", "revision", "arms_json", "action", "at"},
+        foreign_keys=[("adapter", "adapters", "name")],
+    )
+    db["rollout_revisions"].create_index(["adapter", "revision"], unique=True)
+    db["rollout_events"].create(
+        {
+            "id": int, "adapter": str, "revision": int, "version": int, "arm": str, "request_id": str,
+            "key_hash": str, "status": str, "latency_ms": float, "ttft_ms": float, "prompt_tokens": int,
+            "completion_tokens": int, "at": str,
+        },
+        pk="id",
+    )
+    db["rollout_events"].create_index(["adapter", "revision", "version"])
+    db["feedback"].create(
+        {
+            "id": int, "request_id": str, "adapter": str, "version": int, "revision": int, "arm": str,
+            "score": float, "label": str, "at": str,
+        },
+        pk="id",
+    )
+    db["feedback"].create_index(["adapter", "revision", "version"])
+
+
+def _m005_exports(db) -> None:
+    # `reg export`: one row per attempt (passed or failed), linked to every source version.
+    db["exports"].create(
+        {
+            "id": int, "sources_json": str, "method": str, "format": str, "dtype": str, "out_path": str,
+            "base_name": str, "base_digest": str, "files_json": str, "fidelity_json": str, "status": str,
+            "reason": str, "hub_repo": str, "actor": str, "created_at": str,
+        },
+        pk="id",
+        not_null={"status", "created_at"},
+    )
+    db["export_sources"].create(
+        {"export_id": int, "position": int, "version_id": int, "weight": float},
+        pk=("export_id", "position"),
+        foreign_keys=[("export_id", "exports", "id"), ("version_id", "versions", "id")],
+    )
+    db["export_sources"].create_index(["version_id"])
+
+
+def _m006_audit_log(db) -> None:
+    # Every write a remote registry accepts (push, alias move, rollout change, delete, gc), with the
+    # name of the token that made it (never the token), what the client said it was, and its address.
+    db["audit_log"].create(
+        {
+            "id": int, "at": str, "token": str, "actor": str, "action": str, "target": str, "detail_json": str,
+            "peer": str,
+        },
+        pk="id",
+        not_null={"at", "action"},
+    )
+    db["audit_log"].create_index(["at"])
+
+
 MIGRATIONS: list[tuple[int, str, Callable]] = [
     (1, "initial schema", _m001_initial),
     (2, "evaluation pass/fail verdicts", _m002_evaluation_verdicts),
     (3, "index for push's duplicate lookup", _m003_manifest_lookup_index),
+    (4, "A/B rollouts: revisions, per-arm outcomes, feedback", _m004_rollouts),
+    (5, "exports (reg export) linked to their source versions", _m005_exports),
+    (6, "audit log of remote writes, by token name", _m006_audit_log),
 ]
 
 

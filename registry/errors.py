@@ -41,6 +41,10 @@ class BaseNotFound(NotFound):
     pass
 
 
+class RolloutNotFound(NotFound):
+    pass
+
+
 class InvalidAdapter(LoradockError):
     """A directory or file that is not an adapter we can store (wrong layout, pickles, corrupt weights)."""
 
@@ -55,3 +59,23 @@ class IntegrityError(LoradockError):
 
 class Conflict(LoradockError):
     """An operation refused because of the registry's current state (an alias in use, an existing output)."""
+
+
+class BlobsMissing(LoradockError):
+    """A remote push committed before all of its blobs were uploaded (or one vanished); upload them, then commit again."""
+
+
+class TooLarge(LoradockError):
+    """A blob, message or request beyond a configured limit; the message names the value and the limit."""
+
+
+class Unauthenticated(LoradockError):
+    """No token, or a token that no tokens file lists (gRPC UNAUTHENTICATED)."""
+
+
+class PermissionDenied(LoradockError):
+    """A valid token without the role an operation needs (gRPC PERMISSION_DENIED)."""
+
+
+class Unavailable(LoradockError):
+    """A remote registry or server that cannot be reached, or is shutting down (gRPC UNAVAILABLE)."""

@@ -71,7 +71,6 @@ def load_base_model(
     For training on a quantized base the model is prepared for k-bit training
     (frozen weights, fp32 norms, input grads for gradient checkpointing).
     """
-    import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     if quantization not in QUANTIZATIONS:

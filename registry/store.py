@@ -11,17 +11,21 @@ import json
 import os
 import shutil
 import sqlite3
+import tempfile
 from pathlib import Path
 
 from . import db as dbmod
+from . import exports as exports_mod
 from .adapters import AdapterInfo, check_fits_base, inspect_adapter_dir
 from .bases import DEFAULT_BASE, DEFAULT_BASE_HUB_ID, Base, convert_gguf_to_hf, default_base_source, describe_base_dir, resolve_hub_id
-from .blobs import BlobStore
+from .blobs import BlobStore, check_digest
 from .errors import (
-    AdapterNotFound, AliasNotFound, BaseMismatch, BaseNotFound, Conflict, IntegrityError, InvalidRef, VersionNotFound,
+    AdapterNotFound, AliasNotFound, BaseMismatch, BaseNotFound, BlobsMissing, Conflict, IntegrityError, InvalidAdapter,
+    InvalidRef, TooLarge, VersionNotFound,
 )
 from .names import Ref, parse_ref, validate_name
 from .records import AdapterSummary, AliasEvent, FileRecord, PushResult, Version
+from .rollouts import Rollouts
 
 
 def default_home() -> Path:
@@ -69,6 +73,11 @@ class Registry:
         if self._blobs is None:
             self._blobs = BlobStore(self.home / "blobs")
         return self._blobs
+
+    @property
+    def rollouts(self) -> Rollouts:
+        """A/B rollouts of bare names between versions (`registry/rollouts.py`)."""
+        return Rollouts(self)
 
     def close(self) -> None:
         if self._conn is not None:
@@ -131,6 +140,44 @@ class Registry:
         for rel in info.files:
             digest, size = self.blobs.ingest(info.directory / rel)
             files.append(FileRecord(rel, size, digest))
+        return self._record_version(info, files, name, base_record, message, alias, allow_duplicate, run_id, creator)
+
+    def push_stored(
+        self, files: list[FileRecord], name: str, base: str | None = None, message: str = "", alias: str | None = None,
+        allow_duplicate: bool = False, creator: str | None = None,
+    ) -> PushResult:
+        """Commit a version from blobs already in the store (a remote push: the blobs were uploaded and verified first).
+
+        The files get the same checks as a local push (layout, pickles, safetensors, fit to the base),
+        read from the stored blobs; a blob that is not stored raises `BlobsMissing` naming it.
+        """
+        validate_name(name)
+        if alias is not None:
+            validate_name(alias, "alias")
+        _check_file_list(files)
+        missing = [f"{f.path} (sha256:{f.sha256})" for f in files if not self.blobs.has(f.sha256)]
+        if missing:
+            raise BlobsMissing(f"blobs not uploaded yet: {', '.join(missing)}; upload them, then commit again")
+        for f in files:
+            stored = self.blobs.path(f.sha256).stat().st_size
+            if stored != f.size:
+                raise IntegrityError(f"{f.path}: declared {f.size} bytes, but blob sha256:{f.sha256} holds {stored}")
+        stage = Path(tempfile.mkdtemp(prefix="stage-", dir=self.home))
+        try:
+            for f in files:
+                os.symlink(self.blobs.path(f.sha256), stage / f.path)
+            info = inspect_adapter_dir(stage)
+            base_record = self._base_for_adapter(info, base)
+            check_fits_base(info, base_record.name, base_record.tensors, base_record.config)
+        finally:
+            shutil.rmtree(stage, ignore_errors=True)
+        return self._record_version(info, files, name, base_record, message, alias, allow_duplicate, None, creator)
+
+    def _record_version(
+        self, info: AdapterInfo, files: list[FileRecord], name: str, base_record: Base, message: str, alias: str | None,
+        allow_duplicate: bool, run_id: str | None, creator: str | None,
+    ) -> PushResult:
+        """One transaction: allocate the next number and record the version (or return an identical live one)."""
         manifest = manifest_digest(files)
         actor = creator or current_actor()
         now = dbmod.utcnow()
@@ -197,27 +244,8 @@ class Registry:
     def pull(self, ref: str | Ref, out: Path | str | None = None, force: bool = False) -> tuple[Version, Path]:
         """Write a version as a plain PEFT directory, verifying every digest; nothing partial is left on failure."""
         version = self.resolve(ref)
-        out = Path(out) if out else Path.cwd() / f"{version.adapter}-v{version.number}"
-        if out.exists() and (not out.is_dir() or any(out.iterdir())) and not force:
-            raise Conflict(f"{out} exists and is not empty; choose another --out or pass --force")
-        out.parent.mkdir(parents=True, exist_ok=True)
-        partial = out.with_name(f".{out.name}.partial-{os.getpid()}")
-        shutil.rmtree(partial, ignore_errors=True)
-        partial.mkdir()
-        try:
-            for f in version.files:
-                self.blobs.copy_out(f.sha256, partial / f.path, label=f"{version.ref} {f.path}")
-        except BaseException:
-            shutil.rmtree(partial, ignore_errors=True)
-            raise
-        if out.exists():  # --force: swap, so a crash here never loses both the old and the new directory
-            aside = out.with_name(f".{out.name}.old-{os.getpid()}")
-            out.rename(aside)
-            partial.rename(out)
-            shutil.rmtree(aside) if aside.is_dir() else aside.unlink()
-        else:
-            partial.rename(out)
-        return version, out
+        write = lambda f, dest: self.blobs.copy_out(f.sha256, dest, label=f"{version.ref} {f.path}")  # noqa: E731
+        return version, write_version_dir(version, out, force, write)
 
     # --- listing -------------------------------------------------------------------------
 
@@ -333,6 +361,10 @@ class Registry:
                 raise Conflict(
                     f"{version.ref} is the target of alias(es) {', '.join(pointing)}; move them first or pass --force"
                 )
+            rollout = self.rollouts.current(version.adapter)
+            if rollout and any(a.version == version.number for a in rollout.arms):
+                raise Conflict(f"{version.ref} is an arm of {version.adapter}'s rollout (revision {rollout.revision}); "
+                               f"change or clear the rollout first (`reg rollout show {version.adapter}`)")
             for alias in pointing:
                 self._remove_alias_in(conn, version.adapter, alias, version.number, actor)
             conn.execute("UPDATE versions SET deleted_at=? WHERE id=?", (dbmod.utcnow(), version.id))
@@ -398,8 +430,40 @@ class Registry:
             out.append(d)
         return out
 
+    def record_export(self, sources: list[dict], actor: str | None = None, **fields) -> int:
+        """Record a `reg export` attempt (see `registry.exports.record_export`); returns its id."""
+        return exports_mod.record_export(self.conn, sources, actor=actor or current_actor(), **fields)
+
+    def exports(self, version_id: int) -> list[dict]:
+        """Exports made from a version (alone or in a merge), oldest first."""
+        return exports_mod.exports_for_version(self.conn, version_id)
+
+    def diff(self, ref_a: str, ref_b: str) -> dict:
+        """`reg diff`: see `registry.diff.diff_versions`."""
+        from .diff import diff_versions
+
+        return diff_versions(self, ref_a, ref_b)
+
+    def verify(self, ref: str | None = None):
+        """`reg verify`: see `registry.maintenance.verify`."""
+        from .maintenance import verify
+
+        return verify(self, ref)
+
+    def gc(self, dry_run: bool = False, grace_s: float | None = None):
+        """`reg gc`: see `registry.maintenance.gc`."""
+        from .maintenance import DEFAULT_GC_GRACE_S, gc
+
+        return gc(self, dry_run=dry_run, grace_s=DEFAULT_GC_GRACE_S if grace_s is None else grace_s)
+
+    def audit_entries(self, limit: int | None = None) -> list[dict]:
+        """The audit log of remote writes, oldest first (`registry/audit.py`)."""
+        from .audit import entries
+
+        return entries(self.conn, limit)
+
     def describe(self, ref: str) -> dict:
-        """Everything `reg show` prints: the version, its files, aliases, lineage and evaluations."""
+        """Everything `reg show` prints: the version, its files, aliases, lineage, evaluations and exports."""
         version = self.resolve(ref)
         aliases = self.aliases(version.adapter)
         return {
@@ -413,6 +477,7 @@ class Registry:
             "aliases_here": sorted(a for a, n in aliases.items() if n == version.number),
             "run": self.run(version.run_id) if version.run_id else None,
             "evaluations": self.evaluations(version.id),
+            "exports": self.exports(version.id),
         }
 
     # --- bases ---------------------------------------------------------------------------
@@ -475,6 +540,58 @@ class Registry:
         if existing is not None:  # registered, but its directory was removed: re-converted above
             return existing, False
         return self.add_base(str(dest), DEFAULT_BASE, source=source, hub_id=DEFAULT_BASE_HUB_ID)
+
+
+def write_version_dir(version: Version, out: Path | str | None, force: bool, write_file) -> Path:
+    """Materialise `version` at `out` with `write_file(file_record, dest)`, which must verify what it writes.
+
+    Files go to a hidden partial directory renamed into place at the end, so nothing partial is
+    left on failure; `--force` swaps an existing directory only once the new one is complete.
+    """
+    out = Path(out) if out else Path.cwd() / f"{version.adapter}-v{version.number}"
+    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not force:
+        raise Conflict(f"{out} exists and is not empty; choose another --out or pass --force")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    partial = out.with_name(f".{out.name}.partial-{os.getpid()}")
+    shutil.rmtree(partial, ignore_errors=True)
+    partial.mkdir()
+    try:
+        for f in version.files:
+            write_file(f, partial / f.path)
+    except BaseException:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise
+    if out.exists():  # --force: swap, so a crash here never loses both the old and the new directory
+        aside = out.with_name(f".{out.name}.old-{os.getpid()}")
+        out.rename(aside)
+        partial.rename(out)
+        shutil.rmtree(aside) if aside.is_dir() else aside.unlink()
+    else:
+        partial.rename(out)
+    return out
+
+
+MAX_FILES = 256
+
+
+def _check_file_list(files: list[FileRecord]) -> None:
+    """A file list from a remote client: top-level file names only (they become paths), each once."""
+    if not files:
+        raise InvalidAdapter("a version needs at least its adapter_config.json and adapter_model.safetensors; got no files")
+    if len(files) > MAX_FILES:
+        raise TooLarge(f"{len(files)} files in one version; at most {MAX_FILES} are accepted")
+    seen = set()
+    for f in files:
+        path = f.path
+        if (not path or len(path) > 255 or path.startswith(".") or any(c in path for c in "/\\\0")
+                or not path.isprintable()):
+            raise InvalidAdapter(f"invalid file name {path!r}: a version holds top-level file names only (no '/', not hidden)")
+        if path in seen:
+            raise InvalidAdapter(f"file {path!r} is listed twice")
+        seen.add(path)
+        check_digest(f.sha256)
+        if f.size < 0:
+            raise InvalidAdapter(f"file {path!r}: negative size {f.size}")
 
 
 def _base_from_row(row: sqlite3.Row) -> Base:

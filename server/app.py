@@ -9,6 +9,7 @@ from __future__ import annotations
 import signal
 import threading
 from concurrent import futures
+from typing import TYPE_CHECKING
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -18,21 +19,28 @@ from registry import Registry
 
 from .options import ServerOptions
 from .rpc import pb, pb_grpc
-from .service import InferenceService
-from .servicer import InferenceServicer
+
+if TYPE_CHECKING:
+    from .service import InferenceService
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Inference"].full_name
+REGISTRY_SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Registry"].full_name
 
 
 def load_service(options: ServerOptions, registry: Registry, log=print) -> InferenceService:
-    """Load the base once (quantized as asked), wrap its linear layers for multi-LoRA, start the engine."""
+    """Load the base once (quantized as asked), wrap its linear layers for multi-LoRA, start the engine.
+
+    With a remote registry (`RemoteRegistry`) adapters resolve and pull from it, while the base is
+    found (or registered) in the local home, where its weights are.
+    """
     from registry.loading import load_base_model
     from trainer.train import resolve_base
 
     from .lora import MultiLoraModel
+    from .service import InferenceService
 
     options.validate()
-    base = resolve_base(registry, options.base)
+    base = resolve_base(registry if isinstance(registry, Registry) else Registry(registry.home), options.base)
     log(f"loading base {base.name} ({options.quant}) ...")
     loaded = load_base_model(base, options.quant)
     lora = MultiLoraModel(loaded.model, max_slots=options.max_adapters, rank=options.lora_rank,
@@ -41,28 +49,104 @@ def load_service(options: ServerOptions, registry: Registry, log=print) -> Infer
 
 
 def create_server(options: ServerOptions, registry: Registry, service: InferenceService | None = None, log=print):
-    """A started gRPC server with Inference, health and reflection; returns (server, port, service)."""
+    """A started gRPC server with Inference, health and reflection; returns (server, port, service).
+
+    It also serves the Registry service over `registry` when that is a local one.
+    """
+    from .servicer import InferenceServicer
+
+    tokens = _tokens(options)
     health_servicer = health.HealthServicer()
     health_servicer.set("", health_pb2.HealthCheckResponse.NOT_SERVING)
     health_servicer.set(SERVICE_NAME, health_pb2.HealthCheckResponse.NOT_SERVING)
     service = service or load_service(options, registry, log=log)
-    server = grpc.server(
-        futures.ThreadPoolExecutor(max_workers=options.workers, thread_name_prefix="loradock-rpc"),
-        options=[("grpc.max_receive_message_length", 16 * 2**20), ("grpc.so_reuseport", 0)],
-    )
+    server = _grpc_server(options, tokens, log)
     pb_grpc.add_InferenceServicer_to_server(InferenceServicer(service), server)
+    names = [SERVICE_NAME]
+    if isinstance(registry, Registry):
+        from .registry_service import RegistryServicer
+
+        server.registry_servicer = RegistryServicer(registry.home, options.max_blob_bytes, log=log)
+        pb_grpc.add_RegistryServicer_to_server(server.registry_servicer, server)
+        names.append(REGISTRY_SERVICE_NAME)
+    port = _start(server, options, health_servicer, names)
+    return server, port, service
+
+
+def create_registry_server(options: ServerOptions, home, log=print, on_chunk=None):
+    """A started gRPC server with only the Registry service (no model loaded); returns (server, port, servicer).
+
+    `on_chunk(digest, bytes_stored)` is called after every uploaded chunk is written (tests pause uploads with it).
+    """
+    from .registry_service import RegistryServicer
+
+    options.validate_listen()
+    tokens = _tokens(options)
+    health_servicer = health.HealthServicer()
+    servicer = RegistryServicer(home, options.max_blob_bytes, log=log, on_chunk=on_chunk)
+    server = _grpc_server(options, tokens, log)
+    pb_grpc.add_RegistryServicer_to_server(servicer, server)
+    server.registry_servicer = servicer
+    port = _start(server, options, health_servicer, [REGISTRY_SERVICE_NAME])
+    return server, port, servicer
+
+
+def _tokens(options: ServerOptions):
+    """The tokens the server accepts (None: auth off, which is only allowed on localhost)."""
+    import ipaddress
+
+    from .errors import BadRequest
+    from .tokens import TokenStore
+
+    tokens = TokenStore.from_options(options.auth_tokens)
+    host = options.host.strip("[]")
+    try:
+        loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        loopback = False
+    if tokens is None and not loopback and not options.insecure_listen_all:
+        raise BadRequest(
+            f"--host {options.host}: without auth the server listens on localhost only; give --auth-tokens FILE "
+            f"(or LORADOCK_ADMIN_TOKEN), or --insecure-listen-all to let anyone who reaches the port do anything"
+        )
+    return tokens
+
+
+def _grpc_server(options: ServerOptions, tokens, log) -> grpc.Server:
+    from .auth import AuthInterceptor
+
+    return grpc.server(
+        futures.ThreadPoolExecutor(max_workers=options.handler_threads, thread_name_prefix="loradock-rpc"),
+        maximum_concurrent_rpcs=options.handler_threads,  # beyond: RESOURCE_EXHAUSTED at once, never an unbounded wait
+        interceptors=[AuthInterceptor(tokens, log=log)],
+        options=[("grpc.max_receive_message_length", 16 * 2**20), ("grpc.max_send_message_length", 16 * 2**20),
+                 ("grpc.so_reuseport", 0)],
+    )
+
+
+def _start(server: grpc.Server, options: ServerOptions, health_servicer, names: list[str]) -> int:
+    """Health, reflection, the port (TLS with --tls-cert/--tls-key), start; returns the port."""
+    for name in ["", *names]:
+        health_servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
-        (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME), server
+        (*names, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME), server
     )
-    port = server.add_insecure_port(f"{options.host}:{options.port}")
+    address = f"{options.host}:{options.port}"
+    if options.tls_cert:
+        from pathlib import Path
+
+        credentials = grpc.ssl_server_credentials([(Path(options.tls_key).read_bytes(), Path(options.tls_cert).read_bytes())])
+        port = server.add_secure_port(address, credentials)
+    else:
+        port = server.add_insecure_port(address)
     if port == 0:
-        raise OSError(f"could not listen on {options.host}:{options.port} (in use?)")
+        raise OSError(f"could not listen on {address} (in use?)")
     server.start()
-    health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
-    health_servicer.set(SERVICE_NAME, health_pb2.HealthCheckResponse.SERVING)
+    for name in ["", *names]:
+        health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     server.health = health_servicer
-    return server, port, service
+    return port
 
 
 def shutdown(server, service: InferenceService, grace_s: float) -> None:
@@ -71,6 +155,29 @@ def shutdown(server, service: InferenceService, grace_s: float) -> None:
     service.engine._accepting = False
     service.stop(drain_s=grace_s)
     server.stop(grace=1.0).wait()
+
+
+def serve_registry_forever(options: ServerOptions, home, log=print) -> int:
+    """`reg serve --registry-only`: the Registry service alone, until SIGTERM/SIGINT."""
+    server, port, _ = create_registry_server(options, home, log=log)
+    auth = "tokens required" if (options.auth_tokens or _admin_env()) else "no auth (localhost only)"
+    log(f"serving registry {home} on {options.host}:{port} ({'TLS' if options.tls_cert else 'plaintext'}, {auth})")
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    stop.wait()
+    server.health.enter_graceful_shutdown()
+    server.stop(grace=options.grace_s).wait()
+    log("stopped")
+    return 0
+
+
+def _admin_env() -> bool:
+    import os
+
+    from .tokens import ADMIN_ENV
+
+    return bool(os.environ.get(ADMIN_ENV))
 
 
 def serve_forever(options: ServerOptions, registry: Registry, log=print) -> int:

@@ -32,11 +32,18 @@ class Completion:
 class LoradockClient:
     """`LoradockClient("localhost:50051")`; every call takes `timeout` (seconds) as its gRPC deadline."""
 
-    def __init__(self, target: str, timeout: float | None = 120.0):
+    def __init__(self, target: str, timeout: float | None = 120.0, token: str | None = None, tls_ca: str | None = None):
         self.target = target
         self.timeout = timeout
-        self.channel = grpc.insecure_channel(target)
+        if tls_ca:
+            from pathlib import Path
+
+            credentials = grpc.ssl_channel_credentials(root_certificates=Path(tls_ca).read_bytes())
+            self.channel = grpc.secure_channel(target, credentials)
+        else:
+            self.channel = grpc.insecure_channel(target)
         self.stub = pb_grpc.InferenceStub(self.channel)
+        self.metadata = [("authorization", f"Bearer {token}")] if token else None  # `reg serve --auth-tokens`
 
     def close(self) -> None:
         self.channel.close()
@@ -61,26 +68,29 @@ class LoradockClient:
         )
 
     def generate(self, prompt: str | None = None, timeout: float | None = None, **kwargs) -> Completion:
-        return Completion.from_pb(self.stub.Generate(self.request(prompt, **kwargs), timeout=timeout or self.timeout))
+        reply = self.stub.Generate(self.request(prompt, **kwargs), timeout=timeout or self.timeout, metadata=self.metadata)
+        return Completion.from_pb(reply)
 
     def stream(self, prompt: str | None = None, timeout: float | None = None, **kwargs) -> Iterator[pb.GenerateChunk]:
         """Chunks as they are decoded; the last has `done=True` and the final fields."""
-        yield from self.stub.GenerateStream(self.request(prompt, **kwargs), timeout=timeout or self.timeout)
+        yield from self.stub.GenerateStream(self.request(prompt, **kwargs), timeout=timeout or self.timeout, metadata=self.metadata)
 
     def list_adapters(self, loaded_only: bool = False):
-        return list(self.stub.ListAdapters(pb.ListAdaptersRequest(loaded_only=loaded_only), timeout=self.timeout).adapters)
+        request = pb.ListAdaptersRequest(loaded_only=loaded_only)
+        return list(self.stub.ListAdapters(request, timeout=self.timeout, metadata=self.metadata).adapters)
 
     def load_adapter(self, adapter: str, pin: bool = False):
-        return self.stub.LoadAdapter(pb.LoadAdapterRequest(adapter=adapter, pin=pin), timeout=self.timeout)
+        return self.stub.LoadAdapter(pb.LoadAdapterRequest(adapter=adapter, pin=pin), timeout=self.timeout, metadata=self.metadata)
 
     def unload_adapter(self, adapter: str) -> bool:
-        return self.stub.UnloadAdapter(pb.UnloadAdapterRequest(adapter=adapter), timeout=self.timeout).unloaded
+        return self.stub.UnloadAdapter(pb.UnloadAdapterRequest(adapter=adapter), timeout=self.timeout, metadata=self.metadata).unloaded
 
     def feedback(self, request_id: str, score: float = 0.0, label: str = "") -> bool:
-        return self.stub.Feedback(pb.FeedbackRequest(request_id=request_id, score=score, label=label), timeout=self.timeout).recorded
+        request = pb.FeedbackRequest(request_id=request_id, score=score, label=label)
+        return self.stub.Feedback(request, timeout=self.timeout, metadata=self.metadata).recorded
 
     def stats(self):
-        return self.stub.ServerStats(pb.ServerStatsRequest(), timeout=self.timeout)
+        return self.stub.ServerStats(pb.ServerStatsRequest(), timeout=self.timeout, metadata=self.metadata)
 
     def wait_ready(self, timeout: float = 60.0) -> None:
         grpc.channel_ready_future(self.channel).result(timeout=timeout)

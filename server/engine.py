@@ -157,13 +157,21 @@ class Engine:
         if request.sampling.seed:
             seq.generator = torch.Generator().manual_seed(request.sampling.seed)
         with self._cond:
-            if not self._accepting:
-                raise ServerShuttingDown("the server is shutting down and takes no new requests")
-            if len(self._waiting) >= self.max_queue:
-                raise QueueFull(f"queue full ({self.max_queue} requests waiting); retry later")
+            self._check_room()
             self._waiting.append(seq)
             self._cond.notify()
         return Handle(seq)
+
+    def check_room(self) -> None:
+        """Raise what submit() would for a full queue or a stopping engine, before any work is spent on a request."""
+        with self._cond:
+            self._check_room()
+
+    def _check_room(self) -> None:
+        if not self._accepting:
+            raise ServerShuttingDown("the server is shutting down and takes no new requests")
+        if len(self._waiting) >= self.max_queue:
+            raise QueueFull(f"queue full ({self.max_queue} requests waiting); retry later")
 
     # --- the loop -------------------------------------------------------------------------
 

@@ -24,7 +24,13 @@ class ServerOptions:
     default_max_new_tokens: int = _opt(128, "max_new_tokens when a request leaves it at 0.")
     max_new_tokens_limit: int = _opt(1024, "Largest max_new_tokens a request may ask for.")
     grace_s: float = _opt(10.0, "On SIGTERM, how long in-flight requests may take to finish.")
-    workers: int = _opt(64, "gRPC handler threads (each waiting request holds one).")
+    workers: int = _opt(0, "gRPC handler threads, each waiting request holds one (0 = max batch + max queue + 16); "
+                           "calls beyond them get RESOURCE_EXHAUSTED at once.")
+    auth_tokens: str | None = _opt(None, "Tokens file (YAML of names, sha256 hashes and roles); every RPC then needs a token with its role.")
+    insecure_listen_all: bool = _opt(False, "Allow a non-localhost --host without auth (anyone who reaches the port may do anything).")
+    tls_cert: str | None = _opt(None, "PEM certificate chain to serve TLS with (needs --tls-key).")
+    tls_key: str | None = _opt(None, "PEM private key of --tls-cert.")
+    max_blob_mb: float = _opt(4096.0, "Registry service: largest blob (adapter file) a push may upload, in MB.")
 
     def validate(self) -> None:
         from .errors import BadRequest
@@ -32,14 +38,40 @@ class ServerOptions:
         if self.quant not in ("nf4", "int8", "none"):
             raise BadRequest(f"--quant {self.quant!r}: use nf4, int8 or none")
         for name in ("max_batch_size", "max_queue", "max_adapters", "adapter_memory_mb", "default_max_new_tokens",
-                     "max_new_tokens_limit", "workers"):
+                     "max_new_tokens_limit"):
             if getattr(self, name) < 1:
                 raise BadRequest(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
-        for name in ("lora_rank", "gather_cache_mb"):
+        for name in ("lora_rank", "gather_cache_mb", "workers"):
             if getattr(self, name) < 0:
                 raise BadRequest(f"--{name.replace('_', '-')} must be 0 or more, got {getattr(self, name)}")
         if not 0 <= self.port <= 65535:
             raise BadRequest(f"--port {self.port}: must be between 0 and 65535")
+        self.validate_listen()
+
+    def validate_listen(self) -> None:
+        """What the Registry-only server checks too: TLS files, the blob limit."""
+        from pathlib import Path
+
+        from .errors import BadRequest
+
+        if bool(self.tls_cert) != bool(self.tls_key):
+            raise BadRequest("--tls-cert and --tls-key go together: give both or neither")
+        for flag, path in (("--tls-cert", self.tls_cert), ("--tls-key", self.tls_key), ("--auth-tokens", self.auth_tokens)):
+            if path and not Path(path).is_file():
+                raise BadRequest(f"{flag} {path}: no such file")
+        if not self.max_blob_mb > 0:
+            raise BadRequest(f"--max-blob-mb must be more than 0, got {self.max_blob_mb}")
+        if not 0 <= self.port <= 65535:
+            raise BadRequest(f"--port {self.port}: must be between 0 and 65535")
+
+    @property
+    def handler_threads(self) -> int:
+        """gRPC handler threads: enough for a full batch and a full queue, so the queue limit is what rejects."""
+        return self.workers or self.max_batch_size + self.max_queue + 16
+
+    @property
+    def max_blob_bytes(self) -> int:
+        return int(self.max_blob_mb * 2**20)
 
 
 def option_help() -> dict[str, str]:

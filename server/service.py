@@ -1,8 +1,10 @@
 """The inference service: turns a GenerateRequest into an engine request, and everything around it.
 
 Validation, chat templating, resolving adapter refs through the registry (so pushes and alias
-moves are served on the next request), base compatibility, the adapter cache, per-request
-merges, stats and feedback. Transport-free: the gRPC servicer is a thin layer over this.
+moves are served on the next request), A/B rollouts of bare names (`router.py`; outcomes and
+feedback recorded per arm off the request path by `rollout_worker.py`), base compatibility, the
+adapter cache, per-request merges, stats and feedback. Transport-free: the gRPC servicer is a thin
+layer over this.
 """
 
 from __future__ import annotations
@@ -16,18 +18,23 @@ from pathlib import Path
 
 from registry import Registry
 from registry.bases import Base
-from registry.errors import BaseMismatch, NotFound
-from registry.names import parse_ref
+from registry.db import utcnow
+from registry.errors import BaseMismatch, LoradockError, NotFound
+from registry.names import Ref, parse_ref
+from registry.rollouts import FeedbackRecord
 
 from .cache import AdapterCache, adapter_dir_for
 from .engine import Engine, EngineRequest, Handle, Result
 from .errors import BadRequest
 from .options import ServerOptions
+from .rollout_worker import RolloutWorker
+from .router import Choice, RolloutRouter
 from .sampling import Sampling
 from .stats import Stats
+from .status import status_for
 
 MERGE_DEFAULT = "cat"
-RECENT_REQUESTS = 100_000  # request_id -> version, for Feedback
+RECENT_REQUESTS = 100_000  # request_id -> (version, rollout arm), for Feedback
 
 
 @dataclass
@@ -48,17 +55,20 @@ class InferenceService:
         self.engine = Engine(model, tokenizer, lora, options.max_batch_size, options.max_queue)
         self.cache = AdapterCache(lora, options.max_adapters, options.adapter_memory_mb * 2**20, self.engine.lock)
         self.stats = Stats()
-        self.recent: OrderedDict[str, str] = OrderedDict()
-        self.feedback: list[dict] = []
+        self.recent: OrderedDict[str, tuple[str, Choice | None]] = OrderedDict()
+        self.router = RolloutRouter()
+        self.rollout_worker = RolloutWorker(Registry(registry.home), self.router)  # its own connection
         self.started = time.time()
         self.adapter_files = registry.home / "cache" / "adapters"
 
     def start(self) -> "InferenceService":
+        self.rollout_worker.start()
         self.engine.start()
         return self
 
     def stop(self, drain_s: float = 0.0) -> None:
         self.engine.stop(drain_s)
+        self.rollout_worker.stop()  # after the engine, so the last outcomes are written too
 
     # --- requests -------------------------------------------------------------------------
 
@@ -73,6 +83,7 @@ class InferenceService:
 
     def prepare(self, req) -> Prepared:
         """Validate and tokenize; resolve and load the adapter. Raises loradock errors (mapped by the servicer)."""
+        self.engine.check_room()  # a full queue answers at once, not after tokenizing and loading an adapter
         if req.adapter and len(req.merge):
             raise BadRequest("give either `adapter` or `merge`, not both")
         sampling = self._sampling(req.params)
@@ -82,19 +93,29 @@ class InferenceService:
             raise BadRequest(f"prompt is {len(prompt_ids)} tokens; the base's context is {self.context_len}")
         sampling.max_new_tokens = min(sampling.max_new_tokens, room)
         request_id = req.request_id or uuid.uuid4().hex
-        version, key, slot = "", None, 0
+        version, key, slot, choice = "", None, 0, None
         if len(req.merge):
             version, key, slot = self._acquire_merge(req)
         elif req.adapter:
-            version, key, slot = self._acquire_adapter(req.adapter)
+            ref, choice = self._route(req.adapter, req.routing_key)
+            try:
+                version, key, slot = self._acquire_adapter(ref)
+            except LoradockError as exc:  # the arm failed this request (e.g. its stored weights are corrupt)
+                if choice:
+                    self.rollout_worker.record_outcome(choice, request_id, _status_name(exc))
+                raise
         def on_finish(result: Result) -> None:
             if key:
                 self.cache.release(key)
             self.stats.record(version, result.error is None, result.prompt_tokens, result.completion_tokens,
                               result.total_ms, result.ttft_ms)
-            self._remember(result.request_id, version)
+            self._remember(result.request_id, version, choice)
+            if choice:
+                self.rollout_worker.record_outcome(choice, result.request_id, _status_name(result.error, result.finish_reason),
+                                                   result)
 
-        return Prepared(EngineRequest(request_id, prompt_ids, sampling, slot, version, "", on_finish), key)
+        variant = choice.arm if choice else ""
+        return Prepared(EngineRequest(request_id, prompt_ids, sampling, slot, version, variant, on_finish), key)
 
     def _sampling(self, p) -> Sampling:
         limit = self.options.max_new_tokens_limit
@@ -133,8 +154,14 @@ class InferenceService:
             raise BadRequest("empty request: give `prompt` or `messages`")
         return self.tokenizer(req.prompt)["input_ids"]
 
-    def _acquire_adapter(self, ref: str) -> tuple[str, str, int]:
-        version = self.registry.resolve(parse_ref(ref))
+    def _route(self, text: str, routing_key: str) -> tuple[Ref, Choice | None]:
+        """A bare NAME with a rollout goes to one of its arms; NAME:N and NAME@ALIAS bypass rollouts."""
+        ref = parse_ref(text)
+        choice = self.router.pick_arm(ref.name, routing_key) if ref.version is None and ref.alias is None else None
+        return (Ref(ref.name, version=choice.version) if choice else ref), choice
+
+    def _acquire_adapter(self, ref: Ref) -> tuple[str, str, int]:
+        version = self.registry.resolve(ref)
         self._check_compatible(version)
         entry = self.cache.acquire(version.ref, lambda: self._load_version(version))
         return version.ref, version.ref, entry.slot
@@ -204,14 +231,28 @@ class InferenceService:
         key = str(parsed) if parsed.version is not None else self.registry.resolve(parsed).ref
         return self.cache.unload(key)
 
-    def _remember(self, request_id: str, version: str) -> None:
-        self.recent[request_id] = version
+    def _remember(self, request_id: str, version: str, choice: Choice | None) -> None:
+        self.recent[request_id] = (version, choice)
         while len(self.recent) > RECENT_REQUESTS:
             self.recent.popitem(last=False)
 
-    def record_feedback(self, request_id: str, score: float, label: str) -> dict:
+    def record_feedback(self, request_id: str, score: float, label: str) -> FeedbackRecord:
+        """Attach an outcome to a recent request; stored (with its rollout arm, if any) by the rollout worker."""
         if request_id not in self.recent:
             raise NotFound(f"no recent request with id {request_id!r} (feedback is accepted for the last {RECENT_REQUESTS:,} requests)")
-        item = {"request_id": request_id, "version": self.recent[request_id], "score": score, "label": label, "at": time.time()}
-        self.feedback.append(item)
-        return item
+        version, choice = self.recent[request_id]
+        name, _, number = version.rpartition(":")
+        adapter, number = (name, int(number)) if number.isdigit() else (version, None)  # the base or a merge: no number
+        record = FeedbackRecord(
+            request_id, adapter, number, choice.revision if choice else None, choice.arm if choice else "",
+            None if score == 0 and label else score, label, utcnow(),  # on the wire an absent score reads 0
+        )
+        self.rollout_worker.record_feedback(record)
+        return record
+
+
+def _status_name(error: BaseException | None, finish_reason: str = "") -> str:
+    """The gRPC status a request ended with, as the servicer maps it (CANCELLED for a client's cancel)."""
+    if error is not None:
+        return status_for(error).name
+    return "CANCELLED" if finish_reason == "cancelled" else "OK"

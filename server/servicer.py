@@ -1,4 +1,4 @@
-"""gRPC servicer for loradock.v1.Inference. Errors become status codes here, and only here."""
+"""gRPC servicer for loradock.v1.Inference (errors become status codes in `status.py`, the one mapping)."""
 
 from __future__ import annotations
 
@@ -6,42 +6,14 @@ import time
 
 import grpc
 
-from registry.errors import (
-    BaseMismatch, IntegrityError, InvalidAdapter, InvalidInput, InvalidName, InvalidRef, LoradockError, NotFound,
-)
+from registry.errors import LoradockError
 
-from .errors import QueueFull, ServerShuttingDown
 from .rpc import pb, pb_grpc
 from .service import InferenceService
 from .stats import percentile
+from .status import abort_with  # the error -> status mapping lives there (torch-free, shared with the registry service)
 
-STATUS_FOR = [  # most specific first
-    (NotFound, grpc.StatusCode.NOT_FOUND),
-    (InvalidRef, grpc.StatusCode.INVALID_ARGUMENT),
-    (InvalidName, grpc.StatusCode.INVALID_ARGUMENT),
-    (InvalidInput, grpc.StatusCode.INVALID_ARGUMENT),
-    (BaseMismatch, grpc.StatusCode.FAILED_PRECONDITION),
-    (InvalidAdapter, grpc.StatusCode.FAILED_PRECONDITION),
-    (IntegrityError, grpc.StatusCode.DATA_LOSS),
-    (QueueFull, grpc.StatusCode.RESOURCE_EXHAUSTED),
-    (ServerShuttingDown, grpc.StatusCode.UNAVAILABLE),
-    (LoradockError, grpc.StatusCode.INTERNAL),
-]
-
-
-def status_for(error: BaseException) -> grpc.StatusCode:
-    from .lora import AdapterIncompatible
-
-    if isinstance(error, AdapterIncompatible):
-        return grpc.StatusCode.FAILED_PRECONDITION
-    for cls, code in STATUS_FOR:
-        if isinstance(error, cls):
-            return code
-    return grpc.StatusCode.INTERNAL
-
-
-def _abort(context: grpc.ServicerContext, error: BaseException):
-    context.abort(status_for(error), " ".join(str(error).split()) or type(error).__name__)
+_abort = abort_with
 
 
 def _final_fields(result) -> dict:

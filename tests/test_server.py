@@ -291,6 +291,30 @@ def test_a_full_queue_answers_resource_exhausted_quickly(tmp_path, tiny_base_dir
         shutdown(server, service, 0)
 
 
+@pytest.mark.parametrize("max_queue, workers", [(80, 0), (64, 4)], ids=["queue-full", "handler-threads-full"])
+def test_excess_is_rejected_at_once_whatever_fills_first(tmp_path, tiny_base_dir, max_queue, workers):
+    """Requests beyond the queue (or beyond the handler threads) get RESOURCE_EXHAUSTED, never an unbounded wait."""
+    reg = Registry(tmp_path / "home")
+    reg.add_base(str(tiny_base_dir), TINY_BASE)
+    options = ServerOptions(base=TINY_BASE, quant="none", port=0, max_batch_size=2, max_queue=max_queue, workers=workers)
+    server, port, service = create_server(options, reg, log=lambda m: None)
+    try:
+        with LoradockClient(f"127.0.0.1:{port}", timeout=600) as client:  # generous: CI machines are busy
+            def one(_):
+                try:
+                    client.generate("hello world", max_new_tokens=40)
+                    return "ok"
+                except grpc.RpcError as exc:
+                    return exc.code().name
+
+            with ThreadPoolExecutor(120) as pool:
+                codes = list(pool.map(one, range(120)))
+        assert set(codes) == {"ok", "RESOURCE_EXHAUSTED"}
+        assert codes.count("ok") <= options.handler_threads
+    finally:
+        shutdown(server, service, 0)
+
+
 def test_feedback_and_stats(served):
     client = served["client"]
     result = client.generate("hello world", adapter="a2", max_new_tokens=3, request_id="req-feedback-1")

@@ -277,3 +277,221 @@ class ServerStatsResponse(_message.Message):
     uptime_s: float
     decode_tokens_per_s: float
     def __init__(self, base: _Optional[str] = ..., quantization: _Optional[str] = ..., adapters: _Optional[_Iterable[_Union[AdapterStats, _Mapping]]] = ..., cache: _Optional[_Union[CacheStats, _Mapping]] = ..., batch_size: _Optional[int] = ..., queue_depth: _Optional[int] = ..., max_batch_size: _Optional[int] = ..., max_queue: _Optional[int] = ..., total_requests: _Optional[int] = ..., uptime_s: _Optional[float] = ..., decode_tokens_per_s: _Optional[float] = ...) -> None: ...
+
+class Document(_message.Message):
+    __slots__ = ("json",)
+    JSON_FIELD_NUMBER: _ClassVar[int]
+    json: str
+    def __init__(self, json: _Optional[str] = ...) -> None: ...
+
+class RefRequest(_message.Message):
+    __slots__ = ("ref",)
+    REF_FIELD_NUMBER: _ClassVar[int]
+    ref: str
+    def __init__(self, ref: _Optional[str] = ...) -> None: ...
+
+class RegistryListRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class HasBlobsRequest(_message.Message):
+    __slots__ = ("digests",)
+    DIGESTS_FIELD_NUMBER: _ClassVar[int]
+    digests: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, digests: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class BlobState(_message.Message):
+    __slots__ = ("digest", "present", "received")
+    DIGEST_FIELD_NUMBER: _ClassVar[int]
+    PRESENT_FIELD_NUMBER: _ClassVar[int]
+    RECEIVED_FIELD_NUMBER: _ClassVar[int]
+    digest: str
+    present: bool
+    received: int
+    def __init__(self, digest: _Optional[str] = ..., present: _Optional[bool] = ..., received: _Optional[int] = ...) -> None: ...
+
+class HasBlobsResponse(_message.Message):
+    __slots__ = ("blobs", "max_blob_bytes", "max_chunk_bytes")
+    BLOBS_FIELD_NUMBER: _ClassVar[int]
+    MAX_BLOB_BYTES_FIELD_NUMBER: _ClassVar[int]
+    MAX_CHUNK_BYTES_FIELD_NUMBER: _ClassVar[int]
+    blobs: _containers.RepeatedCompositeFieldContainer[BlobState]
+    max_blob_bytes: int
+    max_chunk_bytes: int
+    def __init__(self, blobs: _Optional[_Iterable[_Union[BlobState, _Mapping]]] = ..., max_blob_bytes: _Optional[int] = ..., max_chunk_bytes: _Optional[int] = ...) -> None: ...
+
+class UploadBlobRequest(_message.Message):
+    __slots__ = ("digest", "size", "offset", "data")
+    DIGEST_FIELD_NUMBER: _ClassVar[int]
+    SIZE_FIELD_NUMBER: _ClassVar[int]
+    OFFSET_FIELD_NUMBER: _ClassVar[int]
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    digest: str
+    size: int
+    offset: int
+    data: bytes
+    def __init__(self, digest: _Optional[str] = ..., size: _Optional[int] = ..., offset: _Optional[int] = ..., data: _Optional[bytes] = ...) -> None: ...
+
+class UploadBlobResponse(_message.Message):
+    __slots__ = ("digest", "size", "received_bytes", "already_present")
+    DIGEST_FIELD_NUMBER: _ClassVar[int]
+    SIZE_FIELD_NUMBER: _ClassVar[int]
+    RECEIVED_BYTES_FIELD_NUMBER: _ClassVar[int]
+    ALREADY_PRESENT_FIELD_NUMBER: _ClassVar[int]
+    digest: str
+    size: int
+    received_bytes: int
+    already_present: bool
+    def __init__(self, digest: _Optional[str] = ..., size: _Optional[int] = ..., received_bytes: _Optional[int] = ..., already_present: _Optional[bool] = ...) -> None: ...
+
+class DownloadBlobRequest(_message.Message):
+    __slots__ = ("digest", "offset")
+    DIGEST_FIELD_NUMBER: _ClassVar[int]
+    OFFSET_FIELD_NUMBER: _ClassVar[int]
+    digest: str
+    offset: int
+    def __init__(self, digest: _Optional[str] = ..., offset: _Optional[int] = ...) -> None: ...
+
+class BlobChunk(_message.Message):
+    __slots__ = ("data",)
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    data: bytes
+    def __init__(self, data: _Optional[bytes] = ...) -> None: ...
+
+class FileEntry(_message.Message):
+    __slots__ = ("path", "size", "sha256")
+    PATH_FIELD_NUMBER: _ClassVar[int]
+    SIZE_FIELD_NUMBER: _ClassVar[int]
+    SHA256_FIELD_NUMBER: _ClassVar[int]
+    path: str
+    size: int
+    sha256: str
+    def __init__(self, path: _Optional[str] = ..., size: _Optional[int] = ..., sha256: _Optional[str] = ...) -> None: ...
+
+class CommitPushRequest(_message.Message):
+    __slots__ = ("name", "files", "base", "message", "alias", "allow_duplicate", "creator")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    FILES_FIELD_NUMBER: _ClassVar[int]
+    BASE_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    ALIAS_FIELD_NUMBER: _ClassVar[int]
+    ALLOW_DUPLICATE_FIELD_NUMBER: _ClassVar[int]
+    CREATOR_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    files: _containers.RepeatedCompositeFieldContainer[FileEntry]
+    base: str
+    message: str
+    alias: str
+    allow_duplicate: bool
+    creator: str
+    def __init__(self, name: _Optional[str] = ..., files: _Optional[_Iterable[_Union[FileEntry, _Mapping]]] = ..., base: _Optional[str] = ..., message: _Optional[str] = ..., alias: _Optional[str] = ..., allow_duplicate: _Optional[bool] = ..., creator: _Optional[str] = ...) -> None: ...
+
+class CommitPushResponse(_message.Message):
+    __slots__ = ("version_json", "created", "warnings")
+    VERSION_JSON_FIELD_NUMBER: _ClassVar[int]
+    CREATED_FIELD_NUMBER: _ClassVar[int]
+    WARNINGS_FIELD_NUMBER: _ClassVar[int]
+    version_json: str
+    created: bool
+    warnings: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, version_json: _Optional[str] = ..., created: _Optional[bool] = ..., warnings: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class GetAdapterRequest(_message.Message):
+    __slots__ = ("name",)
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    def __init__(self, name: _Optional[str] = ...) -> None: ...
+
+class ListVersionsRequest(_message.Message):
+    __slots__ = ("name", "include_deleted", "limit", "summaries")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    INCLUDE_DELETED_FIELD_NUMBER: _ClassVar[int]
+    LIMIT_FIELD_NUMBER: _ClassVar[int]
+    SUMMARIES_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    include_deleted: bool
+    limit: int
+    summaries: bool
+    def __init__(self, name: _Optional[str] = ..., include_deleted: _Optional[bool] = ..., limit: _Optional[int] = ..., summaries: _Optional[bool] = ...) -> None: ...
+
+class DiffRequest(_message.Message):
+    __slots__ = ("ref_a", "ref_b")
+    REF_A_FIELD_NUMBER: _ClassVar[int]
+    REF_B_FIELD_NUMBER: _ClassVar[int]
+    ref_a: str
+    ref_b: str
+    def __init__(self, ref_a: _Optional[str] = ..., ref_b: _Optional[str] = ...) -> None: ...
+
+class AliasHistoryRequest(_message.Message):
+    __slots__ = ("name", "alias")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    ALIAS_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    alias: str
+    def __init__(self, name: _Optional[str] = ..., alias: _Optional[str] = ...) -> None: ...
+
+class SetAliasRequest(_message.Message):
+    __slots__ = ("name", "alias", "version")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    ALIAS_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    alias: str
+    version: int
+    def __init__(self, name: _Optional[str] = ..., alias: _Optional[str] = ..., version: _Optional[int] = ...) -> None: ...
+
+class RemoveAliasRequest(_message.Message):
+    __slots__ = ("name", "alias")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    ALIAS_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    alias: str
+    def __init__(self, name: _Optional[str] = ..., alias: _Optional[str] = ...) -> None: ...
+
+class AliasChangeResponse(_message.Message):
+    __slots__ = ("old_version",)
+    OLD_VERSION_FIELD_NUMBER: _ClassVar[int]
+    old_version: int
+    def __init__(self, old_version: _Optional[int] = ...) -> None: ...
+
+class RemoveVersionRequest(_message.Message):
+    __slots__ = ("ref", "force")
+    REF_FIELD_NUMBER: _ClassVar[int]
+    FORCE_FIELD_NUMBER: _ClassVar[int]
+    ref: str
+    force: bool
+    def __init__(self, ref: _Optional[str] = ..., force: _Optional[bool] = ...) -> None: ...
+
+class GcRequest(_message.Message):
+    __slots__ = ("dry_run", "grace_s")
+    DRY_RUN_FIELD_NUMBER: _ClassVar[int]
+    GRACE_S_FIELD_NUMBER: _ClassVar[int]
+    dry_run: bool
+    grace_s: float
+    def __init__(self, dry_run: _Optional[bool] = ..., grace_s: _Optional[float] = ...) -> None: ...
+
+class AuditRequest(_message.Message):
+    __slots__ = ("limit",)
+    LIMIT_FIELD_NUMBER: _ClassVar[int]
+    limit: int
+    def __init__(self, limit: _Optional[int] = ...) -> None: ...
+
+class RolloutRequest(_message.Message):
+    __slots__ = ("name", "since")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    SINCE_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    since: int
+    def __init__(self, name: _Optional[str] = ..., since: _Optional[int] = ...) -> None: ...
+
+class RolloutChangeRequest(_message.Message):
+    __slots__ = ("name", "action", "args_json", "reason")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    ACTION_FIELD_NUMBER: _ClassVar[int]
+    ARGS_JSON_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    action: str
+    args_json: str
+    reason: str
+    def __init__(self, name: _Optional[str] = ..., action: _Optional[str] = ..., args_json: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...

@@ -362,3 +362,968 @@ class Inference:
             timeout,
             metadata,
             _registered_method=True)
+
+
+class RegistryStub:
+    """---------------------------------------------------------------------------------------------
+    Registry: the adapter registry served remotely (`reg --registry grpc://host:port ...`).
+
+    A push asks which blobs the server lacks (HasBlobs), streams each missing one in chunks
+    (UploadBlob; the server checks its size and sha256 before it stores it, and keeps the bytes of an
+    interrupted upload so the next push resumes where it stopped), then commits the version
+    (CommitPush: one transaction, refused unless every blob is stored). A pull resolves the ref and
+    streams each blob (DownloadBlob), verified by the client. Reports that the CLI prints (show, diff,
+    version lists, alias history, gc, verify, audit, rollouts) travel as JSON documents shaped like
+    the matching `reg ... --json` output, so a remote registry prints exactly what a local one does.
+
+    """
+
+    def __init__(self, channel):
+        """Constructor.
+
+        Args:
+            channel: A grpc.Channel.
+        """
+        self.HasBlobs = channel.unary_unary(
+                '/loradock.v1.Registry/HasBlobs',
+                request_serializer=loradock_dot_v1_dot_loradock__pb2.HasBlobsRequest.SerializeToString,
+                response_deserializer=loradock_dot_v1_dot_loradock__pb2.HasBlobsResponse.FromString,
+                _registered_method=True)
+        self.UploadBlob = channel.stream_unary(
+                '/loradock.v1.Registry/UploadBlob',
+                request_serializer=loradock_dot_v1_dot_loradock__pb2.UploadBlobRequest.SerializeToString,
+                response_deserializer=loradock_dot_v1_dot_loradock__pb2.UploadBlobResponse.FromString,
+                _registered_method=True)
+        self.DownloadBlob = channel.unary_stream(
+                '/loradock.v1.Registry/DownloadBlob',
+                request_serializer=loradock_dot_v1_dot_loradock__pb2.DownloadBlobRequest.SerializeToString,
+                response_deserializer=loradock_dot_v1_dot_loradock__pb2.BlobChunk.FromString,
+                _registered_method=True)
+        self.CommitPush = channel.unary_unary(
+                '/loradock.v1.Registry/CommitPush',
+                request_serializer=loradock_dot_v1_dot_loradock__pb2.CommitPushRequest.SerializeToString,
+                response_deserializer=loradock_dot_v1_dot_loradock__pb2.CommitPushResponse.FromString,
+                _registered_method=True)
+        self.Resolve = channel.unary_unary(
+                '/loradock.v1.Registry/Resolve',
+                request_serializer=loradock_dot_v1_dot_loradock__pb2.RefRequest.SerializeToString,
+                response_deserializer=loradock_dot_v1_dot_loradock__pb2.Document.FromString,
+                _registered_method=True)
+        self.ListAdapters = channel.unary_unary(
+                '/loradock.v1.Registry/ListAdapters',
+                request_serializer=loradock_dot_v1_dot_loradock__pb2.RegistryListRequest.SerializeToString,
+                response_deserializer=loradock_dot_v1_dot_loradock__pb2.Document.FromString,
+                _registered_method=True)
+        self.GetAdapter = channel.unary_unary(
+                '/loradock.v1.Registry/GetAdapter',
+                request_serializer=loradock_dot_v1_dot_loradock__pb2.GetAdapterRequest.SerializeToString,
+                response_deserializer=loradock_dot_v1_dot_loradock__pb2.Document.FromString,
+                _registered_method=True)
+        self.ListVersions = channel.unary_unary(
+                '/loradock.v1.Registry/ListVersions',
+                request_serializer=loradock_dot_v1_dot_loradock__pb2.ListVersionsRequest.SerializeToString,
+                response_deserializer=loradock_dot_v1_dot_loradock__pb2.Document.FromString,
+                _registered_method=True)
+        self.Describe = channel.unary_unary(
+                '/loradock.v1.Registry/Describe',
+                request_serializer=loradock_dot_v1_dot_loradock__pb2.RefRequest.SerializeToString,
+                response_deserializer=loradock_dot_v1_dot_loradock__pb2.Document.FromString,
+                _registered_method=True)
+        self.Diff = channel.unary_unary(
+                '/loradock.v1.Registry/Diff',
+                request_serializer=loradock_dot_v1_dot_loradock__pb2.DiffRequest.SerializeToString,
+                response_deserializer=loradock_dot_v1_dot_loradock__pb2.Document.FromString,
+                _registered_method=True)
+        self.ListBases = channel.unary_unary(
+                '/loradock.v1.Registry/ListBases',
+                request_serializer=loradock_dot_v1_dot_loradock__pb2.RegistryListRequest.SerializeToString,
+                response_deserializer=loradock_dot_v1_dot_loradock__pb2.Document.FromString,
+                _registered_method=True)
+        self.AliasHistory = channel.unary_unary(
+                '/loradock.v1.Registry/AliasHistory',
+                request_serializer=loradock_dot_v1_dot_loradock__pb2.AliasHistoryRequest.SerializeToString,
+                response_deserializer=loradock_dot_v1_dot_loradock__pb2.Document.FromString,
+                _registered_method=True)
+        self.SetAlias = channel.unary_unary(
+                '/loradock.v1.Registry/SetAlias',
+                request_serializer=loradock_dot_v1_dot_loradock__pb2.SetAliasRequest.SerializeToString,
+                response_deserializer=loradock_dot_v1_dot_loradock__pb2.AliasChangeResponse.FromString,
+                _registered_method=True)
+        self.RemoveAlias = channel.unary_unary(
+                '/loradock.v1.Registry/RemoveAlias',
+                request_serializer=loradock_dot_v1_dot_loradock__pb2.RemoveAliasRequest.SerializeToString,
+                response_deserializer=loradock_dot_v1_dot_loradock__pb2.AliasChangeResponse.FromString,
+                _registered_method=True)
+        self.RemoveVersion = channel.unary_unary(
+                '/loradock.v1.Registry/RemoveVersion',
+                request_serializer=loradock_dot_v1_dot_loradock__pb2.RemoveVersionRequest.SerializeToString,
+                response_deserializer=loradock_dot_v1_dot_loradock__pb2.Document.FromString,
+                _registered_method=True)
+        self.Gc = channel.unary_unary(
+                '/loradock.v1.Registry/Gc',
+                request_serializer=loradock_dot_v1_dot_loradock__pb2.GcRequest.SerializeToString,
+                response_deserializer=loradock_dot_v1_dot_loradock__pb2.Document.FromString,
+                _registered_method=True)
+        self.Verify = channel.unary_unary(
+                '/loradock.v1.Registry/Verify',
+                request_serializer=loradock_dot_v1_dot_loradock__pb2.RefRequest.SerializeToString,
+                response_deserializer=loradock_dot_v1_dot_loradock__pb2.Document.FromString,
+                _registered_method=True)
+        self.Audit = channel.unary_unary(
+                '/loradock.v1.Registry/Audit',
+                request_serializer=loradock_dot_v1_dot_loradock__pb2.AuditRequest.SerializeToString,
+                response_deserializer=loradock_dot_v1_dot_loradock__pb2.Document.FromString,
+                _registered_method=True)
+        self.RolloutShow = channel.unary_unary(
+                '/loradock.v1.Registry/RolloutShow',
+                request_serializer=loradock_dot_v1_dot_loradock__pb2.RolloutRequest.SerializeToString,
+                response_deserializer=loradock_dot_v1_dot_loradock__pb2.Document.FromString,
+                _registered_method=True)
+        self.RolloutReport = channel.unary_unary(
+                '/loradock.v1.Registry/RolloutReport',
+                request_serializer=loradock_dot_v1_dot_loradock__pb2.RolloutRequest.SerializeToString,
+                response_deserializer=loradock_dot_v1_dot_loradock__pb2.Document.FromString,
+                _registered_method=True)
+        self.RolloutChange = channel.unary_unary(
+                '/loradock.v1.Registry/RolloutChange',
+                request_serializer=loradock_dot_v1_dot_loradock__pb2.RolloutChangeRequest.SerializeToString,
+                response_deserializer=loradock_dot_v1_dot_loradock__pb2.Document.FromString,
+                _registered_method=True)
+
+
+class RegistryServicer:
+    """---------------------------------------------------------------------------------------------
+    Registry: the adapter registry served remotely (`reg --registry grpc://host:port ...`).
+
+    A push asks which blobs the server lacks (HasBlobs), streams each missing one in chunks
+    (UploadBlob; the server checks its size and sha256 before it stores it, and keeps the bytes of an
+    interrupted upload so the next push resumes where it stopped), then commits the version
+    (CommitPush: one transaction, refused unless every blob is stored). A pull resolves the ref and
+    streams each blob (DownloadBlob), verified by the client. Reports that the CLI prints (show, diff,
+    version lists, alias history, gc, verify, audit, rollouts) travel as JSON documents shaped like
+    the matching `reg ... --json` output, so a remote registry prints exactly what a local one does.
+
+    """
+
+    def HasBlobs(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UploadBlob(self, request_iterator, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DownloadBlob(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CommitPush(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Resolve(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListAdapters(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetAdapter(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListVersions(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Describe(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Diff(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListBases(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def AliasHistory(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SetAlias(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RemoveAlias(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RemoveVersion(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Gc(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Verify(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Audit(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RolloutShow(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RolloutReport(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RolloutChange(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+
+def add_RegistryServicer_to_server(servicer, server):
+    rpc_method_handlers = {
+            'HasBlobs': grpc.unary_unary_rpc_method_handler(
+                    servicer.HasBlobs,
+                    request_deserializer=loradock_dot_v1_dot_loradock__pb2.HasBlobsRequest.FromString,
+                    response_serializer=loradock_dot_v1_dot_loradock__pb2.HasBlobsResponse.SerializeToString,
+            ),
+            'UploadBlob': grpc.stream_unary_rpc_method_handler(
+                    servicer.UploadBlob,
+                    request_deserializer=loradock_dot_v1_dot_loradock__pb2.UploadBlobRequest.FromString,
+                    response_serializer=loradock_dot_v1_dot_loradock__pb2.UploadBlobResponse.SerializeToString,
+            ),
+            'DownloadBlob': grpc.unary_stream_rpc_method_handler(
+                    servicer.DownloadBlob,
+                    request_deserializer=loradock_dot_v1_dot_loradock__pb2.DownloadBlobRequest.FromString,
+                    response_serializer=loradock_dot_v1_dot_loradock__pb2.BlobChunk.SerializeToString,
+            ),
+            'CommitPush': grpc.unary_unary_rpc_method_handler(
+                    servicer.CommitPush,
+                    request_deserializer=loradock_dot_v1_dot_loradock__pb2.CommitPushRequest.FromString,
+                    response_serializer=loradock_dot_v1_dot_loradock__pb2.CommitPushResponse.SerializeToString,
+            ),
+            'Resolve': grpc.unary_unary_rpc_method_handler(
+                    servicer.Resolve,
+                    request_deserializer=loradock_dot_v1_dot_loradock__pb2.RefRequest.FromString,
+                    response_serializer=loradock_dot_v1_dot_loradock__pb2.Document.SerializeToString,
+            ),
+            'ListAdapters': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListAdapters,
+                    request_deserializer=loradock_dot_v1_dot_loradock__pb2.RegistryListRequest.FromString,
+                    response_serializer=loradock_dot_v1_dot_loradock__pb2.Document.SerializeToString,
+            ),
+            'GetAdapter': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetAdapter,
+                    request_deserializer=loradock_dot_v1_dot_loradock__pb2.GetAdapterRequest.FromString,
+                    response_serializer=loradock_dot_v1_dot_loradock__pb2.Document.SerializeToString,
+            ),
+            'ListVersions': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListVersions,
+                    request_deserializer=loradock_dot_v1_dot_loradock__pb2.ListVersionsRequest.FromString,
+                    response_serializer=loradock_dot_v1_dot_loradock__pb2.Document.SerializeToString,
+            ),
+            'Describe': grpc.unary_unary_rpc_method_handler(
+                    servicer.Describe,
+                    request_deserializer=loradock_dot_v1_dot_loradock__pb2.RefRequest.FromString,
+                    response_serializer=loradock_dot_v1_dot_loradock__pb2.Document.SerializeToString,
+            ),
+            'Diff': grpc.unary_unary_rpc_method_handler(
+                    servicer.Diff,
+                    request_deserializer=loradock_dot_v1_dot_loradock__pb2.DiffRequest.FromString,
+                    response_serializer=loradock_dot_v1_dot_loradock__pb2.Document.SerializeToString,
+            ),
+            'ListBases': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListBases,
+                    request_deserializer=loradock_dot_v1_dot_loradock__pb2.RegistryListRequest.FromString,
+                    response_serializer=loradock_dot_v1_dot_loradock__pb2.Document.SerializeToString,
+            ),
+            'AliasHistory': grpc.unary_unary_rpc_method_handler(
+                    servicer.AliasHistory,
+                    request_deserializer=loradock_dot_v1_dot_loradock__pb2.AliasHistoryRequest.FromString,
+                    response_serializer=loradock_dot_v1_dot_loradock__pb2.Document.SerializeToString,
+            ),
+            'SetAlias': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetAlias,
+                    request_deserializer=loradock_dot_v1_dot_loradock__pb2.SetAliasRequest.FromString,
+                    response_serializer=loradock_dot_v1_dot_loradock__pb2.AliasChangeResponse.SerializeToString,
+            ),
+            'RemoveAlias': grpc.unary_unary_rpc_method_handler(
+                    servicer.RemoveAlias,
+                    request_deserializer=loradock_dot_v1_dot_loradock__pb2.RemoveAliasRequest.FromString,
+                    response_serializer=loradock_dot_v1_dot_loradock__pb2.AliasChangeResponse.SerializeToString,
+            ),
+            'RemoveVersion': grpc.unary_unary_rpc_method_handler(
+                    servicer.RemoveVersion,
+                    request_deserializer=loradock_dot_v1_dot_loradock__pb2.RemoveVersionRequest.FromString,
+                    response_serializer=loradock_dot_v1_dot_loradock__pb2.Document.SerializeToString,
+            ),
+            'Gc': grpc.unary_unary_rpc_method_handler(
+                    servicer.Gc,
+                    request_deserializer=loradock_dot_v1_dot_loradock__pb2.GcRequest.FromString,
+                    response_serializer=loradock_dot_v1_dot_loradock__pb2.Document.SerializeToString,
+            ),
+            'Verify': grpc.unary_unary_rpc_method_handler(
+                    servicer.Verify,
+                    request_deserializer=loradock_dot_v1_dot_loradock__pb2.RefRequest.FromString,
+                    response_serializer=loradock_dot_v1_dot_loradock__pb2.Document.SerializeToString,
+            ),
+            'Audit': grpc.unary_unary_rpc_method_handler(
+                    servicer.Audit,
+                    request_deserializer=loradock_dot_v1_dot_loradock__pb2.AuditRequest.FromString,
+                    response_serializer=loradock_dot_v1_dot_loradock__pb2.Document.SerializeToString,
+            ),
+            'RolloutShow': grpc.unary_unary_rpc_method_handler(
+                    servicer.RolloutShow,
+                    request_deserializer=loradock_dot_v1_dot_loradock__pb2.RolloutRequest.FromString,
+                    response_serializer=loradock_dot_v1_dot_loradock__pb2.Document.SerializeToString,
+            ),
+            'RolloutReport': grpc.unary_unary_rpc_method_handler(
+                    servicer.RolloutReport,
+                    request_deserializer=loradock_dot_v1_dot_loradock__pb2.RolloutRequest.FromString,
+                    response_serializer=loradock_dot_v1_dot_loradock__pb2.Document.SerializeToString,
+            ),
+            'RolloutChange': grpc.unary_unary_rpc_method_handler(
+                    servicer.RolloutChange,
+                    request_deserializer=loradock_dot_v1_dot_loradock__pb2.RolloutChangeRequest.FromString,
+                    response_serializer=loradock_dot_v1_dot_loradock__pb2.Document.SerializeToString,
+            ),
+    }
+    generic_handler = grpc.method_handlers_generic_handler(
+            'loradock.v1.Registry', rpc_method_handlers)
+    server.add_generic_rpc_handlers((generic_handler,))
+    server.add_registered_method_handlers('loradock.v1.Registry', rpc_method_handlers)
+
+
+ # This class is part of an EXPERIMENTAL API.
+class Registry:
+    """---------------------------------------------------------------------------------------------
+    Registry: the adapter registry served remotely (`reg --registry grpc://host:port ...`).
+
+    A push asks which blobs the server lacks (HasBlobs), streams each missing one in chunks
+    (UploadBlob; the server checks its size and sha256 before it stores it, and keeps the bytes of an
+    interrupted upload so the next push resumes where it stopped), then commits the version
+    (CommitPush: one transaction, refused unless every blob is stored). A pull resolves the ref and
+    streams each blob (DownloadBlob), verified by the client. Reports that the CLI prints (show, diff,
+    version lists, alias history, gc, verify, audit, rollouts) travel as JSON documents shaped like
+    the matching `reg ... --json` output, so a remote registry prints exactly what a local one does.
+
+    """
+
+    @staticmethod
+    def HasBlobs(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/loradock.v1.Registry/HasBlobs',
+            loradock_dot_v1_dot_loradock__pb2.HasBlobsRequest.SerializeToString,
+            loradock_dot_v1_dot_loradock__pb2.HasBlobsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UploadBlob(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_unary(
+            request_iterator,
+            target,
+            '/loradock.v1.Registry/UploadBlob',
+            loradock_dot_v1_dot_loradock__pb2.UploadBlobRequest.SerializeToString,
+            loradock_dot_v1_dot_loradock__pb2.UploadBlobResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DownloadBlob(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/loradock.v1.Registry/DownloadBlob',
+            loradock_dot_v1_dot_loradock__pb2.DownloadBlobRequest.SerializeToString,
+            loradock_dot_v1_dot_loradock__pb2.BlobChunk.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CommitPush(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/loradock.v1.Registry/CommitPush',
+            loradock_dot_v1_dot_loradock__pb2.CommitPushRequest.SerializeToString,
+            loradock_dot_v1_dot_loradock__pb2.CommitPushResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Resolve(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/loradock.v1.Registry/Resolve',
+            loradock_dot_v1_dot_loradock__pb2.RefRequest.SerializeToString,
+            loradock_dot_v1_dot_loradock__pb2.Document.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListAdapters(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/loradock.v1.Registry/ListAdapters',
+            loradock_dot_v1_dot_loradock__pb2.RegistryListRequest.SerializeToString,
+            loradock_dot_v1_dot_loradock__pb2.Document.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetAdapter(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/loradock.v1.Registry/GetAdapter',
+            loradock_dot_v1_dot_loradock__pb2.GetAdapterRequest.SerializeToString,
+            loradock_dot_v1_dot_loradock__pb2.Document.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListVersions(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/loradock.v1.Registry/ListVersions',
+            loradock_dot_v1_dot_loradock__pb2.ListVersionsRequest.SerializeToString,
+            loradock_dot_v1_dot_loradock__pb2.Document.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Describe(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/loradock.v1.Registry/Describe',
+            loradock_dot_v1_dot_loradock__pb2.RefRequest.SerializeToString,
+            loradock_dot_v1_dot_loradock__pb2.Document.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Diff(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/loradock.v1.Registry/Diff',
+            loradock_dot_v1_dot_loradock__pb2.DiffRequest.SerializeToString,
+            loradock_dot_v1_dot_loradock__pb2.Document.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListBases(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/loradock.v1.Registry/ListBases',
+            loradock_dot_v1_dot_loradock__pb2.RegistryListRequest.SerializeToString,
+            loradock_dot_v1_dot_loradock__pb2.Document.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AliasHistory(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/loradock.v1.Registry/AliasHistory',
+            loradock_dot_v1_dot_loradock__pb2.AliasHistoryRequest.SerializeToString,
+            loradock_dot_v1_dot_loradock__pb2.Document.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetAlias(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/loradock.v1.Registry/SetAlias',
+            loradock_dot_v1_dot_loradock__pb2.SetAliasRequest.SerializeToString,
+            loradock_dot_v1_dot_loradock__pb2.AliasChangeResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RemoveAlias(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/loradock.v1.Registry/RemoveAlias',
+            loradock_dot_v1_dot_loradock__pb2.RemoveAliasRequest.SerializeToString,
+            loradock_dot_v1_dot_loradock__pb2.AliasChangeResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RemoveVersion(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/loradock.v1.Registry/RemoveVersion',
+            loradock_dot_v1_dot_loradock__pb2.RemoveVersionRequest.SerializeToString,
+            loradock_dot_v1_dot_loradock__pb2.Document.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Gc(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/loradock.v1.Registry/Gc',
+            loradock_dot_v1_dot_loradock__pb2.GcRequest.SerializeToString,
+            loradock_dot_v1_dot_loradock__pb2.Document.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Verify(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/loradock.v1.Registry/Verify',
+            loradock_dot_v1_dot_loradock__pb2.RefRequest.SerializeToString,
+            loradock_dot_v1_dot_loradock__pb2.Document.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Audit(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/loradock.v1.Registry/Audit',
+            loradock_dot_v1_dot_loradock__pb2.AuditRequest.SerializeToString,
+            loradock_dot_v1_dot_loradock__pb2.Document.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RolloutShow(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/loradock.v1.Registry/RolloutShow',
+            loradock_dot_v1_dot_loradock__pb2.RolloutRequest.SerializeToString,
+            loradock_dot_v1_dot_loradock__pb2.Document.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RolloutReport(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/loradock.v1.Registry/RolloutReport',
+            loradock_dot_v1_dot_loradock__pb2.RolloutRequest.SerializeToString,
+            loradock_dot_v1_dot_loradock__pb2.Document.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RolloutChange(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/loradock.v1.Registry/RolloutChange',
+            loradock_dot_v1_dot_loradock__pb2.RolloutChangeRequest.SerializeToString,
+            loradock_dot_v1_dot_loradock__pb2.Document.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)

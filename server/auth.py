@@ -1,0 +1,136 @@
+"""Access control for every RPC: one table says which role each method needs; one interceptor checks it.
+
+A call carries `authorization: Bearer <token>` in its metadata. No token, or one the server does
+not know: UNAUTHENTICATED. A known token without the method's role: PERMISSION_DENIED. Health and
+reflection stay open (load balancers and grpcurl need them; they reveal no adapters). Tokens are
+compared in constant time (`tokens.TokenStore.identify`) and never logged, only their names.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+
+import grpc
+
+from .tokens import TokenEntry, TokenStore
+
+# Every method of loradock.v1 -> the role it needs (admin implies every role). A method missing here is refused.
+ROLE_FOR_METHOD: dict[str, str] = {
+    "/loradock.v1.Inference/Generate": "infer",
+    "/loradock.v1.Inference/GenerateStream": "infer",
+    "/loradock.v1.Inference/Feedback": "infer",
+    "/loradock.v1.Inference/ServerStats": "infer",
+    "/loradock.v1.Inference/ListAdapters": "read",
+    "/loradock.v1.Inference/LoadAdapter": "admin",
+    "/loradock.v1.Inference/UnloadAdapter": "admin",
+    "/loradock.v1.Registry/Resolve": "read",
+    "/loradock.v1.Registry/DownloadBlob": "read",
+    "/loradock.v1.Registry/ListAdapters": "read",
+    "/loradock.v1.Registry/GetAdapter": "read",
+    "/loradock.v1.Registry/ListVersions": "read",
+    "/loradock.v1.Registry/Describe": "read",
+    "/loradock.v1.Registry/Diff": "read",
+    "/loradock.v1.Registry/ListBases": "read",
+    "/loradock.v1.Registry/AliasHistory": "read",
+    "/loradock.v1.Registry/RolloutShow": "read",
+    "/loradock.v1.Registry/RolloutReport": "read",
+    "/loradock.v1.Registry/HasBlobs": "push",
+    "/loradock.v1.Registry/UploadBlob": "push",
+    "/loradock.v1.Registry/CommitPush": "push",
+    "/loradock.v1.Registry/SetAlias": "push",
+    "/loradock.v1.Registry/RemoveAlias": "push",
+    "/loradock.v1.Registry/RolloutChange": "push",
+    "/loradock.v1.Registry/RemoveVersion": "admin",
+    "/loradock.v1.Registry/Gc": "admin",
+    "/loradock.v1.Registry/Verify": "admin",  # re-hashes every blob: not for every reader to trigger
+    "/loradock.v1.Registry/Audit": "admin",
+}
+OPEN_PREFIXES = ("/grpc.health.v1.Health/", "/grpc.reflection.")
+
+
+@dataclass(frozen=True)
+class Identity:
+    """Who made the current call: the token's name, or "" when the server runs without auth."""
+
+    token_name: str
+    roles: frozenset[str]
+    peer: str
+
+
+_current = threading.local()
+
+
+def current_identity() -> Identity:
+    """The identity of the call the current handler thread serves (set by the interceptor)."""
+    return getattr(_current, "identity", None) or Identity("", frozenset(), "")
+
+
+def bearer_token(metadata) -> str | None:
+    for key, value in metadata or ():
+        if key == "authorization" and isinstance(value, str):
+            scheme, _, token = value.partition(" ")
+            return token.strip() if scheme.lower() == "bearer" and token.strip() else ""
+    return None
+
+
+class AuthInterceptor(grpc.ServerInterceptor):
+    """Checks the role of every call against `ROLE_FOR_METHOD`; with `tokens=None` (auth off) it only records the peer."""
+
+    def __init__(self, tokens: TokenStore | None, log=None):
+        self.tokens = tokens
+        self.log = log or (lambda message: None)
+
+    def intercept_service(self, continuation, handler_call_details):
+        handler = continuation(handler_call_details)
+        method = handler_call_details.method
+        if handler is None or method.startswith(OPEN_PREFIXES):
+            return handler
+        return _wrap(handler, lambda context: self._authorize(method, context))
+
+    def _authorize(self, method: str, context) -> Identity:
+        if self.tokens is None:
+            return Identity("", frozenset(), context.peer())
+        token = bearer_token(context.invocation_metadata())
+        if not token:
+            self._deny(context, grpc.StatusCode.UNAUTHENTICATED, method, "-",
+                       "no token: pass --token or set LORADOCK_TOKEN (sent as `authorization: Bearer <token>`)"
+                       if token is None else "malformed authorization metadata: expected `Bearer <token>`")
+        entry: TokenEntry | None = self.tokens.identify(token)
+        if entry is None:
+            self._deny(context, grpc.StatusCode.UNAUTHENTICATED, method, "unknown",
+                       "invalid token: the server's tokens file lists no token with this hash")
+        role = ROLE_FOR_METHOD.get(method)
+        if role is None:
+            self._deny(context, grpc.StatusCode.PERMISSION_DENIED, method, entry.name, f"no role is defined for {method}")
+        if not entry.allows(role):
+            self._deny(context, grpc.StatusCode.PERMISSION_DENIED, method, entry.name,
+                       f"token {entry.name!r} has role(s) {', '.join(sorted(entry.roles))}; {method.rsplit('/', 1)[-1]} "
+                       f"needs {role!r}")
+        return Identity(entry.name, entry.roles, context.peer())
+
+    def _deny(self, context, code: grpc.StatusCode, method: str, who: str, message: str):
+        self.log(f"denied {method} ({code.name}) for token {who} from {context.peer()}")
+        context.abort(code, message)
+
+
+def _wrap(handler: grpc.RpcMethodHandler, authorize) -> grpc.RpcMethodHandler:
+    """The same handler, authorizing (and recording the caller) on the handler thread before it runs."""
+    kwargs = dict(request_deserializer=handler.request_deserializer, response_serializer=handler.response_serializer)
+    if handler.unary_unary or handler.stream_unary:
+        inner = handler.unary_unary or handler.stream_unary
+
+        def call(request, context):
+            _current.identity = authorize(context)
+            return inner(request, context)
+
+        factory = grpc.unary_unary_rpc_method_handler if handler.unary_unary else grpc.stream_unary_rpc_method_handler
+        return factory(call, **kwargs)
+    inner = handler.unary_stream or handler.stream_stream
+
+    def stream(request, context):
+        _current.identity = authorize(context)
+        yield from inner(request, context)
+
+    factory = grpc.unary_stream_rpc_method_handler if handler.unary_stream else grpc.stream_stream_rpc_method_handler
+    return factory(stream, **kwargs)

@@ -1,0 +1,348 @@
+"""gRPC servicer for loradock.v1.Registry: a local registry served to remote `reg` commands and servers.
+
+Blobs arrive in chunks and are stored only when their size and sha256 match what the client
+declared; the bytes of an interrupted upload stay in `blobs/tmp/upload-<digest>`, so the next push
+resumes there (the prefix is re-hashed from disk, never trusted). A version is committed by
+`Registry.push_stored` in one transaction, and only when every blob is stored. Every accepted
+write is appended to the audit log with the name of the token that made it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import threading
+from collections import Counter
+from dataclasses import asdict
+from pathlib import Path
+
+import grpc
+
+from registry import Registry, audit
+from registry.blobs import check_digest
+from registry.errors import IntegrityError, InvalidInput, LoradockError, NotFound, TooLarge
+from registry.names import validate_name
+from registry.records import FileRecord
+
+from .auth import current_identity
+from .rpc import pb, pb_grpc
+from .status import abort_with
+
+MAX_CHUNK_BYTES = 4 * 2**20      # one UploadBlobRequest's data; clients send 1 MiB
+DOWNLOAD_CHUNK_BYTES = 2**20
+MAX_DIGESTS_PER_CALL = 10_000
+UPLOAD_LOCK_WAIT_S = 30.0
+
+
+def _doc(data) -> pb.Document:
+    def default(obj):
+        return asdict(obj) if hasattr(obj, "__dataclass_fields__") else str(obj)
+
+    return pb.Document(json=json.dumps(data, default=default, separators=(",", ":")))
+
+
+class UploadCounters:
+    """What the server stored, per blob (tests use it to prove a resumed push re-sent nothing complete)."""
+
+    def __init__(self):
+        self.lock = threading.Lock()
+        self.bytes_by_digest: Counter[str] = Counter()
+        self.completed: Counter[str] = Counter()
+
+    def add(self, digest: str, n: int) -> None:
+        with self.lock:
+            self.bytes_by_digest[digest] += n
+
+
+class RegistryServicer(pb_grpc.RegistryServicer):
+    """Serves the registry at `home`; each handler thread gets its own connection (SQLite transactions are per connection)."""
+
+    def __init__(self, home: Path | str, max_blob_bytes: int, log=None, on_chunk=None):
+        self.home = Path(home)
+        self.max_blob_bytes = max_blob_bytes
+        self.log = log or (lambda message: None)
+        self.on_chunk = on_chunk  # called as on_chunk(digest, bytes_stored_so_far) after each chunk is written
+        self.counters = UploadCounters()
+        self._local = threading.local()
+        self._upload_locks: dict[str, threading.Lock] = {}
+        self._locks_guard = threading.Lock()
+        Registry(self.home).close()  # create the home and run migrations once, before any call
+
+    @property
+    def registry(self) -> Registry:
+        reg = getattr(self._local, "registry", None)
+        if reg is None:
+            reg = self._local.registry = Registry(self.home)
+        return reg
+
+    def _actor(self, context, claimed: str = "") -> str:
+        """Who a write is recorded as: the token's name when auth is on, else what the client says it is."""
+        identity = current_identity()
+        return identity.token_name or claimed or _claimed_actor(context) or "unknown"
+
+    def _audit(self, context, action: str, target: str, **detail) -> None:
+        identity = current_identity()
+        audit.record(self.registry.conn, action, target, token=identity.token_name, actor=_claimed_actor(context),
+                     peer=identity.peer or context.peer(), detail=detail)
+
+    # --- blobs ------------------------------------------------------------------------------
+
+    def HasBlobs(self, request, context):
+        try:
+            if len(request.digests) > MAX_DIGESTS_PER_CALL:
+                raise TooLarge(f"{len(request.digests)} digests in one HasBlobs call; at most {MAX_DIGESTS_PER_CALL}")
+            blobs = self.registry.blobs
+            states = []
+            for digest in request.digests:
+                check_digest(digest)
+                present = blobs.has(digest)
+                states.append(pb.BlobState(digest=digest, present=present, received=0 if present else blobs.received(digest)))
+        except LoradockError as exc:
+            abort_with(context, exc)
+        return pb.HasBlobsResponse(blobs=states, max_blob_bytes=self.max_blob_bytes, max_chunk_bytes=MAX_CHUNK_BYTES)
+
+    def _upload_lock(self, digest: str) -> threading.Lock:
+        with self._locks_guard:
+            return self._upload_locks.setdefault(digest, threading.Lock())
+
+    def UploadBlob(self, request_iterator, context):
+        first = next(request_iterator, None)
+        if first is None:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, "empty upload: the first message must carry digest and size")
+        try:
+            digest = check_digest(first.digest)
+            if first.size < 0 or first.offset < 0:
+                raise InvalidInput(f"upload of sha256:{digest}: size {first.size} and offset {first.offset} must be >= 0")
+            if first.size > self.max_blob_bytes:
+                raise TooLarge(f"blob sha256:{digest} is {first.size:,} bytes; this registry accepts blobs of at most "
+                               f"{self.max_blob_bytes:,} bytes (server option --max-blob-mb)")
+        except LoradockError as exc:
+            abort_with(context, exc)
+        lock = self._upload_lock(digest)
+        if not lock.acquire(timeout=UPLOAD_LOCK_WAIT_S):
+            context.abort(grpc.StatusCode.ABORTED, f"another upload of sha256:{digest} is in progress; retry")
+        try:
+            return self._receive(digest, first, request_iterator, context)
+        finally:
+            lock.release()
+
+    def _receive(self, digest: str, first, request_iterator, context):
+        blobs = self.registry.blobs
+        if blobs.has(digest):
+            return pb.UploadBlobResponse(digest=digest, size=first.size, already_present=True)
+        path = blobs.upload_path(digest)
+        have = blobs.received(digest)
+        if have > first.size:  # left by an upload that declared another size: not a prefix of this blob
+            path.unlink(missing_ok=True)
+            have = 0
+        if first.offset != have:
+            context.abort(grpc.StatusCode.ABORTED,
+                          f"upload of sha256:{digest} starts at byte {first.offset}, but the server holds {have}; ask HasBlobs again")
+        h = hashlib.sha256()
+        if have:
+            with open(path, "rb") as fh:  # the kept prefix is hashed from disk, so the final check covers every byte
+                while chunk := fh.read(2**20):
+                    h.update(chunk)
+        stored = 0
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        try:
+            message = first
+            while message is not None:
+                data = message.data
+                if len(data) > MAX_CHUNK_BYTES:
+                    raise TooLarge(f"a chunk of {len(data):,} bytes; at most {MAX_CHUNK_BYTES:,} per message")
+                if have + len(data) > first.size:
+                    os.close(fd)
+                    fd = -1
+                    path.unlink(missing_ok=True)
+                    raise InvalidInput(f"blob sha256:{digest}: more bytes than the declared {first.size:,}; upload discarded")
+                if data:
+                    view = memoryview(data)
+                    while view:
+                        view = view[os.write(fd, view):]
+                    h.update(data)
+                    have += len(data)
+                    stored += len(data)
+                    self.counters.add(digest, len(data))
+                    if self.on_chunk:
+                        self.on_chunk(digest, have)
+                message = next(request_iterator, None)
+            if have < first.size:
+                raise InvalidInput(f"upload of sha256:{digest} ended at byte {have:,} of {first.size:,}; "
+                                   f"the bytes are kept: push again to resume")
+            os.fsync(fd)
+        except LoradockError as exc:
+            abort_with(context, exc)
+        finally:
+            if fd >= 0:
+                os.close(fd)
+        if h.hexdigest() != digest:
+            path.unlink(missing_ok=True)
+            abort_with(context, IntegrityError(
+                f"blob sha256:{digest}: the {first.size:,} bytes received hash to {h.hexdigest()}; the upload was "
+                f"discarded and nothing was committed; push again"))
+        blobs.place(path, digest)
+        with self.counters.lock:
+            self.counters.completed[digest] += 1
+        return pb.UploadBlobResponse(digest=digest, size=first.size, received_bytes=stored)
+
+    def DownloadBlob(self, request, context):
+        try:
+            digest = check_digest(request.digest)
+            referenced = self.registry.conn.execute(
+                "SELECT 1 FROM files f JOIN versions v ON v.id = f.version_id WHERE f.sha256=? AND v.deleted_at IS NULL LIMIT 1",
+                (digest,),
+            ).fetchone()
+            path = self.registry.blobs.path(digest)
+            if referenced is None or not path.exists():
+                raise NotFound(f"no stored blob sha256:{digest} belongs to a live version")
+            fh = open(path, "rb")
+        except LoradockError as exc:
+            abort_with(context, exc)
+        with fh:
+            fh.seek(max(0, request.offset))
+            while chunk := fh.read(DOWNLOAD_CHUNK_BYTES):
+                yield pb.BlobChunk(data=chunk)
+
+    def CommitPush(self, request, context):
+        try:
+            files = [FileRecord(f.path, f.size, f.sha256) for f in request.files]
+            result = self.registry.push_stored(
+                files, request.name, base=request.base or None, message=request.message, alias=request.alias or None,
+                allow_duplicate=request.allow_duplicate, creator=self._actor(context, request.creator),
+            )
+            v = result.version
+            self._audit(context, "push", v.ref, created=result.created, manifest_digest=v.manifest_digest,
+                        alias=request.alias or None, claimed_creator=request.creator)
+        except LoradockError as exc:
+            abort_with(context, exc)
+        return pb.CommitPushResponse(version_json=_doc(v.to_dict()).json, created=result.created, warnings=result.warnings)
+
+    # --- reading ----------------------------------------------------------------------------
+
+    def _read(self, context, fn):
+        try:
+            return _doc(fn())
+        except LoradockError as exc:
+            abort_with(context, exc)
+
+    def Resolve(self, request, context):
+        return self._read(context, lambda: self.registry.resolve(request.ref).to_dict())
+
+    def ListAdapters(self, request, context):
+        return self._read(context, lambda: [a.__dict__ for a in self.registry.list_adapters()])
+
+    def GetAdapter(self, request, context):
+        def get():
+            name = validate_name(request.name)
+            return {"name": name, "live_versions": self.registry.count_versions(name), "aliases": self.registry.aliases(name)}
+
+        return self._read(context, get)
+
+    def ListVersions(self, request, context):
+        reg, limit = self.registry, request.limit or None
+        if request.summaries:
+            return self._read(context, lambda: reg.version_summaries(request.name, request.include_deleted, limit))
+        return self._read(context, lambda: [v.to_dict() for v in reg.list_versions(request.name, request.include_deleted, limit)])
+
+    def Describe(self, request, context):
+        return self._read(context, lambda: self.registry.describe(request.ref))
+
+    def Diff(self, request, context):
+        return self._read(context, lambda: self.registry.diff(request.ref_a, request.ref_b))
+
+    def ListBases(self, request, context):
+        return self._read(context, lambda: [b.__dict__ for b in self.registry.list_bases()])
+
+    def AliasHistory(self, request, context):
+        return self._read(context, lambda: [e.__dict__ for e in self.registry.alias_history(request.name, request.alias or None)])
+
+    def RolloutShow(self, request, context):
+        return self._read(context, lambda: self.registry.rollouts.show(request.name))
+
+    def RolloutReport(self, request, context):
+        return self._read(context, lambda: self.registry.rollouts.report(request.name, since=request.since or None))
+
+    def Audit(self, request, context):
+        return self._read(context, lambda: self.registry.audit_entries(request.limit or None))
+
+    def Verify(self, request, context):
+        def run():
+            report = self.registry.verify(request.ref or None)
+            return {"ok": report.ok, **asdict(report)}
+
+        return self._read(context, run)
+
+    # --- writing ----------------------------------------------------------------------------
+
+    def SetAlias(self, request, context):
+        try:
+            old = self.registry.set_alias(request.name, request.alias, request.version, actor=self._actor(context))
+            self._audit(context, "alias.set", f"{request.name}@{request.alias}", version=request.version, was=old)
+        except LoradockError as exc:
+            abort_with(context, exc)
+        return pb.AliasChangeResponse(old_version=old or 0)
+
+    def RemoveAlias(self, request, context):
+        try:
+            old = self.registry.remove_alias(request.name, request.alias, actor=self._actor(context))
+            self._audit(context, "alias.rm", f"{request.name}@{request.alias}", was=old)
+        except LoradockError as exc:
+            abort_with(context, exc)
+        return pb.AliasChangeResponse(old_version=old)
+
+    def RemoveVersion(self, request, context):
+        try:
+            version = self.registry.remove_version(request.ref, force=request.force, actor=self._actor(context))
+            self._audit(context, "rm", version.ref, requested=request.ref, force=request.force)
+        except LoradockError as exc:
+            abort_with(context, exc)
+        return _doc(version.to_dict())
+
+    def Gc(self, request, context):
+        try:
+            report = self.registry.gc(dry_run=request.dry_run, grace_s=request.grace_s)
+            if not request.dry_run:
+                self._audit(context, "gc", "-", removed=len(report.removed), removed_bytes=report.removed_bytes)
+        except LoradockError as exc:
+            abort_with(context, exc)
+        return _doc(asdict(report))
+
+    def RolloutChange(self, request, context):
+        from registry.rollouts import Arm, Guard
+
+        try:
+            rollouts, actor = self.registry.rollouts, self._actor(context)
+            try:
+                args = json.loads(request.args_json or "{}")
+            except json.JSONDecodeError:
+                raise InvalidInput(f"args_json {request.args_json!r}: not JSON") from None
+            if request.action == "set":
+                arms = [Arm(int(v), int(w)) for v, w in args.get("arms", [])]
+                guard = Guard(**args["guard"]) if args.get("guard") else None
+                revision = rollouts.set(request.name, arms, sticky=bool(args.get("sticky")), guard=guard,
+                                        reason=request.reason, actor=actor)
+            elif request.action == "promote":
+                revision = rollouts.promote(request.name, int(args.get("version", 0)), reason=request.reason, actor=actor)
+            elif request.action == "rollback":
+                revision = rollouts.rollback(request.name, reason=request.reason, actor=actor)
+            elif request.action == "clear":
+                revision = rollouts.clear(request.name, reason=request.reason, actor=actor)
+            else:
+                raise InvalidInput(f"rollout action {request.action!r}: use set, promote, rollback or clear")
+            self._audit(context, f"rollout.{request.action}", request.name, revision=revision.revision,
+                        arms=revision.describe_arms(), reason=request.reason)
+        except (TypeError, ValueError) as exc:
+            abort_with(context, InvalidInput(f"rollout {request.action} arguments: {exc}"))
+        except LoradockError as exc:
+            abort_with(context, exc)
+        return _doc(revision.to_dict())
+
+
+def _claimed_actor(context) -> str:
+    """What the client says it is (`LORADOCK_USER`, else user@host): recorded beside the token's name, never trusted."""
+    for key, value in context.invocation_metadata() or ():
+        if key == "loradock-actor" and isinstance(value, str):
+            return value[:200]
+    return ""

@@ -1,0 +1,350 @@
+"""`RemoteRegistry`: the registry API over gRPC, for `reg --registry grpc://host:port ...` and remote-backed servers.
+
+It offers the methods the CLI and the inference server call on a local `Registry` (resolve, push,
+pull, ls, show, diff, aliases, rm, gc, verify, rollouts...) and returns the same records, so every
+command prints the same output whichever registry it talks to. A push hashes the directory locally,
+asks which blobs the server lacks, uploads only those (resuming an interrupted upload at the byte
+the server holds), then commits. A pull verifies every downloaded byte against its sha256.
+
+It lives in `server/` because it needs the generated stubs (`server/rpc`), and `registry` imports
+nothing of `server`: the import direction stays `cli -> server -> registry`. It imports no torch.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import grpc
+
+from registry import errors as registry_errors
+from registry.adapters import inspect_adapter_dir
+from registry.bases import Base
+from registry.blobs import sha256_file
+from registry.errors import (
+    BaseNotFound, Conflict, IntegrityError, InvalidInput, LoradockError, NotFound, PermissionDenied, TooLarge,
+    Unauthenticated, Unavailable,
+)
+from registry.names import validate_name
+from registry.records import AdapterSummary, AliasEvent, FileRecord, PushResult, Version
+from registry.store import current_actor, default_home, write_version_dir
+
+from .rpc import pb, pb_grpc
+from .status import ERROR_CLASS_KEY
+
+CHUNK_BYTES = 2**20
+MAX_MESSAGE_BYTES = 16 * 2**20
+UPLOAD_RETRIES = 5
+
+_ERROR_FOR_CODE = {
+    grpc.StatusCode.NOT_FOUND: NotFound,
+    grpc.StatusCode.INVALID_ARGUMENT: InvalidInput,
+    grpc.StatusCode.FAILED_PRECONDITION: Conflict,
+    grpc.StatusCode.DATA_LOSS: IntegrityError,
+    grpc.StatusCode.RESOURCE_EXHAUSTED: TooLarge,
+    grpc.StatusCode.UNAUTHENTICATED: Unauthenticated,
+    grpc.StatusCode.PERMISSION_DENIED: PermissionDenied,
+    grpc.StatusCode.UNAVAILABLE: Unavailable,
+    grpc.StatusCode.DEADLINE_EXCEEDED: Unavailable,
+}
+
+
+def parse_registry_url(url: str) -> tuple[str, bool]:
+    """`grpc://host:port` -> ("host:port", tls=False); `grpcs://host:port` -> (..., tls=True)."""
+    parts = urlsplit(url or "")
+    if parts.scheme not in ("grpc", "grpcs") or not parts.hostname or parts.path not in ("", "/"):
+        raise InvalidInput(f"--registry {url!r}: expected grpc://HOST:PORT (or grpcs://HOST:PORT for TLS)")
+    try:
+        port = parts.port
+    except ValueError:
+        port = None
+    if port is None:
+        raise InvalidInput(f"--registry {url!r}: no port (e.g. grpc://{parts.hostname}:50052)")
+    host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
+    return f"{host}:{port}", parts.scheme == "grpcs"
+
+
+def _version(d: dict) -> Version:
+    d = dict(d)
+    d.pop("ref", None)
+    d["files"] = [FileRecord(**f) for f in d.get("files") or []]
+    return Version(**d)
+
+
+class RemoteRegistry:
+    """`RemoteRegistry("grpc://host:50052", token=...)`: a registry served by `reg serve` elsewhere.
+
+    `home` is a local directory for what a remote-backed server caches (pulled adapters); the
+    registry's own state stays on the server.
+    """
+
+    def __init__(self, url: str, token: str | None = None, tls_ca: Path | str | None = None, home: Path | str | None = None,
+                 timeout: float = 120.0, chunk_bytes: int = CHUNK_BYTES):
+        self.url = url
+        self.target, tls = parse_registry_url(url)
+        self.home = Path(home) if home else default_home()
+        self.timeout = timeout
+        self.chunk_bytes = chunk_bytes
+        options = [("grpc.max_receive_message_length", MAX_MESSAGE_BYTES), ("grpc.max_send_message_length", MAX_MESSAGE_BYTES)]
+        if tls or tls_ca:
+            try:
+                ca = Path(tls_ca).read_bytes() if tls_ca else None
+            except OSError as exc:
+                raise InvalidInput(f"--tls-ca {tls_ca}: cannot read it ({exc.strerror})") from None
+            self.channel = grpc.secure_channel(self.target, grpc.ssl_channel_credentials(root_certificates=ca), options)
+        else:
+            self.channel = grpc.insecure_channel(self.target, options)
+        self.stub = pb_grpc.RegistryStub(self.channel)
+        self.metadata = [("loradock-actor", current_actor())]
+        if token:
+            self.metadata.append(("authorization", f"Bearer {token}"))
+        self.last_push: dict = {}
+
+    def close(self) -> None:
+        self.channel.close()
+
+    def __enter__(self) -> "RemoteRegistry":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __getattr__(self, name: str):
+        if name.startswith("_"):
+            raise AttributeError(name)
+        raise InvalidInput(f"{name.replace('_', ' ')} works on a local registry only, not on {self.url}: "
+                           f"run it on the registry's host (with --home) or drop --registry")
+
+    # --- calls --------------------------------------------------------------------------
+
+    def _error(self, exc: grpc.RpcError) -> LoradockError:
+        code, details = exc.code(), exc.details() or ""
+        name = dict(exc.trailing_metadata() or ()).get(ERROR_CLASS_KEY)
+        cls = getattr(registry_errors, name, None) if name else None
+        if not (isinstance(cls, type) and issubclass(cls, LoradockError)):
+            cls = _ERROR_FOR_CODE.get(code, LoradockError)
+        if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED) and not name:
+            return cls(f"registry {self.url} is unreachable ({code.name}: {details})")
+        if cls in (Unauthenticated, PermissionDenied):
+            return cls(f"registry {self.url}: {details}")
+        return cls(details if cls is not LoradockError else f"registry {self.url}: {code.name}: {details}")
+
+    def _call(self, method: str, request, timeout: float | None = -1.0):
+        try:
+            return getattr(self.stub, method)(request, metadata=self.metadata,
+                                              timeout=self.timeout if timeout == -1.0 else timeout)
+        except grpc.RpcError as exc:
+            raise self._error(exc) from None
+
+    def _doc(self, method: str, request):
+        return json.loads(self._call(method, request).json)
+
+    # --- resolving and listing ----------------------------------------------------------
+
+    def resolve(self, ref) -> Version:
+        return _version(self._doc("Resolve", pb.RefRequest(ref=str(ref))))
+
+    def list_adapters(self) -> list[AdapterSummary]:
+        return [AdapterSummary(**d) for d in self._doc("ListAdapters", pb.RegistryListRequest())]
+
+    def list_versions(self, name: str, include_deleted: bool = False, limit: int | None = None) -> list[Version]:
+        request = pb.ListVersionsRequest(name=name, include_deleted=include_deleted, limit=limit or 0)
+        return [_version(d) for d in self._doc("ListVersions", request)]
+
+    def version_summaries(self, name: str, include_deleted: bool = False, limit: int | None = None) -> list[dict]:
+        request = pb.ListVersionsRequest(name=name, include_deleted=include_deleted, limit=limit or 0, summaries=True)
+        return self._doc("ListVersions", request)
+
+    def count_versions(self, name: str) -> int:
+        return self._doc("GetAdapter", pb.GetAdapterRequest(name=name))["live_versions"]
+
+    def aliases(self, name: str) -> dict[str, int]:
+        return self._doc("GetAdapter", pb.GetAdapterRequest(name=name))["aliases"]
+
+    def describe(self, ref: str) -> dict:
+        return self._doc("Describe", pb.RefRequest(ref=ref))
+
+    def diff(self, ref_a: str, ref_b: str) -> dict:
+        return self._doc("Diff", pb.DiffRequest(ref_a=ref_a, ref_b=ref_b))
+
+    def list_bases(self) -> list[Base]:
+        return [Base(**d) for d in self._doc("ListBases", pb.RegistryListRequest())]
+
+    def get_base(self, name: str) -> Base:
+        for base in self.list_bases():
+            if base.name == name:
+                return base
+        raise BaseNotFound(f"no base model named {name!r} in {self.url} (see `reg --registry {self.url} base ls`)")
+
+    def audit_entries(self, limit: int | None = None) -> list[dict]:
+        return self._doc("Audit", pb.AuditRequest(limit=limit or 0))
+
+    # --- aliases and deleting -----------------------------------------------------------
+
+    def set_alias(self, name: str, alias: str, number: int, actor: str | None = None) -> int | None:
+        old = self._call("SetAlias", pb.SetAliasRequest(name=name, alias=alias, version=number)).old_version
+        return old or None
+
+    def remove_alias(self, name: str, alias: str, actor: str | None = None) -> int:
+        return self._call("RemoveAlias", pb.RemoveAliasRequest(name=name, alias=alias)).old_version
+
+    def alias_history(self, name: str, alias: str | None = None) -> list[AliasEvent]:
+        return [AliasEvent(**d) for d in self._doc("AliasHistory", pb.AliasHistoryRequest(name=name, alias=alias or ""))]
+
+    def remove_version(self, ref: str, force: bool = False, actor: str | None = None) -> Version:
+        return _version(self._doc("RemoveVersion", pb.RemoveVersionRequest(ref=ref, force=force)))
+
+    # --- maintenance --------------------------------------------------------------------
+
+    def gc(self, dry_run: bool = False, grace_s: float | None = None):
+        from registry.maintenance import DEFAULT_GC_GRACE_S, GcReport
+
+        grace = DEFAULT_GC_GRACE_S if grace_s is None else grace_s
+        return GcReport(**self._doc("Gc", pb.GcRequest(dry_run=dry_run, grace_s=grace)))
+
+    def verify(self, ref: str | None = None):
+        from registry.maintenance import Problem, VerifyReport
+
+        d = self._doc("Verify", pb.RefRequest(ref=ref or ""))
+        d.pop("ok", None)
+        d["problems"] = [Problem(**p) for p in d["problems"]]
+        return VerifyReport(**d)
+
+    @property
+    def rollouts(self) -> "RemoteRollouts":
+        return RemoteRollouts(self)
+
+    # --- push ---------------------------------------------------------------------------
+
+    def push(
+        self, directory: Path | str, name: str, base: str | None = None, message: str = "", alias: str | None = None,
+        allow_duplicate: bool = False, run_id: str | None = None, creator: str | None = None,
+    ) -> PushResult:
+        """Upload what the server lacks (resuming interrupted blobs), then commit the version in one server transaction."""
+        validate_name(name)
+        if alias is not None:
+            validate_name(alias, "alias")
+        if run_id is not None:
+            raise InvalidInput("a training run's lineage is recorded by a local registry only; push its adapter directory instead")
+        info = inspect_adapter_dir(directory)  # a bad directory is refused before anything is sent
+        files = []
+        for rel in info.files:
+            path = info.directory / rel
+            files.append(FileRecord(rel, path.stat().st_size, sha256_file(path)))
+        sent, skipped = self._upload_missing(info.directory, files)
+        request = pb.CommitPushRequest(
+            name=name, files=[pb.FileEntry(path=f.path, size=f.size, sha256=f.sha256) for f in files], base=base or "",
+            message=message, alias=alias or "", allow_duplicate=allow_duplicate, creator=creator or current_actor(),
+        )
+        reply = self._call("CommitPush", request)
+        self.last_push = {"bytes_sent": sent, "blobs_skipped": skipped}
+        return PushResult(_version(json.loads(reply.version_json)), reply.created, info.warnings + list(reply.warnings))
+
+    def _upload_missing(self, directory: Path, files: list[FileRecord]) -> tuple[int, int]:
+        """Upload every blob the server lacks; return (bytes sent, blobs the server already had)."""
+        by_digest = {f.sha256: f for f in files}
+        sent = 0
+        for attempt in range(UPLOAD_RETRIES):
+            state = self._call("HasBlobs", pb.HasBlobsRequest(digests=list(by_digest)))
+            missing = [b for b in state.blobs if not b.present]
+            if attempt == 0:
+                skipped = len(by_digest) - len(missing)
+            for f in (by_digest[b.digest] for b in missing):
+                if f.size > state.max_blob_bytes:
+                    raise TooLarge(f"{f.path} is {f.size:,} bytes; {self.url} accepts blobs of at most "
+                                   f"{state.max_blob_bytes:,} bytes")
+            try:
+                for b in missing:
+                    f = by_digest[b.digest]
+                    sent += self._upload(directory / f.path, f, b.received, min(self.chunk_bytes, state.max_chunk_bytes))
+                return sent, skipped
+            except _Retry:
+                time.sleep(0.2 * (attempt + 1))
+        raise Conflict(f"uploads to {self.url} kept colliding with other pushes of the same blobs; push again")
+
+    def _upload(self, path: Path, f: FileRecord, offset: int, chunk: int) -> int:
+        def messages():
+            with open(path, "rb") as fh:
+                fh.seek(offset)
+                yield pb.UploadBlobRequest(digest=f.sha256, size=f.size, offset=offset, data=fh.read(chunk))
+                while data := fh.read(chunk):
+                    yield pb.UploadBlobRequest(data=data)
+
+        try:
+            reply = self.stub.UploadBlob(messages(), metadata=self.metadata, timeout=None)
+        except grpc.RpcError as exc:
+            if exc.code() == grpc.StatusCode.ABORTED:  # another push of the same blob, or a stale resume offset
+                raise _Retry() from None
+            raise self._error(exc) from None
+        return reply.received_bytes
+
+    # --- pull ---------------------------------------------------------------------------
+
+    def pull(self, ref, out: Path | str | None = None, force: bool = False) -> tuple[Version, Path]:
+        """Write a version as a plain PEFT directory, verifying every downloaded file's size and sha256."""
+        version = self.resolve(ref)
+
+        def download(f: FileRecord, dest: Path) -> None:
+            h, size = hashlib.sha256(), 0
+            try:
+                with open(dest, "wb") as fh:
+                    for chunk in self.stub.DownloadBlob(pb.DownloadBlobRequest(digest=f.sha256), metadata=self.metadata,
+                                                        timeout=None):
+                        h.update(chunk.data)
+                        fh.write(chunk.data)
+                        size += len(chunk.data)
+                    fh.flush()
+                    os.fsync(fh.fileno())
+            except grpc.RpcError as exc:
+                raise self._error(exc) from None
+            if size != f.size or h.hexdigest() != f.sha256:
+                dest.unlink(missing_ok=True)
+                raise IntegrityError(f"{version.ref} {f.path}: downloaded {size} bytes hashing to {h.hexdigest()}, "
+                                     f"expected {f.size} bytes with sha256:{f.sha256}")
+
+        return version, write_version_dir(version, out, force, download)
+
+
+class _Retry(Exception):
+    pass
+
+
+class RemoteRollouts:
+    """`registry.rollouts` of a remote registry: the calls `reg rollout` makes."""
+
+    def __init__(self, remote: RemoteRegistry):
+        self.remote = remote
+
+    def show(self, name: str) -> dict:
+        return self.remote._doc("RolloutShow", pb.RolloutRequest(name=name))
+
+    def report(self, name: str, since: int | None = None) -> dict:
+        return self.remote._doc("RolloutReport", pb.RolloutRequest(name=name, since=since or 0))
+
+    def _change(self, name: str, action: str, args: dict, reason: str):
+        from registry.rollouts import Arm, Guard, Revision
+
+        d = self.remote._doc("RolloutChange", pb.RolloutChangeRequest(name=name, action=action, args_json=json.dumps(args),
+                                                                       reason=reason))
+        d["arms"] = [Arm(a["version"], a["weight"]) for a in d["arms"]]
+        d["guard"] = Guard(**d["guard"]) if d["guard"] else None
+        return Revision(**d)
+
+    def set(self, name: str, arms, sticky: bool = False, guard=None, reason: str = "", actor: str | None = None):
+        from dataclasses import asdict
+
+        return self._change(name, "set", {"arms": [[a.version, a.weight] for a in arms], "sticky": sticky,
+                                          "guard": asdict(guard) if guard else None}, reason)
+
+    def promote(self, name: str, version: int, reason: str = "", actor: str | None = None):
+        return self._change(name, "promote", {"version": version}, reason)
+
+    def rollback(self, name: str, reason: str = "", actor: str | None = None):
+        return self._change(name, "rollback", {}, reason)
+
+    def clear(self, name: str, reason: str = "", actor: str | None = None):
+        return self._change(name, "clear", {}, reason)
