@@ -29,9 +29,10 @@ test-fast: setup
 
 bench: setup
 	$(PY) load_tests/bench_registry.py
+	$(PY) -m load_tests bench --json bench-server.json --markdown bench-server.md
 
 proto: setup
 	$(PY) server/rpc/codegen.py
 
 clean:
-	rm -rf $(VENV) .pytest_cache .loradock-demo demo-out
+	rm -rf $(VENV) .pytest_cache .loradock-demo demo-out bench-server.json bench-server.md

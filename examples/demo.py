@@ -4,8 +4,10 @@ Prepares the default base (SmolLM2-135M-Instruct, converted once from the llm-sm
 trains two small adapters from `examples/` (arithmetic with QLoRA, shouting with LoRA), each
 evaluated against the base and pushed with its lineage, points an alias, pulls the adapters back
 and loads them with plain PEFT to answer the same prompts side by side with the base, then starts
-the gRPC server and sends requests for several adapters at once. It runs the real `reg`
-commands, printed as it goes.
+the gRPC server and sends requests for several adapters at once, then rolls a second arith version
+out to 10 % of the users (sticky), measures both arms with feedback and prints the report, and ends
+by exporting arith merged into its base and answering with plain transformers. It runs the real
+`reg` commands, printed as it goes.
 """
 
 from __future__ import annotations
@@ -69,8 +71,8 @@ def side_by_side(base_path: str, adapters: dict[str, Path], prompts: list[str]) 
     return rows
 
 
-def serve_and_ask(prompts: list[str], adapters: list[str]) -> None:
-    """Start `reg serve` in the background, send requests for several adapters at once, stop it with SIGTERM."""
+def serve_and_ask(prompts: list[str], adapters: list[str], then=None) -> None:
+    """Start `reg serve` in the background, send requests for several adapters at once, `then(client)`, stop it with SIGTERM."""
     import signal
     import socket
     import time
@@ -106,11 +108,90 @@ def serve_and_ask(prompts: list[str], adapters: list[str]) -> None:
             print(f"  {adapter or '(base)':<11} -> {served:<9} {prompt!r}: {r.text!r}")
         stats = client.stats()
         print(f"server: {stats.total_requests} requests, cache {stats.cache.loaded} loaded / {stats.cache.misses} cold loads")
+        if then is not None:
+            then(client)
     finally:
         client.close()
         proc.send_signal(signal.SIGTERM)
         code = proc.wait(60)
         print(f"server stopped cleanly (exit {code})")
+
+
+ROLLOUT_REQUESTS = 200
+
+
+def half_strength(src: Path, out: Path) -> Path:
+    """A copy of an adapter with its LoRA B matrices halved: a genuinely different version to roll out, without training."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    shutil.rmtree(out, ignore_errors=True)
+    shutil.copytree(src, out)
+    weights = load_file(src / "adapter_model.safetensors")
+    save_file({k: v * 0.5 if "lora_B" in k else v for k, v in weights.items()}, out / "adapter_model.safetensors")
+    return out
+
+
+def rollout_demo(client) -> None:
+    """Split the bare name `arith` 90/10 (sticky) between arith@prod and a second version, on the running server;
+    send keyed requests, answer each with feedback (is the sum right?), print the report, then end the rollout."""
+    import json
+    import random
+    import time
+    from collections import Counter
+    from concurrent.futures import ThreadPoolExecutor
+
+    from registry import Registry
+
+    step("5. A/B rollout: a second arith version for 10 % of the users, measured against the first")
+    old = Registry(HOME).resolve("arith@prod").number
+    pushed = reg("push", str(half_strength(WORK / "arith", WORK / "arith-half")), "--name", "arith", "--json",
+                 "-m", "arith at half strength (a stand-in for a retrained version)")
+    new = json.loads(pushed)["ref"].split(":")[1]
+    reg("rollout", "set", "arith", "--arm", f"{old}=90", "--arm", f"{new}=10", "--sticky", "-m", "demo canary")
+    revision = Registry(HOME).rollouts.current("arith").revision
+    time.sleep(1.5)  # a running server picks up rollout changes within a second or two
+    rng = random.Random(0)
+    jobs = [(f"user-{rng.randrange(100_000)}", rng.randint(10, 99), rng.randint(10, 99)) for _ in range(ROLLOUT_REQUESTS)]
+
+    def ask(job):
+        key, a, b = job
+        return client.generate(messages=[{"role": "user", "content": f"What is {a} + {b}?"}], adapter="arith",
+                               routing_key=key, max_new_tokens=4)
+
+    started = time.time()
+    with ThreadPoolExecutor(16) as pool:
+        results = list(pool.map(ask, jobs))
+    for (_, a, b), r in zip(jobs, results):
+        client.feedback(r.request_id, label="good" if str(a + b) in r.text else "bad")
+    arms = Counter(f"{r.variant}={r.adapter_version}" for r in results)
+    print(f"{len(results)} keyed requests for the bare name arith in {time.time() - started:.1f} s: "
+          + ", ".join(f"{arm} {n}" for arm, n in sorted(arms.items())) + "; feedback: is the sum in the answer?")
+    time.sleep(1.0)  # outcomes and feedback are written in batches, twice a second
+    reg("rollout", "report", "arith", "--since", str(revision))
+    reg("rollout", "clear", "arith", "-m", "demo done")
+    reg("rm", f"arith:{new}")  # so the next demo run starts from the trained version again
+
+
+# Run in a fresh interpreter: imports transformers only, loads the exported directory, answers greedily.
+PLAIN_TRANSFORMERS = """
+import sys
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+tokenizer = AutoTokenizer.from_pretrained(sys.argv[1])
+model = AutoModelForCausalLM.from_pretrained(sys.argv[1])
+for question in sys.argv[2:]:
+    inputs = tokenizer.apply_chat_template([{"role": "user", "content": question}], add_generation_prompt=True,
+                                           return_tensors="pt", return_dict=True)
+    out = model.generate(**inputs, max_new_tokens=8, do_sample=False)
+    print(f"  {question!r}: {tokenizer.decode(out[0, inputs['input_ids'].shape[1]:], skip_special_tokens=True).strip()!r}")
+"""
+
+
+def answer_with_plain_transformers(model_dir: Path, questions: list[str]) -> None:
+    print(f"$ python -c '<AutoModelForCausalLM.from_pretrained({model_dir.name}), generate>' {shlex.join(questions)}", flush=True)
+    subprocess.run([sys.executable, "-c", PLAIN_TRANSFORMERS, str(model_dir), *questions], check=True, cwd=model_dir)
 
 
 def main() -> None:
@@ -156,10 +237,15 @@ def main() -> None:
 
     step("4. serve them: one NF4 base in memory, adapters per request, batched together")
     serve_and_ask(["What is 23 + 48?", "Shout this: we ship adapters", "What is 67 + 15?", "What is the capital of France?"],
-                  ["arith", "shout", "arith@prod", ""])
+                  ["arith", "shout", "arith@prod", ""], then=rollout_demo)
 
-    step("5. integrity")
+    step("6. integrity")
     reg("verify")
+
+    step("7. export arith@prod merged into its base, and answer with plain transformers (no loradock)")
+    merged = WORK / "arith-merged"
+    reg("export", "arith@prod", "--out", str(merged), "--force")
+    answer_with_plain_transformers(merged, ["What is 23 + 48?", "What is 67 + 15?"])
     print("\ndemo done.")
 
 

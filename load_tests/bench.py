@@ -1,39 +1,46 @@
 #!/usr/bin/env python
-"""Multi-adapter serving throughput: one batch over many LoRA adapters against the bare base and PEFT.
+"""Multi-adapter serving, side by side: our batched multi-LoRA against the bare base and PEFT, over a grid.
 
-    python load_tests/bench_server.py [--base smollm2-135m-instruct] [--home DIR] [--quant none,nf4]
-        [--batch 16] [--adapters 16] [--prompt-len 64] [--decode-steps 32] [--repeats 3]
-        [--cold-loads 10] [--no-engine] [--profile] [--quick] [--json OUT]
+    python -m load_tests bench [--base NAME|DIR | --random-llama 8b|tiny] [--home DIR] [--quant none,nf4]
+        [--batches 1,8,16,32] [--adapters 1,4,16,32] [--prompt-len 64] [--decode-steps 8] [--repeats 2]
+        [--cold-loads 10] [--device cpu|cuda] [--dtype auto|fp32|bf16] [--gather-cache-mb MB] [--no-engine] [--profile]
+        [--quick] [--json OUT] [--markdown OUT]
+    python load_tests/bench.py ...   (the same)
 
-A benchmark, not a test: it prints a table and exits 0. For each quantization the base is loaded
-three times in this process (bare; wrapped by `server.lora.MultiLoraModel`; under PEFT) and the
-same batch of B random prompts (fixed seed) is run through:
+A benchmark, not a test: it prints tables and exits 0. For each quantization the base is loaded
+three times in this process (bare; wrapped by `server.lora.MultiLoraModel` with max(K) adapters in
+slots; under PEFT with the same max(K) adapters), and for every batch size B and adapter count
+K <= B (B rows cannot use more than B adapters, so K > B is skipped) the same B random prompts
+(fixed seed) run through:
 
   (a) bare base          one prefill forward (B x prompt_len, logits_to_keep=1) into a DynamicCache,
                          then D single-token decode steps for the whole batch;
-  (b) ours               the same on the MultiLoraModel, K adapters in K slots, row i -> slot 1 + i % K
+  (b) ours               the same on the MultiLoraModel, row i -> slot 1 + i % K
                          (`rows()` entered per forward, as server.engine does);
-  (c) PEFT mixed batch   PeftModel with the K adapters, forward(..., adapter_names=[...]) (eval mode);
-  (d) PEFT one-by-one    for each request: set_adapter(name), prefill that single row, decode D steps
-                         at batch 1; total tokens / total time (swap time counted in prefill).
+  (c) PEFT mixed batch   PeftModel, forward(..., adapter_names=[...]) (eval mode), row i -> adapter i % K;
+  (d) PEFT one-by-one    each request alone: set_adapter(its adapter), prefill that row, decode D steps at
+                         batch 1 (swap time counted in prefill). A request's throughput does not depend on B,
+                         so only the first min(B, --one-by-one-requests) requests are timed.
 
 (a)-(c) run interleaved step by step (the three prefills, then decode step t of each before step t+1
-of any), (d) after them, in rounds: one warmup round, then --repeats timed ones. Reported: the median
-tokens/s over the rounds, and the ratio to the bare base as the median of the per-round ratios (each
-paired with the bare base's time in the same round, so background load on a shared machine cancels).
-Targets (the issue): (b) >= 0.9x bare in prefill and >= 0.8x in decode.
+of any), (d) after them, in rounds: one warmup round on the first cell of each quantization, then
+--repeats timed rounds per cell. Reported: the median tokens/s over the rounds, and ratios (x bare,
+ours x one-by-one, ours x PEFT mixed) as the median of per-round ratios (each paired with the other
+variant's time in the same round, so background load on a shared machine cancels).
 
-Also measured: the real `server.engine.Engine` (continuous batching) decoding B requests spread
-over the K adapters against the same B requests all on the base (slot 0), and the cold load of a
-rank-16 all-linear adapter from the registry to a servable slot (resolve + pull to a fresh dir +
-`load_lora_weights` + `MultiLoraModel.assign`, p50 over --cold-loads pushed versions), next to
-PEFT's `load_adapter` of the same files. Cold loads use a scratch registry home (deleted at exit)
-that registers the same base directory, so nothing is pushed into --home.
+Also measured per quantization: the real `server.engine.Engine` (continuous batching) on one cell;
+the cold load of a rank-16 all-linear adapter from the registry to a servable slot (resolve + pull to
+a fresh dir + `load_lora_weights` + `MultiLoraModel.assign`) against PEFT's `load_adapter` of the same
+files (a scratch registry home, deleted at exit, so nothing is pushed into --home); the hot swap
+(ours: re-planning a batch onto other resident slots and its first decode step, and `assign` of
+in-memory weights into a slot; PEFT: `set_adapter`); and the roofline: this machine's matmul peak and
+copy bandwidth (load_tests/roofline.py) against the FLOP/s of prefill and bytes/s of decode achieved.
 
 The adapters are real PEFT LoRA adapters (rank 16, alpha 32, target_modules="all-linear") with
-seeded random A and non-zero random B, saved to a temporary directory.
-`--quick` (batch 4, 4 adapters, prompt 16, decode 4, quant none, 2 repeats, 3 cold loads) is the CI
-smoke run.
+seeded random A and non-zero random B. `--random-llama 8b` benchmarks a randomly initialised
+Llama-3.1-8B-shaped model (no weights downloaded; meant for `--device cuda`), `--random-llama tiny`
+a tiny one. `--quick` (B 1,4; K 1,4; prompt 16; decode 4; quant none; 1 round; 2 cold loads) is
+the CI smoke run: it checks the script, not the speed.
 """
 
 from __future__ import annotations
@@ -51,9 +58,8 @@ import time
 import uuid
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
+if __package__ in (None, ""):  # run as a script: make the repository importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -61,27 +67,48 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import torch  # noqa: E402
 
+from load_tests import bench_report  # noqa: E402
+from load_tests.bench_report import TARGET_CELL  # noqa: E402
+from load_tests.roofline import ModelShape, machine_peaks  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
 RANK, ALPHA = 16, 32
-PREFILL_TARGET, DECODE_TARGET = 0.9, 0.8
-VARIANTS = ("bare", "ours", "peft_mixed", "peft_one_by_one")
-LABELS = {
-    "bare": "bare base",
-    "ours": "ours: MultiLoraModel, K adapters",
-    "peft_mixed": "PEFT adapter_names mixed batch",
-    "peft_one_by_one": "PEFT one-by-one set_adapter",
-    "engine_base": "Engine, all rows on base (slot 0)",
-    "engine_adapters": "Engine, rows over K adapters",
+BATCHED = ("bare", "ours", "peft_mixed")
+VARIANTS = BATCHED + ("peft_one_by_one",)
+PHASES = ("prefill", "decode", "total")
+DEFAULTS = {"quant": "none,nf4", "batches": "1,8,16,32", "adapters": "1,4,16,32", "prompt_len": 64,
+            "decode_steps": 8, "repeats": 2, "cold_loads": 10}
+QUICK = {"quant": "none", "batches": "1,4", "adapters": "1,4", "prompt_len": 16,
+         "decode_steps": 4, "repeats": 1, "cold_loads": 2}
+RANDOM_LLAMAS = {
+    # Llama-3.1-8B's shape (rope scaling left out: it does not change the work done).
+    "8b": dict(hidden_size=4096, intermediate_size=14336, num_hidden_layers=32, num_attention_heads=32,
+               num_key_value_heads=8, vocab_size=128256, rope_theta=500000.0, max_position_embeddings=8192,
+               rms_norm_eps=1e-5, tie_word_embeddings=False),
+    # Dimensions multiples of 64, so bitsandbytes' 4-bit blocks fit (NF4 works on it, on CPU too).
+    "tiny": dict(hidden_size=128, intermediate_size=256, num_hidden_layers=2, num_attention_heads=4,
+                 num_key_value_heads=2, vocab_size=512, max_position_embeddings=512, tie_word_embeddings=False),
 }
+# Each variant's cost relative to the bare base's forward, from BENCHMARKS.md (B=16, K=16, 2 CPU cores);
+# used only for the rough duration printed before a run: (prefill factor, decode factor), PEFT's grow with K.
+COST = {"ours": (1.25, 1.5), "peft_mixed": (1.2, 1.3), "peft_mixed_per_k": (0.05, 0.22), "one_by_one": (1.3, 1.3)}
 
 
 def log(msg: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
 
 
+def clock() -> float:
+    """perf_counter once the accelerator (if any) has finished its queued work, so a timing covers it."""
+    if torch.cuda.is_initialized():
+        torch.cuda.synchronize()
+    return time.perf_counter()
+
+
 # --- machine ----------------------------------------------------------------------------------
 
 
-def machine_info() -> dict:
+def machine_info(device: str) -> dict:
     cpu = platform.processor() or ""
     with contextlib.suppress(OSError):
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -91,20 +118,28 @@ def machine_info() -> dict:
     import peft
     import transformers
 
+    versions = {"python": platform.python_version(), "torch": torch.__version__,
+                "transformers": transformers.__version__, "peft": peft.__version__}
+    with contextlib.suppress(ImportError):
+        import bitsandbytes
+
+        versions["bitsandbytes"] = bitsandbytes.__version__
     revision = "?"
     with contextlib.suppress(Exception):
         import subprocess
 
         git = ["git", "-C", str(REPO)]
         revision = subprocess.run(git + ["rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
-        dirty = subprocess.run(git + ["status", "--porcelain", "server"], capture_output=True, text=True).stdout.strip()
-        revision += " (server/ modified)" if dirty else ""
+        dirty = subprocess.run(git + ["status", "--porcelain", "server", "load_tests/bench.py", "load_tests/roofline.py"],
+                               capture_output=True, text=True).stdout.strip()
+        revision += " (server/ or the benchmark modified)" if dirty else ""
+    memory_gb = None
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        memory_gb = round(int(Path("/proc/meminfo").read_text().split()[1]) / 2**20, 1)
     return {
-        "revision": revision,
-        "nproc": os.cpu_count(), "cpu": cpu, "torch_threads": torch.get_num_threads(),
-        "python": platform.python_version(), "torch": torch.__version__,
-        "transformers": transformers.__version__, "peft": peft.__version__,
-        "device": "cuda" if torch.cuda.is_available() else "cpu",
+        "revision": revision, "date": time.strftime("%Y-%m-%d"), "nproc": os.cpu_count(), "cpu": cpu,
+        "memory_gb": memory_gb, "torch_threads": torch.get_num_threads(), "device": device,
+        "gpu": torch.cuda.get_device_name() if device == "cuda" else None, **versions,
     }
 
 
@@ -115,34 +150,64 @@ def loadavg() -> str:
         return "?"
 
 
-# --- adapters ---------------------------------------------------------------------------------
+# --- models and adapters ----------------------------------------------------------------------
 
 
-def make_adapters(base_path: str, out: Path, count: int) -> list[Path]:
-    """`count` real PEFT LoRA adapters (rank 16, all-linear) with seeded random A and non-zero random B."""
+def build_random_llama(preset: str, out: Path, device: str, dtype: torch.dtype) -> Path:
+    """A randomly initialised Llama of a preset shape, saved as a model directory (weights are not needed for speed).
+
+    Initialised on `device` (seconds for 8B on a GPU), with a placeholder tokenizer: the benchmark feeds token ids."""
+    from tokenizers import Tokenizer, models
+    from transformers import AutoModelForCausalLM, LlamaConfig, PreTrainedTokenizerFast
+
+    config = LlamaConfig(**RANDOM_LLAMAS[preset], bos_token_id=1, eos_token_id=2, pad_token_id=0)
+    torch.manual_seed(0)
+    with torch.device(device):
+        model = AutoModelForCausalLM.from_config(config, dtype=dtype)
+    model.save_pretrained(out)
+    del model
+    vocab = {"<pad>": 0, "<s>": 1, "</s>": 2}
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=Tokenizer(models.WordLevel(vocab, unk_token="<pad>")),
+                                        bos_token="<s>", eos_token="</s>", pad_token="<pad>", unk_token="<pad>")
+    tokenizer.save_pretrained(out)
+    gc.collect()
+    return out
+
+
+def make_adapters(base_path: str | Path, out: Path, count: int) -> list[Path]:
+    """`count` real PEFT LoRA adapters (rank 16, all-linear) with seeded random A and non-zero random B.
+
+    PEFT wraps the base built on the meta device (no weights read), so this is quick for an 8B shape too."""
     from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM
+    from transformers import AutoConfig, AutoModelForCausalLM
 
-    model = AutoModelForCausalLM.from_pretrained(base_path, dtype=torch.float32)
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(base_path))
     config = LoraConfig(r=RANK, lora_alpha=ALPHA, target_modules="all-linear", task_type="CAUSAL_LM")
     peft_model = get_peft_model(model, config)
-    params = [(n, p) for n, p in peft_model.named_parameters() if "lora_A" in n or "lora_B" in n]
+    shapes = {n: p.shape for n, p in peft_model.named_parameters() if "lora_A" in n or "lora_B" in n}
     dirs = []
-    with torch.no_grad():
-        for i in range(count):
-            gen = torch.Generator().manual_seed(i)
-            for name, p in params:
-                if "lora_A" in name:  # like PEFT's kaiming-uniform init: U(-1/sqrt(in), 1/sqrt(in))
-                    bound = 1.0 / p.shape[1] ** 0.5
-                    p.copy_((torch.rand(p.shape, generator=gen) * 2 - 1) * bound)
-                else:
-                    p.copy_(torch.randn(p.shape, generator=gen) * 0.01)
-            path = out / f"adapter-{i:03d}"
-            peft_model.save_pretrained(path)
-            dirs.append(path)
+    for i in range(count):
+        gen = torch.Generator().manual_seed(i)
+        tensors = {}
+        for name, shape in shapes.items():
+            if "lora_A" in name:  # like PEFT's kaiming-uniform init: U(-1/sqrt(in), 1/sqrt(in))
+                tensors[name] = (torch.rand(shape, generator=gen) * 2 - 1) / shape[1] ** 0.5
+            else:
+                tensors[name] = torch.randn(shape, generator=gen) * 0.01
+        peft_model.load_state_dict(tensors, strict=False, assign=True)
+        path = out / f"adapter-{i:03d}"
+        peft_model.save_pretrained(path)
+        dirs.append(path)
     del peft_model, model
     gc.collect()
     return dirs
+
+
+def grid(batches: list[int], adapters: list[int]) -> tuple[list[tuple[int, int]], list[tuple[int, int]]]:
+    """(cells to run, cells skipped): every (B, K) with K <= B, in order of B then K."""
+    cells = [(b, k) for b in batches for k in adapters]
+    return [c for c in cells if c[1] <= c[0]], [c for c in cells if c[1] > c[0]]
 
 
 # --- one batch through a model ----------------------------------------------------------------
@@ -153,8 +218,8 @@ def forward(model, ids, cache, past: int, **kwargs):
     from transformers import DynamicCache
 
     b, t = ids.shape
-    mask = torch.ones((b, past + t), dtype=torch.long)
-    positions = torch.arange(past, past + t, dtype=torch.long).expand(b, t)
+    mask = torch.ones((b, past + t), dtype=torch.long, device=ids.device)
+    positions = torch.arange(past, past + t, dtype=torch.long, device=ids.device).expand(b, t)
     out = model(
         input_ids=ids, attention_mask=mask, position_ids=positions,
         cache=cache if cache is not None else DynamicCache(), use_cache=True, logits_to_keep=1, **kwargs,
@@ -168,47 +233,124 @@ def run_batch(model, prompt, steps, context=None, **kwargs) -> tuple[float, floa
     `context`: a callable giving a fresh context manager entered around every forward (rows())."""
     context = context or contextlib.nullcontext
     length = prompt.shape[1]
-    start = time.perf_counter()
+    start = clock()
     with context():
         logits, cache = forward(model, prompt, None, 0, **kwargs)
-    prefilled = time.perf_counter()
+    prefilled = clock()
     for t in range(steps.shape[1]):
         with context():
             _, cache = forward(model, steps[:, t:t + 1], cache, length + t, **kwargs)
-    return prefilled - start, time.perf_counter() - prefilled, logits
+    return prefilled - start, clock() - prefilled, logits
 
 
 def run_interleaved(batched: dict, prompt, steps) -> tuple[dict, dict, dict]:
     """The batched variants step by step in turn: every prefill, then decode step t of each variant
     before step t + 1 of any, so noise from other work on the machine falls on all of them alike.
 
-    `batched`: name -> (model, context factory or None, forward kwargs). Returns (prefill s, decode s, prefill logits)."""
+    `batched`: name -> (model, context factory or None, forward kwargs).
+    Returns (prefill s, decode s, (prefill logits, last decode step's logits)) per name."""
     length = prompt.shape[1]
-    prefill, decode, logits, caches = {}, dict.fromkeys(batched, 0.0), {}, {}
+    prefill, decode, logits, caches, last = {}, dict.fromkeys(batched, 0.0), {}, {}, {}
     for name, (model, context, kwargs) in batched.items():
-        start = time.perf_counter()
+        start = clock()
         with (context or contextlib.nullcontext)():
             logits[name], caches[name] = forward(model, prompt, None, 0, **kwargs)
-        prefill[name] = time.perf_counter() - start
+        prefill[name] = clock() - start
     for t in range(steps.shape[1]):
         for name, (model, context, kwargs) in batched.items():
-            start = time.perf_counter()
+            start = clock()
             with (context or contextlib.nullcontext)():
-                _, caches[name] = forward(model, steps[:, t:t + 1], caches[name], length + t, **kwargs)
-            decode[name] += time.perf_counter() - start
-    return prefill, decode, logits
+                last[name], caches[name] = forward(model, steps[:, t:t + 1], caches[name], length + t, **kwargs)
+            decode[name] += clock() - start
+    return prefill, decode, {name: (logits[name], last[name]) for name in batched}
 
 
 def run_one_by_one(peft_model, names, prompt, steps) -> tuple[float, float]:
     """Each row alone: set_adapter(its adapter), prefill it, decode it; swap time counts as prefill."""
     prefill_s = decode_s = 0.0
     for row, name in enumerate(names):
-        start = time.perf_counter()
+        start = clock()
         peft_model.set_adapter(name)
         p, d, _ = run_batch(peft_model, prompt[row:row + 1], steps[row:row + 1])
-        prefill_s += time.perf_counter() - start - d
+        prefill_s += clock() - start - d
         decode_s += d
     return prefill_s, decode_s
+
+
+# --- one cell of the grid ---------------------------------------------------------------------
+
+
+def bench_cell(models: dict, b: int, k: int, prompt, steps, rounds: int, warmup: int, one_by_one_max: int) -> dict:
+    """B rows over K adapters: the batched variants interleaved and PEFT one-by-one, `warmup` + `rounds` rounds."""
+    bare, ours_model, multi, peft_model = models["bare"], models["ours"], models["multi"], models["peft"]
+    row_slots = [1 + i % k for i in range(b)]
+    row_names = [f"a{s - 1}" for s in row_slots]
+    prompt, steps = prompt[:b], steps[:b]
+    batched = {
+        "bare": (bare, None, {}),
+        "ours": (ours_model, lambda: multi.rows(row_slots), {}),  # rows() per forward, as server.engine does
+        "peft_mixed": (peft_model, None, {"adapter_names": row_names}),
+    }
+    one = min(b, one_by_one_max)
+    length, d = prompt.shape[1], steps.shape[1]
+    tokens = {v: (b * length, b * d) for v in BATCHED} | {"peft_one_by_one": (one * length, one * d)}
+    times: dict[str, list[tuple[float, float]]] = {v: [] for v in VARIANTS}
+    check = {}
+    for r in range(warmup + rounds):
+        prefill, decode, logits = run_interleaved(batched, prompt, steps)
+        obo = run_one_by_one(peft_model, row_names[:one], prompt, steps)
+        if r < warmup:
+            continue
+        if not check:
+            (ours_p, ours_d), (peft_p, peft_d) = logits["ours"], logits["peft_mixed"]
+            check = {
+                "max_abs_logit_diff_ours_vs_peft_prefill": float((ours_p.float() - peft_p.float()).abs().max()),
+                "max_abs_logit_diff_ours_vs_peft_decode": float((ours_d.float() - peft_d.float()).abs().max()),
+                "max_abs_logit_diff_ours_vs_bare_prefill": float((ours_p.float() - logits["bare"][0].float()).abs().max()),
+            }
+        for v in BATCHED:
+            times[v].append((prefill[v], decode[v]))
+        times["peft_one_by_one"].append(obo)
+
+    def rates(v: str) -> list[tuple[float, float, float]]:
+        """Per round: prefill, decode and total (prefill + decode tokens over both times) tokens/s."""
+        p_tok, d_tok = tokens[v]
+        return [(p_tok / p, d_tok / dd, (p_tok + d_tok) / (p + dd)) for p, dd in times[v]]
+
+    def paired(x: str, y: str) -> dict:
+        """x's tokens/s over y's, per phase: the median of the per-round ratios."""
+        return {ph: statistics.median(rx[i] / ry[i] for rx, ry in zip(rates(x), rates(y))) for i, ph in enumerate(PHASES)}
+
+    variants = {}
+    for v in VARIANTS:
+        per_round = rates(v)
+        variants[v] = {f"{ph}_tok_s": statistics.median(r[i] for r in per_round) for i, ph in enumerate(PHASES)}
+        variants[v] |= {"prefill_s": statistics.median(t[0] for t in times[v]),
+                        "decode_s": statistics.median(t[1] for t in times[v]),
+                        "requests": one if v == "peft_one_by_one" else b, "x_bare": paired(v, "bare")}
+    return {
+        "batch": b, "adapters": k, "variants": variants, "check": check,
+        "ours_x_one_by_one": paired("ours", "peft_one_by_one"), "ours_x_peft_mixed": paired("ours", "peft_mixed"),
+    }
+
+
+def roofline_of_cell(cell: dict, shape: ModelShape, peaks: dict, length: int, d: int, adapter_bytes_per_row: int) -> dict:
+    """Achieved prefill GFLOP/s and decode GB/s of bare and ours, and their fractions of the machine's peaks."""
+    b = cell["batch"]
+    flops = shape.prefill_flops(b, length)
+    step_bytes = shape.decode_bytes(b, length + (d + 1) / 2)  # the mean context over the decode steps
+    out = {"prefill_gflop": flops / 1e9, "decode_step_mb": step_bytes / 2**20,
+           "adapter_mb_per_step": b * adapter_bytes_per_row / 2**20}
+    for v in ("bare", "ours"):
+        m = cell["variants"][v]
+        gflops = flops / m["prefill_s"] / 1e9
+        gbs = step_bytes * d / m["decode_s"] / 1e9
+        out[v] = {"prefill_gflops": gflops, "prefill_of_peak": gflops / peaks["gflops"],
+                  "decode_gbs": gbs, "decode_of_bandwidth": gbs / peaks["gbs"]}
+    # ours also reads every row's adapter A/B each step (the gathered copies): the bytes it actually moves
+    ours_gbs = (step_bytes + b * adapter_bytes_per_row) * d / cell["variants"]["ours"]["decode_s"] / 1e9
+    out["ours"] |= {"decode_gbs_with_adapters": ours_gbs, "decode_with_adapters_of_bandwidth": ours_gbs / peaks["gbs"]}
+    return out
 
 
 # --- the engine -------------------------------------------------------------------------------
@@ -225,30 +367,55 @@ def run_engine(model, tokenizer, multi, prompt, steps: int, slots: list[int]) ->
         engine.submit(EngineRequest(f"r{i}", prompt[i].tolist(), Sampling(max_new_tokens=steps), slot=slot))
         for i, slot in enumerate(slots)
     ]  # queued before start(): the first turn admits them all together
-    start = time.perf_counter()
+    start = clock()
     engine.start()
     results = [h.result(timeout=3600) for h in handles]
-    wall = time.perf_counter() - start
+    wall = clock() - start
     engine.stop()
     tokens = sum(r.completion_tokens for r in results)
     return {
         "decode_tok_s": engine.decode_tokens / engine.decode_seconds if engine.decode_seconds else 0.0,
         "wall_tok_s": tokens / wall, "completion_tokens": tokens, "wall_s": wall,
-        "texts": [r.text for r in results],
     }
 
 
-# --- cold load --------------------------------------------------------------------------------
+def bench_engine(models: dict, tokenizer, prompt, d: int, b: int, k: int, rounds: int) -> dict:
+    """The Engine decoding B requests over K adapters against the same B requests on the base (slot 0), paired per round."""
+    row_slots = [1 + i % k for i in range(b)]
+    runs: dict[str, list[dict]] = {"engine_base": [], "engine_adapters": []}
+    for r in range(rounds + 1):  # the first round warms up
+        for key, slots in (("engine_base", [0] * b), ("engine_adapters", row_slots)):
+            out = run_engine(models["ours"], tokenizer, models["multi"], prompt[:b], d, slots)
+            if r:
+                runs[key].append(out)
+    result = {"batch": b, "adapters": k}
+    for key, outs in runs.items():
+        pairs = list(zip(runs["engine_base"], outs))
+        result[key] = {
+            "decode_tok_s": statistics.median(o["decode_tok_s"] for o in outs),
+            "wall_tok_s": statistics.median(o["wall_tok_s"] for o in outs),
+            "completion_tokens": outs[0]["completion_tokens"],
+            "decode_x_base": statistics.median(o["decode_tok_s"] / e["decode_tok_s"] for e, o in pairs),
+            "wall_x_base": statistics.median(o["wall_tok_s"] / e["wall_tok_s"] for e, o in pairs),
+        }
+    return result
 
 
-def push_cold_versions(base, adapter_dirs: list[Path], home: Path) -> tuple[object, list[str]]:
+# --- cold load and hot swap -------------------------------------------------------------------
+
+
+def push_cold_versions(base_path: Path, base_name: str, adapter_dirs: list[Path], home: Path) -> tuple[object, list[str]]:
     """A scratch registry holding the same base, with one version of `bench-cold` per adapter directory."""
     from registry import Registry
 
     reg = Registry(home)
-    reg.add_base(str(base.path), base.name)
-    refs = [reg.push(d, "bench-cold", base=base.name, message="bench_server cold load").version.ref for d in adapter_dirs]
+    reg.add_base(str(base_path), base_name)
+    refs = [reg.push(d, "bench-cold", base=base_name, message="bench cold load").version.ref for d in adapter_dirs]
     return reg, refs
+
+
+def ms(xs: list[float]) -> float:
+    return round(1000 * statistics.median(xs), 2)
 
 
 def measure_cold_loads(reg, refs, multi, peft_model, slot: int, scratch: Path) -> dict:
@@ -258,14 +425,14 @@ def measure_cold_loads(reg, refs, multi, peft_model, slot: int, scratch: Path) -
 
     ours, parts, peft_times, dirs = [], {"pull": [], "load": [], "assign": []}, [], []
     for ref in refs:
-        t0 = time.perf_counter()
+        t0 = clock()
         version = reg.resolve(parse_ref(ref))
         _, path = reg.pull(version.ref, scratch / f"pull-{uuid.uuid4().hex}", force=True)
-        t1 = time.perf_counter()
+        t1 = clock()
         weights = load_lora_weights(path, multi)
-        t2 = time.perf_counter()
+        t2 = clock()
         multi.assign(slot, weights)
-        t3 = time.perf_counter()
+        t3 = clock()
         ours.append(t3 - t0)
         parts["pull"].append(t1 - t0)
         parts["load"].append(t2 - t1)
@@ -274,11 +441,10 @@ def measure_cold_loads(reg, refs, multi, peft_model, slot: int, scratch: Path) -
     multi.clear(slot)
     for i, path in enumerate(dirs):
         name = f"cold{i}"
-        t0 = time.perf_counter()
+        t0 = clock()
         peft_model.load_adapter(str(path), adapter_name=name)
-        peft_times.append(time.perf_counter() - t0)
+        peft_times.append(clock() - t0)
         peft_model.delete_adapter(name)
-    ms = lambda xs: round(1000 * statistics.median(xs), 1)  # noqa: E731
     return {
         "n": len(refs), "ours_p50_ms": ms(ours), "ours_max_ms": round(1000 * max(ours), 1),
         "ours_first_ms": round(1000 * ours[0], 1),
@@ -288,283 +454,353 @@ def measure_cold_loads(reg, refs, multi, peft_model, slot: int, scratch: Path) -
     }
 
 
+def measure_hot_swaps(models: dict, adapter_dirs: list[Path], spare_slot: int, prompt, b: int, k: int, n: int) -> dict:
+    """Switching requests to other resident adapters.
+
+    Ours: a decode step for B rows whose slots all changed since the previous step (`rows()` builds a new plan
+    and every layer re-gathers its rows' A/B) against a step under the unchanged plan; and `assign` of an
+    adapter already read into memory (LoraWeights) into a slot. PEFT: `set_adapter` to another loaded adapter."""
+    from server.lora import load_lora_weights
+
+    model, multi, peft_model = models["ours"], models["multi"], models["peft"]
+    plans = ([1 + i % k for i in range(b)], [1 + (i + 1) % k for i in range(b)])  # every row moves to another slot
+    ids = prompt[:b]
+    token = ids[:, :1]
+    with multi.rows(plans[0]):
+        _, cache = forward(model, ids, None, 0)
+    past = ids.shape[1]
+
+    def step(slots) -> tuple[float, float]:
+        nonlocal cache, past
+        t0 = clock()
+        rows = multi.rows(slots)
+        t1 = clock()
+        with rows:
+            _, cache = forward(model, token, cache, past)
+        past += 1
+        return t1 - t0, clock() - t1
+
+    current = 0
+    step(plans[current])  # warm: the first step under this plan gathers
+    same, switched, plan_s = [], [], []
+    for _ in range(n):
+        same.append(step(plans[current])[1])
+        current = 1 - current
+        p, f = step(plans[current])
+        plan_s.append(p)
+        switched.append(f)
+    weights = [load_lora_weights(path, multi) for path in adapter_dirs[:2]]
+    assign = []
+    for i in range(n):
+        t0 = clock()
+        multi.assign(spare_slot, weights[i % len(weights)])
+        assign.append(clock() - t0)
+    multi.clear(spare_slot)
+    names = [f"a{i}" for i in range(k)]
+    set_adapter = []
+    for i in range(n):
+        t0 = clock()
+        peft_model.set_adapter(names[(i + 1) % k])
+        set_adapter.append(clock() - t0)
+    return {
+        "batch": b, "adapters": k, "n": n,
+        "ours_plan_ms": ms(plan_s), "ours_step_unchanged_ms": ms(same), "ours_step_after_switch_ms": ms(switched),
+        "ours_switch_overhead_ms": round(ms(plan_s) + ms(switched) - ms(same), 2),
+        "ours_assign_in_memory_ms": ms(assign), "peft_set_adapter_ms": ms(set_adapter),
+    }
+
+
 # --- profile ----------------------------------------------------------------------------------
 
 
-def profile_decode_step(model, prompt, steps, context, label: str, **kwargs) -> str:
+def profile_decode_step(model, prompt, steps, context, label: str) -> str:
     from torch.profiler import ProfilerActivity, profile
 
     length = prompt.shape[1]
     context = context or contextlib.nullcontext
     with context():
-        _, cache = forward(model, prompt, None, 0, **kwargs)
+        _, cache = forward(model, prompt, None, 0)
     with context():  # one warm decode step
-        _, cache = forward(model, steps[:, :1], cache, length, **kwargs)
+        _, cache = forward(model, steps[:, :1], cache, length)
     with profile(activities=[ProfilerActivity.CPU]) as prof, context():
-        forward(model, steps[:, 1:2], cache, length + 1, **kwargs)
+        forward(model, steps[:, 1:2], cache, length + 1)
     table = prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=14, max_name_column_width=40)
     return f"\n--- one decode step, {label} ---\n{table}"
+
+
+# --- duration estimate ------------------------------------------------------------------------
+
+
+def calibrate(model, length: int, rows: int, device: str) -> tuple[float, float, float]:
+    """(seconds per forward, per prompt token, per decode row) of the bare base, from forwards of 1 x 1,
+    1 x `length` and `rows` x 1 tokens (a decode row costs more than a prompt token: smaller, less efficient matmuls)."""
+
+    def timed(shape) -> float:
+        ids = torch.zeros(shape, dtype=torch.long, device=device)
+        forward(model, ids, None, 0)
+        times = []
+        for _ in range(3):
+            start = clock()
+            forward(model, ids, None, 0)
+            times.append(clock() - start)
+        return statistics.median(times)
+
+    with torch.inference_mode():
+        one, prompt, batch = timed((1, 1)), timed((1, length)), timed((rows, 1))
+    return one, max(prompt - one, 0.0) / max(length - 1, 1), max(batch - one, 0.0) / max(rows - 1, 1)
+
+
+def estimate_seconds(cells, args, calibration: tuple[float, float, float], load_s: float, engine_cell) -> float:
+    """A rough duration of one quantization's runs, from the bare base's calibration and COST."""
+    per_forward, per_token, per_row = calibration
+    length, d = args.prompt_len, args.decode_steps
+
+    def run(b: int, prefill_factor: float, decode_factor: float) -> float:
+        return prefill_factor * (per_forward + per_token * b * length) + decode_factor * d * (per_forward + per_row * b)
+
+    total = 2 * load_s
+    for i, (b, k) in enumerate(cells):
+        peft = (COST["peft_mixed"][0] + COST["peft_mixed_per_k"][0] * k, COST["peft_mixed"][1] + COST["peft_mixed_per_k"][1] * k)
+        batched = run(b, 1, 1) + run(b, *COST["ours"]) + run(b, *peft)
+        one_by_one = min(b, args.one_by_one_requests) * run(1, *COST["one_by_one"])
+        total += (args.repeats + (i == 0)) * (batched + one_by_one)
+    if engine_cell:
+        total += 2 * (args.repeats + 1) * run(engine_cell[0], *COST["ours"])
+    return total + args.cold_loads * 1.0  # about 1 s per cold load (ours and PEFT's), on 2 cores
 
 
 # --- one quantization -------------------------------------------------------------------------
 
 
-def bench_quant(args, base, quant: str, adapter_dirs, cold, scratch: Path) -> dict:
+def bench_quant(args, quant: str, bare_loaded, base_path: Path, adapter_dirs, cold, scratch: Path, cells, peaks) -> dict:
     from peft import PeftModel
 
     from registry.loading import load_base_model
     from server.lora import MultiLoraModel, load_lora_weights
 
-    log(f"[{quant}] loading the base three times")
-    bare_loaded = load_base_model(base, quant)
+    k_max = max(k for _, k in cells)
+    log(f"[{quant}] loading the base twice more (ours, PEFT) with {k_max} adapters each")
     bare, tokenizer = bare_loaded.model, bare_loaded.tokenizer
-    ours_model = load_base_model(base, quant).model
-    cold_slot = args.adapters + 1
-    multi = MultiLoraModel(ours_model, max_slots=cold_slot)  # as server.app: rank grows on first assign
-    peft_model = PeftModel.from_pretrained(load_base_model(base, quant).model, str(adapter_dirs[0]), adapter_name="a0")
-    peft_model.eval()
-
+    ours_model = load_base_model(base_path, quant, args.device, args.bf16).model
+    spare_slot = k_max + 1  # cold loads and in-memory assigns go here
+    gather = {} if args.gather_cache_mb is None else {"gather_cache_bytes": int(args.gather_cache_mb * 2**20)}
+    # as server.app with its default --lora-rank 16: slots allocated for the adapters' rank up front
+    multi = MultiLoraModel(ours_model, max_slots=spare_slot, rank=RANK, **gather)
+    peft_model = PeftModel.from_pretrained(
+        load_base_model(base_path, quant, args.device, args.bf16).model, str(adapter_dirs[0]), adapter_name="a0")
+    models = {"bare": bare, "ours": ours_model, "multi": multi, "peft": peft_model}
     result: dict = {"quant": quant, "compute_dtype": bare_loaded.compute_dtype}
     if cold is not None:
         log(f"[{quant}] cold loads ({len(cold[1])} versions)")
         # outside inference_mode, as server.cache assigns (stacks grown under it could not be written later)
-        result["cold_load"] = measure_cold_loads(cold[0], cold[1], multi, peft_model, cold_slot, scratch)
-        log(f"[{quant}] cold loads done")
-
-    names = [f"a{i}" for i in range(args.adapters)]
-    for i, path in enumerate(adapter_dirs):
+        result["cold_load"] = measure_cold_loads(cold[0], cold[1], multi, peft_model, spare_slot, scratch)
+    for i, path in enumerate(adapter_dirs[:k_max]):
         multi.assign(i + 1, load_lora_weights(path, multi))
         if i:
-            peft_model.load_adapter(str(path), adapter_name=names[i])
+            peft_model.load_adapter(str(path), adapter_name=f"a{i}")
     peft_model.eval()
 
-    b, length, d = args.batch, args.prompt_len, args.decode_steps
+    b_max, length, d = max(b for b, _ in cells), args.prompt_len, args.decode_steps
     gen = torch.Generator().manual_seed(1234)
     vocab = bare.config.vocab_size
-    prompt = torch.randint(0, vocab, (b, length), generator=gen)
-    steps = torch.randint(0, vocab, (b, d), generator=gen)
-    row_slots = [1 + i % args.adapters for i in range(b)]
-    row_names = [names[s - 1] for s in row_slots]
-
-    batched = {
-        "bare": (bare, None, {}),
-        "ours": (ours_model, lambda: multi.rows(row_slots), {}),  # rows() per forward, as server.engine does
-        "peft_mixed": (peft_model, None, {"adapter_names": row_names}),
-    }
-    times: dict[str, list[tuple[float, float]]] = {v: [] for v in VARIANTS}
+    prompt = torch.randint(0, vocab, (b_max, length), generator=gen).to(args.device)
+    steps = torch.randint(0, vocab, (b_max, d), generator=gen).to(args.device)
+    shape = ModelShape.of(bare)
+    result["model"] = {"decode_weight_mb": shape.weight_bytes / 2**20, "linear_params": shape.linear_params,
+                       "adapter_mb_per_slot": multi.nbytes_per_slot / 2**20}
+    result["cells"] = []
     with torch.inference_mode():
-        for r in range(args.repeats + 1):
-            began = time.perf_counter()
-            prefill, decode, logits = run_interleaved(batched, prompt, steps)
-            middle = time.perf_counter()
-            one = run_one_by_one(peft_model, row_names, prompt, steps)
-            if r == 0:
-                log(f"[{quant}] warmup: batched variants {middle - began:.1f}s, one-by-one {time.perf_counter() - middle:.1f}s")
-                first_logits = {v: lg.float() for v, lg in logits.items()}
-                continue
-            for v in batched:
-                times[v].append((prefill[v], decode[v]))
-            times["peft_one_by_one"].append(one)
-            log(f"[{quant}] round {r}/{args.repeats} done (load {loadavg()})")
-        logits = first_logits
-        check = {
-            "max_abs_logit_diff_ours_vs_peft": float((logits["ours"] - logits["peft_mixed"]).abs().max()),
-            "max_abs_logit_diff_ours_vs_bare": float((logits["ours"] - logits["bare"]).abs().max()),
-        }
-        with multi.rows([0] * b):  # slot 0 everywhere must be the bare base exactly
-            base_logits, _ = forward(ours_model, prompt, None, 0)
-        check["max_abs_logit_diff_slot0_vs_bare"] = float((base_logits.float() - logits["bare"]).abs().max())
-    result["check"] = check
-
-    prefill_tokens, decode_tokens = b * length, b * d
-    variants = {}
-    for v in VARIANTS:
-        p = statistics.median(t[0] for t in times[v])
-        dd = statistics.median(t[1] for t in times[v])
-        variants[v] = {
-            "prefill_s": p, "decode_s": dd, "prefill_tok_s": prefill_tokens / p, "decode_tok_s": decode_tokens / dd,
-            "prefill_runs_s": [t[0] for t in times[v]], "decode_runs_s": [t[1] for t in times[v]],
-        }
-    for v in VARIANTS:  # ratios paired within each round (same moment, same background load), then the median
-        variants[v]["prefill_x_bare"] = statistics.median(
-            bt[0] / vt[0] for bt, vt in zip(times["bare"], times[v]))
-        variants[v]["decode_x_bare"] = statistics.median(
-            bt[1] / vt[1] for bt, vt in zip(times["bare"], times[v]))
-
+        with multi.rows([0] * b_max):  # slot 0 everywhere must be the bare base exactly
+            slot0, _ = forward(ours_model, prompt, None, 0)
+        bare_logits, _ = forward(bare, prompt, None, 0)
+        result["check_slot0_vs_bare"] = float((slot0.float() - bare_logits.float()).abs().max())
+        for i, (b, k) in enumerate(cells):
+            began = clock()
+            cell = bench_cell(models, b, k, prompt, steps, args.repeats, warmup=int(i == 0),
+                              one_by_one_max=args.one_by_one_requests)
+            cell["roofline"] = roofline_of_cell(cell, shape, peaks, length, d, multi.nbytes_per_slot)
+            result["cells"].append(cell)
+            log(f"[{quant}] B={b} K={k}: {clock() - began:.1f}s, ours {cell['variants']['ours']['x_bare']['prefill']:.2f}x/"
+                f"{cell['variants']['ours']['x_bare']['decode']:.2f}x bare (load {loadavg()})")
+        b_hot = min(TARGET_CELL[0], b_max)
+        k_hot = min(b_hot, k_max)
+        if k_hot >= 2:
+            log(f"[{quant}] hot swaps (B={b_hot}, K={k_hot})")
+            result["hot_swap"] = measure_hot_swaps(models, adapter_dirs, spare_slot, prompt, b_hot, k_hot,
+                                                   n=3 if args.quick else 10)
+    engine_cell = pick_engine_cell(cells)
     if args.engine:
-        log(f"[{quant}] engine runs")
-        eng: dict[str, list[dict]] = {"engine_base": [], "engine_adapters": []}
-        for r in range(args.repeats + 1):
-            for key, slots in (("engine_base", [0] * b), ("engine_adapters", row_slots)):
-                out = run_engine(ours_model, tokenizer, multi, prompt, d, slots)
-                if r:
-                    eng[key].append(out)
-        for key, outs in eng.items():
-            variants[key] = {
-                "decode_tok_s": statistics.median(o["decode_tok_s"] for o in outs),
-                "wall_tok_s": statistics.median(o["wall_tok_s"] for o in outs),
-                "completion_tokens": outs[0]["completion_tokens"],
-            }
-        for key in eng:  # paired within each round, then the median
-            pairs = list(zip(eng["engine_base"], eng[key]))
-            variants[key]["decode_x_engine_base"] = statistics.median(o["decode_tok_s"] / e["decode_tok_s"] for e, o in pairs)
-            variants[key]["wall_x_engine_base"] = statistics.median(o["wall_tok_s"] / e["wall_tok_s"] for e, o in pairs)
-    result["variants"] = variants
-
+        log(f"[{quant}] engine runs (B={engine_cell[0]}, K={engine_cell[1]})")
+        result["engine"] = bench_engine(models, tokenizer, prompt, d, *engine_cell, rounds=args.repeats)
     if args.profile:
+        b, k = engine_cell
+        row_slots = [1 + i % k for i in range(b)]
         with torch.inference_mode():
             result["profile"] = (
-                profile_decode_step(bare, prompt, steps, None, f"bare base, {quant}, batch {b}")
-                + profile_decode_step(ours_model, prompt, steps, lambda: multi.rows(row_slots),
-                                      f"ours, {quant}, batch {b}, {len(set(row_slots))} adapters")
+                profile_decode_step(bare, prompt[:b], steps[:b], None, f"bare base, {quant}, batch {b}")
+                + profile_decode_step(ours_model, prompt[:b], steps[:b], lambda: multi.rows(row_slots),
+                                      f"ours, {quant}, batch {b}, {k} adapters")
             )
-    del bare, ours_model, multi, peft_model, bare_loaded
+    del ours_model, multi, peft_model, models
     gc.collect()
     return result
 
 
-# --- report -----------------------------------------------------------------------------------
+def pick_engine_cell(cells: list[tuple[int, int]]) -> tuple[int, int]:
+    """The issue's target cell (16 requests, 16 adapters) when the grid has it, else the largest cell."""
+    return TARGET_CELL if TARGET_CELL in cells else max(cells)
 
 
-def report(info: dict, args, results: list[dict]) -> str:
-    busy = ""
-    with contextlib.suppress(ValueError, IndexError):
-        if float(info["load_start"].split()[0]) > 0.5 * (info["nproc"] or 1):
-            busy = "  (other work was running: absolute tok/s suffer, ratios are paired per round)"
-    lines = [
-        f"machine: {info['nproc']} CPUs ({info['cpu']}), torch threads {info['torch_threads']}, device {info['device']}; "
-        f"torch {info['torch']}, transformers {info['transformers']}, peft {info['peft']}",
-        f"code: {info['revision']}",
-        f"load average: start {info['load_start']}, end {info['load_end']}{busy}",
-        f"base {args.base}; batch {args.batch}, {args.adapters} adapters (rank {RANK}, all-linear), prompt {args.prompt_len} "
-        f"tokens, {args.decode_steps} decode steps; median of {args.repeats} rounds after a warmup "
-        "(x bare: median of per-round paired ratios)",
-        "",
-    ]
-    head = f"{'quant':<6} {'variant':<36} {'prefill tok/s':>13} {'x bare':>7} {'decode tok/s':>13} {'x bare':>7}"
-    lines += [head, "-" * len(head)]
-    for res in results:
-        q = res["quant"]
-        for v, m in res["variants"].items():
-            if v.startswith("engine"):
-                continue
-            mark = ""
-            if v == "ours":
-                ok_p = m["prefill_x_bare"] >= PREFILL_TARGET
-                ok_d = m["decode_x_bare"] >= DECODE_TARGET
-                mark = (f"  targets {PREFILL_TARGET}/{DECODE_TARGET}: "
-                        f"prefill {'ok' if ok_p else 'MISS'}, decode {'ok' if ok_d else 'MISS'}")
-            lines.append(
-                f"{q:<6} {LABELS[v]:<36} {m['prefill_tok_s']:>13.1f} {m['prefill_x_bare']:>6.2f}x "
-                f"{m['decode_tok_s']:>13.1f} {m['decode_x_bare']:>6.2f}x{mark}"
-            )
-        lines.append("")
-    if any("engine_base" in r["variants"] for r in results):
-        head = (f"{'quant':<6} {'Engine (continuous batching)':<36} {'decode tok/s':>13} {'x base':>7} "
-                f"{'wall tok/s':>11} {'x base':>7}")
-        lines += [head, "-" * len(head)]
-        for res in results:
-            for v in ("engine_base", "engine_adapters"):
-                m = res["variants"].get(v)
-                if m:
-                    lines.append(
-                        f"{res['quant']:<6} {LABELS[v]:<36} {m['decode_tok_s']:>13.1f} {m['decode_x_engine_base']:>6.2f}x "
-                        f"{m['wall_tok_s']:>11.1f} {m['wall_x_engine_base']:>6.2f}x"
-                    )
-        lines += ["  (decode tok/s: Engine's own decode-step forwards; wall: completion tokens / wall time incl. prefill)", ""]
-    cold = [r for r in results if "cold_load" in r]
-    if cold:
-        head = (f"{'quant':<6} {'cold load, rank-16 all-linear':<30} {'p50 ms':>7} {'first':>7} {'max':>7} "
-                f"{'pull':>6} {'read':>6} {'assign':>6} {'PEFT load_adapter p50':>22}")
-        lines += [head, "-" * len(head)]
-        for r in cold:
-            c = r["cold_load"]
-            lines.append(
-                f"{r['quant']:<6} {'registry -> servable (n=' + str(c['n']) + ')':<30} {c['ours_p50_ms']:>7.1f} "
-                f"{c['ours_first_ms']:>7.1f} {c['ours_max_ms']:>7.1f} {c['pull_p50_ms']:>6.1f} "
-                f"{c['load_lora_weights_p50_ms']:>6.1f} {c['assign_p50_ms']:>6.1f} {c['peft_load_adapter_p50_ms']:>20.1f}ms"
-            )
-        lines += ["  (pull = resolve + registry.pull to a fresh dir; read = load_lora_weights; first includes slot growth;",
-                  "   PEFT load_adapter reads the already pulled files, compare with read + assign)", ""]
-    for r in results:
-        c = r["check"]
-        lines.append(
-            f"{r['quant']}: max |logit diff| prefill: ours vs PEFT mixed {c['max_abs_logit_diff_ours_vs_peft']:.2e}, "
-            f"ours vs bare {c['max_abs_logit_diff_ours_vs_bare']:.2e} (adapters change the output), "
-            f"slot 0 vs bare {c['max_abs_logit_diff_slot0_vs_bare']:.2e}"
-        )
-    for r in results:
-        if "profile" in r:
-            lines.append(r["profile"])
-    return "\n".join(lines)
+# --- command line -----------------------------------------------------------------------------
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m load_tests bench", description=__doc__.split("\n\n")[0])
     parser.add_argument("--base", default=None, help="registered base name or model dir (default: the default base)")
+    parser.add_argument("--random-llama", choices=sorted(RANDOM_LLAMAS),
+                        help="instead of --base: a randomly initialised Llama of this shape (8b: Llama-3.1-8B; no download)")
     parser.add_argument("--home", default=os.environ.get("LORADOCK_HOME") or str(Path.home() / ".loradock"),
                         help="registry home holding the base (default $LORADOCK_HOME or ~/.loradock)")
-    parser.add_argument("--quant", default="none,nf4", help="comma-separated quantizations: none, nf4, int8")
-    parser.add_argument("--batch", type=int, default=16)
-    parser.add_argument("--adapters", type=int, default=16)
-    parser.add_argument("--prompt-len", type=int, default=64)
-    parser.add_argument("--decode-steps", type=int, default=32)
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--cold-loads", type=int, default=10, help="pushed versions to cold-load (0: skip)")
+    parser.add_argument("--quant", help=f"comma-separated quantizations: none, nf4, int8 (default {DEFAULTS['quant']})")
+    parser.add_argument("--batches", help=f"comma-separated batch sizes B (default {DEFAULTS['batches']})")
+    parser.add_argument("--adapters", help=f"comma-separated adapter counts K; cells with K > B are skipped "
+                                           f"(default {DEFAULTS['adapters']})")
+    parser.add_argument("--prompt-len", type=int, help=f"prompt tokens (default {DEFAULTS['prompt_len']})")
+    parser.add_argument("--decode-steps", type=int, help=f"decode steps (default {DEFAULTS['decode_steps']})")
+    parser.add_argument("--repeats", type=int, help=f"timed rounds per cell (default {DEFAULTS['repeats']})")
+    parser.add_argument("--cold-loads", type=int,
+                        help=f"pushed versions to cold-load, 0: skip (default {DEFAULTS['cold_loads']})")
+    parser.add_argument("--one-by-one-requests", type=int, default=8,
+                        help="requests timed one by one per cell, at most (a request's throughput does not depend on B)")
+    parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
+    parser.add_argument("--dtype", default="auto", choices=("auto", "fp32", "bf16"),
+                        help="compute dtype: auto = bf16 on a GPU that has it, else fp32")
+    parser.add_argument("--gather-cache-mb", type=float, default=None,
+                        help="MultiLoraModel's bound on per-row A/B copies kept between decode steps, as the server's "
+                             "--gather-cache-mb (default: the server's default)")
     parser.add_argument("--no-engine", dest="engine", action="store_false", help="skip the server.engine.Engine runs")
     parser.add_argument("--profile", action="store_true", help="also print torch.profiler tables of one decode step")
-    parser.add_argument("--quick", action="store_true", help="CI smoke: batch 4, 4 adapters, prompt 16, decode 4, quant none")
+    parser.add_argument("--quick", action="store_true",
+                        help="CI smoke: B 1,4; K 1,4; prompt 16; decode 4; quant none; 1 round; 2 cold loads")
     parser.add_argument("--json", dest="json_out", help="also write the results here")
-    args = parser.parse_args()
-    if args.quick:
-        args.batch, args.adapters, args.prompt_len, args.decode_steps = 4, 4, 16, 4
-        args.quant, args.repeats, args.cold_loads = "none", 2, 3
-    quants = [q.strip() for q in args.quant.split(",") if q.strip()]
-    if args.batch < 1 or args.adapters < 1 or args.prompt_len < 1 or args.decode_steps < 2 or args.repeats < 1:
-        parser.error("batch, adapters, prompt-len, repeats must be >= 1 and decode-steps >= 2")
+    parser.add_argument("--markdown", dest="markdown_out", help="also write the tables as Markdown (for BENCHMARKS.md) here")
+    args = parser.parse_args(argv)
+    for key, value in (QUICK if args.quick else DEFAULTS).items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
+    try:
+        args.quants = [q.strip() for q in args.quant.split(",") if q.strip()]
+        args.batch_list = sorted({int(x) for x in args.batches.split(",") if x.strip()})
+        args.adapter_list = sorted({int(x) for x in args.adapters.split(",") if x.strip()})
+    except ValueError as e:
+        parser.error(f"--batches and --adapters take comma-separated integers ({e})")
+    if not args.quants or not args.batch_list or not args.adapter_list:
+        parser.error("--quant, --batches and --adapters need at least one value each")
+    if min(args.batch_list + args.adapter_list) < 1 or args.prompt_len < 1 or args.repeats < 1 or args.one_by_one_requests < 1:
+        parser.error("batches, adapters, prompt-len, repeats and one-by-one-requests must be >= 1")
+    if args.decode_steps < 2 or args.cold_loads < 0:
+        parser.error("decode-steps must be >= 2 and cold-loads >= 0")
+    if args.base and args.random_llama:
+        parser.error("give --base or --random-llama, not both")
+    if args.random_llama == "8b" and args.device != "cuda":
+        parser.error("--random-llama 8b is meant for --device cuda (its 8B weights do not fit a small CPU machine)")
+    if args.device == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda: torch sees no GPU here")
+    args.bf16 = {"auto": "auto", "fp32": False, "bf16": True}[args.dtype]
+    args.command = "python -m load_tests bench " + " ".join(sys.argv[1:] if argv is None else argv)
+    return args
 
-    from registry import Registry
-    from registry.bases import DEFAULT_BASE
-    from trainer.train import resolve_base
 
-    args.base = args.base or DEFAULT_BASE
-    info = machine_info()
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    from registry.loading import load_base_model, pick_compute_dtype
+
+    cells, skipped = grid(args.batch_list, args.adapter_list)
+    if not cells:
+        print("no cell to run: every K is larger than every B", file=sys.stderr)
+        return 2
+    info = machine_info(args.device)
     info["load_start"] = loadavg()
-    log(f"{info['nproc']} CPUs ({info['cpu']}), load {info['load_start']}")
-    registry = Registry(args.home)
+    log(f"{info['nproc']} CPUs ({info['cpu']}), torch threads {info['torch_threads']}, device {args.device}, "
+        f"load {info['load_start']}")
     started = time.perf_counter()
-    base = resolve_base(registry, args.base)
-    registry.close()
-    log(f"base {base.name} at {base.path} ({time.perf_counter() - started:.1f}s)")
-
     results = []
-    with tempfile.TemporaryDirectory(prefix="bench-server-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="loradock-bench-") as tmp:
         tmp = Path(tmp)
-        log(f"making {args.adapters} + {args.cold_loads} adapters")
-        dirs = make_adapters(base.path, tmp / "adapters", args.adapters + args.cold_loads)
-        adapter_dirs, cold_dirs = dirs[:args.adapters], dirs[args.adapters:]
-        cold = push_cold_versions(base, cold_dirs, tmp / "cold-home") if cold_dirs else None
-        for quant in quants:
-            results.append(bench_quant(args, base, quant, adapter_dirs, cold, tmp))
-            if len(quants) > 1 and quant != quants[-1]:  # partial results first, in case a later quant fails or is cut short
+        base_path, base_name = resolve_bench_base(args, tmp)
+        info["base"] = base_name
+        log(f"base {base_name} at {base_path}")
+        peaks = machine_peaks(args.device, pick_compute_dtype(args.device, args.bf16), quick=args.quick)
+        info["peaks"] = peaks
+        log(f"machine peaks: matmul {peaks['gflops']:.1f} GFLOP/s ({peaks['dtype']}), copy {peaks['gbs']:.1f} GB/s "
+            f"({peaks['seconds']}s)")
+
+        bare, estimate = {}, 0.0
+        for quant in args.quants:
+            began = time.perf_counter()
+            bare[quant] = load_base_model(base_path, quant, args.device, args.bf16)
+            load_s = time.perf_counter() - began
+            calibration = calibrate(bare[quant].model, args.prompt_len, max(args.batch_list), args.device)
+            engine_cell = pick_engine_cell(cells) if args.engine else None
+            estimate += load_s + estimate_seconds(cells, args, calibration, load_s, engine_cell)
+        info["estimate_s"] = round(estimate)
+        print(f"{len(cells)} cells x {len(args.quants)} quantizations (skipped, K > B: B rows cannot use more than B "
+              f"adapters: {', '.join(f'B={b} K={k}' for b, k in skipped) or 'none'}); expected duration ~{estimate / 60:.1f} "
+              "min (rough: from a calibration forward of the bare base)", flush=True)
+
+        k_max = max(k for _, k in cells)
+        log(f"making {k_max} + {args.cold_loads} adapters")
+        dirs = make_adapters(base_path, tmp / "adapters", k_max + args.cold_loads)
+        adapter_dirs, cold_dirs = dirs[:k_max], dirs[k_max:]
+        cold = push_cold_versions(base_path, base_name, cold_dirs, tmp / "cold-home") if cold_dirs else None
+        for quant in args.quants:
+            results.append(bench_quant(args, quant, bare.pop(quant), base_path, adapter_dirs, cold, tmp, cells, peaks))
+            gc.collect()
+            if quant != args.quants[-1]:  # partial results first, in case a later quant fails or is cut short
                 info["load_end"] = loadavg()
-                print(f"=== {quant} ===\n{report(info, args, results[-1:])}\n", flush=True)
-                write_json(args, info, results)
+                print(bench_report.text(info, args, results[-1:], skipped), flush=True)
+                write_outputs(args, info, results, skipped)
         if cold is not None:
             cold[0].close()
     info["load_end"] = loadavg()
     info["seconds"] = round(time.perf_counter() - started, 1)
+    print(bench_report.text(info, args, results, skipped))
+    print(bench_report.targets(results))
+    print(f"\n(total {info['seconds']} s, estimated {info['estimate_s']} s)")
+    write_outputs(args, info, results, skipped)
+    return 0
 
-    print(report(info, args, results))
-    print(f"\n(total {info['seconds']} s)")
-    write_json(args, info, results)
+
+def resolve_bench_base(args, tmp: Path) -> tuple[Path, str]:
+    """(model dir, base name): a random Llama built into `tmp`, or --base resolved in the --home registry."""
+    if args.random_llama:
+        from registry.loading import pick_compute_dtype
+
+        log(f"building a random-init Llama ({args.random_llama}) on {args.device}")
+        dtype = pick_compute_dtype(args.device, args.bf16)
+        path = build_random_llama(args.random_llama, tmp / "random-llama", args.device, dtype)
+        return path, f"random-llama-{args.random_llama}"
+    from registry import Registry
+    from registry.bases import DEFAULT_BASE
+    from trainer.train import resolve_base
+
+    registry = Registry(args.home)
+    try:
+        base = resolve_base(registry, args.base or DEFAULT_BASE)
+    finally:
+        registry.close()
+    return Path(base.path), base.name
 
 
-def write_json(args, info: dict, results: list[dict]) -> None:
+def write_outputs(args, info: dict, results: list[dict], skipped) -> None:
     if args.json_out:
-        payload = {"machine": info, "settings": {k: v for k, v in vars(args).items() if k != "json_out"}, "results": results}
-        Path(args.json_out).write_text(json.dumps(payload, indent=2))
+        settings = {k: v for k, v in vars(args).items() if k not in ("json_out", "markdown_out")}
+        payload = {"machine": info, "settings": settings, "skipped_cells": [{"batch": b, "adapters": k} for b, k in skipped],
+                   "results": results}
+        Path(args.json_out).write_text(json.dumps(payload, indent=2, default=str))
+    if args.markdown_out:
+        Path(args.markdown_out).write_text(bench_report.markdown(info, args, results, skipped))
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -1,0 +1,370 @@
+"""The load generator: drives a running server through `server.client.LoradockClient`.
+
+Closed loop: `concurrency` clients, each sending its next request as soon as the last one answers.
+Open loop: Poisson arrivals at `rate` per second whatever the server does, with at most
+`max_in_flight` requests outstanding; an arrival beyond that is counted as `not_sent` (the
+generator's own limit, so it never melts), never queued, so the arrival process stays honest.
+
+Every request becomes one `Sample` (status code, client-side latency, time to first token, which
+version and rollout arm served it). `run_load` checks the target and the adapters, takes the
+server's `ServerStats` before and after, runs the preset's phases with a live progress line, and
+writes the report (`load_tests.report`).
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+
+import grpc
+
+from registry.errors import InvalidInput, LoradockError, NotFound
+from registry.names import parse_ref
+from server.client import LoradockClient
+from server.stats import percentile
+
+from .workload import MIXES, AdapterChoice, Workload, load_prompts, parse_adapters
+
+OK = "OK"
+CLIENT_ERROR = "CLIENT_ERROR"            # an exception that is not a gRPC status: a generator bug, reported not hidden
+INCOMPLETE_STREAM = "INCOMPLETE_STREAM"  # a stream that ended without its final `done` chunk
+
+
+class Unreachable(LoradockError):
+    """The target server did not answer."""
+
+
+def _opt(default, text: str):
+    return field(default=default, metadata={"help": text})
+
+
+@dataclass
+class LoadOptions:
+    target: str = _opt("localhost:50051", "Server address host:port.")
+    adapters: str = _opt("", "Adapters to mix, comma separated: NAME, NAME:N or NAME@ALIAS, each optionally =WEIGHT "
+                             "(default: the preset picks from the server's list).")
+    concurrency: int = _opt(32, "Closed loop: clients sending back to back.")
+    duration: float = _opt(60.0, "Seconds to send requests for (requests in flight at the end are waited for).")
+    rate: float | None = _opt(None, "Open loop: Poisson arrivals per second (instead of a fixed concurrency).")
+    stream: bool = _opt(False, "Use GenerateStream; time to first token is then measured client-side.")
+    keys: int = _opt(10_000, "Distinct routing keys drawn per request (0 = send none).")
+    max_new_tokens: int = _opt(32, "max_new_tokens per request (0 = the server's default).")
+    mix: str = _opt("random", "How adapters are picked: random (seeded, by weight) or round-robin.")
+    max_in_flight: int = _opt(256, "Open loop: the most requests outstanding; arrivals beyond it are counted as not sent.")
+    timeout: float = _opt(120.0, "Deadline per request, seconds.")
+    seed: int = _opt(0, "Seed for the adapter mix, prompts, keys and arrival times.")
+    prompts: Path | None = _opt(None, "A JSONL file or a directory of them to take prompts from (default: examples/).")
+    out: Path | None = _opt(None, "Output directory, or a report .json path (the plot and samples go beside it).")
+    home: Path | None = _opt(None, "canary: the registry home the server serves from (for `reg rollout`).")
+    cache_size: int | None = _opt(None, "many-adapters: the server's adapter cache size, if ServerStats does not say.")
+    capacity: float | None = _opt(None, "overload: the server's capacity in requests/s (default: measured first).")
+    calibrate: float = _opt(5.0, "overload: seconds of closed-loop load to measure capacity.")
+    overload_factor: float = _opt(4.0, "overload: arrival rate as a multiple of capacity.")
+    canary_steps: str = _opt("5,25,50", "canary: the new arm's percentages, the first set at the start, the rest raised live.")
+
+    def validate(self) -> None:
+        positive = {"concurrency": self.concurrency, "duration": self.duration, "max_in_flight": self.max_in_flight,
+                    "timeout": self.timeout, "calibrate": self.calibrate, "overload_factor": self.overload_factor}
+        if self.rate is not None:
+            positive["rate"] = self.rate
+        if self.capacity is not None:
+            positive["capacity"] = self.capacity
+        if self.cache_size is not None:
+            positive["cache_size"] = self.cache_size
+        for name, value in positive.items():
+            if not value > 0:
+                raise InvalidInput(f"--{name.replace('_', '-')} {value}: must be positive")
+        for name in ("keys", "max_new_tokens"):
+            if getattr(self, name) < 0:
+                raise InvalidInput(f"--{name.replace('_', '-')} {getattr(self, name)}: must be 0 or more")
+        if self.mix not in MIXES:
+            raise InvalidInput(f"--mix {self.mix!r}: use one of {', '.join(MIXES)}")
+        if self.adapters:
+            parse_adapters(self.adapters)
+        parse_target(self.target)
+
+
+def option_help() -> dict[str, str]:
+    return {f.name: f.metadata["help"] for f in fields(LoadOptions)}
+
+
+def parse_target(target: str) -> tuple[str, int]:
+    host, sep, port = target.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise InvalidInput(f"--target {target!r}: expected HOST:PORT, e.g. localhost:50051")
+    return host, int(port)
+
+
+@dataclass
+class Sample:
+    phase: str
+    adapter: str                 # as requested
+    routing_key: str
+    started_s: float             # since the run started
+    latency_ms: float = 0.0      # client-side, send to final answer (or to the error)
+    code: str = OK               # OK, a grpc.StatusCode name, INCOMPLETE_STREAM or CLIENT_ERROR
+    ttft_ms: float | None = None  # streaming: client-side first chunk with text; else the server's timing.ttft_ms
+    version: str = ""
+    variant: str = ""
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    finish_reason: str = ""
+    detail: str = ""
+
+
+@dataclass
+class Phase:
+    name: str
+    mode: str                    # closed or open
+    started_s: float
+    duration_s: float = 0.0      # from the first send to the last answer
+    concurrency: int | None = None
+    rate: float | None = None
+    arrivals: int = 0            # open loop: arrivals drawn (sent + not_sent)
+    not_sent: int = 0
+
+
+@dataclass
+class Mark:
+    """Something that happened during the run (a rollout change), drawn on the plot."""
+    at_s: float
+    label: str
+
+
+class LoadGenerator:
+    """Sends requests from a workload and records a Sample for each; phases run one after another."""
+
+    def __init__(self, client: LoradockClient, workload: Workload, options: LoadOptions, live: bool = True, console=None):
+        self.client = client
+        self.workload = workload
+        self.options = options
+        self.live = live
+        self.console = console
+        self.samples: list[Sample] = []
+        self.phases: list[Phase] = []
+        self.marks: list[Mark] = []
+        self.in_flight = 0
+        self.stop = threading.Event()
+        self._lock = threading.Lock()
+        self._t0 = time.perf_counter()
+
+    def now(self) -> float:
+        return time.perf_counter() - self._t0
+
+    # --- one request ----------------------------------------------------------------------
+
+    def send(self, phase: str) -> Sample:
+        spec = self.workload.next()
+        kwargs = dict(adapter=spec.adapter, messages=[{"role": "user", "content": spec.prompt}],
+                      max_new_tokens=self.options.max_new_tokens, routing_key=spec.routing_key, timeout=self.options.timeout)
+        with self._lock:
+            self.in_flight += 1
+        start = time.perf_counter()
+        sample = Sample(phase, spec.adapter, spec.routing_key, start - self._t0)
+        try:
+            if self.options.stream:
+                final = self._stream(sample, start, kwargs)
+                if final is None:
+                    sample.code = INCOMPLETE_STREAM
+                else:
+                    sample.version, sample.variant = final.adapter_version, final.variant
+                    sample.finish_reason = final.finish_reason
+                    sample.prompt_tokens, sample.completion_tokens = final.usage.prompt_tokens, final.usage.completion_tokens
+            else:
+                c = self.client.generate(**kwargs)
+                sample.version, sample.variant, sample.finish_reason = c.adapter_version, c.variant, c.finish_reason
+                sample.prompt_tokens, sample.completion_tokens, sample.ttft_ms = c.prompt_tokens, c.completion_tokens, c.ttft_ms
+        except grpc.RpcError as exc:
+            sample.code, sample.detail = exc.code().name, exc.details() or ""
+        except Exception as exc:  # noqa: BLE001 - reported as CLIENT_ERROR, never swallowed silently
+            sample.code, sample.detail = CLIENT_ERROR, f"{type(exc).__name__}: {exc}"
+        sample.latency_ms = (time.perf_counter() - start) * 1000
+        with self._lock:
+            self.in_flight -= 1
+            self.samples.append(sample)
+        return sample
+
+    def _stream(self, sample: Sample, start: float, kwargs: dict):
+        final = None
+        for chunk in self.client.stream(**kwargs):
+            if chunk.done:
+                final = chunk
+            elif sample.ttft_ms is None and chunk.text:
+                sample.ttft_ms = (time.perf_counter() - start) * 1000
+        return final
+
+    # --- phases ---------------------------------------------------------------------------
+
+    def closed_loop(self, name: str, concurrency: int, duration: float, events: list[tuple[float, str, Callable]] = ()) -> Phase:
+        phase = Phase(name, "closed", self.now(), concurrency=concurrency)
+        deadline = time.perf_counter() + duration
+
+        def client_loop():
+            while not self.stop.is_set() and time.perf_counter() < deadline:
+                self.send(name)
+
+        threads = [threading.Thread(target=client_loop, name=f"load-client-{i}", daemon=True) for i in range(concurrency)]
+        self._drive(phase, duration, threads, events)
+        return phase
+
+    def open_loop(self, name: str, rate: float, duration: float, max_in_flight: int,
+                  events: list[tuple[float, str, Callable]] = ()) -> Phase:
+        phase = Phase(name, "open", self.now(), rate=rate)
+        rng = random.Random(self.options.seed + 1)
+        slots = threading.Semaphore(max_in_flight)
+        pool = ThreadPoolExecutor(max_workers=max_in_flight, thread_name_prefix="load-open")
+
+        def one():
+            try:
+                self.send(name)
+            finally:
+                slots.release()
+
+        def arrivals():
+            start = time.perf_counter()
+            at = start
+            while not self.stop.is_set():
+                at += rng.expovariate(rate)
+                if at - start >= duration:
+                    break
+                delay = at - time.perf_counter()
+                if delay > 0 and self.stop.wait(delay):
+                    break
+                phase.arrivals += 1
+                if slots.acquire(blocking=False):
+                    pool.submit(one)
+                else:
+                    phase.not_sent += 1
+            pool.shutdown(wait=True)
+
+        self._drive(phase, duration, [threading.Thread(target=arrivals, name="load-arrivals", daemon=True)], events)
+        return phase
+
+    def _drive(self, phase: Phase, duration: float, threads: list[threading.Thread], events) -> None:
+        """Start the phase's threads; show the live line and fire timed events until they end."""
+        self.phases.append(phase)
+        pending = sorted(events, key=lambda e: e[0])
+        first = len(self.samples)
+        started = time.perf_counter()
+        for t in threads:
+            t.start()
+
+        def tick():
+            while pending and time.perf_counter() - started >= pending[0][0]:
+                _, label, action = pending.pop(0)
+                action()
+                self.marks.append(Mark(self.now(), label))
+
+        try:
+            if self.live and self.console is not None and self.console.is_terminal:
+                from rich.live import Live
+
+                with Live(self._line(phase, first, started, duration), console=self.console, refresh_per_second=4,
+                          transient=False) as live:
+                    while any(t.is_alive() for t in threads):
+                        tick()
+                        live.update(self._line(phase, first, started, duration))
+                        time.sleep(0.25)
+                    live.update(self._line(phase, first, started, duration))
+            else:
+                while any(t.is_alive() for t in threads):
+                    tick()
+                    time.sleep(0.05)
+                if self.live and self.console is not None:  # not a terminal: one line per phase, at its end
+                    self.console.print(self._line(phase, first, started, duration))
+        except BaseException:  # Ctrl-C, or an event that failed: stop sending, let what is in flight answer
+            self.stop.set()
+            for t in threads:
+                t.join()
+            raise
+        phase.duration_s = time.perf_counter() - started
+
+    def _line(self, phase: Phase, first: int, started: float, duration: float):
+        from rich.text import Text
+
+        samples = self.samples[first:]
+        elapsed = time.perf_counter() - started
+        errors = sum(s.code != OK for s in samples)
+        recent = [s.latency_ms for s in samples[-1000:] if s.code == OK]
+        extra = f"  not sent {phase.not_sent}" if phase.not_sent else ""
+        return Text(f"{phase.name} {min(elapsed, duration):5.1f}/{duration:g} s  {len(samples)} req  {errors} err  "
+                    f"{len(samples) / max(elapsed, 1e-9):.1f} req/s  p50 {percentile(recent, .5):.0f} ms  "
+                    f"in flight {self.in_flight}{extra}")
+
+
+# --- a whole run ----------------------------------------------------------------------------
+
+
+@dataclass
+class ServerInfo:
+    """What the generator learns from the server before it starts."""
+    adapters: list[str]          # names the server can serve (ListAdapters)
+    stats: object                # ServerStatsResponse
+
+
+def connect(options: LoadOptions, ready_timeout: float = 5.0) -> tuple[LoradockClient, ServerInfo]:
+    client = LoradockClient(options.target, timeout=options.timeout)
+    try:
+        client.wait_ready(timeout=ready_timeout)
+        stats = client.stats()
+        names = sorted({a.name for a in client.list_adapters()})
+    except Exception as exc:
+        client.close()
+        reason = exc.details() if isinstance(exc, grpc.RpcError) else f"no answer within {ready_timeout:g} s"
+        raise Unreachable(f"--target {options.target!r}: cannot reach a loradock server there ({reason}); "
+                          "is `reg serve` running on that address?") from None
+    return client, ServerInfo(names, stats)
+
+
+def check_adapters(choices: list[AdapterChoice], server: ServerInfo, target: str) -> None:
+    for choice in choices:
+        name = parse_ref(choice.ref).name
+        if name not in server.adapters:
+            listed = ", ".join(server.adapters[:20]) or "none"
+            raise NotFound(f"--adapters: adapter {name!r} is not served at {target} (it serves: {listed}); "
+                           "push it to the server's registry (`python -m load_tests prepare` makes test adapters)")
+
+
+def default_out(preset: str | None) -> Path:
+    return Path("load-test-out") / f"{preset or 'run'}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+def run_load(options: LoadOptions, preset_name: str | None = None, console=None, live: bool = True) -> dict:
+    """Run a load test (a preset, or one closed- or open-loop phase); write and return the report."""
+    from . import report
+    from .presets import get_preset, single_phase
+
+    preset = get_preset(preset_name) if preset_name else None
+    options.validate()
+    prompts = load_prompts(options.prompts)
+    client, server = connect(options)
+    try:
+        if preset:
+            choices = preset.choose_adapters(options, server)
+        elif options.adapters:
+            choices = parse_adapters(options.adapters)
+        else:
+            raise InvalidInput("give --adapters NAME,NAME,... or a --preset that picks them")
+        check_adapters(choices, server, options.target)
+        workload = Workload(choices, prompts, keys=options.keys, mix=options.mix, seed=options.seed)
+        gen = LoadGenerator(client, workload, options, live=live, console=console)
+        notes: dict = {}
+        interrupted = False
+        try:
+            (preset.drive if preset else single_phase)(gen, options, server, notes)
+        except KeyboardInterrupt:
+            interrupted = True
+        try:
+            after = client.stats()
+        except grpc.RpcError as exc:
+            after, notes["stats_after_error"] = None, f"{exc.code().name}: {exc.details()}"
+        result = report.build(options, preset_name, choices, gen, server.stats, after, notes, interrupted)
+    finally:
+        client.close()
+    report.write(result, gen, options.out or default_out(preset_name))
+    return result
