@@ -141,6 +141,23 @@ def _pump(fd_in: int, fd_out: int | None, h, size_hint: int, writeback: bool = F
     return total
 
 
+def replace_dir(staging: Path, out: Path) -> None:
+    """Rename a finished `staging` directory to `out`. An existing `out` is moved aside first and removed after,
+    so a crash at any point leaves either the old directory or the new one, never neither."""
+    if out.exists():
+        aside = out.with_name(f".{out.name}.old-{os.getpid()}")
+        out.rename(aside)
+        staging.rename(out)
+        if aside.is_dir():
+            import shutil
+
+            shutil.rmtree(aside)
+        else:
+            aside.unlink()
+    else:
+        staging.rename(out)
+
+
 def check_digest(digest: str) -> str:
     """A blob digest as the store names it: 64 lower-case hex digits (it becomes a file name)."""
     if not isinstance(digest, str) or len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest):

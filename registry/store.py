@@ -18,7 +18,7 @@ from . import db as dbmod
 from . import exports as exports_mod
 from .adapters import AdapterInfo, check_fits_base, inspect_adapter_dir
 from .bases import DEFAULT_BASE, DEFAULT_BASE_HUB_ID, Base, convert_gguf_to_hf, default_base_source, describe_base_dir, resolve_hub_id
-from .blobs import BlobStore, check_digest
+from .blobs import BlobStore, check_digest, replace_dir
 from .errors import (
     AdapterNotFound, AliasNotFound, BaseMismatch, BaseNotFound, BlobsMissing, Conflict, IntegrityError, InvalidAdapter,
     InvalidRef, TooLarge, VersionNotFound,
@@ -561,13 +561,7 @@ def write_version_dir(version: Version, out: Path | str | None, force: bool, wri
     except BaseException:
         shutil.rmtree(partial, ignore_errors=True)
         raise
-    if out.exists():  # --force: swap, so a crash here never loses both the old and the new directory
-        aside = out.with_name(f".{out.name}.old-{os.getpid()}")
-        out.rename(aside)
-        partial.rename(out)
-        shutil.rmtree(aside) if aside.is_dir() else aside.unlink()
-    else:
-        partial.rename(out)
+    replace_dir(partial, out)  # --force swaps, so a crash never loses both the old and the new directory
     return out
 
 

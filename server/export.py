@@ -33,7 +33,7 @@ from pathlib import Path
 from registry import Registry
 from registry import exports as export_records
 from registry.bases import Base, describe_base_dir
-from registry.blobs import sha256_file
+from registry.blobs import replace_dir, sha256_file
 from registry.db import utcnow
 from registry.errors import BaseMismatch, Conflict, IntegrityError, InvalidInput, LoradockError
 from registry.exports import EXPORT_FORMATS
@@ -196,7 +196,7 @@ def export(
             report = _check_fidelity(base, adapter_dir, staging, request.fmt, dtype, probes, log)
             if report.passed:
                 files = _write_provenance(staging, _facts(registry, request, sources, base, dtype, report))
-                _publish(staging, out)
+                replace_dir(staging, out)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
 
@@ -447,18 +447,6 @@ def _write_provenance(staging: Path, facts: dict) -> list[dict]:
     (staging / CARD_FILE).write_text(render_card(facts))
     (staging / RECORD_FILE).write_text(json.dumps(facts, indent=2, default=str) + "\n")
     return _file_digests(staging)
-
-
-def _publish(staging: Path, out: Path) -> None:
-    """Rename the checked export into place. With --force the old directory is moved aside first (as `reg pull`
-    does), so a crash at any point leaves either the old directory or the new one, never neither."""
-    if out.exists():
-        aside = out.with_name(f".{out.name}.old-{os.getpid()}")
-        out.rename(aside)
-        staging.rename(out)
-        shutil.rmtree(aside) if aside.is_dir() else aside.unlink()
-    else:
-        staging.rename(out)
 
 
 # --- the Hugging Face Hub (needs network access and a token; not reachable from the test machines) ----------
