@@ -448,6 +448,7 @@ def serve(
     gather_cache_mb: Annotated[int, typer.Option(help="Memory for per-row adapter copies kept between decode steps; 0 = off.")] = 512,
     max_new_tokens_limit: Annotated[int, typer.Option(help="Largest max_new_tokens a request may ask for.")] = 1024,
     grace: Annotated[float, typer.Option(help="On SIGTERM, seconds in-flight requests may take to finish.")] = 10.0,
+    workers: Annotated[int, typer.Option(help="gRPC handler threads; calls beyond them get RESOURCE_EXHAUSTED (0 = max batch + max queue + 16).")] = 0,
     registry_only: Annotated[bool, typer.Option("--registry-only", help="Serve only the Registry service of --home (no model is loaded).")] = False,
     registry_url: Annotated[Optional[str], typer.Option("--registry", show_default=False, help="Resolve and pull adapters from this remote registry (grpc://HOST:PORT) instead of --home; the base stays local.")] = None,
     auth_tokens: Annotated[Optional[Path], typer.Option(show_default=False, help="Tokens file (`reg token create`): every RPC then needs a token with its role.")] = None,
@@ -467,7 +468,7 @@ def serve(
     options = ServerOptions(base=base, quant=quant, host=host, port=port, max_batch_size=max_batch_size, max_queue=max_queue,
                             max_adapters=max_adapters, adapter_memory_mb=adapter_memory_mb, lora_rank=lora_rank,
                             gather_cache_mb=gather_cache_mb, max_new_tokens_limit=max_new_tokens_limit, grace_s=grace,
-                            auth_tokens=str(auth_tokens) if auth_tokens else None, insecure_listen_all=insecure_listen_all,
+                            workers=workers, auth_tokens=str(auth_tokens) if auth_tokens else None, insecure_listen_all=insecure_listen_all,
                             tls_cert=str(tls_cert) if tls_cert else None, tls_key=str(tls_key) if tls_key else None,
                             max_blob_mb=max_blob_mb)
     log = lambda m: err_console.print(m)  # noqa: E731
