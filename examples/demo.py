@@ -117,7 +117,7 @@ def serve_and_ask(prompts: list[str], adapters: list[str], then=None) -> None:
         print(f"server stopped cleanly (exit {code})")
 
 
-ROLLOUT_REQUESTS = 200
+ROLLOUT_REQUESTS = 300
 
 
 def half_strength(src: Path, out: Path) -> Path:
