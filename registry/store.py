@@ -542,24 +542,30 @@ class Registry:
         return self.add_base(str(dest), DEFAULT_BASE, source=source, hub_id=DEFAULT_BASE_HUB_ID)
 
 
-def write_version_dir(version: Version, out: Path | str | None, force: bool, write_file) -> Path:
+def write_version_dir(version: Version, out: Path | str | None, force: bool, write_file, resumable: bool = False) -> Path:
     """Materialise `version` at `out` with `write_file(file_record, dest)`, which must verify what it writes.
 
-    Files go to a hidden partial directory renamed into place at the end, so nothing partial is
-    left on failure; `--force` swaps an existing directory only once the new one is complete.
+    Files go to a hidden partial directory renamed into place at the end; `--force` swaps an existing
+    directory only once the new one is complete. Nothing partial is left on failure, unless `resumable`:
+    then the partial directory is named after the version's manifest and kept, and the next pull of the
+    same version to the same place hands `write_file` the files (or the first bytes of a file) it has.
     """
     out = Path(out) if out else Path.cwd() / f"{version.adapter}-v{version.number}"
     if out.exists() and (not out.is_dir() or any(out.iterdir())) and not force:
         raise Conflict(f"{out} exists and is not empty; choose another --out or pass --force")
     out.parent.mkdir(parents=True, exist_ok=True)
-    partial = out.with_name(f".{out.name}.partial-{os.getpid()}")
-    shutil.rmtree(partial, ignore_errors=True)
-    partial.mkdir()
+    if resumable:
+        partial = out.with_name(f".{out.name}.partial-{version.manifest_digest.removeprefix('sha256:')[:16]}")
+    else:
+        partial = out.with_name(f".{out.name}.partial-{os.getpid()}")
+        shutil.rmtree(partial, ignore_errors=True)
+    partial.mkdir(exist_ok=True)
     try:
         for f in version.files:
             write_file(f, partial / f.path)
     except BaseException:
-        shutil.rmtree(partial, ignore_errors=True)
+        if not resumable:
+            shutil.rmtree(partial, ignore_errors=True)
         raise
     replace_dir(partial, out)  # --force swaps, so a crash never loses both the old and the new directory
     return out

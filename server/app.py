@@ -73,17 +73,18 @@ def create_server(options: ServerOptions, registry: Registry, service: Inference
     return server, port, service
 
 
-def create_registry_server(options: ServerOptions, home, log=print, on_chunk=None):
+def create_registry_server(options: ServerOptions, home, log=print, on_chunk=None, on_sent=None):
     """A started gRPC server with only the Registry service (no model loaded); returns (server, port, servicer).
 
-    `on_chunk(digest, bytes_stored)` is called after every uploaded chunk is written (tests pause uploads with it).
+    `on_chunk(digest, bytes_stored)` is called after every uploaded chunk is written, `on_sent(digest, bytes_sent)`
+    after every downloaded chunk (tests pause transfers with them).
     """
     from .registry_service import RegistryServicer
 
     options.validate_listen()
     tokens = _tokens(options)
     health_servicer = health.HealthServicer()
-    servicer = RegistryServicer(home, options.max_blob_bytes, log=log, on_chunk=on_chunk)
+    servicer = RegistryServicer(home, options.max_blob_bytes, log=log, on_chunk=on_chunk, on_sent=on_sent)
     server = _grpc_server(options, tokens, log)
     pb_grpc.add_RegistryServicer_to_server(servicer, server)
     server.registry_servicer = servicer

@@ -42,28 +42,34 @@ def _doc(data) -> pb.Document:
     return pb.Document(json=json.dumps(data, default=default, separators=(",", ":")))
 
 
-class UploadCounters:
-    """What the server stored, per blob (tests use it to prove a resumed push re-sent nothing complete)."""
+class TransferCounters:
+    """Bytes stored and sent per blob (tests use them to prove a resumed transfer re-sent nothing complete)."""
 
     def __init__(self):
         self.lock = threading.Lock()
-        self.bytes_by_digest: Counter[str] = Counter()
+        self.bytes_by_digest: Counter[str] = Counter()  # received by uploads
         self.completed: Counter[str] = Counter()
+        self.sent_by_digest: Counter[str] = Counter()  # sent by downloads
 
     def add(self, digest: str, n: int) -> None:
         with self.lock:
             self.bytes_by_digest[digest] += n
 
+    def add_sent(self, digest: str, n: int) -> None:
+        with self.lock:
+            self.sent_by_digest[digest] += n
+
 
 class RegistryServicer(pb_grpc.RegistryServicer):
     """Serves the registry at `home`; each handler thread gets its own connection (SQLite transactions are per connection)."""
 
-    def __init__(self, home: Path | str, max_blob_bytes: int, log=None, on_chunk=None):
+    def __init__(self, home: Path | str, max_blob_bytes: int, log=None, on_chunk=None, on_sent=None):
         self.home = Path(home)
         self.max_blob_bytes = max_blob_bytes
         self.log = log or (lambda message: None)
         self.on_chunk = on_chunk  # called as on_chunk(digest, bytes_stored_so_far) after each chunk is written
-        self.counters = UploadCounters()
+        self.on_sent = on_sent  # called as on_sent(digest, bytes_sent_so_far) after each download chunk
+        self.counters = TransferCounters()
         self._local = threading.local()
         self._upload_locks: dict[str, threading.Lock] = {}
         self._locks_guard = threading.Lock()
@@ -202,8 +208,13 @@ class RegistryServicer(pb_grpc.RegistryServicer):
             abort_with(context, exc)
         with fh:
             fh.seek(max(0, request.offset))
+            sent = 0
             while chunk := fh.read(DOWNLOAD_CHUNK_BYTES):
                 yield pb.BlobChunk(data=chunk)
+                sent += len(chunk)
+                self.counters.add_sent(digest, len(chunk))
+                if self.on_sent:
+                    self.on_sent(digest, sent)
 
     def CommitPush(self, request, context):
         try:

@@ -103,6 +103,7 @@ class RemoteRegistry:
         if token:
             self.metadata.append(("authorization", f"Bearer {token}"))
         self.last_push: dict = {}
+        self.last_pull: dict = {}
 
     def close(self) -> None:
         self.channel.close()
@@ -285,20 +286,30 @@ class RemoteRegistry:
     # --- pull ---------------------------------------------------------------------------
 
     def pull(self, ref, out: Path | str | None = None, force: bool = False) -> tuple[Version, Path]:
-        """Write a version as a plain PEFT directory, verifying every downloaded file's size and sha256."""
+        """Write a version as a plain PEFT directory, verifying every downloaded file's size and sha256.
+
+        A pull cut off halfway keeps what it downloaded (in a hidden directory next to `out`); pulling the
+        same version to the same place again asks the server only for the bytes still missing."""
         version = self.resolve(ref)
+        self.last_pull = {"bytes_received": 0}
 
         def download(f: FileRecord, dest: Path) -> None:
-            h, size = hashlib.sha256(), 0
+            h, size = hashlib.sha256(), _resume_point(dest, f.size)
+            if size:
+                with open(dest, "rb") as fh:
+                    while block := fh.read(2**20):
+                        h.update(block)
             try:
-                with open(dest, "wb") as fh:
-                    for chunk in self.stub.DownloadBlob(pb.DownloadBlobRequest(digest=f.sha256), metadata=self.metadata,
-                                                        timeout=None):
-                        h.update(chunk.data)
-                        fh.write(chunk.data)
-                        size += len(chunk.data)
-                    fh.flush()
-                    os.fsync(fh.fileno())
+                if size < f.size or f.size == 0:
+                    with open(dest, "ab") as fh:
+                        request = pb.DownloadBlobRequest(digest=f.sha256, offset=size)
+                        for chunk in self.stub.DownloadBlob(request, metadata=self.metadata, timeout=None):
+                            h.update(chunk.data)
+                            fh.write(chunk.data)
+                            size += len(chunk.data)
+                            self.last_pull["bytes_received"] += len(chunk.data)
+                        fh.flush()
+                        os.fsync(fh.fileno())
             except grpc.RpcError as exc:
                 raise self._error(exc) from None
             if size != f.size or h.hexdigest() != f.sha256:
@@ -306,7 +317,16 @@ class RemoteRegistry:
                 raise IntegrityError(f"{version.ref} {f.path}: downloaded {size} bytes hashing to {h.hexdigest()}, "
                                      f"expected {f.size} bytes with sha256:{f.sha256}")
 
-        return version, write_version_dir(version, out, force, download)
+        return version, write_version_dir(version, out, force, download, resumable=True)
+
+
+def _resume_point(dest: Path, expected_size: int) -> int:
+    """How many bytes of `dest` an interrupted pull left to build on (none if there are more than the file has)."""
+    have = dest.stat().st_size if dest.exists() else 0
+    if have > expected_size:
+        dest.unlink()
+        return 0
+    return have
 
 
 class _Retry(Exception):

@@ -157,6 +157,47 @@ def test_resume_after_the_client_is_killed_mid_push(tmp_path, tiny_base_dir, mak
         server.stop(0)
 
 
+def test_resume_after_the_client_is_killed_mid_pull(tmp_path, tiny_base_dir, make_adapter):
+    """Kill a real `reg pull` halfway through the weights; the next pull asks only for the bytes it lacks."""
+    home = tmp_path / "served-home"
+    local = registry_with_base(home, tiny_base_dir, TINY_BASE)
+    src = big_adapter(make_adapter("lora"), tmp_path / "big", rank=16384)
+    local.push(src, "big")
+    local.close()
+    weights = src / "adapter_model.safetensors"
+    weights_digest, weights_size = sha(weights), weights.stat().st_size
+    halfway, release = threading.Event(), threading.Event()
+
+    def on_sent(digest: str, sent: int) -> None:
+        if digest == weights_digest and sent >= weights_size // 2 and not release.is_set():
+            halfway.set()
+            release.wait(60)  # hold the download here until the test has killed the client
+
+    server, url, servicer = start_registry(home, on_sent=on_sent)
+    out = tmp_path / "pulled"
+    try:
+        client = reg_process("--registry", url, "pull", "big:1", "--out", str(out))
+        assert halfway.wait(120), client.communicate(timeout=5)
+        client.kill()
+        client.wait(30)
+        release.set()
+        assert not out.exists()  # nothing at --out until the whole version is there and verified
+        [partial] = tmp_path.glob(".pulled.partial-*")
+        kept = (partial / weights.name).stat().st_size
+        assert 0 < kept < weights_size
+        not_yet = sum(p.stat().st_size for p in src.iterdir() if p.name != weights.name and not (partial / p.name).exists())
+
+        with RemoteRegistry(url) as remote:
+            _, pulled = remote.pull("big:1", out)
+            assert remote.last_pull["bytes_received"] == weights_size - kept + not_yet  # only the missing bytes crossed again
+        assert sha(pulled / weights.name) == weights_digest
+        assert {p.name: sha(p) for p in pulled.iterdir()} == {p.name: sha(p) for p in src.iterdir()}
+        assert not partial.exists()
+    finally:
+        release.set()
+        server.stop(0)
+
+
 def test_a_corrupted_chunk_is_rejected_and_nothing_is_committed(served, make_adapter):
     home, url, servicer = served
     src = make_adapter("lora")
