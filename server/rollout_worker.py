@@ -18,6 +18,8 @@ from registry.rollouts import FeedbackRecord, Outcome
 
 from .router import Choice, RolloutRouter
 
+MAX_BUFFERED = 200_000  # outcomes (and feedback) held while the database is unwritable; the oldest go first
+
 
 class RolloutWorker:
     def __init__(self, registry: Registry, router: RolloutRouter, interval_s: float = 0.5, log=None):
@@ -28,6 +30,7 @@ class RolloutWorker:
         self._buffer_lock = threading.Lock()
         self._outcomes: list[Outcome] = []
         self._feedback: list[FeedbackRecord] = []
+        self.dropped = 0  # records given up because the database stayed unwritable
         self._db_lock = threading.Lock()  # one connection: flush, guards and reloads take turns
         self._change_id: int | None = None
         self._stopping = threading.Event()
@@ -75,8 +78,9 @@ class RolloutWorker:
             try:
                 self.registry.rollouts.record(outcomes, feedback)
             except BaseException:
-                with self._buffer_lock:  # keep them for the next turn
+                with self._buffer_lock:  # keep them for the next turn, up to MAX_BUFFERED of each
                     self._outcomes[:0], self._feedback[:0] = outcomes, feedback
+                    self.dropped += _trim(self._outcomes) + _trim(self._feedback)
                 raise
         return {o.adapter for o in outcomes}
 
@@ -103,5 +107,13 @@ class RolloutWorker:
                 self.check_guards(self.flush())
                 self.reload()
             except Exception as exc:  # a locked or unreachable database must not stop serving; try again next turn
-                self.log(f"rollout bookkeeping failed, retrying: {type(exc).__name__}: {exc}")
+                dropped = f" ({self.dropped:,} oldest records dropped so far)" if self.dropped else ""
+                self.log(f"rollout bookkeeping failed, retrying: {type(exc).__name__}: {exc}{dropped}")
                 time.sleep(self.interval_s)
+
+
+def _trim(records: list) -> int:
+    """Drop the oldest records beyond MAX_BUFFERED; return how many went."""
+    excess = max(0, len(records) - MAX_BUFFERED)
+    del records[:excess]
+    return excess

@@ -327,3 +327,31 @@ def test_the_guard_judges_only_the_revision_in_force(reg):
     reg.rollouts.record([outcome(4, "INTERNAL", i=i) for i in range(10)])
     reg.rollouts.set("support", [Arm(3, 80), Arm(4, 20)], guard=Guard.parse("max_error_rate=0.1,min_requests=10"))
     assert reg.rollouts.check_guard("support") is None  # revision 2 has no outcomes yet
+
+
+def test_an_unwritable_database_keeps_the_newest_outcomes_up_to_a_bound(reg, monkeypatch):
+    """The writer keeps what it could not write for the next turn, but never more than MAX_BUFFERED of each."""
+    import sqlite3
+
+    from server import rollout_worker
+    from server.router import Choice
+
+    monkeypatch.setattr(rollout_worker, "MAX_BUFFERED", 5)
+    worker = rollout_worker.RolloutWorker(Registry(reg.home), RolloutRouter(), log=lambda m: None)
+    choice = Choice("support", 1, 1, "A", None)
+    for i in range(8):
+        worker.record_outcome(choice, f"req-{i}", "OK")
+    other = sqlite3.connect(reg.home / "registry.db")
+    other.execute("ALTER TABLE rollout_events RENAME TO rollout_events_away")  # writes now fail: no such table
+    other.commit()
+    with pytest.raises(sqlite3.OperationalError):
+        worker.flush()
+    assert worker.dropped == 3 and [o.request_id for o in worker._outcomes] == [f"req-{i}" for i in range(3, 8)]
+
+    other.execute("ALTER TABLE rollout_events_away RENAME TO rollout_events")
+    other.commit()
+    assert worker.flush() == {"support"}
+    rows = reg.conn.execute("SELECT request_id FROM rollout_events ORDER BY id").fetchall()
+    assert [r[0] for r in rows] == [f"req-{i}" for i in range(3, 8)]
+    other.close()
+    worker.registry.close()
