@@ -79,6 +79,10 @@ class Registry:
         """A/B rollouts of bare names between versions (`registry/rollouts.py`)."""
         return Rollouts(self)
 
+    def new_connection(self) -> "Registry":
+        """Another handle on the same home with its own SQLite connection (for a background thread)."""
+        return Registry(self.home)
+
     def close(self) -> None:
         if self._conn is not None:
             self._conn.close()

@@ -41,6 +41,8 @@ ROLE_FOR_METHOD: dict[str, str] = {
     "/loradock.v1.Registry/SetAlias": "push",
     "/loradock.v1.Registry/RemoveAlias": "push",
     "/loradock.v1.Registry/RolloutChange": "push",
+    "/loradock.v1.Registry/RolloutState": "read",
+    "/loradock.v1.Registry/RolloutRecord": "push",  # an inference server's outcomes: not for every client to write
     "/loradock.v1.Registry/RemoveVersion": "admin",
     "/loradock.v1.Registry/Gc": "admin",
     "/loradock.v1.Registry/Verify": "admin",  # re-hashes every blob: not for every reader to trigger

@@ -275,6 +275,30 @@ class RegistryServicer(pb_grpc.RegistryServicer):
     def RolloutReport(self, request, context):
         return self._read(context, lambda: self.registry.rollouts.report(request.name, since=request.since or None))
 
+    def RolloutState(self, request, context):
+        def state():
+            rollouts = self.registry.rollouts
+            return {"change_id": rollouts.change_id(),
+                    "revisions": {name: r.to_dict() for name, r in rollouts.all_current().items()}}
+
+        return self._read(context, state)
+
+    def RolloutRecord(self, request, context):
+        from registry.rollouts import FeedbackRecord, Outcome
+
+        try:
+            try:
+                outcomes = [Outcome(*row) for row in json.loads(request.outcomes_json or "[]")]
+                feedback = [FeedbackRecord(*row) for row in json.loads(request.feedback_json or "[]")]
+            except (json.JSONDecodeError, TypeError) as exc:
+                raise InvalidInput(f"RolloutRecord: outcomes_json/feedback_json are not lists of records ({exc})") from None
+            rollouts = self.registry.rollouts
+            rollouts.record(outcomes, feedback)
+            guarded = [rollouts.check_guard(name) for name in sorted({o.adapter for o in outcomes})]
+        except LoradockError as exc:
+            abort_with(context, exc)
+        return _doc({"outcomes": len(outcomes), "feedback": len(feedback), "guard": [r.to_dict() for r in guarded if r]})
+
     def Audit(self, request, context):
         return self._read(context, lambda: self.registry.audit_entries(request.limit or None))
 

@@ -85,6 +85,7 @@ class RemoteRegistry:
     def __init__(self, url: str, token: str | None = None, tls_ca: Path | str | None = None, home: Path | str | None = None,
                  timeout: float = 120.0, chunk_bytes: int = CHUNK_BYTES):
         self.url = url
+        self._connect_args = (url, token, tls_ca, home, timeout, chunk_bytes)
         self.target, tls = parse_registry_url(url)
         self.home = Path(home) if home else default_home()
         self.timeout = timeout
@@ -107,6 +108,10 @@ class RemoteRegistry:
 
     def close(self) -> None:
         self.channel.close()
+
+    def new_connection(self) -> "RemoteRegistry":
+        """Another client of the same registry (a server's background thread gets its own)."""
+        return RemoteRegistry(*self._connect_args)
 
     def __enter__(self) -> "RemoteRegistry":
         return self
@@ -217,7 +222,9 @@ class RemoteRegistry:
 
     @property
     def rollouts(self) -> "RemoteRollouts":
-        return RemoteRollouts(self)
+        if not hasattr(self, "_rollouts"):
+            self._rollouts = RemoteRollouts(self)
+        return self._rollouts
 
     # --- push ---------------------------------------------------------------------------
 
@@ -334,10 +341,33 @@ class _Retry(Exception):
 
 
 class RemoteRollouts:
-    """`registry.rollouts` of a remote registry: the calls `reg rollout` makes."""
+    """`registry.rollouts` of a remote registry: the calls `reg rollout` makes, and those of the rollout worker of
+    an inference server backed by it (its routing state, and recording what it served; the guards run there)."""
 
     def __init__(self, remote: RemoteRegistry):
         self.remote = remote
+        self._current: dict = {}
+        self._guarded: dict = {}
+
+    def change_id(self) -> int:
+        """Fetches the revisions in force too (one call), which `all_current` then returns."""
+        state = self.remote._doc("RolloutState", pb.RolloutStateRequest())
+        self._current = {name: _revision(d) for name, d in state["revisions"].items()}
+        return state["change_id"]
+
+    def all_current(self) -> dict:
+        return dict(self._current)
+
+    def record(self, outcomes, feedback=()) -> None:
+        from dataclasses import astuple
+
+        reply = self.remote._doc("RolloutRecord", pb.RolloutRecordRequest(
+            outcomes_json=json.dumps([astuple(o) for o in outcomes]), feedback_json=json.dumps([astuple(f) for f in feedback])))
+        self._guarded.update({d["adapter"]: _revision(d) for d in reply["guard"]})
+
+    def check_guard(self, name: str):
+        """The revision the registry's guard wrote for `name` while recording the last batch, if any."""
+        return self._guarded.pop(name, None)
 
     def show(self, name: str) -> dict:
         return self.remote._doc("RolloutShow", pb.RolloutRequest(name=name))
@@ -346,13 +376,8 @@ class RemoteRollouts:
         return self.remote._doc("RolloutReport", pb.RolloutRequest(name=name, since=since or 0))
 
     def _change(self, name: str, action: str, args: dict, reason: str):
-        from registry.rollouts import Arm, Guard, Revision
-
-        d = self.remote._doc("RolloutChange", pb.RolloutChangeRequest(name=name, action=action, args_json=json.dumps(args),
-                                                                       reason=reason))
-        d["arms"] = [Arm(a["version"], a["weight"]) for a in d["arms"]]
-        d["guard"] = Guard(**d["guard"]) if d["guard"] else None
-        return Revision(**d)
+        return _revision(self.remote._doc("RolloutChange", pb.RolloutChangeRequest(
+            name=name, action=action, args_json=json.dumps(args), reason=reason)))
 
     def set(self, name: str, arms, sticky: bool = False, guard=None, reason: str = "", actor: str | None = None):
         from dataclasses import asdict
@@ -368,3 +393,11 @@ class RemoteRollouts:
 
     def clear(self, name: str, reason: str = "", actor: str | None = None):
         return self._change(name, "clear", {}, reason)
+
+
+def _revision(d: dict):
+    """A `Revision` from its `to_dict()` form."""
+    from registry.rollouts import Arm, Guard, Revision
+
+    d = dict(d, arms=[Arm(a["version"], a["weight"]) for a in d["arms"]], guard=Guard(**d["guard"]) if d["guard"] else None)
+    return Revision(**d)

@@ -57,7 +57,7 @@ class InferenceService:
         self.stats = Stats()
         self.recent: OrderedDict[str, tuple[str, Choice | None]] = OrderedDict()
         self.router = RolloutRouter()
-        self.rollout_worker = RolloutWorker(Registry(registry.home), self.router)  # its own connection
+        self.rollout_worker = RolloutWorker(registry.new_connection(), self.router)  # its own connection
         self.started = time.time()
         self.adapter_files = registry.home / "cache" / "adapters"
 

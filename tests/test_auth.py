@@ -91,6 +91,8 @@ def _requests(adapter_dir) -> dict:
         "Registry/SetAlias": (pb.SetAliasRequest(name="demo", alias="prod", version=1), OK),
         "Registry/RemoveAlias": (pb.RemoveAliasRequest(name="demo", alias="never-set"), grpc.StatusCode.NOT_FOUND),
         "Registry/RolloutChange": (pb.RolloutChangeRequest(name="demo", action="clear"), grpc.StatusCode.NOT_FOUND),
+        "Registry/RolloutState": (pb.RolloutStateRequest(), OK),
+        "Registry/RolloutRecord": (pb.RolloutRecordRequest(outcomes_json="[]", feedback_json="[]"), OK),
         "Registry/RemoveVersion": (pb.RemoveVersionRequest(ref="demo:99"), grpc.StatusCode.NOT_FOUND),
         "Registry/Gc": (pb.GcRequest(dry_run=True, grace_s=3600), OK),
         "Registry/Verify": (pb.RefRequest(ref="demo:1"), OK),
@@ -134,7 +136,7 @@ def test_every_rpc_with_no_token_a_wrong_token_and_each_role(secured):
             got[method, caller] = _call(secured["channel"], method, request, token)
     wrong = {k: (got[k].name, want[k].name) for k in want if got[k] != want[k]}
     assert not wrong, wrong
-    assert len(got) == len(ROLE_FOR_METHOD) * len(callers) == 28 * 8
+    assert len(got) == len(ROLE_FOR_METHOD) * len(callers) == 30 * 8
 
 
 def test_health_and_reflection_need_no_token(secured):

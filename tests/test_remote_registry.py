@@ -357,6 +357,46 @@ def test_an_inference_server_resolves_and_pulls_from_a_remote_registry(served, t
         remote.close()
 
 
+def test_a_server_backed_by_a_remote_registry_routes_and_records_its_rollouts_there(served, tmp_path, tiny_base_dir,
+                                                                                    make_adapter, capsys):
+    """`reg --registry URL rollout set` reaches an inference server elsewhere; its outcomes land in that registry."""
+    from server.app import create_server, shutdown
+    from server.client import LoradockClient
+    from server.options import ServerOptions
+
+    home, url, _ = served
+    with RemoteRegistry(url) as pusher:
+        first = pusher.push(make_adapter("lora", seed=6), "canary").version.number
+        second = pusher.push(make_adapter("lora", seed=7), "canary").version.number
+    local_home = tmp_path / "server-home"
+    registry_with_base(local_home, tiny_base_dir, TINY_BASE).close()
+    remote = RemoteRegistry(url, home=local_home)
+    options = ServerOptions(base=TINY_BASE, quant="none", port=0, max_batch_size=4, max_adapters=2, default_max_new_tokens=2)
+    server, port, service = create_server(options, remote, log=lambda m: None)
+    try:
+        code, _, err = run_reg(capsys, "--registry", url, "rollout", "set", "canary", "--arm", f"{first}=50",
+                               "--arm", f"{second}=50", "--sticky", "-m", "remote canary")
+        assert code == 0, err
+        with LoradockClient(f"127.0.0.1:{port}", timeout=60) as client:
+            deadline = time.monotonic() + 30
+            while not client.generate("hi", adapter="canary", routing_key="k").variant:  # the worker polls twice a second
+                assert time.monotonic() < deadline, "the rollout never reached the server"
+                time.sleep(0.2)
+            replies = [client.generate("hi", adapter="canary", routing_key=f"user-{i}") for i in range(12)]
+            assert client.feedback(replies[0].request_id, label="good")
+        service.rollout_worker.flush()
+        served_arms = {r.request_id: (r.variant, r.adapter_version) for r in replies}
+        assert {v for v, _ in served_arms.values()} == {"A", "B"}
+        rows = Registry(home).conn.execute("SELECT request_id, arm, version FROM rollout_events WHERE adapter='canary'")
+        recorded = {r[0]: (r[1], f"canary:{r[2]}") for r in rows}
+        assert all(recorded[rid] == arm for rid, arm in served_arms.items())  # in the registry, not the server's home
+        assert Registry(home).conn.execute("SELECT label FROM feedback WHERE request_id=?", (replies[0].request_id,)).fetchone()[0] == "good"
+        assert Registry(local_home).conn.execute("SELECT COUNT(*) FROM rollout_events").fetchone()[0] == 0
+    finally:
+        shutdown(server, service, 0)
+        remote.close()
+
+
 def test_the_inference_server_also_serves_the_registry(tmp_path, tiny_base_dir, make_adapter):
     from server.app import create_server, shutdown
     from server.options import ServerOptions

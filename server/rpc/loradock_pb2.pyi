@@ -484,6 +484,18 @@ class RolloutRequest(_message.Message):
     since: int
     def __init__(self, name: _Optional[str] = ..., since: _Optional[int] = ...) -> None: ...
 
+class RolloutStateRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class RolloutRecordRequest(_message.Message):
+    __slots__ = ("outcomes_json", "feedback_json")
+    OUTCOMES_JSON_FIELD_NUMBER: _ClassVar[int]
+    FEEDBACK_JSON_FIELD_NUMBER: _ClassVar[int]
+    outcomes_json: str
+    feedback_json: str
+    def __init__(self, outcomes_json: _Optional[str] = ..., feedback_json: _Optional[str] = ...) -> None: ...
+
 class RolloutChangeRequest(_message.Message):
     __slots__ = ("name", "action", "args_json", "reason")
     NAME_FIELD_NUMBER: _ClassVar[int]

@@ -489,6 +489,16 @@ class RegistryStub:
                 request_serializer=loradock_dot_v1_dot_loradock__pb2.RolloutChangeRequest.SerializeToString,
                 response_deserializer=loradock_dot_v1_dot_loradock__pb2.Document.FromString,
                 _registered_method=True)
+        self.RolloutState = channel.unary_unary(
+                '/loradock.v1.Registry/RolloutState',
+                request_serializer=loradock_dot_v1_dot_loradock__pb2.RolloutStateRequest.SerializeToString,
+                response_deserializer=loradock_dot_v1_dot_loradock__pb2.Document.FromString,
+                _registered_method=True)
+        self.RolloutRecord = channel.unary_unary(
+                '/loradock.v1.Registry/RolloutRecord',
+                request_serializer=loradock_dot_v1_dot_loradock__pb2.RolloutRecordRequest.SerializeToString,
+                response_deserializer=loradock_dot_v1_dot_loradock__pb2.Document.FromString,
+                _registered_method=True)
 
 
 class RegistryServicer:
@@ -631,6 +641,21 @@ class RegistryServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def RolloutState(self, request, context):
+        """What an inference server backed by this registry routes by, and where it records what it served.
+        {"change_id", "revisions": {name: revision}}
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RolloutRecord(self, request, context):
+        """records, then runs the guards of those adapters
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_RegistryServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -737,6 +762,16 @@ def add_RegistryServicer_to_server(servicer, server):
             'RolloutChange': grpc.unary_unary_rpc_method_handler(
                     servicer.RolloutChange,
                     request_deserializer=loradock_dot_v1_dot_loradock__pb2.RolloutChangeRequest.FromString,
+                    response_serializer=loradock_dot_v1_dot_loradock__pb2.Document.SerializeToString,
+            ),
+            'RolloutState': grpc.unary_unary_rpc_method_handler(
+                    servicer.RolloutState,
+                    request_deserializer=loradock_dot_v1_dot_loradock__pb2.RolloutStateRequest.FromString,
+                    response_serializer=loradock_dot_v1_dot_loradock__pb2.Document.SerializeToString,
+            ),
+            'RolloutRecord': grpc.unary_unary_rpc_method_handler(
+                    servicer.RolloutRecord,
+                    request_deserializer=loradock_dot_v1_dot_loradock__pb2.RolloutRecordRequest.FromString,
                     response_serializer=loradock_dot_v1_dot_loradock__pb2.Document.SerializeToString,
             ),
     }
@@ -1317,6 +1352,60 @@ class Registry:
             target,
             '/loradock.v1.Registry/RolloutChange',
             loradock_dot_v1_dot_loradock__pb2.RolloutChangeRequest.SerializeToString,
+            loradock_dot_v1_dot_loradock__pb2.Document.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RolloutState(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/loradock.v1.Registry/RolloutState',
+            loradock_dot_v1_dot_loradock__pb2.RolloutStateRequest.SerializeToString,
+            loradock_dot_v1_dot_loradock__pb2.Document.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RolloutRecord(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/loradock.v1.Registry/RolloutRecord',
+            loradock_dot_v1_dot_loradock__pb2.RolloutRecordRequest.SerializeToString,
             loradock_dot_v1_dot_loradock__pb2.Document.FromString,
             options,
             channel_credentials,
