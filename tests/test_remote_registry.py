@@ -106,6 +106,19 @@ def test_every_registry_command_prints_the_same_remotely(served, make_adapter, c
     assert code == 2 and "local registry only" in err
 
 
+def pause_halfway(digest: str, size: int):
+    """(halfway, release, hook): the server calls hook(digest, bytes so far) per chunk; past half of `digest` the
+    transfer is held (halfway set) until the test has killed its client and sets release."""
+    halfway, release = threading.Event(), threading.Event()
+
+    def hook(chunk_digest: str, done: int) -> None:
+        if chunk_digest == digest and done >= size // 2 and not release.is_set():
+            halfway.set()
+            release.wait(60)
+
+    return halfway, release, hook
+
+
 def test_resume_after_the_client_is_killed_mid_push(tmp_path, tiny_base_dir, make_adapter):
     """Kill a real `reg push` halfway through the weights; the next push sends only what the server lacks."""
     home = tmp_path / "served-home"
@@ -114,13 +127,7 @@ def test_resume_after_the_client_is_killed_mid_push(tmp_path, tiny_base_dir, mak
     weights = src / "adapter_model.safetensors"
     weights_digest, weights_size = sha(weights), weights.stat().st_size
     assert weights_size > 20 * 2**20
-    halfway, release = threading.Event(), threading.Event()
-
-    def on_chunk(digest: str, stored: int) -> None:
-        if digest == weights_digest and stored >= weights_size // 2 and not release.is_set():
-            halfway.set()
-            release.wait(60)  # hold the upload here until the test has killed the client
-
+    halfway, release, on_chunk = pause_halfway(weights_digest, weights_size)
     server, url, servicer = start_registry(home, on_chunk=on_chunk)
     try:
         client = reg_process("--registry", url, "push", str(src), "--name", "big")
@@ -166,13 +173,7 @@ def test_resume_after_the_client_is_killed_mid_pull(tmp_path, tiny_base_dir, mak
     local.close()
     weights = src / "adapter_model.safetensors"
     weights_digest, weights_size = sha(weights), weights.stat().st_size
-    halfway, release = threading.Event(), threading.Event()
-
-    def on_sent(digest: str, sent: int) -> None:
-        if digest == weights_digest and sent >= weights_size // 2 and not release.is_set():
-            halfway.set()
-            release.wait(60)  # hold the download here until the test has killed the client
-
+    halfway, release, on_sent = pause_halfway(weights_digest, weights_size)
     server, url, servicer = start_registry(home, on_sent=on_sent)
     out = tmp_path / "pulled"
     try:
