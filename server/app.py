@@ -56,20 +56,14 @@ def create_server(options: ServerOptions, registry: Registry, service: Inference
     from .servicer import InferenceServicer
 
     tokens = _tokens(options)
-    health_servicer = health.HealthServicer()
-    health_servicer.set("", health_pb2.HealthCheckResponse.NOT_SERVING)
-    health_servicer.set(SERVICE_NAME, health_pb2.HealthCheckResponse.NOT_SERVING)
     service = service or load_service(options, registry, log=log)
     server = _grpc_server(options, tokens, log)
     pb_grpc.add_InferenceServicer_to_server(InferenceServicer(service), server)
     names = [SERVICE_NAME]
     if isinstance(registry, Registry):
-        from .registry_service import RegistryServicer
-
-        server.registry_servicer = RegistryServicer(registry.home, options.max_blob_bytes, log=log)
-        pb_grpc.add_RegistryServicer_to_server(server.registry_servicer, server)
+        _add_registry_service(server, registry.home, options, log)
         names.append(REGISTRY_SERVICE_NAME)
-    port = _start(server, options, health_servicer, names)
+    port = _start(server, options, names)
     return server, port, service
 
 
@@ -79,17 +73,20 @@ def create_registry_server(options: ServerOptions, home, log=print, on_chunk=Non
     `on_chunk(digest, bytes_stored)` is called after every uploaded chunk is written, `on_sent(digest, bytes_sent)`
     after every downloaded chunk (tests pause transfers with them).
     """
+    options.validate_listen()
+    server = _grpc_server(options, _tokens(options), log)
+    servicer = _add_registry_service(server, home, options, log, on_chunk=on_chunk, on_sent=on_sent)
+    port = _start(server, options, [REGISTRY_SERVICE_NAME])
+    return server, port, servicer
+
+
+def _add_registry_service(server: grpc.Server, home, options: ServerOptions, log, **hooks):
+    """Serve the Registry service of `home` on `server` (kept as `server.registry_servicer`)."""
     from .registry_service import RegistryServicer
 
-    options.validate_listen()
-    tokens = _tokens(options)
-    health_servicer = health.HealthServicer()
-    servicer = RegistryServicer(home, options.max_blob_bytes, log=log, on_chunk=on_chunk, on_sent=on_sent)
-    server = _grpc_server(options, tokens, log)
-    pb_grpc.add_RegistryServicer_to_server(servicer, server)
-    server.registry_servicer = servicer
-    port = _start(server, options, health_servicer, [REGISTRY_SERVICE_NAME])
-    return server, port, servicer
+    server.registry_servicer = RegistryServicer(home, options.max_blob_bytes, log=log, **hooks)
+    pb_grpc.add_RegistryServicer_to_server(server.registry_servicer, server)
+    return server.registry_servicer
 
 
 def _tokens(options: ServerOptions):
@@ -116,17 +113,20 @@ def _tokens(options: ServerOptions):
 def _grpc_server(options: ServerOptions, tokens, log) -> grpc.Server:
     from .auth import AuthInterceptor
 
-    return grpc.server(
+    server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=options.handler_threads, thread_name_prefix="loradock-rpc"),
         maximum_concurrent_rpcs=options.handler_threads,  # beyond: RESOURCE_EXHAUSTED at once, never an unbounded wait
         interceptors=[AuthInterceptor(tokens, log=log)],
         options=[("grpc.max_receive_message_length", 16 * 2**20), ("grpc.max_send_message_length", 16 * 2**20),
                  ("grpc.so_reuseport", 0)],
     )
+    server.tokens = tokens  # None: auth is off
+    return server
 
 
-def _start(server: grpc.Server, options: ServerOptions, health_servicer, names: list[str]) -> int:
-    """Health, reflection, the port (TLS with --tls-cert/--tls-key), start; returns the port."""
+def _start(server: grpc.Server, options: ServerOptions, names: list[str]) -> int:
+    """Health (kept as `server.health`), reflection, the port (TLS with --tls-cert/--tls-key), start; returns the port."""
+    health_servicer = health.HealthServicer()
     for name in ["", *names]:
         health_servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
@@ -161,7 +161,7 @@ def shutdown(server, service: InferenceService, grace_s: float) -> None:
 def serve_registry_forever(options: ServerOptions, home, log=print) -> int:
     """`reg serve --registry-only`: the Registry service alone, until SIGTERM/SIGINT."""
     server, port, _ = create_registry_server(options, home, log=log)
-    auth = "tokens required" if (options.auth_tokens or _admin_env()) else "no auth (localhost only)"
+    auth = "tokens required" if server.tokens is not None else "no auth (localhost only)"
     log(f"serving registry {home} on {options.host}:{port} ({'TLS' if options.tls_cert else 'plaintext'}, {auth})")
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -171,14 +171,6 @@ def serve_registry_forever(options: ServerOptions, home, log=print) -> int:
     server.stop(grace=options.grace_s).wait()
     log("stopped")
     return 0
-
-
-def _admin_env() -> bool:
-    import os
-
-    from .tokens import ADMIN_ENV
-
-    return bool(os.environ.get(ADMIN_ENV))
 
 
 def serve_forever(options: ServerOptions, registry: Registry, log=print) -> int:

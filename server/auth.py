@@ -77,22 +77,24 @@ def bearer_token(metadata) -> str | None:
 
 
 class AuthInterceptor(grpc.ServerInterceptor):
-    """Checks the role of every call against `ROLE_FOR_METHOD`; with `tokens=None` (auth off) it only records the peer."""
+    """Checks the role of every call against `ROLE_FOR_METHOD`; with `tokens=None` (auth off) it lets every call through."""
 
     def __init__(self, tokens: TokenStore | None, log=None):
         self.tokens = tokens
         self.log = log or (lambda message: None)
+        self._wrapped: dict[str, grpc.RpcMethodHandler] = {}  # method -> its handler with the check, built once
 
     def intercept_service(self, continuation, handler_call_details):
         handler = continuation(handler_call_details)
         method = handler_call_details.method
-        if handler is None or method.startswith(OPEN_PREFIXES):
+        if self.tokens is None or handler is None or method.startswith(OPEN_PREFIXES):
             return handler
-        return _wrap(handler, lambda context: self._authorize(method, context))
+        wrapped = self._wrapped.get(method)
+        if wrapped is None:
+            wrapped = self._wrapped[method] = _wrap(handler, lambda context: self._authorize(method, context))
+        return wrapped
 
     def _authorize(self, method: str, context) -> Identity:
-        if self.tokens is None:
-            return Identity("", frozenset(), context.peer())
         token = bearer_token(context.invocation_metadata())
         if not token:
             self._deny(context, grpc.StatusCode.UNAUTHENTICATED, method, "-",

@@ -375,15 +375,16 @@ class MultiLoraModel:
         slots = torch.as_tensor(row_slots if isinstance(row_slots, torch.Tensor) else list(row_slots), dtype=torch.long)
         if slots.dim() not in (1, 2) or slots.numel() == 0:
             raise ValueError(f"row slots must be a non-empty (batch,) or (batch, seq) sequence, got shape {tuple(slots.shape)}")
-        key = (tuple(slots.shape), tuple(slots.reshape(-1).tolist()))
+        flat_slots = slots.reshape(-1).tolist()
+        key = (tuple(slots.shape), tuple(flat_slots))
         if self._last_plan is not None and self._last_plan[0] == key:
             return self._last_plan[1]
-        plan = self._new_plan(slots)
+        plan = self._new_plan(slots, flat_slots)
         self._last_plan = (key, plan)
         return plan
 
-    def _new_plan(self, slots: torch.Tensor) -> RowPlan:
-        distinct = sorted(set(slots.reshape(-1).tolist()))
+    def _new_plan(self, slots: torch.Tensor, flat_slots: list[int]) -> RowPlan:
+        distinct = sorted(set(flat_slots))
         if distinct[0] < 0 or distinct[-1] > self.max_slots:
             raise ValueError(f"row slots must be in 0..{self.max_slots}, got {distinct}")
         flat = slots.reshape(-1)

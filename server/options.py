@@ -44,8 +44,6 @@ class ServerOptions:
         for name in ("lora_rank", "gather_cache_mb", "workers"):
             if getattr(self, name) < 0:
                 raise BadRequest(f"--{name.replace('_', '-')} must be 0 or more, got {getattr(self, name)}")
-        if not 0 <= self.port <= 65535:
-            raise BadRequest(f"--port {self.port}: must be between 0 and 65535")
         self.validate_listen()
 
     def validate_listen(self) -> None:
