@@ -270,6 +270,12 @@ class Rollouts:
         current = self.current(name)
         if current is None or current.guard is None or len(current.arms) < 2:
             return None
+        newest_requests = self.conn.execute(  # an indexed count: below min_requests there is nothing to judge yet
+            "SELECT COUNT(*) FROM rollout_events WHERE adapter=? AND revision=? AND version=?",
+            (name, current.revision, current.arms[-1].version),
+        ).fetchone()[0]
+        if newest_requests < current.guard.min_requests:
+            return None
         why = guard_breach(current, collect_outcomes(self.conn, name, current.revision, current.revision))
         if why is None:
             return None

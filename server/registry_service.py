@@ -42,22 +42,17 @@ def _doc(data) -> pb.Document:
     return pb.Document(json=json.dumps(data, default=default, separators=(",", ":")))
 
 
-class TransferCounters:
-    """Bytes stored and sent per blob (tests use them to prove a resumed transfer re-sent nothing complete)."""
+class UploadCounters:
+    """What the server stored, per blob (tests use it to prove a resumed push re-sent nothing complete)."""
 
     def __init__(self):
         self.lock = threading.Lock()
-        self.bytes_by_digest: Counter[str] = Counter()  # received by uploads
+        self.bytes_by_digest: Counter[str] = Counter()
         self.completed: Counter[str] = Counter()
-        self.sent_by_digest: Counter[str] = Counter()  # sent by downloads
 
     def add(self, digest: str, n: int) -> None:
         with self.lock:
             self.bytes_by_digest[digest] += n
-
-    def add_sent(self, digest: str, n: int) -> None:
-        with self.lock:
-            self.sent_by_digest[digest] += n
 
 
 class RegistryServicer(pb_grpc.RegistryServicer):
@@ -69,7 +64,7 @@ class RegistryServicer(pb_grpc.RegistryServicer):
         self.log = log or (lambda message: None)
         self.on_chunk = on_chunk  # called as on_chunk(digest, bytes_stored_so_far) after each chunk is written
         self.on_sent = on_sent  # called as on_sent(digest, bytes_sent_so_far) after each download chunk
-        self.counters = TransferCounters()
+        self.counters = UploadCounters()
         self._local = threading.local()
         self._upload_locks: dict[str, threading.Lock] = {}
         self._locks_guard = threading.Lock()
@@ -212,7 +207,6 @@ class RegistryServicer(pb_grpc.RegistryServicer):
             while chunk := fh.read(DOWNLOAD_CHUNK_BYTES):
                 yield pb.BlobChunk(data=chunk)
                 sent += len(chunk)
-                self.counters.add_sent(digest, len(chunk))
                 if self.on_sent:
                     self.on_sent(digest, sent)
 
