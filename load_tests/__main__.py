@@ -17,6 +17,7 @@ from typing import Annotated, Optional
 
 import typer
 
+from registry.bases import DEFAULT_BASE
 from registry.errors import LoradockError
 
 from .run import LoadOptions, option_help
@@ -34,7 +35,6 @@ app = typer.Typer(
 )
 HELP = option_help()
 UNREACHABLE_EXIT = 9
-DEFAULT_BASE = "smollm2-135m-instruct"
 PRESET_SET = ("concurrency", "mix")  # options some presets set (see load_tests/presets.py)
 
 

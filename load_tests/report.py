@@ -102,6 +102,7 @@ def build(options: LoadOptions, preset: str | None, choices, gen: LoadGenerator,
     summary = summarize(measured, elapsed)
     lost = sum(s.code not in (OK, REJECTED) for s in measured)
     rejected = [s.latency_ms for s in measured if s.code == REJECTED]
+    delta = _stats_delta(before, after)
     report = {
         "tool": "python -m load_tests run",
         "at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -122,7 +123,7 @@ def build(options: LoadOptions, preset: str | None, choices, gen: LoadGenerator,
             "rejected": len(rejected),
             "rejected_under_50ms": round(sum(ms < REJECTION_TARGET_MS for ms in rejected) / len(rejected), 4)
             if rejected else None,
-            "server_counted": _stats_delta(before, after)["total_requests"] if after is not None else None,
+            "server_counted": delta["total_requests"] if delta is not None else None,
         },
         "by_adapter": _grouped(measured, lambda s: s.adapter, elapsed),
         "by_version": _grouped(measured, lambda s: s.version or None, elapsed),
@@ -130,7 +131,7 @@ def build(options: LoadOptions, preset: str | None, choices, gen: LoadGenerator,
         "phases": [{**asdict(p), **summarize([s for s in gen.samples if s.phase == p.name], p.duration_s)} for p in gen.phases],
         "marks": [asdict(m) for m in gen.marks],
         "notes": notes,
-        "server": {"before": _stats_dict(before), "after": _stats_dict(after), "delta": _stats_delta(before, after)},
+        "server": {"before": _stats_dict(before), "after": _stats_dict(after), "delta": delta},
     }
     if "canary" in notes:
         report["canary"] = _canary_analysis(measured, notes["canary"])

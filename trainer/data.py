@@ -307,6 +307,16 @@ def deduplicate(examples: list[Example], near_threshold: float = 0.9, num_perm: 
 # --------------------------------------------------------------------------------------------- split
 
 
+def dedup_and_split(examples: list[Example], val_set_size: float | int, seed: int) -> tuple[DedupReport, list[Example], list[Example]]:
+    """(dedup report, train, val): the trainer's seeded deduplication, then its seeded held-out split.
+
+    Training and the rebuilding of a run's held-out split (`trainer/heldout.py`) both call this, so they
+    cannot drift apart."""
+    dedup = deduplicate(examples, seed=seed)
+    train, val = split_examples(dedup.kept, val_set_size, seed)
+    return dedup, train, val
+
+
 def split_examples(examples: list[Example], val_set_size: float | int, seed: int) -> tuple[list[Example], list[Example]]:
     """(train, val): a held-out split fixed by `seed`; both keep file order. A fraction in (0, 1) or a count."""
     n = len(examples)

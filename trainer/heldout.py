@@ -11,7 +11,7 @@ from __future__ import annotations
 from registry import Registry
 from registry.records import Version
 
-from .data import DataError, DatasetSpec, Example, deduplicate, load_datasets, split_examples
+from .data import DataError, DatasetSpec, Example, dedup_and_split, load_datasets
 
 
 def held_out_examples(registry: Registry, version: Version) -> tuple[list[Example], str]:
@@ -31,8 +31,7 @@ def held_out_examples(registry: Registry, version: Version) -> tuple[list[Exampl
     changed = [f["path"] for f in report.files if recorded.get(f["path"]) not in (None, f["sha256"])]
     if changed:
         return [], f"dataset {', '.join(changed)} changed since run {run['id']}"
-    kept = deduplicate(report.examples, seed=config["seed"]).kept
-    _, val = split_examples(kept, config["val_set_size"], config["seed"])
+    _, _, val = dedup_and_split(report.examples, config["val_set_size"], config["seed"])
     return val, f"held-out split of run {run['id']} ({version.ref})"
 
 

@@ -145,8 +145,7 @@ def train(
     report = data_mod.load_datasets(specs, skip_bad_lines=skip_bad_lines)
     if report.bad_lines:
         warnings.append(f"skipped {len(report.bad_lines)} bad lines (first: {report.bad_lines[0]})")
-    dedup = data_mod.deduplicate(report.examples, seed=config.seed)
-    train_examples, val_examples = data_mod.split_examples(dedup.kept, config.val_set_size, config.seed)
+    dedup, train_examples, val_examples = data_mod.dedup_and_split(report.examples, config.val_set_size, config.seed)
 
     set_seed(config.seed)
     from registry.loading import load_base_model
