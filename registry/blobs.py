@@ -28,13 +28,17 @@ _WRITEBACK_EVERY = 8 * CHUNK
 
 
 def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
+    return hash_into(path, hashlib.sha256()).hexdigest()
+
+
+def hash_into(path: Path, h):
+    """Feed every byte of `path` to the hash object `h` (a resumed transfer hashes what it already has); returns `h`."""
     fd = os.open(path, os.O_RDONLY)
     try:
         _pump(fd, None, h, os.fstat(fd).st_size)
     finally:
         os.close(fd)
-    return h.hexdigest()
+    return h
 
 
 def _fsync_dir(path: Path) -> None:

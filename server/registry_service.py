@@ -20,7 +20,7 @@ from pathlib import Path
 import grpc
 
 from registry import Registry, audit
-from registry.blobs import check_digest
+from registry.blobs import check_digest, hash_into
 from registry.errors import IntegrityError, InvalidInput, LoradockError, NotFound, TooLarge
 from registry.names import validate_name
 from registry.records import FileRecord
@@ -142,9 +142,7 @@ class RegistryServicer(pb_grpc.RegistryServicer):
                           f"upload of sha256:{digest} starts at byte {first.offset}, but the server holds {have}; ask HasBlobs again")
         h = hashlib.sha256()
         if have:
-            with open(path, "rb") as fh:  # the kept prefix is hashed from disk, so the final check covers every byte
-                while chunk := fh.read(2**20):
-                    h.update(chunk)
+            hash_into(path, h)  # the kept prefix is hashed from disk, so the final check covers every byte
         stored = 0
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
         try:

@@ -24,7 +24,7 @@ import grpc
 from registry import errors as registry_errors
 from registry.adapters import inspect_adapter_dir
 from registry.bases import Base
-from registry.blobs import sha256_file
+from registry.blobs import hash_into, sha256_file
 from registry.errors import (
     BaseNotFound, Conflict, IntegrityError, InvalidInput, LoradockError, NotFound, PermissionDenied, TooLarge,
     Unauthenticated, Unavailable,
@@ -303,9 +303,7 @@ class RemoteRegistry:
         def download(f: FileRecord, dest: Path) -> None:
             h, size = hashlib.sha256(), _resume_point(dest, f.size)
             if size:
-                with open(dest, "rb") as fh:
-                    while block := fh.read(2**20):
-                        h.update(block)
+                hash_into(dest, h)
             try:
                 if size < f.size or f.size == 0:
                     with open(dest, "ab") as fh:
