@@ -375,12 +375,13 @@ def _check_fidelity(base: Base, adapter_dir: Path, staging: Path, fmt: str, dtyp
     # autocast_adapter_dtype=False: the adapter's weights in `dtype` too, not upcast to fp32 as PEFT does by default.
     reference = PeftModel.from_pretrained(loaded.model.to(torch_dtype), adapter_dir, autocast_adapter_dtype=False).eval()
     expected = logits_of(reference, token_ids)
-    del reference, loaded
     if fmt == "merged":
+        del reference, loaded  # before the merged copy comes in: one model in memory at a time
         candidate = AutoModelForCausalLM.from_pretrained(staging, dtype=torch_dtype).to(pick_device()).eval()
-    else:
-        base_model = load_base_model(base, "none", bf16=False).model.to(torch_dtype)
-        candidate = PeftModel.from_pretrained(base_model, staging, autocast_adapter_dtype=False).eval()
+    else:  # the written adapter on the same base, in place of the source one
+        reference.load_adapter(staging, adapter_name="written", autocast_adapter_dtype=False)
+        reference.set_adapter("written")
+        candidate = reference
     return compare_logits(expected, logits_of(candidate, token_ids), dtype, probes.source)
 
 
