@@ -61,6 +61,10 @@ class Handle:
     def cancel(self) -> None:
         self._seq.cancelled = True
 
+    @property
+    def cancelled(self) -> bool:
+        return self._seq.cancelled
+
     def deltas(self, timeout: float | None = None) -> Iterator[str]:
         """Yield text deltas as they are decoded; ends when the request finishes (then `result()` is ready)."""
         deadline = None if timeout is None else time.monotonic() + timeout

@@ -16,6 +16,7 @@ from pathlib import Path
 import grpc
 import pytest
 from conftest import TINY_BASE, make_adapter_dir
+from forward_gate import ForwardGate, wait_until
 
 from registry import Registry
 from server.app import create_server, shutdown
@@ -244,26 +245,51 @@ def test_pinned_adapters_are_not_evicted_and_unload_frees_them(served):
     assert "wide" not in listed and listed["a0"].version == "a0:1"
 
 
-def test_cancelling_a_stream_frees_its_batch_slot(served):
-    client, service = served["client"], served["service"]
-    call = client.stub.GenerateStream(client.request("hello world", adapter="a0", max_new_tokens=200))
-    next(call)
-    call.cancel()
-    deadline = time.time() + 10
-    while service.engine.batch_size and time.time() < deadline:
-        time.sleep(0.02)
-    assert service.engine.batch_size == 0 and service.engine.queue_depth == 0
+class HandleSpy:
+    """Keeps the engine handles of the requests the server submits, to read how each one ended."""
+
+    def __init__(self, engine, monkeypatch):
+        self.handles = []
+        submit = engine.submit
+
+        def spy(request):
+            handle = submit(request)
+            self.handles.append(handle)
+            return handle
+
+        monkeypatch.setattr(engine, "submit", spy)
 
 
-def test_a_client_deadline_is_deadline_exceeded_and_frees_the_slot(served):
+def assert_stopped_early(service, handle, max_new_tokens: int) -> None:
+    """The request ended as cancelled after a token or two, and its batch slot is free."""
+    result = handle.result(timeout=60)
+    assert result.finish_reason == "cancelled", result
+    assert result.completion_tokens <= 4 < max_new_tokens, result
+    wait_until(lambda: service.engine.batch_size == 0 and service.engine.queue_depth == 0, what="the batch to empty")
+
+
+def test_cancelling_a_stream_frees_its_batch_slot(served, monkeypatch):
     client, service = served["client"], served["service"]
-    with pytest.raises(grpc.RpcError) as err:
-        client.generate("hello world", adapter="a1", max_new_tokens=1000, timeout=0.3)
-    assert err.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
-    deadline = time.time() + 10
-    while service.engine.batch_size and time.time() < deadline:
-        time.sleep(0.02)
-    assert service.engine.batch_size == 0
+    spy = HandleSpy(service.engine, monkeypatch)
+    with ForwardGate(service.engine.model, allowed=3) as gate:  # prefill and two decode steps, then the model waits
+        call = client.stub.GenerateStream(client.request("hello world", adapter="a0", max_new_tokens=200), timeout=120)
+        wait_until(lambda: gate.waiting, what="the request to be mid-decode")
+        call.cancel()
+        wait_until(lambda: spy.handles and spy.handles[0].cancelled, what="the server to see the cancel")
+        assert gate.forwards == 3  # the request could not have finished by itself
+    assert_stopped_early(service, spy.handles[0], 200)
+
+
+def test_a_client_deadline_is_deadline_exceeded_and_frees_the_slot(served, monkeypatch):
+    client, service = served["client"], served["service"]
+    spy = HandleSpy(service.engine, monkeypatch)
+    with ForwardGate(service.engine.model) as gate:  # not even the prefill runs until the deadline has passed
+        with pytest.raises(grpc.RpcError) as err:
+            client.generate("hello world", adapter="a1", max_new_tokens=1000, timeout=0.3)
+        assert err.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+        wait_until(lambda: spy.handles and spy.handles[0].cancelled, what="the server to cancel the request")
+        assert gate.forwards <= 1
+    assert_stopped_early(service, spy.handles[0], 1000)
 
 
 def test_a_full_queue_answers_resource_exhausted_quickly(tmp_path, tiny_base_dir):
