@@ -5,8 +5,8 @@ from __future__ import annotations
 import sys
 
 from registry.errors import (
-    BaseMismatch, BlobsMissing, Conflict, IntegrityError, InvalidAdapter, InvalidInput, InvalidName, InvalidRef,
-    LoradockError, NotFound, PermissionDenied, TooLarge, Unauthenticated, Unavailable,
+    BaseMismatch, BlobsMissing, Conflict, DatabaseCorrupt, IntegrityError, InvalidAdapter, InvalidInput, InvalidName,
+    InvalidRef, LoradockError, NotFound, NotWritable, PermissionDenied, StorageFull, TooLarge, Unauthenticated, Unavailable,
 )
 
 # Documented in README.md ("Exit codes"); scripts may rely on them.
@@ -15,13 +15,19 @@ EXIT_CODES: list[tuple[type[LoradockError], int]] = [
     (NotFound, 3),
     (Conflict, 4),
     (BaseMismatch, 5),
+    (DatabaseCorrupt, 14),
     (IntegrityError, 6), (BlobsMissing, 6),
     (TooLarge, 7),
     (Unavailable, 9),
     (Unauthenticated, 10),
     (PermissionDenied, 11),
+    (StorageFull, 12),
+    (NotWritable, 13),
     (LoradockError, 1),
 ]
+
+
+MAX_MESSAGE_CHARS = 2000
 
 
 def exit_code_for(error: LoradockError) -> int:
@@ -31,5 +37,7 @@ def exit_code_for(error: LoradockError) -> int:
 def report(error: LoradockError) -> int:
     """Print `error: <message>` as one line on stderr; return the exit code for it."""
     message = " ".join(str(error).split())
+    if len(message) > MAX_MESSAGE_CHARS:  # values are cut where they are echoed (registry.errors.shown); this bounds the line
+        message = message[:MAX_MESSAGE_CHARS] + "… (cut)"
     sys.stderr.write(f"error: {message}\n")
     return exit_code_for(error)

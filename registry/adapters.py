@@ -6,11 +6,14 @@ before a single byte is written to the store.
 
 from __future__ import annotations
 
-import json
+import os
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .errors import BaseMismatch, InvalidAdapter
+from .adapter_config import check_config, is_finite_number, load_config
+from .blobs import special_file_kind
+from .errors import BaseMismatch, InvalidAdapter, shown
 from .weights import TensorInfo, check_weights_file
 
 CONFIG_FILE = "adapter_config.json"
@@ -41,12 +44,12 @@ class AdapterInfo:
     @property
     def rank(self) -> int | None:
         r = self.config.get("r")
-        return int(r) if isinstance(r, (int, float)) else None
+        return r if isinstance(r, int) and not isinstance(r, bool) and 0 < r < 2**63 else None
 
     @property
     def alpha(self) -> float | None:
         a = self.config.get("lora_alpha")
-        return float(a) if isinstance(a, (int, float)) else None
+        return float(a) if is_finite_number(a) else None
 
     @property
     def target_modules(self) -> list[str] | None:
@@ -70,6 +73,8 @@ def inspect_adapter_dir(directory: Path | str) -> AdapterInfo:
         raise InvalidAdapter(f"{directory}: not a directory (expected a PEFT adapter directory)")
     config_path = directory / CONFIG_FILE
     entries = sorted(p for p in directory.iterdir() if not p.name.startswith("."))
+    for p in entries:
+        _check_entry(directory, p)
     pickles = [p.name for p in entries if p.is_file() and p.suffix.lower() in PICKLE_SUFFIXES]
     if pickles:
         raise InvalidAdapter(
@@ -78,21 +83,56 @@ def inspect_adapter_dir(directory: Path | str) -> AdapterInfo:
         )
     if not config_path.is_file():
         raise InvalidAdapter(f"{directory}: not a PEFT adapter directory (no {CONFIG_FILE})")
-    try:
-        config = json.loads(config_path.read_text())
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise InvalidAdapter(f"{config_path}: not valid JSON ({exc})") from None
-    if not isinstance(config, dict) or not config.get("peft_type"):
-        raise InvalidAdapter(f"{config_path}: not a PEFT adapter config (no peft_type)")
+    config = load_config(config_path)
     weights_path = directory / WEIGHTS_FILE
     if not weights_path.is_file():
         raise InvalidAdapter(f"{directory}: no {WEIGHTS_FILE} (a PEFT adapter directory needs its weights in safetensors)")
-    tensors = check_weights_file(weights_path)
+    tensors = check_weights_file(weights_path, bounded=lora_factor_tensors)
     if not tensors:
         raise InvalidAdapter(f"{weights_path}: holds no tensors")
+    check_config(config_path, config, _lora_ranks(tensors))
     files = [p.name for p in entries if p.is_file()]
     warnings = [f"skipped subdirectory {p.name}/ (only the adapter's top-level files are stored)" for p in entries if p.is_dir()]
     return AdapterInfo(directory, config, files, tensors, warnings)
+
+
+def _check_entry(directory: Path, path: Path) -> None:
+    """A top-level entry of a pushed directory: a regular file or a subdirectory, and a symlink only if it stays inside.
+
+    Nothing is opened here: a FIFO or a device would block or never end, so the type comes from stat alone.
+    """
+    if path.is_symlink():
+        target = path.resolve()
+        if not target.is_relative_to(directory.resolve()):
+            raise InvalidAdapter(f"{path} is a symlink to {target}, outside the adapter directory; symlinks that leave "
+                                 f"the directory are refused: copy the file in (cp -L) or remove the link")
+    try:
+        mode = os.stat(path).st_mode
+    except OSError as exc:
+        raise InvalidAdapter(f"{path}: cannot be read ({exc.strerror}); fix or remove it") from None
+    if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+        raise InvalidAdapter(f"{path} is {special_file_kind(mode)}; only regular files are stored: remove it from the directory")
+    if stat.S_ISREG(mode) and not os.access(path, os.R_OK):
+        raise InvalidAdapter(f"{path} is not readable (permission denied); fix its permissions or remove it")
+
+
+def lora_factor_tensors(name: str) -> bool:
+    """The LoRA A/B factors, whose entries are bounded (see `registry.weights.MAX_LORA_FACTOR`)."""
+    return any(part in _LORA_FACTORS for part in name.split("."))
+
+
+_LORA_FACTORS = {"lora_A", "lora_B", "lora_embedding_A", "lora_embedding_B"}
+
+
+def _lora_ranks(tensors: dict[str, TensorInfo]) -> dict[str, int]:
+    """The rank of each LoRA module, from its A factor: {module path without the PEFT prefix: rank}."""
+    ranks = {}
+    for key, tensor in tensors.items():
+        name = key[len(_PEFT_PREFIX):] if key.startswith(_PEFT_PREFIX) else key
+        for suffix in (".lora_A.weight", ".lora_embedding_A"):
+            if name.endswith(suffix) and tensor.shape:
+                ranks[name[: -len(suffix)]] = tensor.shape[0]
+    return ranks
 
 
 def check_fits_base(info: AdapterInfo, base_name: str, base_tensors: dict[str, list[int]], base_config: dict) -> None:

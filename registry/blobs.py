@@ -9,12 +9,16 @@ from __future__ import annotations
 import hashlib
 import os
 import queue
+import shutil
+import stat
 import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from .errors import IntegrityError, InvalidInput
+from .errors import IntegrityError, InvalidAdapter, InvalidInput
+from .failures import from_os_error
+from .paths import check_replaceable
 
 # Bytes per read/hash/write step: small enough that a buffer is still in the CPU cache when it is
 # hashed and written, large enough that the per-chunk Python overhead is noise.
@@ -31,9 +35,32 @@ def sha256_file(path: Path) -> str:
     return hash_into(path, hashlib.sha256()).hexdigest()
 
 
+def open_regular(path: Path) -> int:
+    """A read-only descriptor of `path`, refused (InvalidAdapter) unless it is a regular file.
+
+    O_NONBLOCK keeps a FIFO from blocking the open; the type is checked on the open descriptor, so a file
+    swapped for a device or a pipe after it was inspected is still never read.
+    """
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    mode = os.fstat(fd).st_mode
+    if not stat.S_ISREG(mode):
+        os.close(fd)
+        raise InvalidAdapter(f"{path} is {special_file_kind(mode)}, not a regular file; only regular files are stored")
+    os.set_blocking(fd, True)
+    return fd
+
+
+def special_file_kind(mode: int) -> str:
+    for test, kind in ((stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISCHR, "a character device"),
+                       (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"), (stat.S_ISDIR, "a directory")):
+        if test(mode):
+            return kind
+    return "a special file"
+
+
 def hash_into(path: Path, h):
     """Feed every byte of `path` to the hash object `h` (a resumed transfer hashes what it already has); returns `h`."""
-    fd = os.open(path, os.O_RDONLY)
+    fd = open_regular(path)
     try:
         _pump(fd, None, h, os.fstat(fd).st_size)
     finally:
@@ -145,16 +172,17 @@ def _pump(fd_in: int, fd_out: int | None, h, size_hint: int, writeback: bool = F
     return total
 
 
-def replace_dir(staging: Path, out: Path) -> None:
+def replace_dir(staging: Path, out: Path, home: Path) -> None:
     """Rename a finished `staging` directory to `out`. An existing `out` is moved aside first and removed after,
-    so a crash at any point leaves either the old directory or the new one, never neither."""
-    if out.exists():
+    so a crash at any point leaves either the old directory or the new one, never neither.
+
+    `out` must not be, lie inside or contain the registry `home` (`registry.paths.check_replaceable`)."""
+    if os.path.lexists(out):
+        check_replaceable(out, home)
         aside = out.with_name(f".{out.name}.old-{os.getpid()}")
         out.rename(aside)
         staging.rename(out)
-        if aside.is_dir():
-            import shutil
-
+        if aside.is_dir() and not aside.is_symlink():
             shutil.rmtree(aside)
         else:
             aside.unlink()
@@ -188,7 +216,7 @@ class BlobStore:
         h = hashlib.sha256()
         tmp_path = self.tmp / f"ingest-{os.getpid()}-{time.monotonic_ns()}"
         try:
-            fd_in = os.open(src, os.O_RDONLY)
+            fd_in = open_regular(src)
             try:
                 fd_out = os.open(tmp_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
                 try:
@@ -201,6 +229,9 @@ class BlobStore:
             digest = h.hexdigest()
             self.place(tmp_path, digest)
             return digest, size
+        except OSError as exc:
+            tmp_path.unlink(missing_ok=True)
+            raise (from_os_error(exc, f"storing {src.name} in the blob store", self.root) or exc) from None
         except BaseException:
             tmp_path.unlink(missing_ok=True)
             raise
@@ -252,6 +283,9 @@ class BlobStore:
                     os.close(fd_out)
             finally:
                 os.close(fd_in)
+        except OSError as exc:
+            dest.unlink(missing_ok=True)
+            raise (from_os_error(exc, f"writing {label}", dest.parent) or exc) from None
         except BaseException:
             dest.unlink(missing_ok=True)
             raise

@@ -15,6 +15,9 @@ from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
 
+from .errors import DatabaseCorrupt, InvalidInput
+from .failures import from_sqlite_error
+
 BUSY_TIMEOUT_S = 60.0
 
 
@@ -22,17 +25,119 @@ def utcnow() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
 
 
-def connect(path: Path) -> sqlite3.Connection:
-    """Open (creating if needed) the registry database and bring its schema up to date."""
-    conn = sqlite3.connect(str(path), timeout=BUSY_TIMEOUT_S, isolation_level=None, check_same_thread=False)
-    conn.row_factory = sqlite3.Row
-    conn.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}")
-    _retry_locked(lambda: conn.execute("PRAGMA journal_mode = WAL"))
-    conn.execute("PRAGMA synchronous = NORMAL")
-    conn.execute("PRAGMA foreign_keys = ON")
-    if _pending_migrations(conn):
-        migrate(conn)
+def _translated(exc: Exception, path: Path) -> Exception:
+    """A storage failure as its named error (`registry/failures.py`); a too-large integer as bad input; else `exc`."""
+    if isinstance(exc, OverflowError):
+        return InvalidInput(f"a number in the request is too large for the registry ({exc}); integers go up to {2**63 - 1}")
+    return (from_sqlite_error(exc, path) if isinstance(exc, sqlite3.Error) else None) or exc
+
+
+class _Cursor(sqlite3.Cursor):
+    """A cursor whose failures, also those met while stepping through rows, surface as named errors."""
+
+    def execute(self, sql, parameters=()):
+        try:
+            return super().execute(sql, parameters)
+        except (sqlite3.Error, OverflowError) as exc:
+            raise _translated(exc, self.connection.path) from None
+
+    def executemany(self, sql, seq_of_parameters):
+        try:
+            return super().executemany(sql, seq_of_parameters)
+        except (sqlite3.Error, OverflowError) as exc:
+            raise _translated(exc, self.connection.path) from None
+
+    def __next__(self):
+        try:
+            return super().__next__()
+        except sqlite3.Error as exc:
+            raise _translated(exc, self.connection.path) from None
+
+    def fetchone(self):
+        try:
+            return super().fetchone()
+        except sqlite3.Error as exc:
+            raise _translated(exc, self.connection.path) from None
+
+    def fetchall(self):
+        try:
+            return super().fetchall()
+        except sqlite3.Error as exc:
+            raise _translated(exc, self.connection.path) from None
+
+    def fetchmany(self, size=None):
+        try:
+            return super().fetchmany(self.arraysize if size is None else size)
+        except sqlite3.Error as exc:
+            raise _translated(exc, self.connection.path) from None
+
+
+class RegistryConnection(sqlite3.Connection):
+    """The registry's connection: a full disk, a read-only home or a damaged file raise named errors naming `path`."""
+
+    path: Path = Path("registry.db")
+
+    def cursor(self, factory=None):
+        return super().cursor(factory or _Cursor)
+
+    def execute(self, sql, parameters=()):
+        return self.cursor().execute(sql, parameters)
+
+    def executemany(self, sql, seq_of_parameters):
+        return self.cursor().executemany(sql, seq_of_parameters)
+
+
+def connect(path: Path, blobs: Path | None = None) -> RegistryConnection:
+    """Open (creating if needed) the registry database and bring its schema up to date.
+
+    `blobs` is the blob store's object directory: when it holds blobs, a missing, empty or schema-less
+    database is the registry's lost record of them, never a new registry, and opening it is refused.
+    """
+    if blobs is not None and _holds_a_blob(blobs) and (not path.exists() or (path.is_file() and path.stat().st_size == 0)):
+        raise DatabaseCorrupt(_lost_message(path, blobs, "is missing" if not path.exists() else "is empty (0 bytes)"))
+    try:
+        conn = sqlite3.connect(str(path), timeout=BUSY_TIMEOUT_S, isolation_level=None, check_same_thread=False,
+                               factory=RegistryConnection)
+    except sqlite3.Error as exc:
+        raise _translated(exc, path) from None
+    conn.path = path
+    try:
+        conn.row_factory = sqlite3.Row
+        conn.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}")
+        _retry_locked(lambda: conn.execute("PRAGMA journal_mode = WAL"))
+        conn.execute("PRAGMA synchronous = NORMAL")
+        conn.execute("PRAGMA foreign_keys = ON")
+        pending = _pending_migrations(conn)
+        if pending and pending[0][0] == 1 and blobs is not None and _holds_a_blob(blobs):
+            raise DatabaseCorrupt(_lost_message(path, blobs, "holds no registry tables"))
+        if pending:
+            migrate(conn)
+    except BaseException:
+        conn.close()
+        raise
     return conn
+
+
+def _holds_a_blob(objects: Path) -> bool:
+    try:
+        return any(any(sub.iterdir()) for sub in objects.iterdir() if sub.is_dir())
+    except OSError:
+        return False
+
+
+def _lost_message(path: Path, blobs: Path, state: str) -> str:
+    return (f"the registry database {path} {state}, but the blob store {blobs} holds blobs: the record of what they "
+            f"belong to was lost; restore registry.db from a backup (nothing was changed; to really start over, move "
+            f"the home aside)")
+
+
+def integrity_problems(conn: sqlite3.Connection) -> list[str]:
+    """What SQLite's `PRAGMA integrity_check` finds wrong with the database (empty when it is sound)."""
+    try:
+        rows = [row[0] for row in conn.execute("PRAGMA integrity_check")]
+    except DatabaseCorrupt as exc:
+        return [str(exc)]
+    return [] if rows == ["ok"] else rows
 
 
 def _retry_locked(fn: Callable[[], object], attempts: int = 200) -> object:
@@ -54,11 +159,16 @@ def transaction(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
     _retry_locked(lambda: conn.execute("BEGIN IMMEDIATE"))
     try:
         yield conn
-    except BaseException:
-        conn.execute("ROLLBACK")
-        raise
-    else:
         conn.execute("COMMIT")
+    except BaseException:
+        # SQLite rolls back by itself on some failures (a full disk); a ROLLBACK then fails with "cannot rollback -
+        # no transaction is active", which must not hide the failure that matters.
+        if conn.in_transaction:
+            try:
+                conn.execute("ROLLBACK")
+            except Exception:  # noqa: BLE001 - the original failure is re-raised below
+                pass
+        raise
 
 
 # --- migrations ---------------------------------------------------------------------------

@@ -9,6 +9,21 @@ class LoradockError(Exception):
     """Base class of every error a loradock user is meant to read."""
 
 
+SHOWN_CHARS = 200
+
+
+def shown(value: object, limit: int = SHOWN_CHARS) -> str:
+    """`repr(value)` for an error message, cut to about `limit` characters with an ellipsis.
+
+    Every message that echoes a value someone else supplied goes through this, so a 100 kB name or
+    config value never comes back whole (in a terminal, a log line or a gRPC status).
+    """
+    text = repr(value)
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit]}… ({len(text):,} characters)"
+
+
 class InvalidInput(LoradockError):
     """Malformed input that is not a name or a ref: a config key, a dataset line, a parameter value."""
 
@@ -67,6 +82,18 @@ class BlobsMissing(LoradockError):
 
 class TooLarge(LoradockError):
     """A blob, message or request beyond a configured limit; the message names the value and the limit."""
+
+
+class DatabaseCorrupt(IntegrityError):
+    """registry.db is unreadable, damaged, empty or missing while the blob store holds blobs: restore it from a backup."""
+
+
+class StorageFull(LoradockError):
+    """The disk (or the database) is full, or a file hit the size limit, while writing; free space and retry."""
+
+
+class NotWritable(LoradockError):
+    """A directory or file loradock must write (the home, --out) is read-only or not permitted."""
 
 
 class Unauthenticated(LoradockError):

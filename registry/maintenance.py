@@ -6,7 +6,8 @@ import time
 from dataclasses import dataclass, field
 
 from .blobs import sha256_file
-from .db import transaction
+from .db import integrity_problems, transaction
+from .errors import Conflict
 from .records import Version
 from .store import Registry
 
@@ -27,20 +28,22 @@ class VerifyReport:
     files: int = 0
     bytes: int = 0
     problems: list[Problem] = field(default_factory=list)
+    database_problems: list[str] = field(default_factory=list)  # what SQLite's integrity_check found
 
     @property
     def ok(self) -> bool:
-        return not self.problems
+        return not self.problems and not self.database_problems
 
 
 def verify(registry: Registry, ref: str | None = None) -> VerifyReport:
-    """Re-hash every blob referenced by one version (`ref`) or by every live version."""
+    """Check the database (SQLite's integrity_check), then re-hash every blob one version (`ref`) or every live one references."""
+    database_problems = integrity_problems(registry.conn)
     if ref is not None:
         versions = [registry.resolve(ref)]
     else:
         rows = registry.conn.execute("SELECT * FROM versions WHERE deleted_at IS NULL ORDER BY adapter, number")
         versions = [registry._with_files(Version.from_row(r)) for r in rows]
-    report = VerifyReport()
+    report = VerifyReport(database_problems=database_problems)
     checked: dict[str, str | None] = {}  # digest -> problem (None when good), so shared blobs hash once
     for version in versions:
         report.versions += 1
@@ -76,16 +79,21 @@ class GcReport:
     dry_run: bool = False
 
 
-def gc(registry: Registry, dry_run: bool = False, grace_s: float = DEFAULT_GC_GRACE_S) -> GcReport:
+def gc(registry: Registry, dry_run: bool = False, grace_s: float = DEFAULT_GC_GRACE_S,
+       all_unreferenced: bool = False) -> GcReport:
     """Remove blobs no live version references, and stale temp files.
 
     Blobs younger than `grace_s` are kept: a push in flight has written its blobs but not
-    yet committed the version that references them.
+    yet committed the version that references them. A database that records no version at all
+    next to stored blobs looks like a lost or replaced registry.db: then nothing is removed
+    unless `all_unreferenced` says that every blob really is garbage.
     """
     report = GcReport(dry_run=dry_run)
     # Under the write lock no push can commit between deciding a blob is unused and removing it;
     # a push that ingested it meanwhile finds it missing at commit time and fails cleanly.
     with transaction(registry.conn) as conn:
+        if not dry_run and not all_unreferenced:
+            _refuse_if_the_record_looks_lost(registry, conn)
         live = {
             row[0]
             for row in conn.execute(
@@ -113,3 +121,15 @@ def gc(registry: Registry, dry_run: bool = False, grace_s: float = DEFAULT_GC_GR
             if not dry_run:
                 tmp.unlink(missing_ok=True)
     return report
+
+
+def _refuse_if_the_record_looks_lost(registry: Registry, conn) -> None:
+    if conn.execute("SELECT 1 FROM versions LIMIT 1").fetchone() is not None:
+        return
+    stored = sum(1 for _ in registry.blobs.iter_digests())
+    if stored:
+        raise Conflict(
+            f"the registry database {registry.home / 'registry.db'} records no versions at all, but the blob store "
+            f"holds {stored} blobs: a lost or replaced database looks like this, so gc removed nothing; restore "
+            f"registry.db, or pass --all-unreferenced if every one of those blobs really is garbage"
+        )

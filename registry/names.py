@@ -9,16 +9,25 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from .errors import InvalidName, InvalidRef
+from .errors import InvalidName, InvalidRef, shown
 
 NAME_PATTERN = re.compile(r"[a-z0-9][a-z0-9._-]{0,63}")
+VERSION_PATTERN = re.compile(r"[0-9]{1,19}")  # ASCII digits only: str.isdigit() also accepts '１' and '²'
+MAX_VERSION = 2**63 - 1  # SQLite's largest INTEGER
 NAME_RULE = "lower-case letters, digits, '.', '_' or '-', starting with a letter or digit, at most 64 characters, no '..'"
 
 
 def validate_name(name: str, what: str = "adapter name") -> str:
     if not isinstance(name, str) or not NAME_PATTERN.fullmatch(name) or ".." in name:
-        raise InvalidName(f"invalid {what} {name!r}: use {NAME_RULE}")
+        raise InvalidName(f"invalid {what} {shown(name)}: use {NAME_RULE}")
     return name
+
+
+def check_version_number(number: object, where: str = "version") -> int:
+    """A version number as the registry stores it: an int from 1 to 2**63-1 (SQLite's INTEGER); else `InvalidRef`."""
+    if isinstance(number, bool) or not isinstance(number, int) or not 1 <= number <= MAX_VERSION:
+        raise InvalidRef(f"invalid {where} {shown(number)}: versions are integers from 1 to {MAX_VERSION}")
+    return number
 
 
 @dataclass(frozen=True)
@@ -40,18 +49,19 @@ class Ref:
 def parse_ref(text: str) -> Ref:
     """Parse `NAME`, `NAME:N` or `NAME@ALIAS`; anything else raises `InvalidRef` naming the text."""
     if not isinstance(text, str) or not text:
-        raise InvalidRef(f"invalid reference {text!r}: expected NAME, NAME:N or NAME@ALIAS")
+        raise InvalidRef(f"invalid reference {shown(text)}: expected NAME, NAME:N or NAME@ALIAS")
     if text.count(":") + text.count("@") > 1:
-        raise InvalidRef(f"invalid reference {text!r}: expected NAME, NAME:N or NAME@ALIAS")
+        raise InvalidRef(f"invalid reference {shown(text)}: expected NAME, NAME:N or NAME@ALIAS")
     try:
         if ":" in text:
             name, number = text.split(":")
-            if not number.isdigit() or int(number) < 1:
-                raise InvalidRef(f"invalid version {number!r} in reference {text!r}: versions are integers from 1")
+            if not VERSION_PATTERN.fullmatch(number) or not 1 <= int(number) <= MAX_VERSION:
+                raise InvalidRef(f"invalid version {shown(number)} in reference {shown(text)}: versions are integers "
+                                 f"from 1 to {MAX_VERSION}, in ASCII digits")
             return Ref(validate_name(name), version=int(number))
         if "@" in text:
             name, alias = text.split("@")
             return Ref(validate_name(name), alias=validate_name(alias, "alias"))
         return Ref(validate_name(text))
     except InvalidName as exc:
-        raise InvalidRef(f"invalid reference {text!r}: {exc}") from None
+        raise InvalidRef(f"invalid reference {shown(text)}: {exc}") from None

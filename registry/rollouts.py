@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import sqlite3
 from dataclasses import asdict, astuple, dataclass, field, fields
 
 from . import db as dbmod
-from .errors import Conflict, InvalidInput, RolloutNotFound, VersionNotFound
-from .names import validate_name
+from .errors import Conflict, InvalidInput, RolloutNotFound, VersionNotFound, shown
+from .names import VERSION_PATTERN, check_version_number, validate_name
 
 WEIGHT_TOTAL = 100
 MAX_ARMS = 26  # arms are labelled A, B, C ... in version order
@@ -37,11 +38,11 @@ def arm_label(index: int) -> str:
 def parse_arm(text: str) -> Arm:
     """`3=90` -> Arm(version=3, weight=90)."""
     version, sep, weight = (part.strip() for part in text.partition("="))
-    if not sep or not version.isdigit():
-        raise InvalidInput(f"arm {text!r}: expected VERSION=WEIGHT, e.g. 3=90")
-    if not weight.isdigit():
-        raise InvalidInput(f"arm {text!r}: weight {weight!r} is not a whole number; weights are integer percentages")
-    return Arm(int(version), int(weight))
+    if not sep or not VERSION_PATTERN.fullmatch(version):
+        raise InvalidInput(f"arm {shown(text)}: expected VERSION=WEIGHT in ASCII digits, e.g. 3=90")
+    if not re.fullmatch(r"[0-9]{1,3}", weight):
+        raise InvalidInput(f"arm {shown(text)}: weight {shown(weight)} is not a whole number; weights are integer percentages")
+    return Arm(check_version_number(int(version), f"arm {text}"), int(weight))
 
 
 def _guard_key(default, kind: type, rule: str, check, help: str):
@@ -314,6 +315,7 @@ class Rollouts:
             raise InvalidInput(f"{len(arms)} arms: a rollout has at most {MAX_ARMS}")
         spec = " ".join(f"{a.version}={a.weight}" for a in arms)
         for a in arms:
+            check_version_number(a.version, f"arm version {shown(a.version)}")
             if isinstance(a.weight, bool) or not isinstance(a.weight, int) or not 1 <= a.weight <= WEIGHT_TOTAL:
                 raise InvalidInput(f"arm {a.version}={a.weight}: a weight is a whole percentage from 1 to {WEIGHT_TOTAL}")
             if sum(b.version == a.version for b in arms) > 1:

@@ -6,7 +6,6 @@ records it in one transaction, so a crash at any point leaves no half version vi
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -18,12 +17,14 @@ from . import db as dbmod
 from . import exports as exports_mod
 from .adapters import AdapterInfo, check_fits_base, inspect_adapter_dir
 from .bases import DEFAULT_BASE, DEFAULT_BASE_HUB_ID, Base, convert_gguf_to_hf, default_base_source, describe_base_dir, resolve_hub_id
-from .blobs import BlobStore, check_digest, replace_dir
+from .blobs import BlobStore
 from .errors import (
     AdapterNotFound, AliasNotFound, BaseMismatch, BaseNotFound, BlobsMissing, Conflict, IntegrityError, InvalidAdapter,
-    InvalidRef, TooLarge, VersionNotFound,
+    InvalidInput, InvalidRef, TooLarge, VersionNotFound, shown,
 )
-from .names import Ref, parse_ref, validate_name
+from .failures import from_os_error
+from .manifests import check_file_list, manifest_digest, write_version_dir  # noqa: F401  (re-exported)
+from .names import MAX_VERSION, Ref, check_version_number, parse_ref, validate_name
 from .records import AdapterSummary, AliasEvent, FileRecord, PushResult, Version
 from .rollouts import Rollouts
 
@@ -45,18 +46,15 @@ def current_actor() -> str:
         return "unknown"
 
 
-def manifest_digest(files: list[FileRecord]) -> str:
-    """The version's identity: sha256 over its sorted (path, size, sha256) list."""
-    canonical = json.dumps([[f.path, f.size, f.sha256] for f in sorted(files, key=lambda f: f.path)], separators=(",", ":"))
-    return "sha256:" + hashlib.sha256(canonical.encode()).hexdigest()
-
-
 class Registry:
     """A registry rooted at a home directory (`$LORADOCK_HOME`, else `~/.loradock`)."""
 
     def __init__(self, home: Path | str | None = None):
         self.home = Path(home) if home else default_home()
-        self.home.mkdir(parents=True, exist_ok=True)
+        try:
+            self.home.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise (from_os_error(exc, "creating the registry home", self.home) or exc) from None
         self.bases_dir = self.home / "bases"
         self.runs_dir = self.home / "runs"
         self._conn: sqlite3.Connection | None = None
@@ -65,13 +63,16 @@ class Registry:
     @property
     def conn(self) -> sqlite3.Connection:
         if self._conn is None:
-            self._conn = dbmod.connect(self.home / "registry.db")
+            self._conn = dbmod.connect(self.home / "registry.db", blobs=self.home / "blobs" / "sha256")
         return self._conn
 
     @property
     def blobs(self) -> BlobStore:
         if self._blobs is None:
-            self._blobs = BlobStore(self.home / "blobs")
+            try:
+                self._blobs = BlobStore(self.home / "blobs")
+            except OSError as exc:
+                raise (from_os_error(exc, "opening the blob store", self.home / "blobs") or exc) from None
         return self._blobs
 
     @property
@@ -158,7 +159,7 @@ class Registry:
         validate_name(name)
         if alias is not None:
             validate_name(alias, "alias")
-        _check_file_list(files)
+        check_file_list(files, InvalidAdapter, "the pushed file list")
         missing = [f"{f.path} (sha256:{f.sha256})" for f in files if not self.blobs.has(f.sha256)]
         if missing:
             raise BlobsMissing(f"blobs not uploaded yet: {', '.join(missing)}; upload them, then commit again")
@@ -168,8 +169,11 @@ class Registry:
                 raise IntegrityError(f"{f.path}: declared {f.size} bytes, but blob sha256:{f.sha256} holds {stored}")
         stage = Path(tempfile.mkdtemp(prefix="stage-", dir=self.home))
         try:
-            for f in files:
-                os.symlink(self.blobs.path(f.sha256), stage / f.path)
+            for f in files:  # hard links: the stage is checked like a pushed directory, which refuses outside symlinks
+                try:
+                    os.link(self.blobs.path(f.sha256), stage / f.path)
+                except OSError:
+                    shutil.copyfile(self.blobs.path(f.sha256), stage / f.path)
             info = inspect_adapter_dir(stage)
             base_record = self._base_for_adapter(info, base)
             check_fits_base(info, base_record.name, base_record.tensors, base_record.config)
@@ -184,6 +188,7 @@ class Registry:
         """One transaction: allocate the next number and record the version (or return an identical live one)."""
         manifest = manifest_digest(files)
         actor = creator or current_actor()
+        check_push_text(message, actor)
         now = dbmod.utcnow()
 
         with dbmod.transaction(self.conn) as conn:
@@ -249,7 +254,7 @@ class Registry:
         """Write a version as a plain PEFT directory, verifying every digest; nothing partial is left on failure."""
         version = self.resolve(ref)
         write = lambda f, dest: self.blobs.copy_out(f.sha256, dest, label=f"{version.ref} {f.path}")  # noqa: E731
-        return version, write_version_dir(version, out, force, write)
+        return version, write_version_dir(version, out, force, write, home=self.home)
 
     # --- listing -------------------------------------------------------------------------
 
@@ -269,7 +274,7 @@ class Registry:
         validate_name(name)
         self._require_adapter(name)
         sql = "SELECT * FROM versions WHERE adapter=?" + ("" if include_deleted else " AND deleted_at IS NULL")
-        sql += " ORDER BY number DESC" + (f" LIMIT {int(limit)}" if limit else "")
+        sql += " ORDER BY number DESC" + _limit_sql(limit)
         return [Version.from_row(r) for r in self.conn.execute(sql, (name,))]
 
     def version_summaries(self, name: str, include_deleted: bool = False, limit: int | None = None) -> list[dict]:
@@ -280,7 +285,7 @@ class Registry:
             "SELECT adapter || ':' || number AS ref, number, manifest_digest, base_name AS base, peft_type, rank, alpha,"
             " target_modules, size_bytes, creator, message, parent, run_id, created_at, deleted_at"
             " FROM versions WHERE adapter=?" + ("" if include_deleted else " AND deleted_at IS NULL")
-            + " ORDER BY number DESC" + (f" LIMIT {int(limit)}" if limit else "")
+            + " ORDER BY number DESC" + _limit_sql(limit)
         )
         rows = [dict(r) for r in self.conn.execute(sql, (name,))]
         for r in rows:
@@ -300,6 +305,7 @@ class Registry:
         """Point `name@alias` at version `number`; return the version it pointed at before (or None)."""
         validate_name(name)
         validate_name(alias, "alias")
+        check_version_number(number)
         with dbmod.transaction(self.conn) as conn:
             self._require_adapter(name)
             row = conn.execute("SELECT deleted_at FROM versions WHERE adapter=? AND number=?", (name, number)).fetchone()
@@ -454,11 +460,12 @@ class Registry:
 
         return verify(self, ref)
 
-    def gc(self, dry_run: bool = False, grace_s: float | None = None):
+    def gc(self, dry_run: bool = False, grace_s: float | None = None, all_unreferenced: bool = False):
         """`reg gc`: see `registry.maintenance.gc`."""
         from .maintenance import DEFAULT_GC_GRACE_S, gc
 
-        return gc(self, dry_run=dry_run, grace_s=DEFAULT_GC_GRACE_S if grace_s is None else grace_s)
+        return gc(self, dry_run=dry_run, grace_s=DEFAULT_GC_GRACE_S if grace_s is None else grace_s,
+                  all_unreferenced=all_unreferenced)
 
     def audit_entries(self, limit: int | None = None) -> list[dict]:
         """The audit log of remote writes, oldest first (`registry/audit.py`)."""
@@ -546,56 +553,26 @@ class Registry:
         return self.add_base(str(dest), DEFAULT_BASE, source=source, hub_id=DEFAULT_BASE_HUB_ID)
 
 
-def write_version_dir(version: Version, out: Path | str | None, force: bool, write_file, resumable: bool = False) -> Path:
-    """Materialise `version` at `out` with `write_file(file_record, dest)`, which must verify what it writes.
-
-    Files go to a hidden partial directory renamed into place at the end; `--force` swaps an existing
-    directory only once the new one is complete. Nothing partial is left on failure, unless `resumable`:
-    then the partial directory is named after the version's manifest and kept, and the next pull of the
-    same version to the same place hands `write_file` the files (or the first bytes of a file) it has.
-    """
-    out = Path(out) if out else Path.cwd() / f"{version.adapter}-v{version.number}"
-    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not force:
-        raise Conflict(f"{out} exists and is not empty; choose another --out or pass --force")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    if resumable:
-        partial = out.with_name(f".{out.name}.partial-{version.manifest_digest.removeprefix('sha256:')[:16]}")
-    else:
-        partial = out.with_name(f".{out.name}.partial-{os.getpid()}")
-        shutil.rmtree(partial, ignore_errors=True)
-    partial.mkdir(exist_ok=True)
-    try:
-        for f in version.files:
-            write_file(f, partial / f.path)
-    except BaseException:
-        if not resumable:
-            shutil.rmtree(partial, ignore_errors=True)
-        raise
-    replace_dir(partial, out)  # --force swaps, so a crash never loses both the old and the new directory
-    return out
+# Every field of a version travels in one gRPC message (a remote `reg show`, `ls`, `pull`), so each is bounded:
+# the config by `registry.adapters.MAX_CONFIG_BYTES`, these two here.
+MAX_MESSAGE_BYTES = 64 * 1024
+MAX_CREATOR_BYTES = 256
 
 
-MAX_FILES = 256
+def _limit_sql(limit: int | None) -> str:
+    if not limit:
+        return ""
+    if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= MAX_VERSION:
+        raise InvalidInput(f"--limit {shown(limit)}: give a count from 1 to {MAX_VERSION} (0 shows all)")
+    return f" LIMIT {limit}"
 
 
-def _check_file_list(files: list[FileRecord]) -> None:
-    """A file list from a remote client: top-level file names only (they become paths), each once."""
-    if not files:
-        raise InvalidAdapter("a version needs at least its adapter_config.json and adapter_model.safetensors; got no files")
-    if len(files) > MAX_FILES:
-        raise TooLarge(f"{len(files)} files in one version; at most {MAX_FILES} are accepted")
-    seen = set()
-    for f in files:
-        path = f.path
-        if (not path or len(path) > 255 or path.startswith(".") or any(c in path for c in "/\\\0")
-                or not path.isprintable()):
-            raise InvalidAdapter(f"invalid file name {path!r}: a version holds top-level file names only (no '/', not hidden)")
-        if path in seen:
-            raise InvalidAdapter(f"file {path!r} is listed twice")
-        seen.add(path)
-        check_digest(f.sha256)
-        if f.size < 0:
-            raise InvalidAdapter(f"file {path!r}: negative size {f.size}")
+def check_push_text(message: str, creator: str) -> None:
+    """A push's free text within its bounds (a remote client checks before it uploads; the registry again at commit)."""
+    for what, text, limit in (("--message", message, MAX_MESSAGE_BYTES), ("the creator", creator, MAX_CREATOR_BYTES)):
+        size = len(text.encode("utf-8", "surrogatepass"))
+        if size > limit:
+            raise TooLarge(f"{what} is {size:,} bytes ({shown(text, 60)}); at most {limit:,} bytes are accepted: shorten it")
 
 
 def _base_from_row(row: sqlite3.Row) -> Base:

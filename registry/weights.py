@@ -13,10 +13,11 @@ import mmap
 import os
 import struct
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import InvalidAdapter
+from .errors import InvalidAdapter, shown
 
 DTYPE_SIZES = {
     "BOOL": 1, "U8": 1, "I8": 1, "F8_E5M2": 1, "F8_E4M3": 1, "I16": 2, "U16": 2, "F16": 2,
@@ -29,6 +30,11 @@ _SCAN_STEP_BYTES = 1 << 20
 # Scan on two threads (numpy releases the GIL) when there is at least this much float data.
 _PARALLEL_SCAN_BYTES = 16 << 20
 MAX_HEADER_BYTES = 100 * 1024 * 1024
+# The largest |entry| accepted in a LoRA A or B factor. A LoRA update is scale * B @ A with A initialised at
+# about 1/sqrt(fan_in) and B at zero; trained factors have entries of order 1e-3..1. An entry of 1e4 in both
+# factors already puts 1e8 * rank into one entry of the update, far beyond any weight of the base (and float16's
+# largest value, 65504, is overflowed by a single product of two such entries): such a file is corrupt.
+MAX_LORA_FACTOR = 1e4
 
 
 @dataclass(frozen=True)
@@ -81,12 +87,13 @@ def read_header(path: Path) -> tuple[dict[str, TensorInfo], dict[str, str], int]
     return tensors, metadata, data_start
 
 
-def non_finite_tensors(path: Path, tensors: dict[str, TensorInfo], data_start: int) -> list[str]:
-    """Names of the floating-point tensors that hold at least one NaN or Inf.
+def peak_magnitudes(path: Path, tensors: dict[str, TensorInfo], data_start: int) -> dict[str, int]:
+    """For each floating-point tensor, the largest |value| as its bit pattern with the sign cleared.
 
-    A value is NaN or Inf exactly when its exponent bits are all ones, i.e. when the value with
-    its sign bit cleared, read as an unsigned integer, is at least the exponent mask; each step
-    takes the max of that over ~1 MB of values. Large files are scanned on two threads.
+    For IEEE-like floats that unsigned integer orders like |value|, and it is at least the exponent mask
+    exactly when the value is NaN or Inf; so one max per ~1 MB step answers both "any NaN/Inf?" and "any
+    |value| above a bound?" without converting a single value. Large files are scanned on two threads,
+    each with its own peaks (merged at the end); a tensor already known to hold NaN/Inf is not read further.
     """
     import numpy as np
 
@@ -100,23 +107,25 @@ def non_finite_tensors(path: Path, tensors: dict[str, TensorInfo], data_start: i
         for first in range(0, count, per_step):
             steps.append((name, info.dtype, data_start + info.begin + first * item, min(per_step, count - first)))
     if not steps:
-        return []
-    found: set[str] = set()
+        return {}
+    peaks: list[dict[str, int]] = []
     with open(path, "rb") as fh:
         if fh.seek(0, 2) == 0:
-            return []
+            return {}
         with mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as mm:
             pending = iter(steps)  # shared by the workers; next() on a list iterator is atomic under the GIL
             failure: list[BaseException] = []
 
             def worker() -> None:
                 scratch: dict[str, np.ndarray] = {}
+                peak: dict[str, int] = {}
+                peaks.append(peak)
                 values = None
                 try:
                     for name, dtype, offset, count in pending:
-                        if name in found or failure:
-                            continue
                         np_dtype, mask = _EXPONENT_MASKS[dtype]
+                        if failure or peak.get(name, 0) >= mask:
+                            continue
                         uint = np.dtype(np_dtype)
                         if np_dtype not in scratch:
                             scratch[np_dtype] = np.empty(_SCAN_STEP_BYTES // uint.itemsize, uint)
@@ -124,8 +133,7 @@ def non_finite_tensors(path: Path, tensors: dict[str, TensorInfo], data_start: i
                         values = np.frombuffer(mm, dtype=uint, count=count, offset=offset)
                         np.bitwise_and(values, uint.type((1 << (8 * uint.itemsize - 1)) - 1), out=magnitude)
                         values = None  # drop the view of the mmap promptly, so it can be closed
-                        if magnitude.max() >= mask:
-                            found.add(name)
+                        peak[name] = max(peak.get(name, 0), int(magnitude.max()))
                 except BaseException as exc:  # noqa: BLE001 - re-raised on the calling thread
                     values = None
                     failure.append(exc)
@@ -140,7 +148,30 @@ def non_finite_tensors(path: Path, tensors: dict[str, TensorInfo], data_start: i
                 helper.join()
             if failure:
                 raise failure[0]
-    return [name for name in tensors if name in found]
+    merged: dict[str, int] = {}
+    for peak in peaks:
+        for name, bits in peak.items():
+            merged[name] = max(merged.get(name, 0), bits)
+    return merged
+
+
+def non_finite_tensors(path: Path, tensors: dict[str, TensorInfo], data_start: int) -> list[str]:
+    """Names of the floating-point tensors that hold at least one NaN or Inf."""
+    peaks = peak_magnitudes(path, tensors, data_start)
+    return [name for name in tensors if name in peaks and peaks[name] >= _EXPONENT_MASKS[tensors[name].dtype][1]]
+
+
+def magnitude_bits(bound: float, dtype: str) -> int:
+    """The bit pattern of the largest `dtype` value that is at most `bound` (>= 0): |x| > bound iff bits(|x|) exceeds it."""
+    import numpy as np
+
+    if dtype == "BF16":  # bfloat16 is the top half of a float32; dropping the low half rounds toward zero
+        return magnitude_bits(bound, "F32") >> 16
+    np_float = {"F16": np.float16, "F32": np.float32, "F64": np.float64}[dtype]
+    value = np_float(bound)
+    if float(value) > bound:
+        value = np.nextafter(value, np_float(0))
+    return int(np.array(value).view(_EXPONENT_MASKS[dtype][0]))
 
 
 def _usable_cpus() -> int:
@@ -150,11 +181,24 @@ def _usable_cpus() -> int:
         return os.cpu_count() or 1
 
 
-def check_weights_file(path: Path) -> dict[str, TensorInfo]:
-    """Structural check plus NaN/Inf scan of one safetensors file; return its tensors."""
+def check_weights_file(path: Path, bounded: Callable[[str], bool] = lambda name: False) -> dict[str, TensorInfo]:
+    """Structural check plus one scan of one safetensors file; return its tensors.
+
+    Refused: any NaN or Inf, and in the tensors `bounded(name)` selects (the LoRA A/B factors) any
+    |value| > MAX_LORA_FACTOR.
+    """
     tensors, _, data_start = read_header(path)
-    bad = non_finite_tensors(path, tensors, data_start)
+    peaks = peak_magnitudes(path, tensors, data_start)
+    bad = [n for n in tensors if n in peaks and peaks[n] >= _EXPONENT_MASKS[tensors[n].dtype][1]]
     if bad:
-        more = f" and {len(bad) - 3} more" if len(bad) > 3 else ""
-        raise InvalidAdapter(f"{path}: NaN or Inf values in tensor(s) {', '.join(bad[:3])}{more}")
+        raise InvalidAdapter(f"{path}: NaN or Inf values in tensor(s) {_some(bad)}")
+    huge = [n for n in tensors if n in peaks and bounded(n) and peaks[n] > magnitude_bits(MAX_LORA_FACTOR, tensors[n].dtype)]
+    if huge:
+        raise InvalidAdapter(f"{path}: values beyond ±{MAX_LORA_FACTOR:g} in LoRA factor(s) {_some(huge)}; trained LoRA "
+                             f"factors stay far below that, so these weights are corrupt or not LoRA factors")
     return tensors
+
+
+def _some(names: list[str]) -> str:
+    more = f" and {len(names) - 3} more" if len(names) > 3 else ""
+    return ", ".join(shown(n, 120) for n in names[:3]) + more

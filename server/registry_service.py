@@ -22,10 +22,12 @@ import grpc
 from registry import Registry, audit
 from registry.blobs import check_digest, hash_into
 from registry.errors import IntegrityError, InvalidInput, LoradockError, NotFound, TooLarge
+from registry.failures import from_os_error
 from registry.names import validate_name
 from registry.records import FileRecord
 
 from .auth import current_identity
+from .remote import MAX_MESSAGE_BYTES
 from .rpc import pb, pb_grpc
 from .status import abort_with
 
@@ -35,11 +37,24 @@ MAX_DIGESTS_PER_CALL = 10_000
 UPLOAD_LOCK_WAIT_S = 30.0
 
 
+# The most one answer may hold: what a `RemoteRegistry` client accepts, less room for the envelope.
+MAX_DOCUMENT_BYTES = MAX_MESSAGE_BYTES - 64 * 1024
+
+
 def _doc(data) -> pb.Document:
+    """`data` as one JSON document; TooLarge if it would not fit in the message a client accepts.
+
+    Every field of one version is bounded at push time, so only a listing of many versions can get here;
+    `RemoteRegistry.list_versions` then asks again one version at a time.
+    """
     def default(obj):
         return asdict(obj) if hasattr(obj, "__dataclass_fields__") else str(obj)
 
-    return pb.Document(json=json.dumps(data, default=default, separators=(",", ":")))
+    text = json.dumps(data, default=default, separators=(",", ":"))
+    if len(text) > MAX_DOCUMENT_BYTES:
+        raise TooLarge(f"the answer is {len(text):,} bytes, more than the {MAX_DOCUMENT_BYTES:,} one message may carry; "
+                       f"ask for fewer (e.g. `reg ls NAME --limit 10`)")
+    return pb.Document(json=text)
 
 
 class UploadCounters:
@@ -173,6 +188,8 @@ class RegistryServicer(pb_grpc.RegistryServicer):
             os.fsync(fd)
         except LoradockError as exc:
             abort_with(context, exc)
+        except OSError as exc:  # a full disk: the bytes so far stay for a resume once there is room
+            abort_with(context, from_os_error(exc, f"storing the upload of sha256:{digest}", blobs.root) or exc)
         finally:
             if fd >= 0:
                 os.close(fd)
@@ -181,7 +198,10 @@ class RegistryServicer(pb_grpc.RegistryServicer):
             abort_with(context, IntegrityError(
                 f"blob sha256:{digest}: the {first.size:,} bytes received hash to {h.hexdigest()}; the upload was "
                 f"discarded and nothing was committed; push again"))
-        blobs.place(path, digest)
+        try:
+            blobs.place(path, digest)
+        except OSError as exc:
+            abort_with(context, from_os_error(exc, f"storing blob sha256:{digest}", blobs.root) or exc)
         with self.counters.lock:
             self.counters.completed[digest] += 1
         return pb.UploadBlobResponse(digest=digest, size=first.size, received_bytes=stored)

@@ -29,9 +29,10 @@ from registry.errors import (
     BaseNotFound, Conflict, IntegrityError, InvalidInput, LoradockError, NotFound, PermissionDenied, TooLarge,
     Unauthenticated, Unavailable,
 )
+from registry.manifests import write_version_dir
 from registry.names import validate_name
 from registry.records import AdapterSummary, AliasEvent, FileRecord, PushResult, Version
-from registry.store import current_actor, default_home, write_version_dir
+from registry.store import check_push_text, current_actor, default_home
 
 from .rpc import pb, pb_grpc
 from .status import ERROR_CLASS_KEY
@@ -68,6 +69,30 @@ def parse_registry_url(url: str) -> tuple[str, bool]:
     return f"{host}:{port}", parts.scheme == "grpcs"
 
 
+MAX_CA_BYTES = 1024 * 1024
+
+
+def _read_ca(path: Path | str) -> bytes:
+    """The bytes of a PEM CA bundle, checked here: gRPC would accept anything and fail every call with a vague UNAVAILABLE."""
+    import ssl
+
+    try:
+        if Path(path).stat().st_size > MAX_CA_BYTES:
+            raise InvalidInput(f"--tls-ca {path}: larger than {MAX_CA_BYTES:,} bytes; give a PEM CA certificate file")
+        data = Path(path).read_bytes()
+    except OSError as exc:
+        raise InvalidInput(f"--tls-ca {path}: cannot read it ({exc.strerror})") from None
+    try:
+        text = data.decode("ascii")
+        if "-----BEGIN CERTIFICATE-----" not in text:
+            raise ValueError("no BEGIN CERTIFICATE block")
+        ssl.create_default_context(cadata=text)
+    except (ValueError, ssl.SSLError) as exc:
+        raise InvalidInput(f"--tls-ca {path}: not a PEM CA certificate ({exc}); give the server's CA certificate in PEM "
+                           f"form (-----BEGIN CERTIFICATE-----...)") from None
+    return data
+
+
 def _version(d: dict) -> Version:
     d = dict(d)
     d.pop("ref", None)
@@ -92,10 +117,7 @@ class RemoteRegistry:
         self.chunk_bytes = chunk_bytes
         options = [("grpc.max_receive_message_length", MAX_MESSAGE_BYTES), ("grpc.max_send_message_length", MAX_MESSAGE_BYTES)]
         if tls or tls_ca:
-            try:
-                ca = Path(tls_ca).read_bytes() if tls_ca else None
-            except OSError as exc:
-                raise InvalidInput(f"--tls-ca {tls_ca}: cannot read it ({exc.strerror})") from None
+            ca = _read_ca(tls_ca) if tls_ca else None
             self.channel = grpc.secure_channel(self.target, grpc.ssl_channel_credentials(root_certificates=ca), options)
         else:
             self.channel = grpc.insecure_channel(self.target, options)
@@ -158,8 +180,14 @@ class RemoteRegistry:
         return [AdapterSummary(**d) for d in self._doc("ListAdapters", pb.RegistryListRequest())]
 
     def list_versions(self, name: str, include_deleted: bool = False, limit: int | None = None) -> list[Version]:
+        """Versions of `name`, newest first; one message when they fit in one, else one version per message."""
         request = pb.ListVersionsRequest(name=name, include_deleted=include_deleted, limit=limit or 0)
-        return [_version(d) for d in self._doc("ListVersions", request)]
+        try:
+            return [_version(d) for d in self._doc("ListVersions", request)]
+        except TooLarge:
+            if include_deleted:
+                raise
+        return [self.resolve(f"{name}:{s['number']}") for s in self.version_summaries(name, limit=limit)]
 
     def version_summaries(self, name: str, include_deleted: bool = False, limit: int | None = None) -> list[dict]:
         request = pb.ListVersionsRequest(name=name, include_deleted=include_deleted, limit=limit or 0, summaries=True)
@@ -206,9 +234,12 @@ class RemoteRegistry:
 
     # --- maintenance --------------------------------------------------------------------
 
-    def gc(self, dry_run: bool = False, grace_s: float | None = None):
+    def gc(self, dry_run: bool = False, grace_s: float | None = None, all_unreferenced: bool = False):
         from registry.maintenance import DEFAULT_GC_GRACE_S, GcReport
 
+        if all_unreferenced:
+            raise InvalidInput(f"gc --all-unreferenced works on a local registry only, not on {self.url}: run it on the "
+                               f"registry's host (with --home)")
         grace = DEFAULT_GC_GRACE_S if grace_s is None else grace_s
         return GcReport(**self._doc("Gc", pb.GcRequest(dry_run=dry_run, grace_s=grace)))
 
@@ -238,6 +269,7 @@ class RemoteRegistry:
             validate_name(alias, "alias")
         if run_id is not None:
             raise InvalidInput("a training run's lineage is recorded by a local registry only; push its adapter directory instead")
+        check_push_text(message, creator or current_actor())
         info = inspect_adapter_dir(directory)  # a bad directory is refused before anything is sent
         files = []
         for rel in info.files:
@@ -322,7 +354,7 @@ class RemoteRegistry:
                 raise IntegrityError(f"{version.ref} {f.path}: downloaded {size} bytes hashing to {h.hexdigest()}, "
                                      f"expected {f.size} bytes with sha256:{f.sha256}")
 
-        return version, write_version_dir(version, out, force, download, resumable=True)
+        return version, write_version_dir(version, out, force, download, home=self.home, resumable=True)
 
 
 def _resume_point(dest: Path, expected_size: int) -> int:

@@ -7,13 +7,14 @@ CLI prints the same message with the same exit code.
 
 from __future__ import annotations
 
+import re
 import sys
 
 import grpc
 
 from registry.errors import (
-    BaseMismatch, BlobsMissing, Conflict, IntegrityError, InvalidAdapter, InvalidInput, InvalidName, InvalidRef,
-    LoradockError, NotFound, PermissionDenied, TooLarge, Unauthenticated, Unavailable,
+    BaseMismatch, BlobsMissing, Conflict, DatabaseCorrupt, IntegrityError, InvalidAdapter, InvalidInput, InvalidName,
+    InvalidRef, LoradockError, NotFound, NotWritable, PermissionDenied, StorageFull, TooLarge, Unauthenticated, Unavailable,
 )
 
 from .errors import QueueFull, ServerShuttingDown
@@ -25,7 +26,10 @@ STATUS_FOR = [  # most specific first
     (InvalidInput, grpc.StatusCode.INVALID_ARGUMENT),
     (BaseMismatch, grpc.StatusCode.FAILED_PRECONDITION),
     (InvalidAdapter, grpc.StatusCode.FAILED_PRECONDITION),
+    (DatabaseCorrupt, grpc.StatusCode.DATA_LOSS),
     (IntegrityError, grpc.StatusCode.DATA_LOSS),
+    (StorageFull, grpc.StatusCode.RESOURCE_EXHAUSTED),
+    (NotWritable, grpc.StatusCode.FAILED_PRECONDITION),
     (QueueFull, grpc.StatusCode.RESOURCE_EXHAUSTED),
     (ServerShuttingDown, grpc.StatusCode.UNAVAILABLE),
     (Conflict, grpc.StatusCode.FAILED_PRECONDITION),
@@ -51,6 +55,20 @@ def status_for(error: BaseException) -> grpc.StatusCode:
 ERROR_CLASS_KEY = "loradock-error"  # trailing metadata: the error's class, so a remote client raises the same one
 
 
+MAX_DETAILS_CHARS = 1000  # values in messages are already cut (registry.errors.shown); this bounds the whole line
+# An absolute path (not part of a URL or a relative path): kept to its last component, so a remote client learns
+# the file a problem is about but nothing of the server's directories (its home, cache, stage or temp paths).
+_ABSOLUTE_PATH = re.compile(r"(?<![\w.:/~-])/(?:[^\s'\",;()\[\]{}<>/]+/)*([^\s'\",;()\[\]{}<>/]+)/?")
+
+
+def public_message(error: BaseException) -> str:
+    """The error as one line fit to send to a remote client: server paths cut to their last component, length bounded."""
+    text = " ".join(str(error).split()) or type(error).__name__
+    if len(text) > MAX_DETAILS_CHARS:
+        text = text[:MAX_DETAILS_CHARS] + "… (cut)"
+    return _ABSOLUTE_PATH.sub(lambda m: "…/" + m.group(1), text)
+
+
 def abort_with(context: grpc.ServicerContext, error: BaseException):
     context.set_trailing_metadata(((ERROR_CLASS_KEY, type(error).__name__),))
-    context.abort(status_for(error), " ".join(str(error).split()) or type(error).__name__)
+    context.abort(status_for(error), public_message(error))
