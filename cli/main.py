@@ -71,8 +71,10 @@ def _local_registry(home: Optional[Path], command: str) -> Registry:
 
 
 from .rollout import rollout_app  # noqa: E402  (after Home, Json and _registry, which it uses)
+from .runs import runs_app  # noqa: E402  (after Home, Json and _local_registry)
 
 app.add_typer(rollout_app, name="rollout")
+app.add_typer(runs_app, name="runs")
 
 
 # --- push / pull -----------------------------------------------------------------------------
@@ -267,11 +269,15 @@ def remove(
 def gc(
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Only report what would be removed.")] = False,
     grace: Annotated[float, typer.Option(help="Keep unreferenced blobs younger than this many seconds (pushes in flight).")] = 3600.0,
+    all_unreferenced: Annotated[bool, typer.Option(
+        "--all-unreferenced",
+        help="Remove unreferenced blobs even when the database records no versions at all (normally refused: "
+             "that is what a lost registry.db looks like).")] = False,
     json_out: Json = False,
     home: Home = None,
 ) -> None:
     """Remove blobs that no live version references."""
-    report = _registry(home).gc(dry_run=dry_run, grace_s=grace)
+    report = _registry(home).gc(dry_run=dry_run, grace_s=grace, all_unreferenced=all_unreferenced)
     if json_out:
         print_json(report)
         return
@@ -288,15 +294,19 @@ def verify(
     json_out: Json = False,
     home: Home = None,
 ) -> None:
-    """Re-hash stored files; exits non-zero naming each bad file."""
+    """Check the database (SQLite integrity_check) and re-hash stored files; exits non-zero naming each problem."""
     report = _registry(home).verify(ref)
     if json_out:
         print_json({"ok": report.ok, **report.__dict__})
     else:
+        for problem in report.database_problems:
+            err_console.print(f"BAD registry.db: {problem}")
         for p in report.problems:
             err_console.print(f"BAD {p.ref} {p.path} sha256:{p.sha256[:12]}: {p.problem}")
-        console.print(f"checked {report.versions} versions, {report.files} files, {human_size(report.bytes)}: "
-                      + ("ok" if report.ok else f"{len(report.problems)} bad files"))
+        bad = [f"{len(report.problems)} bad files"] if report.problems else []
+        bad += ["a damaged database"] if report.database_problems else []
+        console.print(f"checked the database, {report.versions} versions, {report.files} files, {human_size(report.bytes)}: "
+                      + ("ok" if report.ok else " and ".join(bad)))
     if not report.ok:
         raise typer.Exit(6)
 
@@ -359,7 +369,7 @@ def train(
 
     config = load_config(config_path, set_ or [])
     result = run_training(config, _local_registry(home, "reg train"), resume=resume, run_id=run_id, skip_bad_lines=skip_bad_lines,
-                          push=not no_push, log=lambda m: err_console.print(m))
+                          push=not no_push, log=lambda m: err_console.print(m), config_path=config_path)
     if result.evaluation is None:  # a non-main process under accelerate launch
         return
     from .render import render_evaluation
@@ -420,7 +430,7 @@ def eval_(
     from trainer.evaluate import evaluate_version
 
     result = evaluate_version(_local_registry(home, "reg eval"), ref, data, data_type, task_metric=task_metric, max_examples=max_examples,
-                              quantization=quant, record=not no_record)
+                              quantization=quant, record=not no_record, progress=True)
     if json_out:
         print_json(result)
         return
@@ -447,6 +457,9 @@ def serve(
     lora_rank: Annotated[int, typer.Option(help="LoRA rank adapter slots are allocated for at startup (larger adapters grow them).")] = 16,
     gather_cache_mb: Annotated[int, typer.Option(help="Memory for per-row adapter copies kept between decode steps; 0 = off.")] = 512,
     max_new_tokens_limit: Annotated[int, typer.Option(help="Largest max_new_tokens a request may ask for.")] = 1024,
+    max_prompt_bytes: Annotated[int, typer.Option(help="Largest prompt in bytes, checked before tokenizing (0 = 8 per token of the base's context).")] = 0,
+    max_merge_adapters: Annotated[int, typer.Option(help="Most entries a per-request merge may combine.")] = 8,
+    max_merge_rank: Annotated[int, typer.Option(help="Largest rank of a per-request merge (cat sums the ranks).")] = 128,
     grace: Annotated[float, typer.Option(help="On SIGTERM, seconds in-flight requests may take to finish.")] = 10.0,
     workers: Annotated[int, typer.Option(help="gRPC handler threads; calls beyond them get RESOURCE_EXHAUSTED (0 = max batch + max queue + 16).")] = 0,
     registry_only: Annotated[bool, typer.Option("--registry-only", help="Serve only the Registry service of --home (no model is loaded).")] = False,
@@ -468,6 +481,7 @@ def serve(
     options = ServerOptions(base=base, quant=quant, host=host, port=port, max_batch_size=max_batch_size, max_queue=max_queue,
                             max_adapters=max_adapters, adapter_memory_mb=adapter_memory_mb, lora_rank=lora_rank,
                             gather_cache_mb=gather_cache_mb, max_new_tokens_limit=max_new_tokens_limit, grace_s=grace,
+                            max_prompt_bytes=max_prompt_bytes, max_merge_adapters=max_merge_adapters, max_merge_rank=max_merge_rank,
                             workers=workers, auth_tokens=str(auth_tokens) if auth_tokens else None, insecure_listen_all=insecure_listen_all,
                             tls_cert=str(tls_cert) if tls_cert else None, tls_key=str(tls_key) if tls_key else None,
                             max_blob_mb=max_blob_mb)
@@ -492,10 +506,13 @@ def generate(
     max_new_tokens: Annotated[int, typer.Option(help="Tokens to generate (0 = server default).")] = 0,
     temperature: Annotated[float, typer.Option(help="Sampling temperature (0 = greedy).")] = 0.0,
     top_p: Annotated[float, typer.Option(help="Nucleus sampling (0 = off).")] = 0.0,
+    top_k: Annotated[int, typer.Option(help="Sample only from the k most likely tokens (0 = off).")] = 0,
     seed: Annotated[int, typer.Option(help="Sampling seed (0 = unseeded).")] = 0,
     stop: Annotated[Optional[list[str]], typer.Option(help="Stop string (repeatable).")] = None,
     merge: Annotated[Optional[list[str]], typer.Option(help="Serve a weighted merge instead: REF=WEIGHT (repeatable).")] = None,
     merge_method: Annotated[str, typer.Option(help="Merge method: cat, linear, svd, ties...")] = "",
+    merge_density: Annotated[float, typer.Option(help="ties, dare_*, magnitude_prune: fraction of values kept, 0 < d <= 1.")] = 0.0,
+    merge_majority_sign_method: Annotated[str, typer.Option(help="ties, dare_ties: total or frequency (default total).")] = "",
     timeout: Annotated[float, typer.Option(help="Deadline in seconds.")] = 120.0,
     json_out: Json = False,
 ) -> None:
@@ -511,8 +528,9 @@ def generate(
             merges.append((ref, float(weight)))
         except ValueError:
             raise typer.BadParameter(f"--merge {item!r}: expected REF=WEIGHT") from None
-    kwargs = dict(adapter=adapter, max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, seed=seed,
-                  stop=stop or [], routing_key=key, merge=merges, merge_method=merge_method)
+    kwargs = dict(adapter=adapter, max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, top_k=top_k, seed=seed,
+                  stop=stop or [], routing_key=key, merge=merges, merge_method=merge_method,
+                  merge_density=merge_density, merge_majority_sign_method=merge_majority_sign_method)
     if raw:
         kwargs["prompt"] = prompt
     else:
@@ -589,6 +607,20 @@ def token_ls(file: TokensFile = None, json_out: Json = False, home: Home = None)
     console.print(t)
 
 
+@token_app.command("rm")
+def token_rm(
+    name: Annotated[str, typer.Argument(help="The token's name (see `reg token ls`).")],
+    file: TokensFile = None,
+    home: Home = None,
+) -> None:
+    """Remove a token from the tokens file (rewritten atomically, mode 0600); a running server stops accepting it."""
+    from server.tokens import remove_token
+
+    path = file or Registry(home).home / "tokens.yaml"
+    entry = remove_token(name, path)
+    console.print(f"removed token {entry.name!r} ({','.join(sorted(entry.roles))}) from {path}")
+
+
 @app.command()
 def audit(
     limit: Annotated[int, typer.Option(help="Show the newest this many entries (0 = all).")] = 50,
@@ -609,6 +641,7 @@ def audit(
     console.print(t if entries else "no audited writes yet (the log records writes made through a served registry)")
 
 from . import export  # noqa: E402,F401  (`reg export`, in its own module; it registers itself on `app`)
+from . import server_cmds  # noqa: E402,F401  (`reg feedback`, `reg stats`; after Target and _RPC_EXIT)
 
 
 # --- entry point -----------------------------------------------------------------------------
@@ -616,6 +649,9 @@ from . import export  # noqa: E402,F401  (`reg export`, in its own module; it re
 
 def main(argv: list[str] | None = None) -> int:
     """Run `reg` with `argv`; return the exit code. Loradock errors become one-line messages here."""
+    from registry.loading import quiet_libraries
+
+    quiet_libraries()  # before any command imports transformers, peft or bitsandbytes
     command = typer.main.get_command(app)
     try:
         command.main(args=argv, prog_name="reg", standalone_mode=True)

@@ -6,9 +6,29 @@ import json
 import sys
 from dataclasses import asdict, is_dataclass
 
-from rich.console import Console
+from rich.console import Console, ConsoleDimensions
 
-console = Console(highlight=False, soft_wrap=True)
+# Wide enough for any table row: when stdout is a pipe or a file there is no screen to fit.
+UNBOUNDED_WIDTH = 100_000
+
+
+class _StdoutConsole(Console):
+    """When stdout is not a terminal (`reg base ls | cat`, a file, a test), tables take their natural width,
+    so no identifier is cut to fit an 80-column guess. `COLUMNS` still sets a width when given."""
+
+    @property
+    def size(self) -> ConsoleDimensions:
+        dims = super().size
+        if self._width is None and not self.is_terminal and not self._environ.get("COLUMNS", "").isdigit():
+            return ConsoleDimensions(UNBOUNDED_WIDTH, dims.height)
+        return dims
+
+    @size.setter
+    def size(self, new_size: tuple[int, int]) -> None:
+        Console.size.fset(self, new_size)
+
+
+console = _StdoutConsole(highlight=False, soft_wrap=True)
 err_console = Console(stderr=True, highlight=False, soft_wrap=True, markup=False)
 
 
@@ -45,5 +65,5 @@ def table(*columns: str, title: str | None = None):
 
     t = Table(title=title, box=None, header_style="bold", pad_edge=False, title_justify="left")
     for c in columns:
-        t.add_column(c)
+        t.add_column(c, overflow="fold")  # on a narrow terminal a long name wraps onto the next line, never "name…"
     return t

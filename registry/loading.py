@@ -6,6 +6,11 @@ BitsAndBytesConfig or picks a compute dtype. Imports torch when called, never at
 
 from __future__ import annotations
 
+import logging
+import os
+import sys
+import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,6 +31,41 @@ class LoadedBase:
     quantization: str
     compute_dtype: str
     device: str
+
+
+def quiet_libraries() -> None:
+    """Silence library output a loradock user cannot act on; idempotent, imports nothing.
+
+    Call it before transformers, peft or bitsandbytes are imported (the CLI does, first thing):
+    - bitsandbytes on AVX512-BF16 CPUs logs "Failed to load CPU gemm_4bit_forward ... No module
+      named 'kernels'" at import: an optional faster kernel from the hub; the fallback works.
+    - transformers' and peft's FutureWarnings name their own internal calls (peft calling a
+      deprecated transformers method, for example), which only a library upgrade changes.
+    - transformers' info/warning logs (checkpoint rotation, loading reports) go to error level;
+      `TRANSFORMERS_VERBOSITY=info` (set by the user) still turns them back on.
+    """
+    logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
+    for library in ("transformers", "peft", "bitsandbytes", "accelerate"):
+        warnings.filterwarnings("ignore", category=FutureWarning, module=rf"{library}(\.|$)")
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    if "transformers" in sys.modules:  # imported before us: its logger read the environment already
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.set_verbosity(hf_logging.log_levels.get(os.environ["TRANSFORMERS_VERBOSITY"], logging.ERROR))
+
+
+@contextmanager
+def _no_loading_bars():
+    """transformers' per-tensor "Loading weights" bar: a second of noise here, hundreds of `\\r` fragments in a log."""
+    from transformers.utils import logging as hf_logging
+
+    was_enabled = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            hf_logging.enable_progress_bar()
 
 
 def pick_device() -> str:
@@ -71,6 +111,7 @@ def load_base_model(
     For training on a quantized base the model is prepared for k-bit training
     (frozen weights, fp32 norms, input grads for gradient checkpointing).
     """
+    quiet_libraries()
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     if quantization not in QUANTIZATIONS:
@@ -89,7 +130,8 @@ def load_base_model(
     if qconfig is not None:
         kwargs["quantization_config"] = qconfig
         kwargs["device_map"] = {"": device}
-    model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+    with _no_loading_bars():
+        model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
     if qconfig is None:
         model.to(device)
     if for_training and qconfig is not None:

@@ -22,7 +22,7 @@ import secrets
 from dataclasses import dataclass
 from pathlib import Path
 
-from registry.errors import Conflict, InvalidInput
+from registry.errors import Conflict, InvalidInput, NotFound
 from registry.names import validate_name
 
 ROLES = ("infer", "read", "push", "admin")
@@ -129,20 +129,12 @@ class TokenStore:
         return found
 
 
-def create_token(name: str, roles: str | list[str], file: Path | str) -> str:
-    """Make a random token for `name`, add its hash to `file` (written 0600); return the token, which is stored nowhere."""
+def _write_tokens_file(path: Path, entries: list[TokenEntry]) -> None:
+    """Replace the tokens file with `entries`: mode 0600 from the first byte, fsynced, renamed into place."""
     import yaml
 
-    validate_name(name, "token name")
-    role_set = parse_roles(roles)
-    path = Path(file)
-    existing = load_tokens_file(path) if path.exists() else []
-    if any(e.name == name for e in existing):
-        raise Conflict(f"{path} already has a token named {name!r}; pick another name or remove that entry")
-    token = TOKEN_PREFIX + secrets.token_urlsafe(32)
-    entries = [{"name": e.name, "sha256": e.sha256, "roles": [r for r in ROLES if r in e.roles]} for e in existing]
-    entries.append({"name": name, "sha256": token_hash(token), "roles": [r for r in ROLES if r in role_set]})
-    text = HEADER + yaml.safe_dump({"tokens": entries}, default_flow_style=None, sort_keys=False)
+    rows = [{"name": e.name, "sha256": e.sha256, "roles": [r for r in ROLES if r in e.roles]} for e in entries]
+    text = HEADER + yaml.safe_dump({"tokens": rows}, default_flow_style=None, sort_keys=False)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
@@ -152,4 +144,30 @@ def create_token(name: str, roles: str | list[str], file: Path | str) -> str:
         os.fsync(fh.fileno())
     os.replace(tmp, path)  # a server re-reading the file never sees half of it
     load_tokens_file(path)  # what was written parses
+
+
+def create_token(name: str, roles: str | list[str], file: Path | str) -> str:
+    """Make a random token for `name`, add its hash to `file` (written 0600); return the token, which is stored nowhere."""
+    validate_name(name, "token name")
+    role_set = parse_roles(roles)
+    path = Path(file)
+    existing = load_tokens_file(path) if path.exists() else []
+    if any(e.name == name for e in existing):
+        raise Conflict(f"{path} already has a token named {name!r}; pick another name or remove that entry")
+    token = TOKEN_PREFIX + secrets.token_urlsafe(32)
+    _write_tokens_file(path, [*existing, TokenEntry(name, token_hash(token), role_set)])
     return token
+
+
+def remove_token(name: str, file: Path | str) -> TokenEntry:
+    """Remove the entry `name` from `file` (rewritten atomically, 0600); a server using the file stops accepting it."""
+    path = Path(file)
+    if not path.exists():
+        raise NotFound(f"{path}: no tokens file (make one with `reg token create NAME --file {path}`)")
+    entries = load_tokens_file(path)
+    found = next((e for e in entries if e.name == name), None)
+    if found is None:
+        known = ", ".join(e.name for e in entries) or "none"
+        raise NotFound(f"{path} has no token named {name[:80]!r} (its tokens: {known}); see `reg token ls`")
+    _write_tokens_file(path, [e for e in entries if e.name != name])
+    return found

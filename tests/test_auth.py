@@ -271,3 +271,23 @@ def test_without_auth_the_server_listens_on_localhost_only(tmp_path, tiny_base_d
     server.stop(0)
     with pytest.raises(BadRequest, match="--tls-cert and --tls-key go together"):
         start_registry(home, tls_cert=str(path))
+
+
+def test_token_rm_removes_one_entry_atomically_and_the_server_stops_accepting_it(tmp_path, capsys):
+    path = tmp_path / "tokens.yaml"
+    keep, gone = create_token("keep", "read", path), create_token("gone", "push", path)
+    store = TokenStore(path)
+    assert store.identify(gone).name == "gone"
+    code, out, err = run_reg(capsys, "token", "rm", "gone", "--file", str(path))
+    assert code == 0 and "removed token 'gone' (push)" in out, err
+    assert [e.name for e in load_tokens_file(path)] == ["keep"]
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["tokens.yaml"]  # no temp file left beside it
+    assert store.identify(gone) is None and store.identify(keep).name == "keep"  # re-read on change
+
+    before = path.read_bytes()
+    code, out, err = run_reg(capsys, "token", "rm", "nobody", "--file", str(path))
+    assert code == 3 and err == f"error: {path} has no token named 'nobody' (its tokens: keep); see `reg token ls`\n"
+    assert path.read_bytes() == before and out == ""
+    code, _, err = run_reg(capsys, "token", "rm", "keep", "--file", str(tmp_path / "missing.yaml"))
+    assert code == 3 and "no tokens file" in err and not (tmp_path / "missing.yaml").exists()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -157,3 +158,19 @@ def test_reg_console_script_runs(home, registry):
     exe = Path(sys.executable).parent / "reg"
     out = subprocess.run([str(exe), "ls", "--json"], capture_output=True, text=True, check=True)
     assert json.loads(out.stdout) == []
+
+
+def test_tables_are_not_cut_when_stdout_is_not_a_terminal(capsys, home, tiny_base_dir, tmp_path, monkeypatch):
+    import shutil
+
+    monkeypatch.delenv("COLUMNS", raising=False)
+    long_dir = tmp_path / ("a-base-directory-with-a-long-name-" * 4) / "tiny-llama-copy"
+    shutil.copytree(tiny_base_dir, long_dir)
+    name = "tiny-llama-with-a-long-name-that-no-80-column-table-fits-0123456"[:64]
+    reg(capsys, "base", "add", str(long_dir), "--name", name)
+    out = reg(capsys, "base", "ls")  # captured: not a terminal
+    assert name in out and str(long_dir) in out and "…" not in out
+    piped = subprocess.run([str(Path(sys.executable).parent / "reg"), "base", "ls"], capture_output=True, text=True,
+                           env={k: v for k, v in os.environ.items() if k != "COLUMNS"}, check=True)  # `reg base ls | cat`
+    row = next(line for line in piped.stdout.splitlines() if line.startswith(name))
+    assert str(long_dir) in row and "…" not in piped.stdout

@@ -167,7 +167,8 @@ def test_parse_params_errors_name_the_value(bad):
 
 
 @pytest.mark.parametrize("kwargs, named", [
-    ({"method": "dora"}, "'dora'"), ({"rank": 0}, "--rank 0"), ({"seq": -1}, "--seq -1"), ({"batch": 1.5}, "--batch 1.5"),
+    ({"method": "dora"}, "'dora'"), ({"rank": 0}, "--rank 0"),
+    ({"rank": 5000}, "--rank 5000: expected an integer from 1 to 4096"), ({"seq": -1}, "--seq -1"), ({"batch": 1.5}, "--batch 1.5"),
     ({"target": "q_proj,lm_head"}, "'lm_head'"), ({"optimizer": "lion"}, "'lion'"), ({"compute_dtype": "fp8"}, "'fp8'"),
 ])
 def test_estimate_errors_name_the_value(kwargs, named):
@@ -175,6 +176,39 @@ def test_estimate_errors_name_the_value(kwargs, named):
     with pytest.raises(PlanError) as info:
         estimate(shape_for_params(parse_params("8B")), **args)
     assert named in str(info.value)
+
+
+@pytest.mark.parametrize("args, named", [
+    (["--params", "1e30"], "--params '1e30': expected between 1M and 10T parameters"),
+    (["--params", "20T"], "--params '20T': expected between 1M and 10T parameters"),
+    (["--params", "8B", "--rank", "100000"], "--rank 100000: expected an integer from 1 to 4096"),
+    (["--params", "8B", "--seq", "2000000"], "--seq 2000000: expected an integer from 1 to 1048576"),
+    (["--params", "8B", "--batch", "5000"], "--batch 5000: expected an integer from 1 to 4096"),
+    (["--params", "8B", "--batch", "0"], "--batch 0: expected an integer from 1 to 4096"),
+])
+def test_reg_plan_refuses_inputs_outside_the_planners_range(capsys, home, args, named):
+    from cli.main import main
+
+    capsys.readouterr()
+    assert main(["plan", *args]) == 2
+    out, err = capsys.readouterr()
+    assert err == f"error: {named}\n" and out == ""
+
+
+def test_reg_plan_refuses_absurd_gpu_tables_and_base_shapes(capsys, home, tmp_path):
+    from cli.main import main
+
+    table = tmp_path / "gpus.yaml"
+    table.write_text("gpus:\n  - {name: Huge, memory_gb: 1.0e+30, usd_per_hour: 1}\n")
+    capsys.readouterr()
+    assert main(["plan", "--params", "8B", "--gpus", str(table)]) == 2
+    assert "memory_gb must be a number > 0, got 1e+30 (at most 4096)" in capsys.readouterr().err
+    table.write_text("gpus:\n  - {name: Pricey, memory_gb: 80, usd_per_hour: 1.0e+20}\n")
+    assert main(["plan", "--params", "8B", "--gpus", str(table)]) == 2
+    assert "usd_per_hour must be a number >= 0, got 1e+20 (at most 10000)" in capsys.readouterr().err
+    giant = shape_from_config({**SMOLLM2_CONFIG, "hidden_size": 10**7, "intermediate_size": 10**7}, name="giant")
+    with pytest.raises(PlanError, match="'giant': .* parameters, outside the planner's range"):
+        plan(giant)
 
 
 def test_targets_and_optimizers_change_what_they_should():

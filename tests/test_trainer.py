@@ -15,7 +15,9 @@ import yaml
 
 from cli.main import main
 from registry import Registry
-from trainer.config import ConfigError, load_config
+from conftest import TINY_BASE
+
+from trainer.config import ConfigError, TrainConfig, load_config
 
 ROOT = Path(__file__).resolve().parent.parent
 ARITH = ROOT / "examples" / "arith.jsonl"
@@ -59,6 +61,42 @@ def test_bad_config_values_name_the_key(tmp_path, tiny_base_dir, home, capsys, o
     err = capsys.readouterr().err
     assert err.startswith("error: ") and needle in err
     assert not (home / "runs").exists() or not any((home / "runs").iterdir())
+
+
+def _no_run_dirs(home: Path) -> bool:
+    return not (home / "runs").exists() or not any((home / "runs").iterdir())
+
+
+@pytest.mark.parametrize("override, code, needle", [
+    ("datasets=[{path: missing.jsonl, type: alpaca}]", 2, "dataset file not found"),
+    ("base_model=/nonexistent/base", 3, "'/nonexistent/base' is not a directory"),
+    ("lora_target_modules=[q_proj,qkv_proj]", 2,
+     "lora_target_modules: 'qkv_proj' matches no module of base tiny-llama; its linear modules are "
+     "down_proj, gate_proj, k_proj, lm_head, o_proj, q_proj, up_proj, v_proj (or use all-linear)"),
+    ("max_steps=-5", 2, "max_steps: must be > 0, or 0 / -1 to train num_epochs, got -5"),
+    ("evaluation.general_text=missing-general.txt", 2, "evaluation.general_text: no such file"),
+])
+def test_a_refused_run_is_one_line_and_leaves_no_run_directory(tmp_path, tiny_base_dir, home, registry, capsys, override,
+                                                               code, needle):
+    path = write_config(tmp_path, tiny_base_dir, base_model=TINY_BASE)
+    capsys.readouterr()
+    assert main(["train", str(path), "--set", override]) == code
+    err = capsys.readouterr().err.splitlines()
+    assert err[-1].startswith("error: ") and needle in err[-1] and not any("Traceback" in line for line in err)
+    assert _no_run_dirs(home)
+
+
+def test_max_steps_zero_trains_num_epochs_as_axolotl_does(tmp_path, tiny_base_dir, home):
+    from trainer.train import train
+
+    data = tmp_path / "data.jsonl"
+    data.write_text("\n".join(ARITH.read_text().splitlines()[:40]) + "\n")  # 32 train + 8 held out: 4 steps an epoch
+    path = write_config(tmp_path, tiny_base_dir, datasets=[{"path": str(data), "type": "alpaca"}], val_set_size=8,
+                        max_steps=0, num_epochs=2, eval_steps=None, save_steps=None)
+    config = load_config(path)
+    assert "0 or -1 (unset) trains num_epochs" in TrainConfig.__dataclass_fields__["max_steps"].metadata["help"]
+    result = train(config, Registry(home), push=False, progress=False, log=lambda m: None)
+    assert [s for s, _ in result.curves["train_loss"]] == list(range(1, 9))
 
 
 def test_train_pushes_an_evaluated_version_with_full_lineage(tmp_path, tiny_base_dir, home, capsys):

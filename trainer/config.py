@@ -80,7 +80,8 @@ class TrainConfig:
     micro_batch_size: int = _doc("Examples per forward pass.", 8)
     gradient_accumulation_steps: int = _doc("Forward passes per optimizer step.", 1)
     num_epochs: float = _doc("Passes over the training split (ignored when max_steps > 0).", 1.0)
-    max_steps: int = _doc("Optimizer steps to run; overrides num_epochs when > 0.", -1)
+    max_steps: int = _doc(
+        "Optimizer steps to run; overrides num_epochs when > 0. 0 or -1 (unset) trains num_epochs, as in Axolotl.", -1)
     learning_rate: float = _doc("Peak learning rate.", 2e-4)
     lr_scheduler: str = _doc(f"Schedule: one of {', '.join(SCHEDULERS)}.", "cosine")
     warmup_steps: int = _doc("Linear warmup steps.", 0)
@@ -256,6 +257,7 @@ def validate(c: TrainConfig) -> None:
     _check(16 <= c.sequence_len <= 1_000_000, "sequence_len", f"must be between 16 and 1000000, got {c.sequence_len}")
     _check(c.micro_batch_size > 0, "micro_batch_size", f"must be positive, got {c.micro_batch_size}")
     _check(c.gradient_accumulation_steps > 0, "gradient_accumulation_steps", f"must be positive, got {c.gradient_accumulation_steps}")
+    _check(c.max_steps >= -1, "max_steps", f"must be > 0, or 0 / -1 to train num_epochs, got {c.max_steps}")
     _check(c.max_steps > 0 or c.num_epochs > 0, "num_epochs", f"set num_epochs > 0 or max_steps > 0 (got {c.num_epochs}, {c.max_steps})")
     _check(0 < c.learning_rate < 1, "learning_rate", f"must be in (0, 1), got {c.learning_rate}")
     _check(c.lr_scheduler in SCHEDULERS, "lr_scheduler", f"must be one of {', '.join(SCHEDULERS)}, got {c.lr_scheduler!r}")
@@ -272,6 +274,8 @@ def validate(c: TrainConfig) -> None:
            f"must be one of {', '.join(TASK_METRICS)}, got {c.evaluation.task_metric!r}")
     _check(c.evaluation.max_examples >= 0, "evaluation.max_examples", f"must be >= 0, got {c.evaluation.max_examples}")
     _check(c.evaluation.max_new_tokens > 0, "evaluation.max_new_tokens", f"must be positive, got {c.evaluation.max_new_tokens}")
+    general = c.evaluation.general_text
+    _check(general is None or Path(general).is_file(), "evaluation.general_text", f"no such file {general!r}")
     try:
         validate_name(c.push.name or "")
         if c.push.alias:

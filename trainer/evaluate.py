@@ -16,7 +16,38 @@ from .metrics import compute_generation_metrics, overfitting_flag, perplexity
 DEFAULT_GENERAL_TEXT = Path(__file__).resolve().parent.parent / "examples" / "general.txt"
 
 
-def mean_loss(model, features, collator, batch_size: int = 8) -> float:
+def _no_progress(n: int) -> None:
+    pass
+
+
+class EvalProgress:
+    """One bar per model evaluated ("evaluating adapter: 40/120 examples"), on stderr like the training bar;
+    `advance(n)` is what the measuring loops call. Disabled, it prints nothing."""
+
+    def __init__(self, desc: str, total: int, enabled: bool = True):
+        self.bar = None
+        if enabled and total:
+            from tqdm.auto import tqdm
+
+            self.bar = tqdm(total=total, desc=desc, unit="example", dynamic_ncols=True)
+
+    def advance(self, n: int) -> None:
+        if self.bar is not None:
+            self.bar.update(n)
+
+    def __enter__(self) -> "EvalProgress":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def general_lines(text_path: Path) -> list[str]:
+    return [ln.strip() for ln in text_path.read_text().splitlines() if ln.strip()]
+
+
+def mean_loss(model, features, collator, batch_size: int = 8, advance=_no_progress) -> float:
     """Token-weighted mean cross-entropy over the labelled (response) tokens."""
     import torch
 
@@ -35,18 +66,20 @@ def mean_loss(model, features, collator, batch_size: int = 8) -> float:
             )
             total += float(loss)
             count += int((shift_labels != -100).sum())
+            advance(len(features[start:start + batch_size]))
     return total / max(count, 1)
 
 
-def general_text_loss(model, tokenizer, text_path: Path, max_tokens: int = 256) -> float:
+def general_text_loss(model, tokenizer, text_path: Path, max_tokens: int = 256, advance=_no_progress) -> float:
     """Mean loss over a small general-English text, one line per sequence: forgetting shows as a rise."""
     import torch
 
-    lines = [ln.strip() for ln in text_path.read_text().splitlines() if ln.strip()]
+    lines = general_lines(text_path)
     device = next(model.parameters()).device
     total, count = 0.0, 0
     with torch.no_grad():
         for line in lines:
+            advance(1)
             ids = tokenizer(line, return_tensors="pt", add_special_tokens=True)["input_ids"][:, :max_tokens].to(device)
             if ids.shape[1] < 2:
                 continue
@@ -62,7 +95,7 @@ def prompt_text(example, tokenizer) -> str:
     return tokenizer.apply_chat_template(example.messages, add_generation_prompt=True, tokenize=False)
 
 
-def generate_answers(model, tokenizer, examples, max_new_tokens: int, batch_size: int = 16) -> list[str]:
+def generate_answers(model, tokenizer, examples, max_new_tokens: int, batch_size: int = 16, advance=_no_progress) -> list[str]:
     """Greedy answers for the examples' prompts (left-padded batches)."""
     import torch
 
@@ -79,31 +112,38 @@ def generate_answers(model, tokenizer, examples, max_new_tokens: int, batch_size
                                      pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
             for row in out[:, enc["input_ids"].shape[1]:]:
                 answers.append(tokenizer.decode(row, skip_special_tokens=True).strip())
+            advance(len(prompts))
     finally:
         tokenizer.padding_side = old_side
     return answers
 
 
-def measure(model, tokenizer, examples, features, collator, settings: EvalConfig, general_text: Path) -> tuple[dict, list[str]]:
-    loss = mean_loss(model, features, collator)
+def measure(model, tokenizer, examples, features, collator, settings: EvalConfig, general_text: Path,
+            label: str = "model", progress: bool = False) -> tuple[dict, list[str]]:
+    """`label`'s metrics on the examples; with `progress`, a bar counts the examples scored (loss, answers, general text)."""
     sample = examples[: settings.max_examples]
-    answers = generate_answers(model, tokenizer, sample, settings.max_new_tokens) if sample else []
+    total = len(features) + len(sample) + len(general_lines(general_text))
+    with EvalProgress(f"evaluating {label}", total, enabled=progress) as bar:
+        loss = mean_loss(model, features, collator, advance=bar.advance)
+        answers = generate_answers(model, tokenizer, sample, settings.max_new_tokens, advance=bar.advance) if sample else []
+        general_loss = general_text_loss(model, tokenizer, general_text, advance=bar.advance)
     metrics = {"loss": loss, "perplexity": perplexity(loss) if not math.isnan(loss) else None, "examples": len(features)}
     if sample:
         gen = compute_generation_metrics(answers, [e.response for e in sample], task_metric=settings.task_metric)
         metrics.update({k: v for k, v in gen.items() if k != "task_metric"})
-    general_loss = general_text_loss(model, tokenizer, general_text)
     metrics["general_perplexity"] = perplexity(general_loss)
     return metrics, answers
 
 
-def evaluate_run(model, tokenizer, val_examples, val_features, collator, config: TrainConfig, curves: dict, log=print) -> dict:
+def evaluate_run(model, tokenizer, val_examples, val_features, collator, config: TrainConfig, curves: dict, log=print,
+                 progress: bool = False) -> dict:
     """Adapter vs base on the held-out split; applies the config's thresholds."""
     settings = config.evaluation
     general_text = Path(settings.general_text) if settings.general_text else DEFAULT_GENERAL_TEXT
-    adapter_metrics, adapter_answers = measure(model, tokenizer, val_examples, val_features, collator, settings, general_text)
+    inputs = (model, tokenizer, val_examples, val_features, collator, settings, general_text)
+    adapter_metrics, adapter_answers = measure(*inputs, label="adapter", progress=progress)
     with (model.disable_adapter() if hasattr(model, "disable_adapter") else nullcontext()):
-        base_metrics, base_answers = measure(model, tokenizer, val_examples, val_features, collator, settings, general_text)
+        base_metrics, base_answers = measure(*inputs, label="base", progress=progress)
     overfit, why = overfitting_flag([tuple(p) for p in curves.get("train_loss", [])], [tuple(p) for p in curves.get("val_loss", [])])
     adapter_metrics["overfitting"] = overfit
     failures = check_thresholds(settings, adapter_metrics, base_metrics)
@@ -142,7 +182,7 @@ def check_thresholds(settings: EvalConfig, adapter: dict, base: dict) -> list[st
 
 def evaluate_version(
     registry, ref: str, data_path: Path, data_type: str = "alpaca", task_metric: str = "exact_match",
-    max_examples: int = 64, quantization: str = "none", record: bool = True, sequence_len: int = 1024,
+    max_examples: int = 64, quantization: str = "none", record: bool = True, sequence_len: int = 1024, progress: bool = False,
 ) -> dict:
     """`reg eval`: a registered version and its base on a data file; recorded with the version unless `record=False`."""
     import tempfile
@@ -165,9 +205,10 @@ def evaluate_version(
         model = PeftModel.from_pretrained(loaded.model, adapter_dir).eval()
     settings = EvalConfig(task_metric=task_metric, max_examples=max_examples, max_general_ppl_ratio=None)
     collator = CausalCollator(loaded.tokenizer.pad_token_id)
-    adapter_metrics, adapter_answers = measure(model, loaded.tokenizer, report.examples, features, collator, settings, DEFAULT_GENERAL_TEXT)
+    inputs = (model, loaded.tokenizer, report.examples, features, collator, settings, DEFAULT_GENERAL_TEXT)
+    adapter_metrics, adapter_answers = measure(*inputs, label="adapter", progress=progress)
     with model.disable_adapter():
-        base_metrics, base_answers = measure(model, loaded.tokenizer, report.examples, features, collator, settings, DEFAULT_GENERAL_TEXT)
+        base_metrics, base_answers = measure(*inputs, label="base", progress=progress)
     samples = [
         {"prompt": e.messages[-1]["content"] if e.messages else e.raw_prompt, "reference": e.response, "adapter": a, "base": b}
         for e, a, b in zip(report.examples, adapter_answers, base_answers)

@@ -72,6 +72,14 @@ FRAGMENTATION = 0.05
 TIGHT_FRACTION = 0.85  # a plan using more than this of a GPU's memory is marked "tight"
 MAX_GPUS = 64
 
+# What the planner answers for: past these the rules of thumb mean nothing (and 1e30 parameters
+# printed 30-digit GiB). Ten times the largest published dense model; LoRA ranks past 4096 exceed
+# the hidden size of every model here; a million tokens per sequence; a per-GPU micro-batch.
+PARAMS_RANGE = (10**6, 10**13)
+INPUT_RANGES = {"rank": (1, 4096), "seq": (1, 1_048_576), "batch": (1, 4096)}
+GPU_MEMORY_GB_MAX = 4096
+USD_PER_HOUR_MAX = 10_000
+
 
 class PlanError(InvalidInput, ValueError):
     """A planner input (parameter count, method, GPU table entry...) that is not valid; the message names it."""
@@ -91,8 +99,9 @@ def parse_params(text: str | int | float) -> int:
         if not match:
             raise PlanError(f"--params {text!r}: expected a count like 8B, 135M, 1.5B or 7e9")
         value = float(match.group(1).replace("_", "")) * _SUFFIXES[match.group(2).lower()]
-    if not math.isfinite(value) or value < 1e6:
-        raise PlanError(f"--params {text!r}: expected at least 1M parameters")
+    low, high = PARAMS_RANGE
+    if not math.isfinite(value) or not low <= value <= high:
+        raise PlanError(f"--params {text!r}: expected between {_human_count(low)} and {_human_count(high)} parameters")
     return int(round(value))
 
 
@@ -287,9 +296,10 @@ def _target_modules(target: str | Iterable[str]) -> tuple[str, ...]:
     return tuple(names)
 
 
-def _positive_int(name: str, value) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise PlanError(f"--{name} {value!r}: expected a positive integer")
+def _bounded_int(name: str, value) -> int:
+    low, high = INPUT_RANGES[name]
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise PlanError(f"--{name} {value!r}: expected an integer from {low} to {high}")
     return value
 
 
@@ -352,7 +362,7 @@ def estimate(
     """
     if method not in METHODS:
         raise PlanError(f"--method {method!r}: expected one of {', '.join(METHODS)}")
-    rank, seq, batch = _positive_int("rank", rank), _positive_int("seq", seq), _positive_int("batch", batch)
+    rank, seq, batch = _bounded_int("rank", rank), _bounded_int("seq", seq), _bounded_int("batch", batch)
     if compute_dtype not in COMPUTE_BYTES:
         raise PlanError(f"compute dtype {compute_dtype!r}: expected one of {', '.join(COMPUTE_BYTES)}")
     if not 0 <= lora_dropout < 1:
@@ -465,10 +475,10 @@ def load_gpu_table(path: str | Path | None = None, home: str | Path | None = Non
         name, memory, price = entry["name"], entry["memory_gb"], entry["usd_per_hour"]
         if not isinstance(name, str) or not name.strip():
             raise PlanError(f"{where}: name must be non-empty text, got {name!r}")
-        if not _is_number(memory) or memory <= 0:
-            raise PlanError(f"{where}: memory_gb must be a number > 0, got {memory!r}")
-        if not _is_number(price) or price < 0:
-            raise PlanError(f"{where}: usd_per_hour must be a number >= 0, got {price!r}")
+        if not _is_number(memory) or not 0 < memory <= GPU_MEMORY_GB_MAX:
+            raise PlanError(f"{where}: memory_gb must be a number > 0, got {memory!r} (at most {GPU_MEMORY_GB_MAX})")
+        if not _is_number(price) or not 0 <= price <= USD_PER_HOUR_MAX:
+            raise PlanError(f"{where}: usd_per_hour must be a number >= 0, got {price!r} (at most {USD_PER_HOUR_MAX})")
         if name in seen:
             raise PlanError(f"{where}: name {name!r} appears twice")
         seen.add(name)
@@ -560,6 +570,9 @@ def plan(
     requested = None
     if isinstance(model, ModelShape):
         shape = model
+        if not PARAMS_RANGE[0] <= shape.params <= PARAMS_RANGE[1]:
+            raise PlanError(f"model {shape.name or 'shape'!r}: {shape.params:,} parameters, outside the planner's range "
+                            f"({_human_count(PARAMS_RANGE[0])} to {_human_count(PARAMS_RANGE[1])})")
     else:
         requested = parse_params(model)
         shape = shape_for_params(requested)

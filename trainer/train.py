@@ -20,8 +20,9 @@ from registry.bases import DEFAULT_BASE, Base
 from registry.db import utcnow
 from registry.errors import BaseNotFound, LoradockError
 
-from .config import TrainConfig
+from .config import ConfigError, TrainConfig
 from .environment import hardware, library_versions, peak_memory_mb
+from .runs import Heartbeat, process_identity, write_run_json
 
 
 class TrainError(LoradockError):
@@ -82,15 +83,6 @@ def find_resumable_run(registry: Registry, config: TrainConfig, run_id: str | No
     return rid, run_dir
 
 
-def _write_run_json(run_dir: Path, **fields_) -> None:
-    path = run_dir / "run.json"
-    info = json.loads(path.read_text()) if path.exists() else {}
-    info.update(fields_)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(info, indent=2, default=str))
-    os.replace(tmp, path)
-
-
 # --- the run ---------------------------------------------------------------------------------
 
 
@@ -111,32 +103,53 @@ def build_peft_config(config: TrainConfig):
     return PrefixTuningConfig(num_virtual_tokens=config.num_virtual_tokens, task_type="CAUSAL_LM")
 
 
-def train(
-    config: TrainConfig, registry: Registry, resume: bool = False, run_id: str | None = None,
-    skip_bad_lines: bool = False, push: bool = True, progress: bool = True, log=print,
-) -> TrainResult:
-    """Run the whole job. `log` receives one-line status messages (the CLI prints them)."""
+@dataclass
+class _Prepared:
+    """Everything checked and built before a run directory exists: base, data, tokenized features, the PEFT model."""
+
+    base: Base
+    report: object
+    dedup: object
+    val_examples: list
+    train_features: list
+    val_features: list
+    collator: object
+    tokenizer: object
+    counts: dict
+    model: object
+    trainable: int
+    total: int
+    warnings: list[str]
+
+
+def check_target_modules(model, config: TrainConfig, base_name: str) -> None:
+    """Every name in `lora_target_modules` must match a module of the base (PEFT matches by suffix).
+
+    PEFT's own error only comes when none matches, and names no alternatives; a typo in one of
+    several names is silently ignored there. The error lists the base's linear module names.
+    """
+    targets = config.lora_target_modules
+    if config.adapter == "prefix" or isinstance(targets, str):
+        return
     import torch
-    from transformers import EarlyStoppingCallback, Trainer, TrainingArguments, set_seed
+
+    names = [name for name, _ in model.named_modules() if name]
+    missing = [t for t in targets if not any(n == t or n.endswith("." + t) for n in names)]
+    if missing:
+        linear = sorted({name.rsplit(".", 1)[-1] for name, module in model.named_modules()
+                         if isinstance(module, torch.nn.Linear) or type(module).__name__ == "Conv1D"})
+        raise ConfigError(f"lora_target_modules: {', '.join(map(repr, missing))} matches no module of base {base_name}; "
+                          f"its linear modules are {', '.join(linear)} (or use all-linear)")
+
+
+def _prepare(config: TrainConfig, registry: Registry, skip_bad_lines: bool, log) -> _Prepared:
+    from transformers import set_seed
+
+    from registry.loading import load_base_model
 
     from . import data as data_mod
-    from .callbacks import CurveRecorder, LossProgressBar
-    from .evaluate import evaluate_run
 
-    started = time.time()
-    is_main = int(os.environ.get("RANK", "0")) == 0
     warnings: list[str] = []
-    if resume:
-        run_id, run_dir = find_resumable_run(registry, config, run_id)
-        log(f"resuming run {run_id} from {run_dir}")
-    else:
-        run_id = _same_on_every_process(run_id or os.environ.get("LORADOCK_RUN_ID") or new_run_id(config))
-        run_dir = Path(config.output_dir) if config.output_dir else registry.runs_dir / run_id
-    run_dir.mkdir(parents=True, exist_ok=True)
-    if is_main:
-        _write_run_json(run_dir, run_id=run_id, config=config.resolved(), config_hash=config.config_hash(),
-                        status="running", started_at=utcnow())
-
     base = resolve_base(registry, config.base_model)
     log(f"base {base.name} ({base.weights_digest[:19]}), adapter {config.adapter}, quantization {config.quantization}")
 
@@ -148,14 +161,13 @@ def train(
     dedup, train_examples, val_examples = data_mod.dedup_and_split(report.examples, config.val_set_size, config.seed)
 
     set_seed(config.seed)
-    from registry.loading import load_base_model
-
     loaded = load_base_model(base, config.quantization, bf16=config.bf16, for_training=True)
     tokenizer = loaded.tokenizer
     train_features, prep_stats = data_mod.prepare_features(train_examples, tokenizer, config.sequence_len)
     val_features, _ = data_mod.prepare_features(val_examples, tokenizer, config.sequence_len) if val_examples else ([], {})
     collator = data_mod.CausalCollator(tokenizer.pad_token_id)
     data_mod.check_eos_is_trained(train_features, collator, tokenizer.eos_token_id)
+    check_target_modules(loaded.model, config, base.name)
     counts = data_mod.dataset_counts(report, dedup, train_examples, val_examples, prep_stats)
     if counts.get("warning"):
         warnings.append(counts["warning"])
@@ -171,7 +183,65 @@ def train(
         model.enable_input_require_grads()
     trainable, total = model.get_nb_trainable_parameters()
     log(f"trainable parameters: {trainable:,} of {total:,} ({100 * trainable / total:.2f} %)")
+    return _Prepared(base, report, dedup, val_examples, train_features, val_features, collator, tokenizer, counts, model,
+                     trainable, total, warnings)
 
+
+def train(
+    config: TrainConfig, registry: Registry, resume: bool = False, run_id: str | None = None,
+    skip_bad_lines: bool = False, push: bool = True, progress: bool = True, log=print, config_path: Path | None = None,
+) -> TrainResult:
+    """Run the whole job. `log` receives one-line status messages (the CLI prints them).
+
+    Everything that can refuse the run (config, dataset files and lines, base, target modules) is
+    checked before the run directory is made, so a refused run leaves nothing behind. A run that
+    fails afterwards is recorded as failed (interrupted for Ctrl-C); one killed outright is found
+    abandoned by `reg runs ls` (its process is gone).
+    """
+    from registry.loading import quiet_libraries
+
+    quiet_libraries()
+    started = time.time()
+    is_main = int(os.environ.get("RANK", "0")) == 0
+    if resume:
+        run_id, run_dir = find_resumable_run(registry, config, run_id)
+        log(f"resuming run {run_id} from {run_dir}")
+    else:
+        run_id = _same_on_every_process(run_id or os.environ.get("LORADOCK_RUN_ID") or new_run_id(config))
+        run_dir = Path(config.output_dir) if config.output_dir else registry.runs_dir / run_id
+    job = _prepare(config, registry, skip_bad_lines, log)
+
+    run_dir.mkdir(parents=True, exist_ok=True)
+    heartbeat = Heartbeat(run_dir) if is_main else None
+    try:
+        if heartbeat is not None:
+            source = {"config_path": str(Path(config_path).resolve())} if config_path else {}
+            write_run_json(run_dir, run_id=run_id, config=config.resolved(), config_hash=config.config_hash(), **source,
+                           status="running", started_at=utcnow(), finished_at=None, error=None, **process_identity())
+            heartbeat.start()
+        return _fit_evaluate_push(job, config, registry, run_id, run_dir, resume, push, progress and is_main, started, log)
+    except BaseException as exc:
+        if heartbeat is not None:
+            write_run_json(run_dir, status="interrupted" if isinstance(exc, KeyboardInterrupt) else "failed",
+                           finished_at=utcnow(), error=" ".join(str(exc).split())[:500] or type(exc).__name__)
+        raise
+    finally:
+        if heartbeat is not None:
+            heartbeat.stop()
+
+
+def _fit_evaluate_push(
+    job: _Prepared, config: TrainConfig, registry: Registry, run_id: str, run_dir: Path, resume: bool, push: bool,
+    progress: bool, started: float, log,
+) -> TrainResult:
+    import torch
+    from transformers import EarlyStoppingCallback, Trainer, TrainingArguments
+
+    from .callbacks import CurveRecorder, LossProgressBar
+    from .evaluate import evaluate_run
+
+    model, tokenizer, collator, base = job.model, job.tokenizer, job.collator, job.base
+    train_features, val_features, val_examples = job.train_features, job.val_features, job.val_examples
     steps_per_epoch = max(1, -(-len(train_features) // (config.micro_batch_size * config.gradient_accumulation_steps)))
     total_steps = config.max_steps if config.max_steps > 0 else int(steps_per_epoch * config.num_epochs)
     eval_steps = config.eval_steps or max(1, total_steps // 10)
@@ -187,7 +257,8 @@ def train(
         output_dir=str(run_dir / "checkpoints"),
         per_device_train_batch_size=config.micro_batch_size, per_device_eval_batch_size=config.micro_batch_size,
         gradient_accumulation_steps=config.gradient_accumulation_steps, num_train_epochs=config.num_epochs,
-        max_steps=config.max_steps, learning_rate=config.learning_rate, lr_scheduler_type=config.lr_scheduler,
+        max_steps=config.max_steps if config.max_steps > 0 else -1,  # 0 means num_epochs (Axolotl); HF would run 1 step
+        learning_rate=config.learning_rate, lr_scheduler_type=config.lr_scheduler,
         warmup_steps=config.warmup_steps, weight_decay=config.weight_decay, optim=config.optimizer,
         bf16=bf16, tf32=tf32 or None, **_checkpointing_args(config.gradient_checkpointing),
         eval_strategy="steps" if has_val else "no", eval_steps=eval_steps if has_val else None,
@@ -200,7 +271,7 @@ def train(
     )
     curves = CurveRecorder()
     callbacks = [curves]
-    if progress and is_main:
+    if progress:
         callbacks.append(LossProgressBar())
     if early_stop:
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=config.early_stopping_patience))
@@ -236,18 +307,19 @@ def train(
     plot_path = _plot_curves(curve_data, run_dir / "loss.png", title=f"{config.push.name} ({config.adapter})")
 
     log("evaluating on the held-out split (adapter and base) ...")
-    evaluation = evaluate_run(model, tokenizer, val_examples, val_features, collator, config, curve_data, log=log)
+    evaluation = evaluate_run(model, tokenizer, val_examples, val_features, collator, config, curve_data, log=log,
+                              progress=progress)
     duration = time.time() - started
     metrics = {**curve_data, "seconds_per_step": seconds_per_step, "peak_memory_mb": peak_memory_mb(),
-               "trainable_parameters": trainable, "total_parameters": total, "loss_plot": str(plot_path)}
+               "trainable_parameters": job.trainable, "total_parameters": job.total, "loss_plot": str(plot_path)}
     (run_dir / "metrics.json").write_text(json.dumps({"curves": metrics, "evaluation": evaluation}, indent=2, default=str))
 
     version_ref = None
     if push:
         registry.record_run(
             run_id, config.push.name, config=config.resolved(), config_hash=config.config_hash(), base=base,
-            datasets=[{**f, "counts": counts} for f in report.files] if len(report.files) == 1 else
-            [*report.files, {"path": "(all files)", "counts": counts}],
+            datasets=[{**f, "counts": job.counts} for f in job.report.files] if len(job.report.files) == 1 else
+            [*job.report.files, {"path": "(all files)", "counts": job.counts}],
             seed=config.seed, libraries=library_versions(),
             hardware={**hardware(), "processes": int(os.environ.get("WORLD_SIZE", "1"))}, metrics=metrics,
             started_at=time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(started)), finished_at=utcnow(),
@@ -259,8 +331,9 @@ def train(
         version_ref = result.version.ref
         registry.record_evaluation(result.version, "heldout", "val", evaluation["adapter"], evaluation["base"],
                                    run_id=run_id, passed=evaluation["passed"], failures=evaluation["failures"])
-    _write_run_json(run_dir, status="succeeded", finished_at=utcnow(), version=version_ref, duration_s=duration)
-    return TrainResult(run_id, run_dir, version_ref, curve_data, evaluation, duration, seconds_per_step, peak_memory_mb(), warnings)
+    write_run_json(run_dir, status="succeeded", finished_at=utcnow(), version=version_ref, duration_s=duration)
+    return TrainResult(run_id, run_dir, version_ref, curve_data, evaluation, duration, seconds_per_step, peak_memory_mb(),
+                       job.warnings)
 
 
 def _checkpointing_args(enabled: bool) -> dict:
