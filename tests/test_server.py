@@ -292,26 +292,32 @@ def test_a_client_deadline_is_deadline_exceeded_and_frees_the_slot(served, monke
     assert_stopped_early(service, spy.handles[0], 1000)
 
 
-def test_a_full_queue_answers_resource_exhausted_quickly(tmp_path, tiny_base_dir):
+def test_a_full_queue_answers_resource_exhausted_before_any_work(tmp_path, tiny_base_dir):
     reg = Registry(tmp_path / "home")
     reg.add_base(str(tiny_base_dir), TINY_BASE)
     options = ServerOptions(base=TINY_BASE, quant="none", port=0, max_batch_size=1, max_queue=2)
     server, port, service = create_server(options, reg, log=lambda m: None)
     try:
-        with LoradockClient(f"127.0.0.1:{port}") as client:
+        with LoradockClient(f"127.0.0.1:{port}") as client, ForwardGate(service.engine.model) as gate:
+            # The model is held: one request sits in its prefill, two wait in the queue, and the other nine must be
+            # refused while no forward pass can run, i.e. before any work is spent on them.
+            codes: list[str] = []
+
             def one(_):
-                started = time.monotonic()
                 try:
                     client.generate("hello world", max_new_tokens=60)
-                    return "ok", time.monotonic() - started
+                    codes.append("ok")
                 except grpc.RpcError as exc:
-                    return exc.code().name, time.monotonic() - started
+                    codes.append(exc.code().name)
 
             with ThreadPoolExecutor(12) as pool:
-                outcomes = list(pool.map(one, range(12)))
-            codes = [c for c, _ in outcomes]
-            assert "RESOURCE_EXHAUSTED" in codes and "ok" in codes
-            assert all(t < 1.0 for c, t in outcomes if c == "RESOURCE_EXHAUSTED")
+                pending = [pool.submit(one, i) for i in range(12)]
+                wait_until(lambda: codes.count("RESOURCE_EXHAUSTED") == 9, what="nine refusals while the model is held")
+                assert gate.forwards == 0 and service.engine.queue_depth == 2
+                gate.open()
+                for future in pending:
+                    future.result()
+            assert sorted(codes) == ["RESOURCE_EXHAUSTED"] * 9 + ["ok"] * 3
             assert client.generate("hello world", max_new_tokens=4).finish_reason in ("length", "stop")
     finally:
         shutdown(server, service, 0)
