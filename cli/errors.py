@@ -1,37 +1,25 @@
-"""The one place where loradock errors become CLI messages and exit codes."""
+"""The one place where loradock errors become CLI messages and exit codes.
+
+The exit codes themselves are the error table's (`exit_code` on each class, registry/errors.py), documented
+in README.md ("Exit codes"); scripts may rely on them.
+"""
 
 from __future__ import annotations
 
 import sys
 
-from registry.errors import (
-    BaseMismatch, BlobsMissing, Conflict, DatabaseCorrupt, IntegrityError, InvalidAdapter, InvalidInput, InvalidName,
-    InvalidRef, LoradockError, NotFound, NotWritable, PermissionDenied, StorageFull, TooLarge, Unauthenticated, Unavailable,
-)
-
-# Documented in README.md ("Exit codes"); scripts may rely on them.
-EXIT_CODES: list[tuple[type[LoradockError], int]] = [
-    (InvalidName, 2), (InvalidRef, 2), (InvalidAdapter, 2), (InvalidInput, 2),
-    (NotFound, 3),
-    (Conflict, 4),
-    (BaseMismatch, 5),
-    (DatabaseCorrupt, 14),
-    (IntegrityError, 6), (BlobsMissing, 6),
-    (TooLarge, 7),
-    (Unavailable, 9),
-    (Unauthenticated, 10),
-    (PermissionDenied, 11),
-    (StorageFull, 12),
-    (NotWritable, 13),
-    (LoradockError, 1),
-]
-
+from registry.errors import LoradockError, class_for_status
 
 MAX_MESSAGE_CHARS = 2000
 
 
 def exit_code_for(error: LoradockError) -> int:
-    return next(code for cls, code in EXIT_CODES if isinstance(error, cls))
+    return error.exit_code
+
+
+def exit_code_for_status(status: str) -> int:
+    """The exit code of an inference command (`reg generate`, `feedback`, `stats`) that ended with gRPC `status`."""
+    return class_for_status(status, inference=True).exit_code
 
 
 def report(error: LoradockError) -> int:

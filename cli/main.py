@@ -553,7 +553,7 @@ def generate(
         result = client.generate(**kwargs)
     except grpc.RpcError as exc:
         err_console.print(f"error: {exc.code().name}: {exc.details()}")
-        raise typer.Exit(_RPC_EXIT.get(exc.code().name, 1)) from None
+        raise typer.Exit(errors.exit_code_for_status(exc.code().name)) from None
     finally:
         client.close()
     if json_out:
@@ -563,10 +563,6 @@ def generate(
     served = result.adapter_version or "base"
     err_console.print(f"[{served}{' / ' + result.variant if result.variant else ''}] {result.finish_reason}, "
                       f"{result.completion_tokens} tokens, {result.total_ms:.0f} ms")
-
-
-_RPC_EXIT = {"INVALID_ARGUMENT": 2, "NOT_FOUND": 3, "FAILED_PRECONDITION": 5, "RESOURCE_EXHAUSTED": 7,
-             "DEADLINE_EXCEEDED": 8, "UNAVAILABLE": 9, "UNAUTHENTICATED": 10, "PERMISSION_DENIED": 11}
 
 
 # --- access control --------------------------------------------------------------------------
@@ -641,7 +637,7 @@ def audit(
     console.print(t if entries else "no audited writes yet (the log records writes made through a served registry)")
 
 from . import export  # noqa: E402,F401  (`reg export`, in its own module; it registers itself on `app`)
-from . import server_cmds  # noqa: E402,F401  (`reg feedback`, `reg stats`; after Target and _RPC_EXIT)
+from . import server_cmds  # noqa: E402,F401  (`reg feedback`, `reg stats`; after Target)
 
 
 # --- entry point -----------------------------------------------------------------------------

@@ -1,6 +1,6 @@
 """`reg feedback` and `reg stats`: the Inference service's Feedback and ServerStats calls from the shell.
 
-Registered on `app` when cli.main imports this module (after `Target` and `_RPC_EXIT` exist).
+Registered on `app` when cli.main imports this module (after `Target` exists).
 """
 
 from __future__ import annotations
@@ -12,7 +12,8 @@ import typer
 
 from registry.errors import InvalidInput
 
-from .main import _REMOTE, _RPC_EXIT, Json, Target, app
+from . import errors
+from .main import _REMOTE, Json, Target, app
 from .output import console, err_console, human_size, print_json, table
 
 
@@ -28,7 +29,7 @@ def _client(target: str, timeout: float):
         yield client
     except grpc.RpcError as exc:
         err_console.print(f"error: {exc.code().name}: {exc.details()}")
-        raise typer.Exit(_RPC_EXIT.get(exc.code().name, 1)) from None
+        raise typer.Exit(errors.exit_code_for_status(exc.code().name)) from None
     finally:
         client.close()
 

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import hashlib
 import mmap
+from typing import TYPE_CHECKING
 
 from .adapters import WEIGHTS_FILE
 from .records import Version
-from .store import Registry
 from .weights import read_header
+
+if TYPE_CHECKING:  # a local registry; at run time it is the caller (store.py imports this module)
+    from .store import Registry
 
 _SUMMARY_FIELDS = ("base_name", "base_digest", "peft_type", "rank", "alpha", "target_modules", "size_bytes")
 

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from .blobs import sha256_file
 from .db import integrity_problems, transaction
 from .errors import Conflict
 from .records import Version
-from .store import Registry
+
+if TYPE_CHECKING:  # a local registry; at run time it is the caller (store.py imports this module)
+    from .store import Registry
 
 DEFAULT_GC_GRACE_S = 3600.0
 

@@ -12,7 +12,7 @@ import sqlite3
 import statistics
 from dataclasses import dataclass, field
 
-from .rollouts import Revision, arm_label
+from .rollout_records import Revision, arm_label
 
 ERROR_FREE = ("OK", "CANCELLED")
 POSITIVE_LABELS = {"good", "positive", "yes", "up", "thumbs_up", "accept", "accepted", "success", "1", "true"}

@@ -1,6 +1,6 @@
 """`RemoteRegistry`: the registry API over gRPC, for `reg --registry grpc://host:port ...` and remote-backed servers.
 
-It offers the methods the CLI and the inference server call on a local `Registry` (resolve, push,
+It implements `registry.interface.RegistryAPI`, as the local `Registry` does (resolve, push,
 pull, ls, show, diff, aliases, rm, gc, verify, rollouts...) and returns the same records, so every
 command prints the same output whichever registry it talks to. A push hashes the directory locally,
 asks which blobs the server lacks, uploads only those (resuming an interrupted upload at the byte
@@ -21,17 +21,17 @@ from urllib.parse import urlsplit
 
 import grpc
 
-from registry import errors as registry_errors
 from registry.adapters import inspect_adapter_dir
 from registry.bases import Base
 from registry.blobs import hash_into, sha256_file
 from registry.errors import (
-    BaseNotFound, Conflict, IntegrityError, InvalidInput, LoradockError, NotFound, PermissionDenied, TooLarge,
-    Unauthenticated, Unavailable,
+    BaseNotFound, Conflict, IntegrityError, InvalidInput, LoradockError, PermissionDenied, TooLarge, Unauthenticated,
+    class_for_status, error_class_named,
 )
 from registry.manifests import write_version_dir
-from registry.names import validate_name
+from registry.names import Ref, validate_name
 from registry.records import AdapterSummary, AliasEvent, FileRecord, PushResult, Version
+from registry.rollout_records import Arm, FeedbackRecord, Guard, Outcome, Revision
 from registry.store import check_push_text, current_actor, default_home
 
 from .rpc import pb, pb_grpc
@@ -40,19 +40,6 @@ from .status import ERROR_CLASS_KEY
 CHUNK_BYTES = 2**20
 MAX_MESSAGE_BYTES = 16 * 2**20
 UPLOAD_RETRIES = 5
-
-_ERROR_FOR_CODE = {
-    grpc.StatusCode.NOT_FOUND: NotFound,
-    grpc.StatusCode.INVALID_ARGUMENT: InvalidInput,
-    grpc.StatusCode.FAILED_PRECONDITION: Conflict,
-    grpc.StatusCode.DATA_LOSS: IntegrityError,
-    grpc.StatusCode.RESOURCE_EXHAUSTED: TooLarge,
-    grpc.StatusCode.UNAUTHENTICATED: Unauthenticated,
-    grpc.StatusCode.PERMISSION_DENIED: PermissionDenied,
-    grpc.StatusCode.UNAVAILABLE: Unavailable,
-    grpc.StatusCode.DEADLINE_EXCEEDED: Unavailable,
-}
-
 
 def parse_registry_url(url: str) -> tuple[str, bool]:
     """`grpc://host:port` -> ("host:port", tls=False); `grpcs://host:port` -> (..., tls=True)."""
@@ -141,20 +128,16 @@ class RemoteRegistry:
     def __exit__(self, *exc) -> None:
         self.close()
 
-    def __getattr__(self, name: str):
-        if name.startswith("_"):
-            raise AttributeError(name)
-        raise InvalidInput(f"{name.replace('_', ' ')} works on a local registry only, not on {self.url}: "
-                           f"run it on the registry's host (with --home) or drop --registry")
+    def _local_only(self, what: str) -> InvalidInput:
+        return InvalidInput(f"{what} works on a local registry only, not on {self.url}: "
+                            f"run it on the registry's host (with --home) or drop --registry")
 
     # --- calls --------------------------------------------------------------------------
 
     def _error(self, exc: grpc.RpcError) -> LoradockError:
         code, details = exc.code(), exc.details() or ""
         name = dict(exc.trailing_metadata() or ()).get(ERROR_CLASS_KEY)
-        cls = getattr(registry_errors, name, None) if name else None
-        if not (isinstance(cls, type) and issubclass(cls, LoradockError)):
-            cls = _ERROR_FOR_CODE.get(code, LoradockError)
+        cls = (error_class_named(name) if name else None) or class_for_status(code.name)
         if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED) and not name:
             return cls(f"registry {self.url} is unreachable ({code.name}: {details})")
         if cls in (Unauthenticated, PermissionDenied):
@@ -173,7 +156,7 @@ class RemoteRegistry:
 
     # --- resolving and listing ----------------------------------------------------------
 
-    def resolve(self, ref) -> Version:
+    def resolve(self, ref: str | Ref) -> Version:
         return _version(self._doc("Resolve", pb.RefRequest(ref=str(ref))))
 
     def list_adapters(self) -> list[AdapterSummary]:
@@ -216,6 +199,14 @@ class RemoteRegistry:
 
     def audit_entries(self, limit: int | None = None) -> list[dict]:
         return self._doc("Audit", pb.AuditRequest(limit=limit or 0))
+
+    def add_base(self, path_or_hub_id: str, name: str, source: str | None = None, hub_id: str | None = None) -> tuple[Base, bool]:
+        """Refused: a base is registered from a directory (or hub cache) on the registry's host."""
+        raise self._local_only("add base")
+
+    def fetch_default_base(self) -> tuple[Base, bool]:
+        """Refused: the default base is prepared on the registry's host."""
+        raise self._local_only("fetch default base")
 
     # --- aliases and deleting -----------------------------------------------------------
 
@@ -324,7 +315,7 @@ class RemoteRegistry:
 
     # --- pull ---------------------------------------------------------------------------
 
-    def pull(self, ref, out: Path | str | None = None, force: bool = False) -> tuple[Version, Path]:
+    def pull(self, ref: str | Ref, out: Path | str | None = None, force: bool = False) -> tuple[Version, Path]:
         """Write a version as a plain PEFT directory, verifying every downloaded file's size and sha256.
 
         A pull cut off halfway keeps what it downloaded (in a hidden directory next to `out`); pulling the
@@ -385,17 +376,17 @@ class RemoteRollouts:
         self._current = {name: _revision(d) for name, d in state["revisions"].items()}
         return state["change_id"]
 
-    def all_current(self) -> dict:
+    def all_current(self) -> dict[str, Revision]:
         return dict(self._current)
 
-    def record(self, outcomes, feedback=()) -> None:
+    def record(self, outcomes: list[Outcome], feedback: list[FeedbackRecord] = ()) -> None:
         from dataclasses import astuple
 
         reply = self.remote._doc("RolloutRecord", pb.RolloutRecordRequest(
             outcomes_json=json.dumps([astuple(o) for o in outcomes]), feedback_json=json.dumps([astuple(f) for f in feedback])))
         self._guarded.update({d["adapter"]: _revision(d) for d in reply["guard"]})
 
-    def check_guard(self, name: str):
+    def check_guard(self, name: str) -> Revision | None:
         """The revision the registry's guard wrote for `name` while recording the last batch, if any."""
         return self._guarded.pop(name, None)
 
@@ -405,29 +396,28 @@ class RemoteRollouts:
     def report(self, name: str, since: int | None = None) -> dict:
         return self.remote._doc("RolloutReport", pb.RolloutRequest(name=name, since=since or 0))
 
-    def _change(self, name: str, action: str, args: dict, reason: str):
+    def _change(self, name: str, action: str, args: dict, reason: str) -> Revision:
         return _revision(self.remote._doc("RolloutChange", pb.RolloutChangeRequest(
             name=name, action=action, args_json=json.dumps(args), reason=reason)))
 
-    def set(self, name: str, arms, sticky: bool = False, guard=None, reason: str = "", actor: str | None = None):
+    def set(self, name: str, arms: list[Arm], sticky: bool = False, guard: Guard | None = None, reason: str = "",
+            actor: str | None = None) -> Revision:
         from dataclasses import asdict
 
         return self._change(name, "set", {"arms": [[a.version, a.weight] for a in arms], "sticky": sticky,
                                           "guard": asdict(guard) if guard else None}, reason)
 
-    def promote(self, name: str, version: int, reason: str = "", actor: str | None = None):
+    def promote(self, name: str, version: int, reason: str = "", actor: str | None = None) -> Revision:
         return self._change(name, "promote", {"version": version}, reason)
 
-    def rollback(self, name: str, reason: str = "", actor: str | None = None):
+    def rollback(self, name: str, reason: str = "", actor: str | None = None) -> Revision:
         return self._change(name, "rollback", {}, reason)
 
-    def clear(self, name: str, reason: str = "", actor: str | None = None):
+    def clear(self, name: str, reason: str = "", actor: str | None = None) -> Revision:
         return self._change(name, "clear", {}, reason)
 
 
 def _revision(d: dict):
     """A `Revision` from its `to_dict()` form."""
-    from registry.rollouts import Arm, Guard, Revision
-
     d = dict(d, arms=[Arm(a["version"], a["weight"]) for a in d["arms"]], guard=Guard(**d["guard"]) if d["guard"] else None)
     return Revision(**d)

@@ -1,4 +1,4 @@
-"""Loradock errors -> gRPC status codes: the one mapping, used by every servicer (imports no torch).
+"""Loradock errors -> gRPC statuses, as the error table (registry/errors.py) says: used by every servicer (no torch).
 
 A status also carries the error's class name in trailing metadata (`loradock-error`), so a remote
 registry client (`server/remote.py`) raises the same exception a local registry would, and the
@@ -8,48 +8,15 @@ CLI prints the same message with the same exit code.
 from __future__ import annotations
 
 import re
-import sys
 
 import grpc
 
-from registry.errors import (
-    BaseMismatch, BlobsMissing, Conflict, DatabaseCorrupt, IntegrityError, InvalidAdapter, InvalidInput, InvalidName,
-    InvalidRef, LoradockError, NotFound, NotWritable, PermissionDenied, StorageFull, TooLarge, Unauthenticated, Unavailable,
-)
-
-from .errors import QueueFull, ServerShuttingDown
-
-STATUS_FOR = [  # most specific first
-    (NotFound, grpc.StatusCode.NOT_FOUND),
-    (InvalidRef, grpc.StatusCode.INVALID_ARGUMENT),
-    (InvalidName, grpc.StatusCode.INVALID_ARGUMENT),
-    (InvalidInput, grpc.StatusCode.INVALID_ARGUMENT),
-    (BaseMismatch, grpc.StatusCode.FAILED_PRECONDITION),
-    (InvalidAdapter, grpc.StatusCode.FAILED_PRECONDITION),
-    (DatabaseCorrupt, grpc.StatusCode.DATA_LOSS),
-    (IntegrityError, grpc.StatusCode.DATA_LOSS),
-    (StorageFull, grpc.StatusCode.RESOURCE_EXHAUSTED),
-    (NotWritable, grpc.StatusCode.FAILED_PRECONDITION),
-    (QueueFull, grpc.StatusCode.RESOURCE_EXHAUSTED),
-    (ServerShuttingDown, grpc.StatusCode.UNAVAILABLE),
-    (Conflict, grpc.StatusCode.FAILED_PRECONDITION),
-    (BlobsMissing, grpc.StatusCode.FAILED_PRECONDITION),
-    (TooLarge, grpc.StatusCode.RESOURCE_EXHAUSTED),
-    (Unauthenticated, grpc.StatusCode.UNAUTHENTICATED),
-    (PermissionDenied, grpc.StatusCode.PERMISSION_DENIED),
-    (Unavailable, grpc.StatusCode.UNAVAILABLE),
-    (LoradockError, grpc.StatusCode.INTERNAL),
-]
+from registry.errors import LoradockError
 
 
 def status_for(error: BaseException) -> grpc.StatusCode:
-    lora = sys.modules.get("server.lora")  # only a loaded model can raise AdapterIncompatible
-    if lora is not None and isinstance(error, lora.AdapterIncompatible):
-        return grpc.StatusCode.FAILED_PRECONDITION
-    for cls, code in STATUS_FOR:
-        if isinstance(error, cls):
-            return code
-    return grpc.StatusCode.INTERNAL
+    """The error table's gRPC status for `error` (registry/errors.py); INTERNAL for anything outside it."""
+    return grpc.StatusCode[error.grpc_status] if isinstance(error, LoradockError) else grpc.StatusCode.INTERNAL
 
 
 ERROR_CLASS_KEY = "loradock-error"  # trailing metadata: the error's class, so a remote client raises the same one
