@@ -32,44 +32,40 @@ def _translated(exc: Exception, path: Path) -> Exception:
     return (from_sqlite_error(exc, path) if isinstance(exc, sqlite3.Error) else None) or exc
 
 
+@contextmanager
+def _named_errors(path: Path) -> Iterator[None]:
+    try:
+        yield
+    except (sqlite3.Error, OverflowError) as exc:
+        raise _translated(exc, path) from None
+
+
 class _Cursor(sqlite3.Cursor):
     """A cursor whose failures, also those met while stepping through rows, surface as named errors."""
 
     def execute(self, sql, parameters=()):
-        try:
+        with _named_errors(self.connection.path):
             return super().execute(sql, parameters)
-        except (sqlite3.Error, OverflowError) as exc:
-            raise _translated(exc, self.connection.path) from None
 
     def executemany(self, sql, seq_of_parameters):
-        try:
+        with _named_errors(self.connection.path):
             return super().executemany(sql, seq_of_parameters)
-        except (sqlite3.Error, OverflowError) as exc:
-            raise _translated(exc, self.connection.path) from None
 
     def __next__(self):
-        try:
+        with _named_errors(self.connection.path):
             return super().__next__()
-        except sqlite3.Error as exc:
-            raise _translated(exc, self.connection.path) from None
 
     def fetchone(self):
-        try:
+        with _named_errors(self.connection.path):
             return super().fetchone()
-        except sqlite3.Error as exc:
-            raise _translated(exc, self.connection.path) from None
 
     def fetchall(self):
-        try:
+        with _named_errors(self.connection.path):
             return super().fetchall()
-        except sqlite3.Error as exc:
-            raise _translated(exc, self.connection.path) from None
 
     def fetchmany(self, size=None):
-        try:
+        with _named_errors(self.connection.path):
             return super().fetchmany(self.arraysize if size is None else size)
-        except sqlite3.Error as exc:
-            raise _translated(exc, self.connection.path) from None
 
 
 class RegistryConnection(sqlite3.Connection):
