@@ -25,6 +25,10 @@ def export(
         "--merge", help="Export a weighted combination instead: REF=WEIGHT (repeatable), e.g. --merge arith:3=0.7.")] = None,
     method: Annotated[str, typer.Option(
         help="How --merge combines adapters (PEFT's combination types): cat (the exact weighted sum), linear, svd, ...")] = "cat",
+    density: Annotated[Optional[float], typer.Option(
+        help="ties, dare_* and magnitude_prune: the fraction of values kept, 0 < density <= 1 (they need it).")] = None,
+    majority_sign_method: Annotated[str, typer.Option(
+        help="ties and dare_ties: how each entry's sign is elected, total or frequency.")] = "total",
     dtype: Annotated[str, typer.Option(help="Weights of the merged model: bf16, fp16, fp32, or auto (the base's own).")] = "auto",
     max_shard_size: Annotated[str, typer.Option(
         help="Largest safetensors shard (2GB, 500MB, 1GiB); bigger models are split, with an index.")] = "2GB",
@@ -48,7 +52,8 @@ def export(
     if ref and merge:
         raise InvalidInput(f"give either REF ({ref}) or --merge REF=WEIGHT, not both")
     sources = [(ref, 1.0)] if ref else [parse_weighted_ref(item) for item in merge or []]
-    request = ExportRequest(sources=sources, out=out, method=method, fmt=fmt, dtype=dtype, max_shard_size=max_shard_size,
+    request = ExportRequest(sources=sources, out=out, method=method, density=density,
+                            majority_sign_method=majority_sign_method, fmt=fmt, dtype=dtype, max_shard_size=max_shard_size,
                             force=force, hub_repo=hub_repo)
     reg = _local_registry(home, "reg export")  # it records the export and reads the base's files
     result = run_export(reg, request, find_probes=lambda versions: held_out_probes(reg, versions),

@@ -25,6 +25,7 @@ if TYPE_CHECKING:
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Inference"].full_name
 REGISTRY_SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Registry"].full_name
+REGISTRY_MESSAGE_BYTES = 5 * 2**20  # one Registry upload chunk (at most 4 MiB, server/registry_service.py) and its framing
 
 
 def load_service(options: ServerOptions, registry: Registry, log=print) -> InferenceService:
@@ -53,14 +54,19 @@ def create_server(options: ServerOptions, registry: Registry, service: Inference
 
     It also serves the Registry service over `registry` when that is a local one.
     """
+    from .limits import max_request_bytes
     from .servicer import InferenceServicer
 
     tokens = _tokens(options)
+    check_listen(options)  # a busy port or a bad certificate fails now, not after the model has loaded
     service = service or load_service(options, registry, log=log)
-    server = _grpc_server(options, tokens, log)
+    serves_registry = isinstance(registry, Registry)
+    # The largest request the limits let through (a Registry upload chunk, when that service is served too).
+    max_receive = max(max_request_bytes(service.max_prompt_bytes), REGISTRY_MESSAGE_BYTES if serves_registry else 0)
+    server = _grpc_server(options, tokens, log, max_receive)
     pb_grpc.add_InferenceServicer_to_server(InferenceServicer(service), server)
     names = [SERVICE_NAME]
-    if isinstance(registry, Registry):
+    if serves_registry:
         _add_registry_service(server, registry.home, options, log)
         names.append(REGISTRY_SERVICE_NAME)
     port = _start(server, options, names)
@@ -74,7 +80,9 @@ def create_registry_server(options: ServerOptions, home, log=print, on_chunk=Non
     after every downloaded chunk (tests pause transfers with them).
     """
     options.validate_listen()
-    server = _grpc_server(options, _tokens(options), log)
+    tokens = _tokens(options)
+    check_listen(options)
+    server = _grpc_server(options, tokens, log)
     servicer = _add_registry_service(server, home, options, log, on_chunk=on_chunk, on_sent=on_sent)
     port = _start(server, options, [REGISTRY_SERVICE_NAME])
     return server, port, servicer
@@ -110,14 +118,45 @@ def _tokens(options: ServerOptions):
     return tokens
 
 
-def _grpc_server(options: ServerOptions, tokens, log) -> grpc.Server:
+def check_listen(options: ServerOptions) -> None:
+    """Refuse, in one line, a port another process listens on and TLS files that are not PEM (before any slow work)."""
+    import errno
+    import socket
+    import ssl
+
+    from registry.errors import Conflict
+
+    from .errors import BadRequest
+
+    address = f"{options.host}:{options.port}"
+    try:
+        infos = socket.getaddrinfo(options.host.strip("[]"), options.port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as e:
+        raise BadRequest(f"--host {options.host}: cannot resolve it ({e.strerror})") from None
+    for family, kind, proto, _, sockaddr in infos if options.port else []:
+        with socket.socket(family, kind, proto) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as gRPC does: only a listener is a conflict
+            try:
+                probe.bind(sockaddr)
+            except OSError as e:
+                if e.errno in (errno.EADDRINUSE, errno.EACCES):
+                    raise Conflict(f"cannot listen on {address}: {e.strerror}; stop what uses it or choose another --port") from None
+    if options.tls_cert:
+        try:
+            ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER).load_cert_chain(options.tls_cert, options.tls_key, password=b"")
+        except (ssl.SSLError, OSError, ValueError) as e:
+            raise BadRequest(f"--tls-cert {options.tls_cert} / --tls-key {options.tls_key}: not a PEM certificate chain "
+                             f"and its unencrypted private key ({getattr(e, 'reason', None) or e})") from None
+
+
+def _grpc_server(options: ServerOptions, tokens, log, max_receive: int = 16 * 2**20) -> grpc.Server:
     from .auth import AuthInterceptor
 
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=options.handler_threads, thread_name_prefix="loradock-rpc"),
         maximum_concurrent_rpcs=options.handler_threads,  # beyond: RESOURCE_EXHAUSTED at once, never an unbounded wait
         interceptors=[AuthInterceptor(tokens, log=log)],
-        options=[("grpc.max_receive_message_length", 16 * 2**20), ("grpc.max_send_message_length", 16 * 2**20),
+        options=[("grpc.max_receive_message_length", max_receive), ("grpc.max_send_message_length", 16 * 2**20),
                  ("grpc.so_reuseport", 0)],
     )
     server.tokens = tokens  # None: auth is off
@@ -142,7 +181,9 @@ def _start(server: grpc.Server, options: ServerOptions, names: list[str]) -> int
     else:
         port = server.add_insecure_port(address)
     if port == 0:
-        raise OSError(f"could not listen on {address} (in use?)")
+        from registry.errors import Conflict
+
+        raise Conflict(f"cannot listen on {address} (in use?); stop what uses it or choose another --port")
     server.start()
     for name in ["", *names]:
         health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)

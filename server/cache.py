@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import QueueFull
+from .limits import check_slot_memory
 
 
 @dataclass
@@ -31,7 +32,8 @@ class CacheEntry:
 
 
 class AdapterCache:
-    """Bounded by `max_adapters` (slots) and `max_bytes` of adapter weights."""
+    """Bounded by `max_adapters` (slots) and `max_bytes` of adapter weights; `max_bytes` also bounds the slot
+    stacks, which are padded to the largest rank loaded (and shrink back when that adapter is evicted)."""
 
     def __init__(self, lora, max_adapters: int, max_bytes: int, engine_lock: threading.Lock | None = None,
                  slot_wait_s: float = 60.0):
@@ -72,6 +74,7 @@ class AdapterCache:
             started = time.perf_counter()
             weights = load()  # file I/O and tensor building happen outside every lock
             with self._lock:
+                check_slot_memory(self.lora, key, weights.rank, self.max_bytes)  # the stacks grow to the largest rank
                 slot = self._free_slot(weights.nbytes, key)
                 with self._engine_lock:  # the slot write waits for the current forward to end
                     self.lora.assign(slot, weights)
@@ -124,6 +127,7 @@ class AdapterCache:
     def _evict(self, entry: CacheEntry) -> None:
         with self._engine_lock:
             self.lora.clear(entry.slot)
+            self.lora.shrink_to_fit()  # slots grown for a larger rank are given back
         del self.entries[entry.key]
         self.evictions += 1
 

@@ -58,13 +58,15 @@ class LoradockClient:
     def request(prompt: str | None = None, adapter: str = "", messages: list[dict] | None = None, max_new_tokens: int = 0,
                 temperature: float = 0.0, top_p: float = 0.0, top_k: int = 0, seed: int = 0, stop: list[str] | None = None,
                 repetition_penalty: float = 0.0, routing_key: str = "", merge: list[tuple[str, float]] | None = None,
-                merge_method: str = "", request_id: str = ""):
+                merge_method: str = "", request_id: str = "", merge_density: float = 0.0,
+                merge_majority_sign_method: str = ""):
         return pb.GenerateRequest(
             adapter=adapter, prompt=prompt or "", messages=[pb.ChatMessage(**m) for m in messages or []],
             params=pb.SamplingParams(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, top_k=top_k,
                                      seed=seed, stop=stop or [], repetition_penalty=repetition_penalty),
             routing_key=routing_key, merge=[pb.WeightedAdapter(adapter=a, weight=w) for a, w in merge or []],
-            merge_method=merge_method, request_id=request_id,
+            merge_method=merge_method, request_id=request_id, merge_density=merge_density,
+            merge_majority_sign_method=merge_majority_sign_method,
         )
 
     def generate(self, prompt: str | None = None, timeout: float | None = None, **kwargs) -> Completion:
@@ -94,3 +96,10 @@ class LoradockClient:
 
     def wait_ready(self, timeout: float = 60.0) -> None:
         grpc.channel_ready_future(self.channel).result(timeout=timeout)
+
+
+def message_dict(message) -> dict:
+    """A reply as a JSON-ready dict with the proto's field names, zeros included (`reg stats --json`)."""
+    from google.protobuf.json_format import MessageToDict
+
+    return MessageToDict(message, preserving_proto_field_name=True, always_print_fields_with_no_presence=True)

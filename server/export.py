@@ -38,6 +38,7 @@ from registry.db import utcnow
 from registry.errors import BaseMismatch, Conflict, IntegrityError, InvalidInput, LoradockError
 from registry.exports import EXPORT_FORMATS
 from registry.names import parse_ref
+from registry.paths import check_replaceable
 from registry.records import Version
 
 from .card import render_card
@@ -75,6 +76,10 @@ class ExportRequest:
     """The output directory; refused if it exists and is not empty, unless `force`."""
     method: str = DEFAULT_METHOD
     """How several adapters (or one with a weight other than 1) are combined: one of server.merge.MERGE_METHODS."""
+    density: float | None = None
+    """ties, dare_* and magnitude_prune: the fraction of values kept (0 < density <= 1); they need it."""
+    majority_sign_method: str = "total"
+    """ties and dare_ties: how the sign of each entry is elected, `total` or `frequency`."""
     fmt: str = "merged"
     """`merged`: a full model directory; `peft`: a plain PEFT adapter directory."""
     dtype: str = "auto"
@@ -91,6 +96,7 @@ class ExportRequest:
         return len(self.sources) > 1 or self.sources[0][1] != 1.0
 
     def validate(self) -> None:
+        from .limits import check_merge_options
         from .merge import MERGE_METHODS
 
         if not self.sources:
@@ -101,6 +107,8 @@ class ExportRequest:
                 raise InvalidInput(f"--merge {ref}={weight}: the weight must be a non-zero finite number")
         if self.method not in MERGE_METHODS:
             raise InvalidInput(f"--method {self.method!r}: use one of {', '.join(MERGE_METHODS)}")
+        check_merge_options(self.method, len(self.sources), self.density, self.majority_sign_method,
+                            ("--method", "--density", "--majority-sign-method"))
         if self.fmt not in EXPORT_FORMATS:
             raise InvalidInput(f"--format {self.fmt!r}: use one of {', '.join(EXPORT_FORMATS)}")
         if self.dtype != "auto" and self.dtype not in DTYPES:
@@ -196,7 +204,7 @@ def export(
             report = _check_fidelity(base, adapter_dir, staging, request.fmt, dtype, probes, log)
             if report.passed:
                 files = _write_provenance(staging, _facts(registry, request, sources, base, dtype, report))
-                replace_dir(staging, out)
+                replace_dir(staging, out, registry.home)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
 
@@ -239,7 +247,8 @@ def _label(request: ExportRequest, sources: list[tuple[Version, float]]) -> str:
 
     if not request.is_merge:
         return sources[0][0].ref
-    return merge_key([(v.ref, w) for v, w in sources], request.method)
+    return merge_key([(v.ref, w) for v, w in sources], request.method, density=request.density,
+                     majority_sign_method=request.majority_sign_method)
 
 
 def _probe_set(find_probes, versions: list[Version]) -> ProbeSet:
@@ -270,10 +279,11 @@ def _common_base(registry: Registry, versions: list[Version]) -> Base:
 
 
 def _check_not_replacing(out: Path, base: Base, registry: Registry) -> None:
-    target = out.resolve()
-    for protected, what in ((Path(base.path).resolve(), f"base {base.name}"), (registry.home.resolve(), "the registry home")):
-        if target == protected or target in protected.parents:
-            raise Conflict(f"--out {out} would replace {what} at {protected}; choose another directory")
+    if os.path.lexists(out):
+        check_replaceable(out, registry.home)  # not the home, inside it or above it (registry/paths.py)
+    target, protected = out.resolve(), Path(base.path).resolve()
+    if target == protected or target in protected.parents:
+        raise Conflict(f"--out {out} would replace base {base.name} at {protected}; choose another directory")
 
 
 def _verify_base_files(base: Base) -> None:
@@ -306,7 +316,8 @@ def _combine(registry: Registry, request: ExportRequest, sources, base: Base, wo
     if not request.is_merge:
         return pulled[0], (read_lora_adapter(pulled[0]) if request.fmt == "merged" else None)
     log(f"combining {_label(request, sources)} ...")
-    merged = merge_adapters([(read_lora_adapter(d), w) for d, (_, w) in zip(pulled, sources)], request.method)
+    merged = merge_adapters([(read_lora_adapter(d), w) for d, (_, w) in zip(pulled, sources)], request.method,
+                            density=request.density, majority_sign_method=request.majority_sign_method)
     base_name_or_path = sources[0][0].adapter_config.get("base_model_name_or_path") or base.hub_id or base.path
     return write_lora_adapter(merged, work / "merged-adapter", base_name_or_path), merged
 

@@ -30,6 +30,8 @@ from torch import nn
 
 from registry.errors import LoradockError
 
+from .merge import _pattern_value  # PEFT's rank_pattern/alpha_pattern lookup, shared with the merges
+
 CONFIG_FILE = "adapter_config.json"
 WEIGHTS_FILE = "adapter_model.safetensors"
 # More distinct adapters than this in one layer: one gathered bmm instead of a matmul pair per adapter
@@ -64,6 +66,7 @@ _BASE_REWRITING_INITS = ("pissa", "corda", "olora", "loftq", "mica")
 
 class AdapterIncompatible(LoradockError):
     """An adapter the multi-LoRA server cannot apply to its base: wrong kind, wrong modules or wrong shapes."""
+    grpc_status, http_status = "FAILED_PRECONDITION", 422  # its entry in the error table (registry/errors.py)
 
 
 @dataclass
@@ -201,14 +204,14 @@ class MultiLoraLinear(nn.Module):
     def gathered_nbytes(self) -> int:
         return 0 if self.gathered is None else self.gathered[1].nbytes + self.gathered[2].nbytes
 
-    def grow(self, rank: int) -> None:
-        """Re-allocate the stacks for a larger rank; existing slots keep their values, zero-padded."""
+    def resize(self, rank: int) -> None:
+        """Re-allocate the stacks for another rank; slots keep their values (zero-padded; no slot may be cut)."""
         self.gathered = None
-        old_rank = self.rank
+        keep = min(rank, self.rank)
         stacked_A = self.stacked_A.new_zeros(self.stacked_A.shape[0], rank, self.in_features)
         stacked_B = self.stacked_B.new_zeros(self.stacked_B.shape[0], self.out_features, rank)
-        stacked_A[:, :old_rank] = self.stacked_A
-        stacked_B[:, :, :old_rank] = self.stacked_B
+        stacked_A[:, :keep] = self.stacked_A[:, :keep]
+        stacked_B[:, :, :keep] = self.stacked_B[:, :, :keep]
         self.stacked_A, self.stacked_B = stacked_A, stacked_B
 
     def set_slot(self, slot: int, pair: tuple[torch.Tensor, torch.Tensor] | None) -> None:
@@ -298,6 +301,7 @@ class MultiLoraModel:
         self.max_slots = max_slots
         self.max_groups = max_groups
         self.gather_cache_bytes = gather_cache_bytes
+        self.min_rank = rank  # the stacks never shrink below the startup rank
         self.layers: dict[str, MultiLoraLinear] = {}
         self._slot_ranks: dict[int, int] = {}
         self._last_plan: tuple[tuple[tuple[int, ...], tuple[int, ...]], RowPlan] | None = None
@@ -353,7 +357,7 @@ class MultiLoraModel:
         with torch.inference_mode(False), torch.no_grad():
             if weights.rank > self.max_rank:
                 for layer in self.layers.values():
-                    layer.grow(weights.rank)
+                    layer.resize(weights.rank)
             for name, layer in self.layers.items():
                 layer.set_slot(slot, weights.modules.get(name))
         self._slot_ranks[slot] = weights.rank
@@ -366,6 +370,15 @@ class MultiLoraModel:
             for layer in self.layers.values():
                 layer.set_slot(slot, None)
         self._slot_ranks.pop(slot, None)
+
+    def shrink_to_fit(self) -> None:
+        """Re-allocate the stacks for the largest rank still assigned (never below the startup rank)."""
+        needed = max([self.min_rank, *self._slot_ranks.values()])
+        if needed < self.max_rank:
+            self._last_plan = None
+            with torch.inference_mode(False), torch.no_grad():
+                for layer in self.layers.values():
+                    layer.resize(needed)
 
     def plan(self, row_slots: torch.Tensor | Iterable[int]) -> RowPlan:
         """Group `row_slots` (one per batch row, or a (batch, seq) tensor of per-token slots) by slot.
@@ -477,14 +490,6 @@ def _why_not_lora(key: str) -> tuple[int, str]:
     if ".base_layer." in key or "modules_to_save" in key:
         return 2, "is a full base weight the adapter replaces (saved embedding layers or modules_to_save)"
     return 3, "is not a LoRA A/B matrix of a Linear layer"
-
-
-def _pattern_value(pattern: dict, module: str, default):
-    """PEFT's rank_pattern/alpha_pattern lookup: the first key that matches the end of the module name."""
-    for key, value in pattern.items():
-        if re.match(rf"(.*\.)?({key})$", module):
-            return value
-    return default
 
 
 def _decoder_stack_name(model: nn.Module) -> str:

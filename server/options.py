@@ -23,6 +23,10 @@ class ServerOptions:
     gather_cache_mb: int = _opt(512, "Memory for per-row adapter copies kept between decode steps (faster decode); 0 = off.")
     default_max_new_tokens: int = _opt(128, "max_new_tokens when a request leaves it at 0.")
     max_new_tokens_limit: int = _opt(1024, "Largest max_new_tokens a request may ask for.")
+    max_prompt_bytes: int = _opt(0, "Largest prompt (or sum of chat message contents) in bytes, checked before tokenizing "
+                                    "(0 = 8 bytes per token of the base's context).")
+    max_merge_adapters: int = _opt(8, "Most entries a per-request merge may combine.")
+    max_merge_rank: int = _opt(128, "Largest rank a per-request merge may have (cat sums its inputs' ranks).")
     grace_s: float = _opt(10.0, "On SIGTERM, how long in-flight requests may take to finish.")
     workers: int = _opt(0, "gRPC handler threads, each waiting request holds one (0 = max batch + max queue + 16); "
                            "calls beyond them get RESOURCE_EXHAUSTED at once.")
@@ -38,10 +42,10 @@ class ServerOptions:
         if self.quant not in ("nf4", "int8", "none"):
             raise BadRequest(f"--quant {self.quant!r}: use nf4, int8 or none")
         for name in ("max_batch_size", "max_queue", "max_adapters", "adapter_memory_mb", "default_max_new_tokens",
-                     "max_new_tokens_limit"):
+                     "max_new_tokens_limit", "max_merge_adapters", "max_merge_rank"):
             if getattr(self, name) < 1:
                 raise BadRequest(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
-        for name in ("lora_rank", "gather_cache_mb", "workers"):
+        for name in ("lora_rank", "gather_cache_mb", "workers", "max_prompt_bytes"):
             if getattr(self, name) < 0:
                 raise BadRequest(f"--{name.replace('_', '-')} must be 0 or more, got {getattr(self, name)}")
         self.validate_listen()

@@ -26,11 +26,15 @@ from registry.rollouts import FeedbackRecord
 from .cache import AdapterCache, adapter_dir_for
 from .engine import Engine, EngineRequest, Handle, Result
 from .errors import BadRequest
+from .limits import (
+    check_feedback, check_merge_rank, check_merge_request, check_prompt_size, check_request_ids, check_slot_memory,
+    max_prompt_bytes, merged_rank,
+)
 from .options import ServerOptions
 from .rollout_worker import RolloutWorker
 from .router import Choice, RolloutRouter
 from .sampling import Sampling
-from .stats import Stats
+from .stats import UNRESOLVED, Stats
 from .status import status_for
 
 MERGE_DEFAULT = "cat"
@@ -52,6 +56,7 @@ class InferenceService:
         self.options = options
         self.quantization = quantization
         self.context_len = int(getattr(model.config, "max_position_embeddings", 2048) or 2048)
+        self.max_prompt_bytes = max_prompt_bytes(options.max_prompt_bytes, self.context_len)
         self.engine = Engine(model, tokenizer, lora, options.max_batch_size, options.max_queue)
         self.cache = AdapterCache(lora, options.max_adapters, options.adapter_memory_mb * 2**20, self.engine.lock)
         self.stats = Stats()
@@ -76,16 +81,30 @@ class InferenceService:
         prepared = self.prepare(req)
         try:
             return self.engine.submit(prepared.request), prepared
-        except Exception:
+        except Exception as exc:
             if prepared.cache_key:
                 self.cache.release(prepared.cache_key)
+            if isinstance(exc, LoradockError):
+                self.stats.record(prepared.request.version, ok=False)
             raise
 
     def prepare(self, req) -> Prepared:
-        """Validate and tokenize; resolve and load the adapter. Raises loradock errors (mapped by the servicer)."""
+        """Validate and tokenize; resolve and load the adapter. Raises loradock errors (mapped by the servicer).
+
+        A request that fails counts in the stats of the version it resolved to, or in one `unresolved` bucket
+        (an unknown or malformed name must not add a stats entry of its own)."""
+        resolved: list[str] = []
+        try:
+            return self._prepare(req, resolved)
+        except LoradockError:
+            self.stats.record(resolved[-1] if resolved else UNRESOLVED, ok=False)
+            raise
+
+    def _prepare(self, req, resolved: list[str]) -> Prepared:
         self.engine.check_room()  # a full queue answers at once, not after tokenizing and loading an adapter
         if req.adapter and len(req.merge):
             raise BadRequest("give either `adapter` or `merge`, not both")
+        check_request_ids(req)
         sampling = self._sampling(req.params)
         prompt_ids = self._prompt_ids(req)
         room = self.context_len - len(prompt_ids)
@@ -99,7 +118,7 @@ class InferenceService:
         elif req.adapter:
             ref, choice = self._route(req.adapter, req.routing_key)
             try:
-                version, key, slot = self._acquire_adapter(ref)
+                version, key, slot = self._acquire_adapter(ref, resolved)
             except LoradockError as exc:  # the arm failed this request (e.g. its stored weights are corrupt)
                 if choice:
                     self.rollout_worker.record_outcome(choice, request_id, _status_name(exc))
@@ -138,9 +157,10 @@ class InferenceService:
         )
 
     def _prompt_ids(self, req) -> list[int]:
+        if req.messages and req.prompt:
+            raise BadRequest("give either `prompt` or `messages`, not both")
+        check_prompt_size(req, self.max_prompt_bytes, self.context_len)  # bytes first: never tokenize what cannot fit
         if req.messages:
-            if req.prompt:
-                raise BadRequest("give either `prompt` or `messages`, not both")
             messages = []
             for i, m in enumerate(req.messages):
                 if m.role not in ("system", "user", "assistant"):
@@ -160,9 +180,12 @@ class InferenceService:
         choice = self.router.pick_arm(ref.name, routing_key) if ref.version is None and ref.alias is None else None
         return (Ref(ref.name, version=choice.version) if choice else ref), choice
 
-    def _acquire_adapter(self, ref: Ref) -> tuple[str, str, int]:
+    def _acquire_adapter(self, ref: Ref, resolved: list[str]) -> tuple[str, str, int]:
         version = self.registry.resolve(ref)
+        resolved.append(version.ref)
         self._check_compatible(version)
+        if version.rank:  # before reading its files; the cache checks the rank it really has
+            check_slot_memory(self.lora, version.ref, version.rank, self.cache.max_bytes)
         entry = self.cache.acquire(version.ref, lambda: self._load_version(version))
         return version.ref, version.ref, entry.slot
 
@@ -189,7 +212,8 @@ class InferenceService:
 
         method = req.merge_method or MERGE_DEFAULT
         if method not in MERGE_METHODS:
-            raise BadRequest(f"merge_method={method!r}: use one of {', '.join(MERGE_METHODS)}")
+            raise BadRequest(f"merge_method={method[:64]!r}: use one of {', '.join(MERGE_METHODS)}")
+        density, sign = check_merge_request(req, self.options.max_merge_adapters)
         parts = []
         for i, item in enumerate(req.merge):
             if not item.adapter:
@@ -199,20 +223,26 @@ class InferenceService:
             version = self.registry.resolve(parse_ref(item.adapter))
             self._check_compatible(version)
             parts.append((version, float(f"{item.weight:.7g}")))  # the wire is float32: 0.7 arrives as 0.69999998
-        key = merge_key([(v.ref, w) for v, w in parts], method)
-        entry = self.cache.acquire(key, lambda: self._load_merge(parts, method))
+        key = merge_key([(v.ref, w) for v, w in parts], method, density=density, majority_sign_method=sign)
+        if all(v.rank for v, _ in parts):  # refuse an oversized merge before reading any file
+            rank = merged_rank(method, [v.rank for v, _ in parts])
+            check_merge_rank(key, rank, self.options.max_merge_rank)
+            check_slot_memory(self.lora, key, rank, self.cache.max_bytes)
+        entry = self.cache.acquire(key, lambda: self._load_merge(parts, method, density, sign, key))
         return key, key, entry.slot
 
-    def _load_merge(self, parts, method: str):
+    def _load_merge(self, parts, method: str, density: float | None, sign: str, key: str):
         """PEFT's weighted-adapter math on the versions' files, placed in a slot like any adapter."""
         from .lora import LoraWeights, check_fits
         from .merge import merge_adapters, read_lora_adapter
 
-        merged = merge_adapters([(read_lora_adapter(self._local_dir(v)), w) for v, w in parts], method)
+        merged = merge_adapters([(read_lora_adapter(self._local_dir(v)), w) for v, w in parts], method,
+                                density=density, majority_sign_method=sign)
         modules = {m: (merged.lora_A[m].float().contiguous(), (merged.lora_B[m].float() * merged.scaling[m]).contiguous())
                    for m in merged.lora_A}
         weights = LoraWeights(modules, rank=max(a.shape[0] for a, _ in modules.values()),
                               nbytes=sum(a.nbytes + b.nbytes for a, b in modules.values()))
+        check_merge_rank(key, weights.rank, self.options.max_merge_rank)
         check_fits(weights, self.lora)
         return weights
 
@@ -237,9 +267,12 @@ class InferenceService:
             self.recent.popitem(last=False)
 
     def record_feedback(self, request_id: str, score: float, label: str) -> FeedbackRecord:
-        """Attach an outcome to a recent request; stored (with its rollout arm, if any) by the rollout worker."""
+        """Attach an outcome to a recent request; stored (with its rollout arm, if any) by the rollout worker.
+
+        `score`: finite, within +-1e6 (the rollout report reads its sign and mean); `label`: 1-64 letters, digits, _.:-"""
+        check_feedback(score, label)
         if request_id not in self.recent:
-            raise NotFound(f"no recent request with id {request_id!r} (feedback is accepted for the last {RECENT_REQUESTS:,} requests)")
+            raise NotFound(f"no recent request with id {request_id[:128]!r} (feedback is accepted for the last {RECENT_REQUESTS:,} requests)")
         version, choice = self.recent[request_id]
         name, _, number = version.rpartition(":")
         adapter, number = (name, int(number)) if number.isdigit() else (version, None)  # the base or a merge: no number

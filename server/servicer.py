@@ -31,8 +31,7 @@ class InferenceServicer(pb_grpc.InferenceServicer):
     def _start(self, request, context):
         try:
             handle, _ = self.service.submit(request)
-        except LoradockError as exc:
-            self.service.stats.record(request.adapter, ok=False)
+        except LoradockError as exc:  # counted in the stats by the service (never under an unresolved name)
             _abort(context, exc)
         context.add_callback(handle.cancel)  # client cancelled or went away: free the batch slot
         return handle

@@ -1,12 +1,19 @@
-"""Per adapter-version counters and latency percentiles for `ServerStats` (and the load tests)."""
+"""Per adapter-version counters and latency percentiles for `ServerStats` (and the load tests).
+
+Only versions the server resolved get an entry (a request that failed before that counts in the one
+`unresolved` bucket), and at most `max_versions` entries are kept: the least recently used is dropped,
+so no sequence of requests grows this state (or the ServerStats reply) without bound.
+"""
 
 from __future__ import annotations
 
 import threading
-from collections import deque
+from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 
 WINDOW = 2048  # latest requests kept per version for percentiles
+MAX_VERSIONS = 256  # entries kept (LRU); each holds up to 2 x WINDOW latencies
+UNRESOLVED = "unresolved"  # requests that failed before an adapter version was resolved
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -29,15 +36,24 @@ class VersionStats:
 
 
 class Stats:
-    def __init__(self):
+    def __init__(self, max_versions: int = MAX_VERSIONS):
         self._lock = threading.Lock()
-        self.by_version: dict[str, VersionStats] = {}
+        self.max_versions = max_versions
+        self.by_version: OrderedDict[str, VersionStats] = OrderedDict()
         self.total_requests = 0
 
     def record(self, version: str, ok: bool, prompt_tokens: int = 0, completion_tokens: int = 0,
                total_ms: float | None = None, ttft_ms: float | None = None) -> None:
+        """Count one request against `version` (a resolved NAME:N, a merge key, "" for the base, or UNRESOLVED)."""
         with self._lock:
-            s = self.by_version.setdefault(version or "base", VersionStats())
+            key = version or "base"
+            s = self.by_version.get(key)
+            if s is None:
+                s = self.by_version[key] = VersionStats()
+                while len(self.by_version) > self.max_versions:
+                    self.by_version.popitem(last=False)
+            else:
+                self.by_version.move_to_end(key)
             s.requests += 1
             self.total_requests += 1
             if not ok:

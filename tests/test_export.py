@@ -111,14 +111,19 @@ def test_export_loads_with_plain_transformers_and_generates_what_the_server_does
     assert base_texts != served_texts, "the adapter should change what the model says"
 
 
-@pytest.mark.parametrize("merge,method", [(["a:1=0.7", "b:1=0.3"], "linear"), (["a:1=1", "c:1=-0.5"], "cat")])
-def test_weighted_export_equals_the_servers_merge_of_the_same_pair(served, exported_ab, tmp_path, merge, method):
+@pytest.mark.parametrize("merge,method,options", [
+    (["a:1=0.7", "b:1=0.3"], "linear", {}),
+    (["a:1=1", "c:1=-0.5"], "cat", {}),
+    (["a:1=0.7", "b:1=0.3"], "ties", {"density": 0.5, "majority_sign_method": "frequency"}),
+])
+def test_weighted_export_equals_the_servers_merge_of_the_same_pair(served, exported_ab, tmp_path, merge, method, options):
     if method == "linear":
         out = exported_ab
     else:
         out = tmp_path / "merged"
-        assert reg_export(served, *[a for m in merge for a in ("--merge", m)], "--method", method, "--out", str(out),
-                          "--dtype", "fp32") == 0
+        flags = [a for k, v in options.items() for a in (f"--{k.replace('_', '-')}", str(v))]
+        assert reg_export(served, *[a for m in merge for a in ("--merge", m)], "--method", method, *flags,
+                          "--out", str(out), "--dtype", "fp32") == 0
     model = load_merged(out)
     from transformers import AutoTokenizer
 
@@ -130,7 +135,8 @@ def test_weighted_export_equals_the_servers_merge_of_the_same_pair(served, expor
             generated = model.generate(torch.tensor([ids]), max_new_tokens=8, do_sample=False,
                                        pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
         local = tok.decode(generated[0, len(ids):], skip_special_tokens=True)
-        remote = served["client"].generate(prompt, merge=pairs, merge_method=method, max_new_tokens=8)
+        remote = served["client"].generate(prompt, merge=pairs, merge_method=method, max_new_tokens=8,
+                                           **{f"merge_{k}": v for k, v in options.items()})
         assert local == remote.text, prompt
         assert remote.adapter_version.startswith("merge(")
 
@@ -347,7 +353,14 @@ BAD_EXPORTS = [
     ("weight-nan", ["--merge", "a:1=nan"], 2, "--merge a:1=nan: the weight must be a non-zero finite number"),
     ("method", ["--merge", "a:1=0.5", "--merge", "b:1=0.5", "--method", "average"], 2,
      "--method 'average': use one of cat, linear"),
-    ("method-needs-density", ["--merge", "a:1=0.5", "--merge", "b:1=0.5", "--method", "ties"], 2, "'ties' needs a density"),
+    ("method-needs-density", ["--merge", "a:1=0.5", "--merge", "b:1=0.5", "--method", "ties"], 2,
+     "--method ties needs --density (0 < density <= 1"),
+    ("density-range", ["--merge", "a:1=0.5", "--merge", "b:1=0.5", "--method", "ties", "--density", "1.5"], 2,
+     "--density 1.5: allowed 0 < density <= 1"),
+    ("sign-method", ["--merge", "a:1=0.5", "--merge", "b:1=0.5", "--method", "ties", "--density", "0.5",
+                     "--majority-sign-method", "most"], 2, "--majority-sign-method 'most': use one of total, frequency"),
+    ("sign-not-ties", ["--merge", "a:1=0.5", "--merge", "b:1=0.5", "--majority-sign-method", "frequency"], 2,
+     "--majority-sign-method applies to ties"),
     ("linear-ranks", ["--merge", "a:1=0.5", "--merge", "c:1=0.5", "--method", "linear"], 2, "needs adapters of one rank"),
     ("dtype", ["a:1", "--dtype", "fp8"], 2, "--dtype 'fp8': use one of fp32, fp16, bf16"),
     ("format", ["a:1", "--format", "gguf"], 2, "--format 'gguf': use one of merged, peft"),

@@ -41,7 +41,7 @@ class WeightedAdapter(_message.Message):
     def __init__(self, adapter: _Optional[str] = ..., weight: _Optional[float] = ...) -> None: ...
 
 class GenerateRequest(_message.Message):
-    __slots__ = ("adapter", "prompt", "messages", "params", "routing_key", "merge", "merge_method", "request_id")
+    __slots__ = ("adapter", "prompt", "messages", "params", "routing_key", "merge", "merge_method", "request_id", "merge_density", "merge_majority_sign_method")
     ADAPTER_FIELD_NUMBER: _ClassVar[int]
     PROMPT_FIELD_NUMBER: _ClassVar[int]
     MESSAGES_FIELD_NUMBER: _ClassVar[int]
@@ -50,6 +50,8 @@ class GenerateRequest(_message.Message):
     MERGE_FIELD_NUMBER: _ClassVar[int]
     MERGE_METHOD_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    MERGE_DENSITY_FIELD_NUMBER: _ClassVar[int]
+    MERGE_MAJORITY_SIGN_METHOD_FIELD_NUMBER: _ClassVar[int]
     adapter: str
     prompt: str
     messages: _containers.RepeatedCompositeFieldContainer[ChatMessage]
@@ -58,7 +60,9 @@ class GenerateRequest(_message.Message):
     merge: _containers.RepeatedCompositeFieldContainer[WeightedAdapter]
     merge_method: str
     request_id: str
-    def __init__(self, adapter: _Optional[str] = ..., prompt: _Optional[str] = ..., messages: _Optional[_Iterable[_Union[ChatMessage, _Mapping]]] = ..., params: _Optional[_Union[SamplingParams, _Mapping]] = ..., routing_key: _Optional[str] = ..., merge: _Optional[_Iterable[_Union[WeightedAdapter, _Mapping]]] = ..., merge_method: _Optional[str] = ..., request_id: _Optional[str] = ...) -> None: ...
+    merge_density: float
+    merge_majority_sign_method: str
+    def __init__(self, adapter: _Optional[str] = ..., prompt: _Optional[str] = ..., messages: _Optional[_Iterable[_Union[ChatMessage, _Mapping]]] = ..., params: _Optional[_Union[SamplingParams, _Mapping]] = ..., routing_key: _Optional[str] = ..., merge: _Optional[_Iterable[_Union[WeightedAdapter, _Mapping]]] = ..., merge_method: _Optional[str] = ..., request_id: _Optional[str] = ..., merge_density: _Optional[float] = ..., merge_majority_sign_method: _Optional[str] = ...) -> None: ...
 
 class Usage(_message.Message):
     __slots__ = ("prompt_tokens", "completion_tokens")
