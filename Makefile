@@ -24,8 +24,9 @@ demo: setup
 test: setup
 	$(PY) -m pytest
 
+# The inner loop: no default-base runs, no child processes, no long jobs (`make test` runs everything).
 test-fast: setup
-	$(PY) -m pytest -m "not slow"
+	$(PY) -m pytest -m "not slow and not integration"
 
 bench: setup
 	$(PY) load_tests/bench_registry.py

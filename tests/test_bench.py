@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.integration  # runs the benchmark script in child processes
 REPO = Path(__file__).resolve().parents[1]
 QUICK_CELLS = {(1, 1), (4, 1), (4, 4)}  # B in {1, 4} x K in {1, 4}, without K > B
 

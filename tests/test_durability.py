@@ -264,6 +264,7 @@ def _wait_for_big_temp_file(home: Path, proc: subprocess.Popen, old: set[str], t
     return False
 
 
+@pytest.mark.integration
 def test_pushes_killed_at_random_points_never_leave_a_half_version_and_gc_cleans_up(tmp_path, tiny_base_dir, make_adapter):
     home = tmp_path / "home"
     reg = Registry(home)

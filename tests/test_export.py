@@ -97,6 +97,7 @@ def sha256(path: Path) -> str:
 # --- merged exports against the server --------------------------------------------------------------------
 
 
+@pytest.mark.integration
 def test_export_loads_with_plain_transformers_and_generates_what_the_server_does(served, exported_a, tmp_path):
     assert MERGED_FILES | {"model.safetensors"} == {p.name for p in exported_a.iterdir()}
     plain = plain_transformers_generate(exported_a, PROMPTS, CHATS, 8, cwd=tmp_path)

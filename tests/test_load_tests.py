@@ -15,6 +15,8 @@ from registry import Registry
 from server.app import create_server, shutdown
 from server.options import ServerOptions
 
+pytestmark = pytest.mark.integration  # load generator runs against a real server for seconds at a time
+
 ADAPTERS = ["load-00", "load-01", "load-02", "load-03"]
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from test_trainer import write_config
 
 from trainer.evaluate import DEFAULT_GENERAL_TEXT, general_lines
@@ -22,6 +23,7 @@ def quiet_env(home: Path) -> dict:
     return env
 
 
+@pytest.mark.integration
 def test_model_loading_prints_nothing_the_user_cannot_act_on(tiny_base_dir, tmp_path):
     code = "\n".join([
         "import logging",
@@ -37,6 +39,7 @@ def test_model_loading_prints_nothing_the_user_cannot_act_on(tiny_base_dir, tmp_
     assert done.stderr == ""
 
 
+@pytest.mark.integration
 def test_reg_train_shows_evaluation_progress_and_no_library_noise(tmp_path, tiny_base_dir, home):
     path = write_config(tmp_path, tiny_base_dir, adapter="qlora", max_steps=2, evaluation={
         "max_examples": 4, "max_new_tokens": 2, "max_general_ppl_ratio": None})

@@ -13,6 +13,8 @@ import pytest
 from conftest import TINY_BASE
 from remote_helpers import big_adapter, reg_process, registry_with_base, self_signed_cert, start_registry
 
+pytestmark = pytest.mark.integration  # real `reg` client and server processes
+
 from cli.main import main
 from registry import Registry
 from registry.errors import BlobsMissing, Conflict, IntegrityError, NotFound, TooLarge, Unavailable

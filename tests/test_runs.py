@@ -49,6 +49,7 @@ def start_training(tmp_path: Path, base_dir: Path, home: Path) -> tuple[subproce
     pytest.fail("no run.json after 5 minutes")
 
 
+@pytest.mark.integration
 def test_a_run_killed_before_its_first_checkpoint_shows_as_abandoned(tmp_path, tiny_base_dir, home, capsys):
     proc, run_dir = start_training(tmp_path, tiny_base_dir, home)
     try:
@@ -73,6 +74,7 @@ def test_a_run_killed_before_its_first_checkpoint_shows_as_abandoned(tmp_path, t
     assert not run_dir.exists() and runs_json(capsys) == []
 
 
+@pytest.mark.integration
 def test_ctrl_c_marks_the_run_interrupted(tmp_path, tiny_base_dir, home, capsys):
     proc, run_dir = start_training(tmp_path, tiny_base_dir, home)
     proc.send_signal(signal.SIGINT)

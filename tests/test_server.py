@@ -323,6 +323,7 @@ def test_a_full_queue_answers_resource_exhausted_before_any_work(tmp_path, tiny_
         shutdown(server, service, 0)
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("max_queue, workers", [(80, 0), (64, 4)], ids=["queue-full", "handler-threads-full"])
 def test_excess_is_rejected_at_once_whatever_fills_first(tmp_path, tiny_base_dir, max_queue, workers):
     """Requests beyond the queue (or beyond the handler threads) get RESOURCE_EXHAUSTED, never an unbounded wait."""
@@ -349,6 +350,7 @@ def test_excess_is_rejected_at_once_whatever_fills_first(tmp_path, tiny_base_dir
 
 def test_feedback_and_stats(served):
     client = served["client"]
+    client.generate("hello world", max_new_tokens=3)  # the base gets its own entry (this test needs no other test)
     result = client.generate("hello world", adapter="a2", max_new_tokens=3, request_id="req-feedback-1")
     assert result.request_id == "req-feedback-1"
     assert client.feedback("req-feedback-1", score=1.0, label="good")
@@ -372,6 +374,7 @@ def test_generated_stubs_are_not_stale(tmp_path):
         assert path.read_text() == (codegen.OUT / path.name).read_text(), f"{path.name} is stale: run `make proto`"
 
 
+@pytest.mark.integration
 def test_reg_serve_drains_on_sigterm_and_exits_zero(tmp_path, tiny_base_dir):
     home = tmp_path / "home"
     reg = Registry(home)

@@ -138,6 +138,7 @@ def names_attack(client: LoradockClient, count: int = 3000) -> None:
             client.generate("hi", adapter=f"nope-{i}", max_new_tokens=1)
 
 
+@pytest.mark.integration
 def test_concurrent_attacks_stay_within_a_memory_budget_and_the_server_keeps_serving(wide_home):
     server = ServerProcess(wide_home, adapter_memory_mb=256)
     try:

@@ -86,6 +86,7 @@ def test_a_refused_run_is_one_line_and_leaves_no_run_directory(tmp_path, tiny_ba
     assert _no_run_dirs(home)
 
 
+@pytest.mark.integration
 def test_max_steps_zero_trains_num_epochs_as_axolotl_does(tmp_path, tiny_base_dir, home):
     from trainer.train import train
 
@@ -143,6 +144,7 @@ def test_every_adapter_kind_trains_and_pushes(tmp_path, tiny_base_dir, home, ada
     assert run["config"]["load_in_4bit"] == (adapter == "qlora")
 
 
+@pytest.mark.integration
 def test_failed_threshold_still_pushes_but_marks_the_version(tmp_path, tiny_base_dir, home, capsys):
     path = write_config(tmp_path, tiny_base_dir, evaluation={"max_examples": 4, "max_new_tokens": 3, "min_task_score": 0.99})
     assert main(["train", str(path)]) == 0
@@ -193,6 +195,7 @@ def _reg(*args: str) -> list[str]:
     return [str(Path(sys.executable).parent / "reg"), *args]
 
 
+@pytest.mark.integration
 def test_a_killed_run_resumes_from_its_last_checkpoint(tmp_path, tiny_base_dir, home):
     path = write_config(tmp_path, tiny_base_dir, max_steps=60, eval_steps=20, save_steps=5, micro_batch_size=4)
     env = {**os.environ, "LORADOCK_HOME": str(home)}
@@ -225,6 +228,7 @@ def test_a_killed_run_resumes_from_its_last_checkpoint(tmp_path, tiny_base_dir, 
     assert steps == sorted(set(steps)) and steps[-1] == 60  # one continuous curve, no repeated steps
 
 
+@pytest.mark.integration
 def test_training_runs_unchanged_under_accelerate_launch_with_two_processes(tmp_path, tiny_base_dir, home):
     path = write_config(tmp_path, tiny_base_dir, max_steps=4)
     accelerate = Path(sys.executable).parent / "accelerate"
