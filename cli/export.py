@@ -12,7 +12,7 @@ import typer
 
 from registry import InvalidInput
 
-from .main import Home, Json, _local_registry, app
+from .common import Home, Json, _local_registry, app
 from .output import console, err_console, human_size, print_json
 
 

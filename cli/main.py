@@ -8,70 +8,19 @@ from typing import Annotated, Optional
 
 import typer
 
-from registry import InvalidInput, LoradockError, Registry, parse_ref
+from registry import LoradockError, Registry, parse_ref
 
 from . import errors
+from .common import _REMOTE, Home, Json, Target, _local_registry, _registry, app
 from .output import console, err_console, human_size, print_json, short, table
+from .rollout import rollout_app
+from .runs import runs_app
 
-app = typer.Typer(
-    name="reg",
-    help="loradock: register, train, serve and export LoRA/QLoRA adapters.",
-    no_args_is_help=True,
-    add_completion=False,
-    pretty_exceptions_enable=False,
-)
 alias_app = typer.Typer(help="Movable labels (prod, staging, ...) on adapter versions, with history.", no_args_is_help=True)
 base_app = typer.Typer(help="Base models adapters are trained on and served with.", no_args_is_help=True)
 app.add_typer(alias_app, name="alias")
 app.add_typer(base_app, name="base")
 
-Home = Annotated[
-    Optional[Path],
-    typer.Option("--home", envvar="LORADOCK_HOME", help="Registry home directory (default: $LORADOCK_HOME, else ~/.loradock)."),
-]
-Json = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON instead of a table.")]
-
-
-# Set by the global options (`reg --registry grpc://HOST:PORT --token T ...`) before any command runs.
-_REMOTE: dict = {}
-
-
-@app.callback()
-def _global_options(
-    registry: Annotated[Optional[str], typer.Option(
-        "--registry", envvar="LORADOCK_REGISTRY", show_default=False,
-        help="Use a remote registry, grpc://HOST:PORT (grpcs:// for TLS), instead of the local home.")] = None,
-    token: Annotated[Optional[str], typer.Option(
-        "--token", envvar="LORADOCK_TOKEN", show_default=False,
-        help="Bearer token for a remote registry or server (default: $LORADOCK_TOKEN).")] = None,
-    tls_ca: Annotated[Optional[Path], typer.Option(
-        "--tls-ca", envvar="LORADOCK_TLS_CA", show_default=False,
-        help="PEM CA certificate to verify the remote's TLS certificate (turns TLS on).")] = None,
-) -> None:
-    """loradock: register, train, serve and export LoRA/QLoRA adapters."""
-    _REMOTE.clear()
-    _REMOTE.update(url=registry, token=token, tls_ca=tls_ca)
-
-
-def _registry(home: Optional[Path]) -> Registry:
-    """The local registry at `home`, or the remote one `--registry` names (same methods, same records)."""
-    if _REMOTE.get("url"):
-        from server.remote import RemoteRegistry
-
-        return RemoteRegistry(_REMOTE["url"], token=_REMOTE.get("token"), tls_ca=_REMOTE.get("tls_ca"), home=home)
-    return Registry(home)
-
-
-def _local_registry(home: Optional[Path], command: str) -> Registry:
-    """For commands that need the registry's own files (training records, evaluations): refused up front with --registry."""
-    if _REMOTE.get("url"):
-        raise InvalidInput(f"`{command}` works on a local registry only, not on {_REMOTE['url']}: run it on the "
-                           f"registry's host (with --home), or train locally and `reg --registry ... push` the adapter")
-    return Registry(home)
-
-
-from .rollout import rollout_app  # noqa: E402  (after Home, Json and _registry, which it uses)
-from .runs import runs_app  # noqa: E402  (after Home, Json and _local_registry)
 
 app.add_typer(rollout_app, name="rollout")
 app.add_typer(runs_app, name="runs")
@@ -441,9 +390,6 @@ def eval_(
 
 # --- serving ---------------------------------------------------------------------------------
 
-Target = Annotated[str, typer.Option("--target", "-t", envvar="LORADOCK_TARGET", help="Server address host:port.")]
-
-
 @app.command()
 def serve(
     base: Annotated[str, typer.Option(help="Base model: a registered name, a model directory or a hub id.")] = "smollm2-135m-instruct",
@@ -636,8 +582,10 @@ def audit(
         t.add_row(e["at"][:19], e["token"] or "-", e["action"], e["target"], f"{detail} client={e['actor'] or '-'} peer={e['peer']}")
     console.print(t if entries else "no audited writes yet (the log records writes made through a served registry)")
 
-from . import export  # noqa: E402,F401  (`reg export`, in its own module; it registers itself on `app`)
-from . import server_cmds  # noqa: E402,F401  (`reg feedback`, `reg stats`; after Target)
+# Commands in modules of their own register themselves on `app` when imported; imported after main's own
+# commands so that `reg --help` lists them after these.
+from . import export  # noqa: E402,F401  (`reg export`)
+from . import server_cmds  # noqa: E402,F401  (`reg feedback`, `reg stats`)
 
 
 # --- entry point -----------------------------------------------------------------------------

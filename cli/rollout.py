@@ -9,14 +9,14 @@ from rich.markup import escape
 
 from registry.rollouts import Guard, Revision, parse_arm
 
-# Defined before importing cli.main, which registers it (`app.add_typer(rollout_app, ...)`) when it is imported.
+from .common import Home, Json, _registry
+from .output import console, print_json, table
+
 rollout_app = typer.Typer(
     help="A/B rollouts: split a bare adapter name between versions by weight, measure the arms, promote or roll back.",
     no_args_is_help=True,
 )
 
-from .main import Home, Json, _registry  # noqa: E402
-from .output import console, print_json, table  # noqa: E402
 
 Name = Annotated[str, typer.Argument(help="Adapter name.")]
 Reason = Annotated[str, typer.Option("--reason", "-m", help="Why (kept in the rollout's history).")]

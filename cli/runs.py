@@ -8,14 +8,13 @@ import typer
 
 from registry.errors import NotFound
 
-# Defined before importing cli.main, which registers it (`app.add_typer(runs_app, ...)`) when it is imported.
+from .common import Home, Json, _local_registry
+from .output import console, print_json, table
+
 runs_app = typer.Typer(
     help="Training runs under HOME/runs: running, succeeded, failed or abandoned (killed before it could say), and removal.",
     no_args_is_help=True,
 )
-
-from .main import Home, Json, _local_registry  # noqa: E402
-from .output import console, print_json, table  # noqa: E402
 
 
 def _duration(seconds: float | None) -> str:

@@ -13,7 +13,7 @@ import typer
 from registry.errors import InvalidInput
 
 from . import errors
-from .main import _REMOTE, Json, Target, app
+from .common import _REMOTE, Json, Target, app
 from .output import console, err_console, human_size, print_json, table
 
 

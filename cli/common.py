@@ -1,0 +1,68 @@
+"""What every `reg` command module shares: the app, the global options and how a command opens its registry.
+
+Command modules (`main.py`, `rollout.py`, `runs.py`, `export.py`, `server_cmds.py`) import from here and
+`main.py` imports them, so no module of the CLI imports another that imports it back.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from registry import InvalidInput, Registry
+
+app = typer.Typer(
+    name="reg",
+    help="loradock: register, train, serve and export LoRA/QLoRA adapters.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+Home = Annotated[
+    Optional[Path],
+    typer.Option("--home", envvar="LORADOCK_HOME", help="Registry home directory (default: $LORADOCK_HOME, else ~/.loradock)."),
+]
+Json = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON instead of a table.")]
+
+
+# Set by the global options (`reg --registry grpc://HOST:PORT --token T ...`) before any command runs.
+_REMOTE: dict = {}
+
+
+@app.callback()
+def _global_options(
+    registry: Annotated[Optional[str], typer.Option(
+        "--registry", envvar="LORADOCK_REGISTRY", show_default=False,
+        help="Use a remote registry, grpc://HOST:PORT (grpcs:// for TLS), instead of the local home.")] = None,
+    token: Annotated[Optional[str], typer.Option(
+        "--token", envvar="LORADOCK_TOKEN", show_default=False,
+        help="Bearer token for a remote registry or server (default: $LORADOCK_TOKEN).")] = None,
+    tls_ca: Annotated[Optional[Path], typer.Option(
+        "--tls-ca", envvar="LORADOCK_TLS_CA", show_default=False,
+        help="PEM CA certificate to verify the remote's TLS certificate (turns TLS on).")] = None,
+) -> None:
+    """loradock: register, train, serve and export LoRA/QLoRA adapters."""
+    _REMOTE.clear()
+    _REMOTE.update(url=registry, token=token, tls_ca=tls_ca)
+
+
+def _registry(home: Optional[Path]) -> Registry:
+    """The local registry at `home`, or the remote one `--registry` names (same methods, same records)."""
+    if _REMOTE.get("url"):
+        from server.remote import RemoteRegistry
+
+        return RemoteRegistry(_REMOTE["url"], token=_REMOTE.get("token"), tls_ca=_REMOTE.get("tls_ca"), home=home)
+    return Registry(home)
+
+
+def _local_registry(home: Optional[Path], command: str) -> Registry:
+    """For commands that need the registry's own files (training records, evaluations): refused up front with --registry."""
+    if _REMOTE.get("url"):
+        raise InvalidInput(f"`{command}` works on a local registry only, not on {_REMOTE['url']}: run it on the "
+                           f"registry's host (with --home), or train locally and `reg --registry ... push` the adapter")
+    return Registry(home)
+
+
+Target = Annotated[str, typer.Option("--target", "-t", envvar="LORADOCK_TARGET", help="Server address host:port.")]
