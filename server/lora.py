@@ -31,6 +31,7 @@ from torch import nn
 from registry.errors import LoradockError
 
 from .merge import _pattern_value  # PEFT's rank_pattern/alpha_pattern lookup, shared with the merges
+from .plain_lora import why_not_plain_lora
 
 CONFIG_FILE = "adapter_config.json"
 WEIGHTS_FILE = "adapter_model.safetensors"
@@ -44,26 +45,6 @@ DEFAULT_MAX_GROUPS = 1
 DEFAULT_GATHER_CACHE_BYTES = 512 * 2**20
 
 _KEY = re.compile(r"^base_model\.model\.(?P<module>.+)\.lora_(?P<side>[AB])\.weight$")
-# Config fields that make an adapter something other than "y = base(x) + B A x * scaling".
-_REFUSED_FIELDS = {
-    "use_dora": "it is a DoRA adapter (use_dora), whose magnitude vector rescales the base weight itself",
-    "lora_bias": "it trains a bias on lora_B (lora_bias)",
-    "modules_to_save": "it replaces whole base modules (modules_to_save={value})",
-    "trainable_token_indices": "it retrains embedding rows (trainable_token_indices)",
-    "target_parameters": "it targets parameters, not Linear layers (target_parameters={value})",
-    "layer_replication": "it changes the base's layer stack (layer_replication)",
-    "use_qalora": "it is a QA-LoRA adapter (use_qalora)",
-    "use_bdlora": "it is a block-diagonal LoRA (use_bdlora)",
-    "velora_config": "it is a VeLoRA adapter (velora_config)",
-    "alora_invocation_tokens": "it is an activated LoRA (alora_invocation_tokens)",
-    "monteclora_config": "it is a MonteCLoRA adapter (monteclora_config)",
-    "arrow_config": "it is an Arrow routing adapter (arrow_config)",
-    "kasa_config": "it is a KaSA adapter (kasa_config)",
-}
-# Initialisations that also rewrite the base weights, unless saved with PEFT's weight conversion.
-_BASE_REWRITING_INITS = ("pissa", "corda", "olora", "loftq", "mica")
-
-
 class AdapterIncompatible(LoradockError):
     """An adapter the multi-LoRA server cannot apply to its base: wrong kind, wrong modules or wrong shapes."""
     grpc_status, http_status = "FAILED_PRECONDITION", 422  # its entry in the error table (registry/errors.py)
@@ -455,30 +436,9 @@ def _read_config(adapter_dir: Path) -> dict:
 
 
 def _refuse_unsupported(adapter_dir: Path, config: dict) -> None:
-    peft_type = config.get("peft_type")
-    if peft_type != "LORA":
-        raise AdapterIncompatible(
-            f"{adapter_dir}: peft_type is {peft_type!r}; the server applies LORA adapters only "
-            "(prompt tuning, IA3 and other methods are not served)"
-        )
-    if config.get("bias", "none") != "none":
-        raise AdapterIncompatible(
-            f"{adapter_dir}: it trains the base layers' biases (bias={config['bias']!r}); the server applies "
-            "plain LoRA only (retrain with bias='none')"
-        )
-    for field, reason in _REFUSED_FIELDS.items():
-        value = config.get(field)
-        if value:
-            raise AdapterIncompatible(
-                f"{adapter_dir}: {reason.format(value=value)}; the server applies plain LoRA only "
-                "(merge such an adapter into a base, or train it as plain LoRA)"
-            )
-    init = config.get("init_lora_weights")
-    if isinstance(init, str) and init.lower().startswith(_BASE_REWRITING_INITS):
-        raise AdapterIncompatible(
-            f"{adapter_dir}: init_lora_weights={init!r} also rewrites the base weights; save it with PEFT's "
-            "path_initial_model_for_weight_conversion to get a plain LoRA adapter"
-        )
+    problem = why_not_plain_lora(config)
+    if problem:
+        raise AdapterIncompatible(f"{adapter_dir}: {problem}")
 
 
 def _why_not_lora(key: str) -> tuple[int, str]:

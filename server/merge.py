@@ -40,6 +40,8 @@ import torch
 from registry.adapters import CONFIG_FILE, WEIGHTS_FILE, inspect_adapter_dir
 from registry.errors import Conflict, InvalidInput
 
+from .plain_lora import why_not_plain_lora
+
 MERGE_METHODS = (
     "cat", "linear", "svd", "ties", "ties_svd", "dare_linear", "dare_ties",
     "dare_linear_svd", "dare_ties_svd", "magnitude_prune", "magnitude_prune_svd",
@@ -112,6 +114,9 @@ def read_lora_adapter(adapter_dir: Path) -> LoraAdapterTensors:
             raise MergeError(f"{adapter_dir}: adapters with {flag}=true cannot be merged; only plain LoRA adapters can")
     if config.get("target_parameters"):
         raise MergeError(f"{adapter_dir}: adapters with target_parameters cannot be merged (PEFT does not support it either)")
+    problem = why_not_plain_lora(config)  # the same refusals as an adapter served in a slot (server/lora.py)
+    if problem:
+        raise MergeError(f"{adapter_dir}: cannot be merged: {problem}")
 
     lora_A: dict[str, torch.Tensor] = {}
     lora_B: dict[str, torch.Tensor] = {}

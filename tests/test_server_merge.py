@@ -27,6 +27,7 @@ from server.merge import (
     read_lora_adapter,
     write_lora_adapter,
 )
+from server.plain_lora import REFUSED_FIELDS
 
 INPUT_IDS = torch.tensor([[1, 5, 17, 42, 99, 200, 7, 300]])
 
@@ -365,3 +366,28 @@ def test_merge_key():
 def test_every_method_is_covered():
     covered = {c[3] for c in EXACT_CASES} | {c[0] for c in DARE_CASES}
     assert covered == set(MERGE_METHODS)
+
+
+# Plain-LoRA tensors under a config that says they mean something else: served as plain LoRA they would be
+# silently wrong, so the slot path (server/lora.py) and the merge path (server/merge.py) must both refuse them.
+NOT_PLAIN = {field: [1, 2] if field == "alora_invocation_tokens" else {"x": 1} if field.endswith("_config") else True
+             for field in REFUSED_FIELDS}
+NOT_PLAIN.update({"modules_to_save": ["lm_head"], "target_parameters": ["mlp.experts"], "layer_replication": [[0, 2]],
+                  "init_lora_weights": "pissa_niter_4", "bias": "all"})
+
+
+@pytest.mark.parametrize("field", sorted(NOT_PLAIN))
+def test_the_merge_path_refuses_what_the_adapter_path_refuses(adapters, tmp_path, field):
+    import shutil
+
+    from server.lora import AdapterIncompatible, load_lora_weights
+
+    relabelled = shutil.copytree(adapters["q4a"], tmp_path / field)
+    config = json.loads((relabelled / "adapter_config.json").read_text())
+    config[field] = NOT_PLAIN[field]
+    (relabelled / "adapter_config.json").write_text(json.dumps(config))
+    with pytest.raises(AdapterIncompatible) as served:
+        load_lora_weights(relabelled)
+    with pytest.raises(MergeError) as merged:
+        read_lora_adapter(relabelled)
+    assert field in str(served.value) and field in str(merged.value), (str(served.value), str(merged.value))
