@@ -9,17 +9,21 @@ rows are dropped and the cache is trimmed of columns no row needs any more.
 
 from __future__ import annotations
 
+import logging
 import queue
 import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 
 import torch
 
 from .errors import QueueFull, ServerShuttingDown
 from .sampling import Sampling, sample_row
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -136,10 +140,8 @@ class Engine:
     def stop(self, drain_s: float = 0.0) -> None:
         """Stop taking requests; let the running and queued ones finish for up to `drain_s`; then cancel the rest."""
         self._accepting = False
-        deadline = time.monotonic() + drain_s
-        while time.monotonic() < deadline and (self._waiting or self._active):
-            time.sleep(0.02)
-        with self._cond:
+        with self._cond:  # the loop notifies whenever it goes idle
+            self._cond.wait_for(lambda: not (self._waiting or self._active), timeout=drain_s)
             for seq in list(self._waiting) + list(self._active):
                 seq.cancelled = True
             self._stopping = True
@@ -163,7 +165,7 @@ class Engine:
         with self._cond:
             self._check_room()
             self._waiting.append(seq)
-            self._cond.notify()
+            self._cond.notify_all()  # the loop, not a draining stop(), must wake
         return Handle(seq)
 
     def check_room(self) -> None:
@@ -183,6 +185,7 @@ class Engine:
         while True:
             with self._cond:
                 while not self._stopping and not self._waiting and not self._active:
+                    self._cond.notify_all()  # idle: wakes a stop() that drains
                     self._cond.wait()
                 if self._stopping and not self._active and not self._waiting:
                     return
@@ -211,7 +214,7 @@ class Engine:
         from transformers import DynamicCache
 
         with self.lock, torch.inference_mode():
-            context = self.lora.rows(slots) if self.lora is not None else _nullcontext()
+            context = self.lora.rows(slots) if self.lora is not None else nullcontext()
             with context:
                 out = self.model(
                     input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
@@ -358,8 +361,8 @@ class Engine:
         if seq.request.on_finish is not None:
             try:
                 seq.request.on_finish(seq.result)
-            except Exception:  # bookkeeping must never take the engine down
-                pass
+            except Exception:  # bookkeeping must never take the engine down, nor fail unseen
+                log.exception("recording the end of request %s failed", seq.request.request_id)
         seq.done.set()
         seq.events.put(("done", seq.result))
 
@@ -378,10 +381,3 @@ def _cache_from(layers: list[tuple[torch.Tensor, torch.Tensor]]):
 
     return DynamicCache(ddp_cache_data=layers)
 
-
-class _nullcontext:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False

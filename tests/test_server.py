@@ -475,3 +475,21 @@ def test_reg_generate_prints_the_text_and_the_version_that_served_it(served, exp
     assert captured.out.strip() == expected[("a1", "hello world")].strip() and "[a1:1]" in captured.err
     assert main(["generate", "hello", "--adapter", "nope", "--target", target]) == 3
     assert "NOT_FOUND" in capsys.readouterr().err
+
+
+def test_a_failing_finish_callback_is_logged_and_the_engine_keeps_serving(served, caplog):
+    from server.engine import EngineRequest
+    from server.sampling import Sampling
+
+    service = served["service"]
+
+    def broken(result):
+        raise RuntimeError("bookkeeping broke")
+
+    ids = service.tokenizer("hello world")["input_ids"]
+    with caplog.at_level("ERROR", logger="server.engine"):
+        handle = service.engine.submit(EngineRequest("req-broken-finish", ids, Sampling(max_new_tokens=2), on_finish=broken))
+        assert handle.result(timeout=60).completion_tokens >= 1
+    records = [r for r in caplog.records if r.name == "server.engine" and "req-broken-finish" in r.getMessage()]
+    assert records and records[0].exc_info[1].args == ("bookkeeping broke",)
+    assert served["client"].generate("hello world", max_new_tokens=2).finish_reason in ("length", "stop")
