@@ -45,6 +45,7 @@ class RegistryAPI(Protocol):
     """A registry, local or remote (see the module docstring)."""
 
     home: Path  # a local directory: the registry itself, or (remote) where a server caches what it pulls
+    is_local: bool  # the registry's database and blobs are in `home` (a server may then also serve it)
 
     def close(self) -> None: ...
     def new_connection(self) -> RegistryAPI: ...

@@ -34,6 +34,8 @@ from .rollouts import Rollouts
 class Registry(BaseCatalog):
     """A registry rooted at a home directory (`$LORADOCK_HOME`, else `~/.loradock`)."""
 
+    is_local = True
+
     def __init__(self, home: Path | str | None = None):
         self.home = Path(home) if home else default_home()
         try:

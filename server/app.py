@@ -60,7 +60,7 @@ def create_server(options: ServerOptions, registry: Registry, service: Inference
     tokens = _tokens(options)
     check_listen(options)  # a busy port or a bad certificate fails now, not after the model has loaded
     service = service or load_service(options, registry, log=log)
-    serves_registry = isinstance(registry, Registry)
+    serves_registry = registry.is_local
     # The largest request the limits let through (a Registry upload chunk, when that service is served too).
     max_receive = max(max_request_bytes(service.max_prompt_bytes), REGISTRY_MESSAGE_BYTES if serves_registry else 0)
     server = _grpc_server(options, tokens, log, max_receive)

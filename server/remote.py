@@ -94,6 +94,8 @@ class RemoteRegistry:
     registry's own state stays on the server.
     """
 
+    is_local = False
+
     def __init__(self, url: str, token: str | None = None, tls_ca: Path | str | None = None, home: Path | str | None = None,
                  timeout: float = 120.0, chunk_bytes: int = CHUNK_BYTES):
         self.url = url
