@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 
 import grpc
@@ -11,9 +12,10 @@ from registry.errors import LoradockError
 from .rpc import pb, pb_grpc
 from .service import InferenceService
 from .stats import percentile
-from .status import abort_with  # the error -> status mapping lives there (torch-free, shared with the registry service)
+from .status import abort_with, public_message  # the error -> status mapping lives there (torch-free, shared with the registry service)
 
 _abort = abort_with
+log = logging.getLogger(__name__)
 
 
 def _final_fields(result) -> dict:
@@ -50,7 +52,8 @@ class InferenceServicer(pb_grpc.InferenceServicer):
         except LoradockError as exc:
             _abort(context, exc)
         except Exception as exc:  # a failure inside the model fails this request only
-            context.abort(grpc.StatusCode.INTERNAL, f"generation failed: {type(exc).__name__}: {exc}")
+            log.exception("request %s failed inside the model", handle.request_id)
+            context.abort(grpc.StatusCode.INTERNAL, f"generation failed: {type(exc).__name__}: {public_message(exc)}")
         return pb.GenerateResponse(request_id=result.request_id, text=result.text, **_final_fields(result))
 
     def GenerateStream(self, request, context):
@@ -63,7 +66,8 @@ class InferenceServicer(pb_grpc.InferenceServicer):
             handle.cancel()
             context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, "deadline exceeded; the request was cancelled")
         except Exception as exc:
-            context.abort(grpc.StatusCode.INTERNAL, f"generation failed: {type(exc).__name__}: {exc}")
+            log.exception("request %s failed inside the model", handle.request_id)
+            context.abort(grpc.StatusCode.INTERNAL, f"generation failed: {type(exc).__name__}: {public_message(exc)}")
         yield pb.GenerateChunk(request_id=result.request_id, text="", done=True, **_final_fields(result))
 
     def ListAdapters(self, request, context):
