@@ -66,3 +66,37 @@ def _local_registry(home: Optional[Path], command: str) -> Registry:
 
 
 Target = Annotated[str, typer.Option("--target", "-t", envvar="LORADOCK_TARGET", help="Server address host:port.")]
+
+
+def with_options_of(options_class):
+    """Give `command` (which takes them as `**options`) one --flag per field of the dataclass `options_class`.
+
+    The field's default, help and type come from the dataclass (server/options.py), so a setting is defined
+    once; the command's own parameters come first.
+    """
+    import dataclasses
+    import inspect
+    import types
+    import typing
+
+    hints = typing.get_type_hints(options_class)
+
+    def decorate(command):
+        resolved = typing.get_type_hints(command, include_extras=True)  # this module's annotations are strings
+        own = [p.replace(kind=inspect.Parameter.KEYWORD_ONLY, annotation=resolved[p.name])
+               for p in inspect.signature(command).parameters.values() if p.kind is not inspect.Parameter.VAR_KEYWORD]
+        added = []
+        for f in dataclasses.fields(options_class):
+            kind = hints[f.name]
+            if isinstance(kind, types.UnionType):  # `str | None` -> Optional[str], which typer reads
+                kind = Optional[next(arg for arg in typing.get_args(kind) if arg is not type(None))]
+            flag = "--" + f.metadata.get("flag", f.name).replace("_", "-")
+            option = typer.Option(flag, help=f.metadata["help"], show_default=f.default is not None)
+            added.append(inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=f.default,
+                                           annotation=Annotated[kind, option]))
+        params = added + own
+        command.__signature__ = inspect.Signature(params)
+        command.__annotations__ = {p.name: p.annotation for p in params}
+        return command
+
+    return decorate

@@ -9,9 +9,10 @@ from typing import Annotated, Optional
 import typer
 
 from registry import LoradockError, Registry, parse_ref
+from server.options import ServerOptions
 
 from . import errors
-from .common import _REMOTE, Home, Json, Target, _local_registry, _registry, app
+from .common import _REMOTE, Home, Json, Target, _local_registry, _registry, app, with_options_of
 from .output import console, err_console, human_size, print_json, short, table
 from .rollout import rollout_app
 from .runs import runs_app
@@ -391,46 +392,20 @@ def eval_(
 # --- serving ---------------------------------------------------------------------------------
 
 @app.command()
+@with_options_of(ServerOptions)
 def serve(
-    base: Annotated[str, typer.Option(help="Base model: a registered name, a model directory or a hub id.")] = "smollm2-135m-instruct",
-    quant: Annotated[str, typer.Option(help="Base weights in memory: nf4, int8 or none.")] = "nf4",
-    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(help="Port to listen on (0 picks a free one).")] = 50051,
-    max_batch_size: Annotated[int, typer.Option(help="Rows decoded together (continuous batching).")] = 16,
-    max_queue: Annotated[int, typer.Option(help="Waiting requests beyond which requests get RESOURCE_EXHAUSTED.")] = 256,
-    max_adapters: Annotated[int, typer.Option(help="Adapters held in memory at once (LRU eviction).")] = 8,
-    adapter_memory_mb: Annotated[int, typer.Option(help="Memory for adapter weights, MB.")] = 1024,
-    lora_rank: Annotated[int, typer.Option(help="LoRA rank adapter slots are allocated for at startup (larger adapters grow them).")] = 16,
-    gather_cache_mb: Annotated[int, typer.Option(help="Memory for per-row adapter copies kept between decode steps; 0 = off.")] = 512,
-    max_new_tokens_limit: Annotated[int, typer.Option(help="Largest max_new_tokens a request may ask for.")] = 1024,
-    max_prompt_bytes: Annotated[int, typer.Option(help="Largest prompt in bytes, checked before tokenizing (0 = 8 per token of the base's context).")] = 0,
-    max_merge_adapters: Annotated[int, typer.Option(help="Most entries a per-request merge may combine.")] = 8,
-    max_merge_rank: Annotated[int, typer.Option(help="Largest rank of a per-request merge (cat sums the ranks).")] = 128,
-    grace: Annotated[float, typer.Option(help="On SIGTERM, seconds in-flight requests may take to finish.")] = 10.0,
-    workers: Annotated[int, typer.Option(help="gRPC handler threads; calls beyond them get RESOURCE_EXHAUSTED (0 = max batch + max queue + 16).")] = 0,
     registry_only: Annotated[bool, typer.Option("--registry-only", help="Serve only the Registry service of --home (no model is loaded).")] = False,
     registry_url: Annotated[Optional[str], typer.Option("--registry", show_default=False, help="Resolve and pull adapters from this remote registry (grpc://HOST:PORT) instead of --home; the base stays local.")] = None,
-    auth_tokens: Annotated[Optional[Path], typer.Option(show_default=False, help="Tokens file (`reg token create`): every RPC then needs a token with its role.")] = None,
-    insecure_listen_all: Annotated[bool, typer.Option(help="Allow a non-localhost --host without auth.")] = False,
-    tls_cert: Annotated[Optional[Path], typer.Option(show_default=False, help="PEM certificate (chain) to serve TLS with; needs --tls-key.")] = None,
-    tls_key: Annotated[Optional[Path], typer.Option(show_default=False, help="PEM private key of --tls-cert.")] = None,
-    max_blob_mb: Annotated[float, typer.Option(help="Registry service: largest file a push may upload, MB.")] = 4096.0,
     home: Home = None,
+    **settings,
 ) -> None:
     """Serve completions over gRPC from one base model, with adapters per request from the registry.
 
     The server also serves the Registry service (remote push/pull) of its home; --registry-only serves only that.
     """
     from server.app import serve_forever, serve_registry_forever
-    from server.options import ServerOptions
 
-    options = ServerOptions(base=base, quant=quant, host=host, port=port, max_batch_size=max_batch_size, max_queue=max_queue,
-                            max_adapters=max_adapters, adapter_memory_mb=adapter_memory_mb, lora_rank=lora_rank,
-                            gather_cache_mb=gather_cache_mb, max_new_tokens_limit=max_new_tokens_limit, grace_s=grace,
-                            max_prompt_bytes=max_prompt_bytes, max_merge_adapters=max_merge_adapters, max_merge_rank=max_merge_rank,
-                            workers=workers, auth_tokens=str(auth_tokens) if auth_tokens else None, insecure_listen_all=insecure_listen_all,
-                            tls_cert=str(tls_cert) if tls_cert else None, tls_key=str(tls_key) if tls_key else None,
-                            max_blob_mb=max_blob_mb)
+    options = ServerOptions(**settings)
     log = lambda m: err_console.print(m)  # noqa: E731
     if registry_url:
         _REMOTE["url"] = registry_url

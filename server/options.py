@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 
 
-def _opt(default, text: str):
-    return field(default=default, metadata={"help": text})
+def _opt(default, text: str, flag: str | None = None):
+    """A setting with its default and help; `reg serve` makes one --flag of each (`flag` when not the field's name)."""
+    return field(default=default, metadata={"help": text, **({"flag": flag} if flag else {})})
 
 
 @dataclass
@@ -27,7 +28,7 @@ class ServerOptions:
                                     "(0 = 8 bytes per token of the base's context).")
     max_merge_adapters: int = _opt(8, "Most entries a per-request merge may combine.")
     max_merge_rank: int = _opt(128, "Largest rank a per-request merge may have (cat sums its inputs' ranks).")
-    grace_s: float = _opt(10.0, "On SIGTERM, how long in-flight requests may take to finish.")
+    grace_s: float = _opt(10.0, "On SIGTERM, seconds in-flight requests may take to finish.", flag="grace")
     workers: int = _opt(0, "gRPC handler threads, each waiting request holds one (0 = max batch + max queue + 16); "
                            "calls beyond them get RESOURCE_EXHAUSTED at once.")
     auth_tokens: str | None = _opt(None, "Tokens file (YAML of names, sha256 hashes and roles); every RPC then needs a token with its role.")
@@ -75,6 +76,3 @@ class ServerOptions:
     def max_blob_bytes(self) -> int:
         return int(self.max_blob_mb * 2**20)
 
-
-def option_help() -> dict[str, str]:
-    return {f.name: f.metadata["help"] for f in fields(ServerOptions)}

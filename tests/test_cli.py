@@ -174,3 +174,18 @@ def test_tables_are_not_cut_when_stdout_is_not_a_terminal(capsys, home, tiny_bas
                            env={k: v for k, v in os.environ.items() if k != "COLUMNS"}, check=True)  # `reg base ls | cat`
     row = next(line for line in piped.stdout.splitlines() if line.startswith(name))
     assert str(long_dir) in row and "…" not in piped.stdout
+
+
+def test_reg_serve_takes_every_server_option_from_its_one_definition():
+    """Each ServerOptions field is a `reg serve` flag with the field's default and help (server/options.py)."""
+    import dataclasses
+
+    from server.options import ServerOptions
+
+    serve = typer.main.get_command(app).commands["serve"]
+    by_name = {p.name: p for p in serve.params if p.param_type_name == "option"}
+    for f in dataclasses.fields(ServerOptions):
+        option = by_name[f.name]
+        assert option.help == f.metadata["help"] and option.default == f.default, f.name
+        assert f"--{f.metadata.get('flag', f.name).replace('_', '-')}" in option.opts, (f.name, option.opts)
+    assert {"registry_only", "registry_url", "home"} <= set(by_name)
