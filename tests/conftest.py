@@ -126,3 +126,13 @@ def default_base_home(tmp_path_factory) -> Path:
     reg.fetch_default_base()
     reg.close()
     return home
+
+
+def run_reg(capsys, *args: str) -> tuple[int, str, str]:
+    """`reg ARGS` in this process: (exit code, stdout, stderr), with output captured before it dropped."""
+    from cli.main import main
+
+    capsys.readouterr()
+    code = main(list(args))
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err

@@ -9,10 +9,9 @@ import stat
 
 import grpc
 import pytest
-from conftest import TINY_BASE
+from conftest import TINY_BASE, run_reg
 from remote_helpers import registry_with_base, start_registry
 
-from cli.main import main
 from registry import Registry
 from registry.errors import Conflict, InvalidInput, PermissionDenied, Unauthenticated
 from server.auth import ROLE_FOR_METHOD
@@ -21,13 +20,6 @@ from server.rpc import pb, pb_grpc
 from server.tokens import ROLES, TokenStore, create_token, load_tokens_file
 
 OK, UNAUTH, DENIED = grpc.StatusCode.OK, grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED
-
-
-def run_reg(capsys, *args: str) -> tuple[int, str, str]:
-    capsys.readouterr()
-    code = main(list(args))
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
 
 
 @pytest.fixture(scope="module")

@@ -6,19 +6,11 @@ import json
 import sqlite3
 
 import pytest
-from conftest import TINY_BASE, make_adapter_dir
+from conftest import TINY_BASE, make_adapter_dir, run_reg
 
-from cli.main import main
 from registry import Registry
 from server.app import create_server, shutdown
 from server.options import ServerOptions
-
-
-def run_reg(capsys, *args: str) -> tuple[int, str, str]:
-    capsys.readouterr()
-    code = main(list(args))
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
 
 
 @pytest.fixture(scope="module")
