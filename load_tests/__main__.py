@@ -19,8 +19,9 @@ import typer
 
 from registry.bases import DEFAULT_BASE
 from registry.errors import LoradockError
+from registry.fields import help_texts
 
-from .run import LoadOptions, option_help
+from .run import LoadOptions
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -33,7 +34,7 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-HELP = option_help()
+HELP = help_texts(LoadOptions)
 UNREACHABLE_EXIT = 9
 PRESET_SET = ("concurrency", "mix")  # options some presets set (see load_tests/presets.py)
 

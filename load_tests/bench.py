@@ -533,11 +533,10 @@ def resolve_bench_base(args, tmp: Path) -> tuple[Path, str]:
         return path, f"random-llama-{args.random_llama}"
     from registry import Registry
     from registry.bases import DEFAULT_BASE
-    from trainer.train import resolve_base
 
     registry = Registry(args.home)
     try:
-        base = resolve_base(registry, args.base or DEFAULT_BASE)
+        base = registry.resolve_base(args.base or DEFAULT_BASE)
     finally:
         registry.close()
     return Path(base.path), base.name

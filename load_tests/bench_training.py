@@ -42,13 +42,13 @@ def run_one(method: str, home: str, steps: int, max_examples: int) -> dict:
     from trainer.config import load_config
     from trainer.environment import peak_memory_mb
     from trainer.evaluate import DEFAULT_GENERAL_TEXT, measure
-    from trainer.train import build_peft_config, resolve_base
+    from trainer.train import build_peft_config
 
     torch.set_num_threads(os.cpu_count() or 1)
     overrides = METHODS[method] + [f"max_steps={steps}", f"evaluation.max_examples={max_examples}", "eval_steps=1000000"]
     config = load_config(ROOT / "examples" / "arith.yaml", overrides)
     registry = Registry(home)
-    base = resolve_base(registry, config.base_model)
+    base = registry.resolve_base(config.base_model)
     report = data_mod.load_datasets([data_mod.DatasetSpec(d.path, d.type) for d in config.datasets])
     dedup = data_mod.deduplicate(report.examples, seed=config.seed)
     train_ex, val_ex = data_mod.split_examples(dedup.kept, config.val_set_size, config.seed)

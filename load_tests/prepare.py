@@ -37,8 +37,6 @@ def prepare_adapters(registry: Registry, base: str, count: int, prefix: str = "l
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
-    from trainer.train import resolve_base
-
     if count < 0:
         raise InvalidInput(f"--count {count}: must be 0 or more")
     if rank < 1:
@@ -49,7 +47,7 @@ def prepare_adapters(registry: Registry, base: str, count: int, prefix: str = "l
     jobs = [(name, seed + i) for i, name in enumerate(names)]
     if canary:
         jobs += [(CANARY, seed + 10_000), (CANARY, seed + 10_001)]
-    base_record = resolve_base(registry, base)
+    base_record = registry.resolve_base(base)
     log(f"loading {base_record.name} to shape {len(jobs)} adapters ...")
     model = AutoModelForCausalLM.from_pretrained(base_record.path, torch_dtype=torch.float32)
     config = LoraConfig(r=rank, lora_alpha=2 * rank, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM",

@@ -18,12 +18,13 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
 
 from registry.errors import InvalidInput, LoradockError, NotFound
+from registry.fields import documented
 from registry.names import parse_ref
 from server.client import LoradockClient
 from server.stats import percentile
@@ -39,33 +40,29 @@ class Unreachable(LoradockError):
     """The target server did not answer."""
 
 
-def _opt(default, text: str):
-    return field(default=default, metadata={"help": text})
-
-
 @dataclass
 class LoadOptions:
-    target: str = _opt("localhost:50051", "Server address host:port.")
-    adapters: str = _opt("", "Adapters to mix, comma separated: NAME, NAME:N or NAME@ALIAS, each optionally =WEIGHT "
+    target: str = documented("localhost:50051", "Server address host:port.")
+    adapters: str = documented("", "Adapters to mix, comma separated: NAME, NAME:N or NAME@ALIAS, each optionally =WEIGHT "
                              "(default: the preset picks from the server's list).")
-    concurrency: int = _opt(32, "Closed loop: clients sending back to back.")
-    duration: float = _opt(60.0, "Seconds to send requests for (requests in flight at the end are waited for).")
-    rate: float | None = _opt(None, "Open loop: Poisson arrivals per second (instead of a fixed concurrency).")
-    stream: bool = _opt(False, "Use GenerateStream; time to first token is then measured client-side.")
-    keys: int = _opt(10_000, "Distinct routing keys drawn per request (0 = send none).")
-    max_new_tokens: int = _opt(32, "max_new_tokens per request (0 = the server's default).")
-    mix: str = _opt("random", "How adapters are picked: random (seeded, by weight) or round-robin.")
-    max_in_flight: int = _opt(256, "Open loop: the most requests outstanding; arrivals beyond it are counted as not sent.")
-    timeout: float = _opt(120.0, "Deadline per request, seconds.")
-    seed: int = _opt(0, "Seed for the adapter mix, prompts, keys and arrival times.")
-    prompts: Path | None = _opt(None, "A JSONL file or a directory of them to take prompts from (default: examples/).")
-    out: Path | None = _opt(None, "Output directory, or a report .json path (the plot and samples go beside it).")
-    home: Path | None = _opt(None, "canary: the registry home the server serves from (for `reg rollout`).")
-    cache_size: int | None = _opt(None, "many-adapters: the server's adapter cache size, if ServerStats does not say.")
-    capacity: float | None = _opt(None, "overload: the server's capacity in requests/s (default: measured first).")
-    calibrate: float = _opt(5.0, "overload: seconds of closed-loop load to measure capacity.")
-    overload_factor: float = _opt(4.0, "overload: arrival rate as a multiple of capacity.")
-    canary_steps: str = _opt("5,25,50", "canary: the new arm's percentages, the first set at the start, the rest raised live.")
+    concurrency: int = documented(32, "Closed loop: clients sending back to back.")
+    duration: float = documented(60.0, "Seconds to send requests for (requests in flight at the end are waited for).")
+    rate: float | None = documented(None, "Open loop: Poisson arrivals per second (instead of a fixed concurrency).")
+    stream: bool = documented(False, "Use GenerateStream; time to first token is then measured client-side.")
+    keys: int = documented(10_000, "Distinct routing keys drawn per request (0 = send none).")
+    max_new_tokens: int = documented(32, "max_new_tokens per request (0 = the server's default).")
+    mix: str = documented("random", "How adapters are picked: random (seeded, by weight) or round-robin.")
+    max_in_flight: int = documented(256, "Open loop: the most requests outstanding; arrivals beyond it are counted as not sent.")
+    timeout: float = documented(120.0, "Deadline per request, seconds.")
+    seed: int = documented(0, "Seed for the adapter mix, prompts, keys and arrival times.")
+    prompts: Path | None = documented(None, "A JSONL file or a directory of them to take prompts from (default: examples/).")
+    out: Path | None = documented(None, "Output directory, or a report .json path (the plot and samples go beside it).")
+    home: Path | None = documented(None, "canary: the registry home the server serves from (for `reg rollout`).")
+    cache_size: int | None = documented(None, "many-adapters: the server's adapter cache size, if ServerStats does not say.")
+    capacity: float | None = documented(None, "overload: the server's capacity in requests/s (default: measured first).")
+    calibrate: float = documented(5.0, "overload: seconds of closed-loop load to measure capacity.")
+    overload_factor: float = documented(4.0, "overload: arrival rate as a multiple of capacity.")
+    canary_steps: str = documented("5,25,50", "canary: the new arm's percentages, the first set at the start, the rest raised live.")
 
     def validate(self) -> None:
         positive = {"concurrency": self.concurrency, "duration": self.duration, "max_in_flight": self.max_in_flight,
@@ -87,10 +84,6 @@ class LoadOptions:
         if self.adapters:
             parse_adapters(self.adapters)
         parse_target(self.target)
-
-
-def option_help() -> dict[str, str]:
-    return {f.name: f.metadata["help"] for f in fields(LoadOptions)}
 
 
 def parse_target(target: str) -> tuple[str, int]:

@@ -80,6 +80,24 @@ class BaseCatalog:
             return existing, False
         return self.add_base(str(dest), DEFAULT_BASE, source=source, hub_id=DEFAULT_BASE_HUB_ID)
 
+    def resolve_base(self, base_model: str) -> Base:
+        """A registered base by name, or a path / hub id (registered on first use, matched afterwards).
+
+        The default base's name prepares it on first use; a directory matches only the base registered
+        from that very directory, so two copies of the same weights stay apart by path.
+        """
+        try:
+            return self.get_base(base_model)
+        except BaseNotFound:
+            if base_model == DEFAULT_BASE:
+                return self.fetch_default_base()[0]
+        for base in self.list_bases():
+            if base.matches(base_model) and (Path(base_model).is_dir() is False or Path(base.path) == Path(base_model).resolve()):
+                return base
+        leaf = base_model.rstrip("/").rsplit("/", 1)[-1].lower()
+        name = "".join(ch if ch.isalnum() or ch in "._-" else "-" for ch in leaf).strip("-.") or "base"
+        return self.add_base(base_model, name)[0]
+
     def _base_for_adapter(self, info: AdapterInfo, base: str | None) -> Base:
         declared = info.base_model_name_or_path
         if base is not None:

@@ -11,11 +11,11 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any
 
 from registry.errors import InvalidInput, LoradockError
+from registry.fields import documented
 from registry.names import validate_name
 
 from .metrics import TASK_METRICS
@@ -30,74 +30,68 @@ class ConfigError(InvalidInput):
     """A training config key that is unknown or has a bad value; the message names the key."""
 
 
-def _doc(text: str, default: Any = dataclasses.MISSING, factory: Any = dataclasses.MISSING):
-    if factory is not dataclasses.MISSING:
-        return field(default_factory=factory, metadata={"help": text})
-    return field(default=default, metadata={"help": text})
-
-
 @dataclass
 class DatasetConfig:
-    path: str = _doc("JSONL file, relative to the config file's directory.", "")
-    type: str = _doc(f"Record format: one of {', '.join(DATASET_TYPES)}.", "alpaca")
+    path: str = documented("", "JSONL file, relative to the config file's directory.")
+    type: str = documented("alpaca", f"Record format: one of {', '.join(DATASET_TYPES)}.")
 
 
 @dataclass
 class PushConfig:
-    name: str | None = _doc("Adapter name to push the result under (default: the config file's name).", None)
-    alias: str | None = _doc("Alias to point at the new version (e.g. staging).", None)
-    message: str = _doc("Version message.", "")
+    name: str | None = documented(None, "Adapter name to push the result under (default: the config file's name).")
+    alias: str | None = documented(None, "Alias to point at the new version (e.g. staging).")
+    message: str = documented("", "Version message.")
 
 
 @dataclass
 class EvalConfig:
-    task_metric: str = _doc(f"The task's headline generation metric: one of {', '.join(TASK_METRICS)}.", "exact_match")
-    max_examples: int = _doc("Held-out examples to generate answers for (adapter and base each).", 64)
-    max_new_tokens: int = _doc("Generation length for the generation metrics.", 24)
-    general_text: str | None = _doc("Text file for the general-ability perplexity check (default: the shipped one).", None)
-    min_task_score: float | None = _doc("Fail the evaluation if the task metric is below this.", None)
-    min_gain_over_base: float | None = _doc("Fail if the task metric does not beat the base's by at least this.", None)
-    max_general_ppl_ratio: float | None = _doc("Fail if general-text perplexity rises above base x this (forgetting).", 1.5)
-    min_distinct_ratio: float | None = _doc("Fail if distinct-2 of the adapter's answers falls below base x this (format collapse).", None)
+    task_metric: str = documented("exact_match", f"The task's headline generation metric: one of {', '.join(TASK_METRICS)}.")
+    max_examples: int = documented(64, "Held-out examples to generate answers for (adapter and base each).")
+    max_new_tokens: int = documented(24, "Generation length for the generation metrics.")
+    general_text: str | None = documented(None, "Text file for the general-ability perplexity check (default: the shipped one).")
+    min_task_score: float | None = documented(None, "Fail the evaluation if the task metric is below this.")
+    min_gain_over_base: float | None = documented(None, "Fail if the task metric does not beat the base's by at least this.")
+    max_general_ppl_ratio: float | None = documented(1.5, "Fail if general-text perplexity rises above base x this (forgetting).")
+    min_distinct_ratio: float | None = documented(None, "Fail if distinct-2 of the adapter's answers falls below base x this (format collapse).")
 
 
 @dataclass
 class TrainConfig:
     """A fine-tuning run. Every field is a YAML key; see README "Training" for a worked example."""
 
-    base_model: str = _doc("Registered base name, local model directory or hub id.", "smollm2-135m-instruct")
-    load_in_4bit: bool = _doc("QLoRA: load the base in 4-bit NF4 with double quantization.", False)
-    load_in_8bit: bool = _doc("Load the base in 8-bit (LLM.int8).", False)
-    adapter: str = _doc(f"Adapter kind: one of {', '.join(ADAPTERS)} (qlora = lora on a 4-bit base).", "lora")
-    lora_r: int = _doc("LoRA rank.", 16)
-    lora_alpha: float = _doc("LoRA alpha (scale = alpha / r).", 32)
-    lora_dropout: float = _doc("Dropout on the LoRA input.", 0.05)
-    lora_target_modules: list[str] | str = _doc("Modules to adapt: a list of names, or all-linear.", "all-linear")
-    num_virtual_tokens: int = _doc("Prefix tuning: number of virtual tokens.", 16)
-    datasets: list[DatasetConfig] = _doc("Training data: a list of {path, type}.", factory=list)
-    val_set_size: float = _doc("Held-out split: a fraction in (0, 1) or a count of examples; 0 disables it.", 0.1)
-    sequence_len: int = _doc("Maximum tokens per example (longer ones are truncated from the right).", 512)
-    micro_batch_size: int = _doc("Examples per forward pass.", 8)
-    gradient_accumulation_steps: int = _doc("Forward passes per optimizer step.", 1)
-    num_epochs: float = _doc("Passes over the training split (ignored when max_steps > 0).", 1.0)
-    max_steps: int = _doc(
-        "Optimizer steps to run; overrides num_epochs when > 0. 0 or -1 (unset) trains num_epochs, as in Axolotl.", -1)
-    learning_rate: float = _doc("Peak learning rate.", 2e-4)
-    lr_scheduler: str = _doc(f"Schedule: one of {', '.join(SCHEDULERS)}.", "cosine")
-    warmup_steps: int = _doc("Linear warmup steps.", 0)
-    weight_decay: float = _doc("AdamW weight decay.", 0.0)
-    optimizer: str = _doc(f"One of {', '.join(OPTIMIZERS)}; the 8-bit ones need bitsandbytes support.", "adamw_torch")
-    bf16: bool | str = _doc("bf16 mixed precision: true, false or auto (on where the hardware supports it).", "auto")
-    tf32: bool | str = _doc("TF32 matmuls on Ampere+ GPUs: true, false or auto.", "auto")
-    gradient_checkpointing: bool = _doc("Recompute activations in the backward pass to save memory.", False)
-    eval_steps: int | None = _doc("Evaluate validation loss every N steps (default: about 10 times per run).", None)
-    save_steps: int | None = _doc("Checkpoint every N steps (default: eval_steps).", None)
-    save_total_limit: int = _doc("Checkpoints to keep.", 2)
-    early_stopping_patience: int | None = _doc("Stop after this many evaluations without validation-loss improvement.", None)
-    seed: int = _doc("Seed for the split, the adapter's initialisation and the data order.", 42)
-    output_dir: str | None = _doc("Run directory (default: $LORADOCK_HOME/runs/<run id>).", None)
-    push: PushConfig = _doc("Where the result goes: {name, alias, message}.", factory=PushConfig)
-    evaluation: EvalConfig = _doc("Held-out evaluation settings and pass/fail thresholds.", factory=EvalConfig)
+    base_model: str = documented("smollm2-135m-instruct", "Registered base name, local model directory or hub id.")
+    load_in_4bit: bool = documented(False, "QLoRA: load the base in 4-bit NF4 with double quantization.")
+    load_in_8bit: bool = documented(False, "Load the base in 8-bit (LLM.int8).")
+    adapter: str = documented("lora", f"Adapter kind: one of {', '.join(ADAPTERS)} (qlora = lora on a 4-bit base).")
+    lora_r: int = documented(16, "LoRA rank.")
+    lora_alpha: float = documented(32, "LoRA alpha (scale = alpha / r).")
+    lora_dropout: float = documented(0.05, "Dropout on the LoRA input.")
+    lora_target_modules: list[str] | str = documented("all-linear", "Modules to adapt: a list of names, or all-linear.")
+    num_virtual_tokens: int = documented(16, "Prefix tuning: number of virtual tokens.")
+    datasets: list[DatasetConfig] = documented(help="Training data: a list of {path, type}.", factory=list)
+    val_set_size: float = documented(0.1, "Held-out split: a fraction in (0, 1) or a count of examples; 0 disables it.")
+    sequence_len: int = documented(512, "Maximum tokens per example (longer ones are truncated from the right).")
+    micro_batch_size: int = documented(8, "Examples per forward pass.")
+    gradient_accumulation_steps: int = documented(1, "Forward passes per optimizer step.")
+    num_epochs: float = documented(1.0, "Passes over the training split (ignored when max_steps > 0).")
+    max_steps: int = documented(
+        -1, "Optimizer steps to run; overrides num_epochs when > 0. 0 or -1 (unset) trains num_epochs, as in Axolotl.")
+    learning_rate: float = documented(2e-4, "Peak learning rate.")
+    lr_scheduler: str = documented("cosine", f"Schedule: one of {', '.join(SCHEDULERS)}.")
+    warmup_steps: int = documented(0, "Linear warmup steps.")
+    weight_decay: float = documented(0.0, "AdamW weight decay.")
+    optimizer: str = documented("adamw_torch", f"One of {', '.join(OPTIMIZERS)}; the 8-bit ones need bitsandbytes support.")
+    bf16: bool | str = documented("auto", "bf16 mixed precision: true, false or auto (on where the hardware supports it).")
+    tf32: bool | str = documented("auto", "TF32 matmuls on Ampere+ GPUs: true, false or auto.")
+    gradient_checkpointing: bool = documented(False, "Recompute activations in the backward pass to save memory.")
+    eval_steps: int | None = documented(None, "Evaluate validation loss every N steps (default: about 10 times per run).")
+    save_steps: int | None = documented(None, "Checkpoint every N steps (default: eval_steps).")
+    save_total_limit: int = documented(2, "Checkpoints to keep.")
+    early_stopping_patience: int | None = documented(None, "Stop after this many evaluations without validation-loss improvement.")
+    seed: int = documented(42, "Seed for the split, the adapter's initialisation and the data order.")
+    output_dir: str | None = documented(None, "Run directory (default: $LORADOCK_HOME/runs/<run id>).")
+    push: PushConfig = documented(help="Where the result goes: {name, alias, message}.", factory=PushConfig)
+    evaluation: EvalConfig = documented(help="Held-out evaluation settings and pass/fail thresholds.", factory=EvalConfig)
 
     def resolved(self) -> dict:
         """The config as recorded in the lineage: every key, defaults filled in."""
@@ -112,10 +106,6 @@ class TrainConfig:
         if self.load_in_4bit:
             return "nf4"
         return "int8" if self.load_in_8bit else "none"
-
-
-def field_help(cls=TrainConfig) -> dict[str, str]:
-    return {f.name: f.metadata.get("help", "") for f in fields(cls)}
 
 
 # --- loading ---------------------------------------------------------------------------------

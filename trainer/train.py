@@ -16,12 +16,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from registry import Registry
-from registry.bases import DEFAULT_BASE, Base
+from registry.bases import Base
 from registry.db import utcnow
-from registry.errors import BaseNotFound, LoradockError
+from registry.errors import LoradockError
 
 from .config import ConfigError, TrainConfig
 from .environment import hardware, library_versions, peak_memory_mb
+from .fit import Fitted, fit
 from .runs import Heartbeat, process_identity, write_run_json
 
 
@@ -46,18 +47,8 @@ class TrainResult:
 
 
 def resolve_base(registry: Registry, base_model: str) -> Base:
-    """A registered base by name, or a path / hub id (registered on first use, matched afterwards)."""
-    try:
-        return registry.get_base(base_model)
-    except BaseNotFound:
-        if base_model == DEFAULT_BASE:
-            return registry.fetch_default_base()[0]
-    for base in registry.list_bases():
-        if base.matches(base_model) and (Path(base_model).is_dir() is False or Path(base.path) == Path(base_model).resolve()):
-            return base
-    leaf = base_model.rstrip("/").rsplit("/", 1)[-1].lower()
-    name = "".join(ch if ch.isalnum() or ch in "._-" else "-" for ch in leaf).strip("-.") or "base"
-    return registry.add_base(base_model, name)[0]
+    """Kept for server/app.py until it calls `Registry.resolve_base` (registry/base_catalog.py) itself."""
+    return registry.resolve_base(base_model)
 
 
 def new_run_id(config: TrainConfig) -> str:
@@ -143,6 +134,7 @@ def check_target_modules(model, config: TrainConfig, base_name: str) -> None:
 
 
 def _prepare(config: TrainConfig, registry: Registry, skip_bad_lines: bool, log) -> _Prepared:
+    """Steps 1-3: the base, the data (validated, deduplicated, split, tokenized) and the PEFT model; refuses bad input."""
     from transformers import set_seed
 
     from registry.loading import load_base_model
@@ -150,15 +142,9 @@ def _prepare(config: TrainConfig, registry: Registry, skip_bad_lines: bool, log)
     from . import data as data_mod
 
     warnings: list[str] = []
-    base = resolve_base(registry, config.base_model)
+    base = registry.resolve_base(config.base_model)
     log(f"base {base.name} ({base.weights_digest[:19]}), adapter {config.adapter}, quantization {config.quantization}")
-
-    # Data: validated, deduplicated, split by seed; the held-out split never reaches the Trainer.
-    specs = [data_mod.DatasetSpec(d.path, d.type) for d in config.datasets]
-    report = data_mod.load_datasets(specs, skip_bad_lines=skip_bad_lines)
-    if report.bad_lines:
-        warnings.append(f"skipped {len(report.bad_lines)} bad lines (first: {report.bad_lines[0]})")
-    dedup, train_examples, val_examples = data_mod.dedup_and_split(report.examples, config.val_set_size, config.seed)
+    report, dedup, train_examples, val_examples = _read_datasets(config, skip_bad_lines, warnings)
 
     set_seed(config.seed)
     loaded = load_base_model(base, config.quantization, bf16=config.bf16, for_training=True)
@@ -175,16 +161,33 @@ def _prepare(config: TrainConfig, registry: Registry, skip_bad_lines: bool, log)
         log(f"warning: {w}")
     log(f"data: {len(train_features)} train / {len(val_features)} held-out examples "
         f"({dedup.exact_duplicates} exact and {dedup.near_duplicates} near duplicates removed)")
+    model, trainable, total = _with_peft(loaded.model, config, log)
+    return _Prepared(base, report, dedup, val_examples, train_features, val_features, collator, tokenizer, counts, model,
+                     trainable, total, warnings)
 
+
+def _read_datasets(config: TrainConfig, skip_bad_lines: bool, warnings: list[str]):
+    """The examples, validated and deduplicated, split by seed; the held-out split never reaches the Trainer."""
+    from . import data as data_mod
+
+    specs = [data_mod.DatasetSpec(d.path, d.type) for d in config.datasets]
+    report = data_mod.load_datasets(specs, skip_bad_lines=skip_bad_lines)
+    if report.bad_lines:
+        warnings.append(f"skipped {len(report.bad_lines)} bad lines (first: {report.bad_lines[0]})")
+    dedup, train_examples, val_examples = data_mod.dedup_and_split(report.examples, config.val_set_size, config.seed)
+    return report, dedup, train_examples, val_examples
+
+
+def _with_peft(model, config: TrainConfig, log):
+    """The base wrapped in the config's PEFT adapter; returns (model, trainable parameters, all parameters)."""
     from peft import get_peft_model
 
-    model = get_peft_model(loaded.model, build_peft_config(config))
+    model = get_peft_model(model, build_peft_config(config))
     if config.gradient_checkpointing:
         model.enable_input_require_grads()
     trainable, total = model.get_nb_trainable_parameters()
     log(f"trainable parameters: {trainable:,} of {total:,} ({100 * trainable / total:.2f} %)")
-    return _Prepared(base, report, dedup, val_examples, train_features, val_features, collator, tokenizer, counts, model,
-                     trainable, total, warnings)
+    return model, trainable, total
 
 
 def train(
@@ -203,21 +206,14 @@ def train(
     quiet_libraries()
     started = time.time()
     is_main = int(os.environ.get("RANK", "0")) == 0
-    if resume:
-        run_id, run_dir = find_resumable_run(registry, config, run_id)
-        log(f"resuming run {run_id} from {run_dir}")
-    else:
-        run_id = _same_on_every_process(run_id or os.environ.get("LORADOCK_RUN_ID") or new_run_id(config))
-        run_dir = Path(config.output_dir) if config.output_dir else registry.runs_dir / run_id
+    run_id, run_dir = _choose_run(config, registry, resume, run_id, log)
     job = _prepare(config, registry, skip_bad_lines, log)
 
     run_dir.mkdir(parents=True, exist_ok=True)
     heartbeat = Heartbeat(run_dir) if is_main else None
     try:
         if heartbeat is not None:
-            source = {"config_path": str(Path(config_path).resolve())} if config_path else {}
-            write_run_json(run_dir, run_id=run_id, config=config.resolved(), config_hash=config.config_hash(), **source,
-                           status="running", started_at=utcnow(), finished_at=None, error=None, **process_identity())
+            _record_start(run_dir, run_id, config, config_path)
             heartbeat.start()
         return _fit_evaluate_push(job, config, registry, run_id, run_dir, resume, push, progress and is_main, started, log)
     except BaseException as exc:
@@ -230,123 +226,84 @@ def train(
             heartbeat.stop()
 
 
+def _choose_run(config: TrainConfig, registry: Registry, resume: bool, run_id: str | None, log) -> tuple[str, Path]:
+    """The run id and directory: the run to resume, or a new one (the same on every process)."""
+    if resume:
+        run_id, run_dir = find_resumable_run(registry, config, run_id)
+        log(f"resuming run {run_id} from {run_dir}")
+        return run_id, run_dir
+    run_id = _same_on_every_process(run_id or os.environ.get("LORADOCK_RUN_ID") or new_run_id(config))
+    return run_id, Path(config.output_dir) if config.output_dir else registry.runs_dir / run_id
+
+
+def _record_start(run_dir: Path, run_id: str, config: TrainConfig, config_path: Path | None) -> None:
+    source = {"config_path": str(Path(config_path).resolve())} if config_path else {}
+    write_run_json(run_dir, run_id=run_id, config=config.resolved(), config_hash=config.config_hash(), **source,
+                   status="running", started_at=utcnow(), finished_at=None, error=None, **process_identity())
+
+
 def _fit_evaluate_push(
     job: _Prepared, config: TrainConfig, registry: Registry, run_id: str, run_dir: Path, resume: bool, push: bool,
     progress: bool, started: float, log,
 ) -> TrainResult:
-    import torch
-    from transformers import EarlyStoppingCallback, Trainer, TrainingArguments
-
-    from .callbacks import CurveRecorder, LossProgressBar
-    from .evaluate import evaluate_run
-
-    model, tokenizer, collator, base = job.model, job.tokenizer, job.collator, job.base
-    train_features, val_features, val_examples = job.train_features, job.val_features, job.val_examples
-    steps_per_epoch = max(1, -(-len(train_features) // (config.micro_batch_size * config.gradient_accumulation_steps)))
-    total_steps = config.max_steps if config.max_steps > 0 else int(steps_per_epoch * config.num_epochs)
-    eval_steps = config.eval_steps or max(1, total_steps // 10)
-    save_steps = config.save_steps or eval_steps
-    has_val = bool(val_features)
-    use_cpu = not torch.cuda.is_available()
-    bf16 = (not use_cpu and torch.cuda.is_bf16_supported()) if config.bf16 == "auto" else bool(config.bf16)
-    tf32 = (not use_cpu and torch.cuda.get_device_capability()[0] >= 8) if config.tf32 == "auto" else bool(config.tf32)
-    early_stop = config.early_stopping_patience is not None and has_val
-    if early_stop and save_steps % eval_steps:
-        save_steps = eval_steps  # the best checkpoint must be one that was evaluated
-    args = TrainingArguments(
-        output_dir=str(run_dir / "checkpoints"),
-        per_device_train_batch_size=config.micro_batch_size, per_device_eval_batch_size=config.micro_batch_size,
-        gradient_accumulation_steps=config.gradient_accumulation_steps, num_train_epochs=config.num_epochs,
-        max_steps=config.max_steps if config.max_steps > 0 else -1,  # 0 means num_epochs (Axolotl); HF would run 1 step
-        learning_rate=config.learning_rate, lr_scheduler_type=config.lr_scheduler,
-        warmup_steps=config.warmup_steps, weight_decay=config.weight_decay, optim=config.optimizer,
-        bf16=bf16, tf32=tf32 or None, **_checkpointing_args(config.gradient_checkpointing),
-        eval_strategy="steps" if has_val else "no", eval_steps=eval_steps if has_val else None,
-        save_strategy="steps", save_steps=save_steps, save_total_limit=config.save_total_limit,
-        load_best_model_at_end=early_stop, metric_for_best_model="eval_loss" if early_stop else None,
-        greater_is_better=False if early_stop else None,
-        logging_steps=max(1, min(10, total_steps // 20)), report_to=[], seed=config.seed, data_seed=config.seed,
-        disable_tqdm=True, use_cpu=use_cpu, dataloader_num_workers=0, remove_unused_columns=False,
-        save_only_model=False, ddp_find_unused_parameters=False,
-    )
-    curves = CurveRecorder()
-    callbacks = [curves]
-    if progress:
-        callbacks.append(LossProgressBar())
-    if early_stop:
-        callbacks.append(EarlyStoppingCallback(early_stopping_patience=config.early_stopping_patience))
-    trainer = Trainer(
-        model=model, args=args, train_dataset=_ListDataset(train_features), eval_dataset=_ListDataset(val_features) if has_val else None,
-        data_collator=collator, callbacks=callbacks,
-    )
-    from transformers.trainer_callback import PrinterCallback
-
-    trainer.remove_callback(PrinterCallback)  # our progress bar shows the losses
-    checkpoint = _last_checkpoint(run_dir / "checkpoints") if resume else None
-    if resume and checkpoint is None:
-        log("no checkpoint saved yet in that run; starting it from step 0")
-    elif checkpoint is not None:
-        log(f"continuing from {checkpoint.name}")
-        curves.load(run_dir / "curves.json")
-    train_started = time.time()
-    curves.path = run_dir / "curves.json"
-    output = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
-    train_seconds = time.time() - train_started
-    steps_run = max(1, trainer.state.global_step - (int(checkpoint.name.split("-")[-1]) if checkpoint else 0))
-    seconds_per_step = train_seconds / steps_run
-    if not trainer.is_world_process_zero():
-        return TrainResult(run_id, run_dir, None, curves.as_dict(), None, time.time() - started, seconds_per_step, peak_memory_mb())
-
-    model = trainer.model
-    model.eval()
-    adapter_dir = run_dir / "adapter"
-    model.save_pretrained(adapter_dir)
-    tokenizer.save_pretrained(adapter_dir)  # lets `PeftModel` users decode without the base's directory
-    curve_data = curves.as_dict()
-    curve_data["train_runtime_s"] = output.metrics.get("train_runtime")
-    plot_path = _plot_curves(curve_data, run_dir / "loss.png", title=f"{config.push.name} ({config.adapter})")
-
-    log("evaluating on the held-out split (adapter and base) ...")
-    evaluation = evaluate_run(model, tokenizer, val_examples, val_features, collator, config, curve_data, log=log,
-                              progress=progress)
+    """Steps 4-7 once the run directory exists: fit, save and evaluate the adapter, push it, record the run."""
+    fitted = fit(job.model, job.train_features, job.val_features, job.collator, config, run_dir, resume, progress, log)
+    if not fitted.is_main:
+        return TrainResult(run_id, run_dir, None, fitted.curves.as_dict(), None, time.time() - started,
+                           fitted.seconds_per_step, peak_memory_mb())
+    adapter_dir, curve_data, plot_path = _save_adapter(fitted, job.tokenizer, config, run_dir)
+    evaluation = _evaluate(fitted.model, job, config, curve_data, progress, log)
     duration = time.time() - started
-    metrics = {**curve_data, "seconds_per_step": seconds_per_step, "peak_memory_mb": peak_memory_mb(),
+    metrics = {**curve_data, "seconds_per_step": fitted.seconds_per_step, "peak_memory_mb": peak_memory_mb(),
                "trainable_parameters": job.trainable, "total_parameters": job.total, "loss_plot": str(plot_path)}
     (run_dir / "metrics.json").write_text(json.dumps({"curves": metrics, "evaluation": evaluation}, indent=2, default=str))
-
     version_ref = None
     if push:
-        registry.record_run(
-            run_id, config.push.name, config=config.resolved(), config_hash=config.config_hash(), base=base,
-            datasets=[{**f, "counts": job.counts} for f in job.report.files] if len(job.report.files) == 1 else
-            [*job.report.files, {"path": "(all files)", "counts": job.counts}],
-            seed=config.seed, libraries=library_versions(),
-            hardware={**hardware(), "processes": int(os.environ.get("WORLD_SIZE", "1"))}, metrics=metrics,
-            started_at=time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(started)), finished_at=utcnow(),
-            duration_s=duration, run_dir=str(run_dir),
-        )
-        message = config.push.message or f"trained by {run_id}"
-        result = registry.push(adapter_dir, config.push.name, base=base.name, message=message, alias=config.push.alias,
-                               run_id=run_id, allow_duplicate=True)
-        version_ref = result.version.ref
-        registry.record_evaluation(result.version, "heldout", "val", evaluation["adapter"], evaluation["base"],
-                                   run_id=run_id, passed=evaluation["passed"], failures=evaluation["failures"])
+        version_ref = _push_version(job, config, registry, run_id, run_dir, adapter_dir, metrics, evaluation, started, duration)
     write_run_json(run_dir, status="succeeded", finished_at=utcnow(), version=version_ref, duration_s=duration)
-    return TrainResult(run_id, run_dir, version_ref, curve_data, evaluation, duration, seconds_per_step, peak_memory_mb(),
-                       job.warnings)
+    return TrainResult(run_id, run_dir, version_ref, curve_data, evaluation, duration, fitted.seconds_per_step,
+                       peak_memory_mb(), job.warnings)
 
 
-def _checkpointing_args(enabled: bool) -> dict:
-    """TrainingArguments' activation checkpointing switch (renamed in transformers 5; only passed when on)."""
-    if not enabled:
-        return {}
-    import dataclasses
+def _save_adapter(fitted: Fitted, tokenizer, config: TrainConfig, run_dir: Path) -> tuple[Path, dict, Path]:
+    """The trained adapter as a PEFT directory, and its loss curves (data and plot); returns (adapter dir, curves, plot)."""
+    fitted.model.eval()
+    adapter_dir = run_dir / "adapter"
+    fitted.model.save_pretrained(adapter_dir)
+    tokenizer.save_pretrained(adapter_dir)  # lets `PeftModel` users decode without the base's directory
+    curve_data = fitted.curves.as_dict()
+    curve_data["train_runtime_s"] = fitted.train_runtime_s
+    plot_path = _plot_curves(curve_data, run_dir / "loss.png", title=f"{config.push.name} ({config.adapter})")
+    return adapter_dir, curve_data, plot_path
 
-    from transformers import TrainingArguments
 
-    names = {f.name for f in dataclasses.fields(TrainingArguments)}
-    key = "activation_checkpointing" if "activation_checkpointing" in names else "gradient_checkpointing"
-    return {key: True, f"{key}_kwargs": {"use_reentrant": False}}
+def _evaluate(model, job: _Prepared, config: TrainConfig, curve_data: dict, progress: bool, log) -> dict:
+    from .evaluate import evaluate_run
+
+    log("evaluating on the held-out split (adapter and base) ...")
+    return evaluate_run(model, job.tokenizer, job.val_examples, job.val_features, job.collator, config, curve_data, log=log,
+                        progress=progress)
+
+
+def _push_version(job: _Prepared, config: TrainConfig, registry: Registry, run_id: str, run_dir: Path, adapter_dir: Path,
+                  metrics: dict, evaluation: dict, started: float, duration: float) -> str:
+    """Record the run's lineage, push the adapter as a new version, and record its evaluation; returns the version's ref."""
+    files = job.report.files
+    registry.record_run(
+        run_id, config.push.name, config=config.resolved(), config_hash=config.config_hash(), base=job.base,
+        datasets=[{**f, "counts": job.counts} for f in files] if len(files) == 1 else
+        [*files, {"path": "(all files)", "counts": job.counts}],
+        seed=config.seed, libraries=library_versions(),
+        hardware={**hardware(), "processes": int(os.environ.get("WORLD_SIZE", "1"))}, metrics=metrics,
+        started_at=time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(started)), finished_at=utcnow(),
+        duration_s=duration, run_dir=str(run_dir),
+    )
+    message = config.push.message or f"trained by {run_id}"
+    result = registry.push(adapter_dir, config.push.name, base=job.base.name, message=message, alias=config.push.alias,
+                           run_id=run_id, allow_duplicate=True)
+    registry.record_evaluation(result.version, "heldout", "val", evaluation["adapter"], evaluation["base"],
+                               run_id=run_id, passed=evaluation["passed"], failures=evaluation["failures"])
+    return result.version.ref
 
 
 def _same_on_every_process(value: str) -> str:
@@ -364,24 +321,6 @@ def _same_on_every_process(value: str) -> str:
     box = [value]
     dist.broadcast_object_list(box, src=0)
     return box[0]
-
-
-class _ListDataset:
-    """The tokenized examples as a map-style dataset; `CausalCollator` turns a list of them into a batch."""
-
-    def __init__(self, features):
-        self.features = features
-
-    def __len__(self) -> int:
-        return len(self.features)
-
-    def __getitem__(self, i: int):
-        return self.features[i]
-
-
-def _last_checkpoint(checkpoints: Path) -> Path | None:
-    found = [p for p in checkpoints.glob("checkpoint-*") if p.is_dir() and (p / "trainer_state.json").exists()]
-    return max(found, key=lambda p: int(p.name.split("-")[-1])) if found else None
 
 
 def _plot_curves(curves: dict, path: Path, title: str) -> Path:
