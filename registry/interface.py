@@ -1,7 +1,7 @@
 """`RegistryAPI`: what the CLI, the inference server and its workers may call on "a registry", local or remote.
 
 Two classes implement it: `registry.Registry` (SQLite + blob store under a home directory) and
-`server.remote.RemoteRegistry` (the same calls over gRPC to `reg serve`). Both return the same records, so a
+`registry.remote.client.RemoteRegistry` (the same calls over gRPC to `reg serve`). Both return the same records, so a
 caller never asks which one it holds. An operation that needs the registry's own files (registering a base
 from a directory on this machine) is still a method of both: the remote one refuses it with `InvalidInput`.
 Everything else on `Registry` (its SQLite connection, blob store, training records) is local-only and not

@@ -4,17 +4,16 @@ Blobs arrive in chunks and are stored only when their size and sha256 match what
 declared; the bytes of an interrupted upload stay in `blobs/tmp/upload-<digest>`, so the next push
 resumes there (the prefix is re-hashed from disk, never trusted). A version is committed by
 `Registry.push_stored` in one transaction, and only when every blob is stored. Every accepted
-write is appended to the audit log with the name of the token that made it.
+write is appended to the audit log with the name of the token that made it. Answers are the typed messages of
+proto/loradock/v1/registry.proto, made from the local registry's records by `registry.remote.messages`.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import threading
 from collections import Counter
-from dataclasses import asdict
 from pathlib import Path
 
 import grpc
@@ -25,10 +24,12 @@ from registry.errors import IntegrityError, InvalidInput, LoradockError, NotFoun
 from registry.failures import from_os_error
 from registry.names import validate_name
 from registry.records import FileRecord
+from registry.remote.client import MAX_MESSAGE_BYTES
+from registry.remote.messages import to_message, to_python, to_record
+from registry.remote.rpc import pb, pb_grpc
+from registry.rollout_records import Arm, FeedbackRecord, Guard, Outcome
 
 from .auth import current_identity
-from .remote import MAX_MESSAGE_BYTES
-from .rpc import pb, pb_grpc
 from .status import abort_with
 
 MAX_CHUNK_BYTES = 4 * 2**20      # one UploadBlobRequest's data; clients send 1 MiB
@@ -38,23 +39,20 @@ UPLOAD_LOCK_WAIT_S = 30.0
 
 
 # The most one answer may hold: what a `RemoteRegistry` client accepts, less room for the envelope.
-MAX_DOCUMENT_BYTES = MAX_MESSAGE_BYTES - 64 * 1024
+MAX_ANSWER_BYTES = MAX_MESSAGE_BYTES - 64 * 1024
 
 
-def _doc(data) -> pb.Document:
-    """`data` as one JSON document; TooLarge if it would not fit in the message a client accepts.
+def _answer(value, message_class):
+    """`value` (a record, or the dict a local registry returns) as `message_class`; TooLarge if it would not fit.
 
     Every field of one version is bounded at push time, so only a listing of many versions can get here;
     `RemoteRegistry.list_versions` then asks again one version at a time.
     """
-    def default(obj):
-        return asdict(obj) if hasattr(obj, "__dataclass_fields__") else str(obj)
-
-    text = json.dumps(data, default=default, separators=(",", ":"))
-    if len(text) > MAX_DOCUMENT_BYTES:
-        raise TooLarge(f"the answer is {len(text):,} bytes, more than the {MAX_DOCUMENT_BYTES:,} one message may carry; "
-                       f"ask for fewer (e.g. `reg ls NAME --limit 10`)")
-    return pb.Document(json=text)
+    message = to_message(value, message_class)
+    if message.ByteSize() > MAX_ANSWER_BYTES:
+        raise TooLarge(f"the answer is {message.ByteSize():,} bytes, more than the {MAX_ANSWER_BYTES:,} one message may "
+                       f"carry; ask for fewer (e.g. `reg ls NAME --limit 10`)")
+    return message
 
 
 class UploadCounters:
@@ -73,10 +71,9 @@ class UploadCounters:
 class RegistryServicer(pb_grpc.RegistryServicer):
     """Serves the registry at `home`; each handler thread gets its own connection (SQLite transactions are per connection)."""
 
-    def __init__(self, home: Path | str, max_blob_bytes: int, log=None, on_chunk=None, on_sent=None):
+    def __init__(self, home: Path | str, max_blob_bytes: int, on_chunk=None, on_sent=None):
         self.home = Path(home)
         self.max_blob_bytes = max_blob_bytes
-        self.log = log or (lambda message: None)
         self.on_chunk = on_chunk  # called as on_chunk(digest, bytes_stored_so_far) after each chunk is written
         self.on_sent = on_sent  # called as on_sent(digest, bytes_sent_so_far) after each download chunk
         self.counters = UploadCounters()
@@ -240,86 +237,79 @@ class RegistryServicer(pb_grpc.RegistryServicer):
                         alias=request.alias or None, claimed_creator=request.creator)
         except LoradockError as exc:
             abort_with(context, exc)
-        return pb.CommitPushResponse(version_json=_doc(v.to_dict()).json, created=result.created, warnings=result.warnings)
+        return pb.CommitPushResponse(version=_answer(v, pb.Version), created=result.created, warnings=result.warnings)
 
     # --- reading ----------------------------------------------------------------------------
 
-    def _read(self, context, fn):
+    def _read(self, context, fn, message_class):
         try:
-            return _doc(fn())
+            return _answer(fn(), message_class)
         except LoradockError as exc:
             abort_with(context, exc)
 
     def Resolve(self, request, context):
-        return self._read(context, lambda: self.registry.resolve(request.ref).to_dict())
+        return self._read(context, lambda: self.registry.resolve(request.ref), pb.Version)
 
     def ListAdapters(self, request, context):
-        return self._read(context, lambda: [a.__dict__ for a in self.registry.list_adapters()])
+        return self._read(context, self.registry.list_adapters, pb.AdapterSummaryList)
 
     def GetAdapter(self, request, context):
         def get():
             name = validate_name(request.name)
             return {"name": name, "live_versions": self.registry.count_versions(name), "aliases": self.registry.aliases(name)}
 
-        return self._read(context, get)
+        return self._read(context, get, pb.AdapterState)
 
     def ListVersions(self, request, context):
         reg, limit = self.registry, request.limit or None
         if request.summaries:
-            return self._read(context, lambda: reg.version_summaries(request.name, request.include_deleted, limit))
-        return self._read(context, lambda: [v.to_dict() for v in reg.list_versions(request.name, request.include_deleted, limit)])
+            listing = lambda: {"versions": [], "summaries": reg.version_summaries(request.name, request.include_deleted, limit)}  # noqa: E731
+        else:
+            listing = lambda: {"versions": reg.list_versions(request.name, request.include_deleted, limit), "summaries": []}  # noqa: E731
+        return self._read(context, listing, pb.VersionListing)
 
     def Describe(self, request, context):
-        return self._read(context, lambda: self.registry.describe(request.ref))
+        return self._read(context, lambda: self.registry.describe(request.ref), pb.Description)
 
     def Diff(self, request, context):
-        return self._read(context, lambda: self.registry.diff(request.ref_a, request.ref_b))
+        return self._read(context, lambda: self.registry.diff(request.ref_a, request.ref_b), pb.VersionDiff)
 
     def ListBases(self, request, context):
-        return self._read(context, lambda: [b.__dict__ for b in self.registry.list_bases()])
+        return self._read(context, self.registry.list_bases, pb.BaseList)
 
     def AliasHistory(self, request, context):
-        return self._read(context, lambda: [e.__dict__ for e in self.registry.alias_history(request.name, request.alias or None)])
+        return self._read(context, lambda: self.registry.alias_history(request.name, request.alias or None), pb.AliasEventList)
 
     def RolloutShow(self, request, context):
-        return self._read(context, lambda: self.registry.rollouts.show(request.name))
+        return self._read(context, lambda: self.registry.rollouts.show(request.name), pb.RolloutView)
 
     def RolloutReport(self, request, context):
-        return self._read(context, lambda: self.registry.rollouts.report(request.name, since=request.since or None))
+        return self._read(context, lambda: self.registry.rollouts.report(request.name, since=request.since or None),
+                          pb.RolloutReportResponse)
 
     def RolloutState(self, request, context):
         def state():
             rollouts = self.registry.rollouts
-            return {"change_id": rollouts.change_id(),
-                    "revisions": {name: r.to_dict() for name, r in rollouts.all_current().items()}}
+            return {"change_id": rollouts.change_id(), "revisions": [r.to_dict() for r in rollouts.all_current().values()]}
 
-        return self._read(context, state)
+        return self._read(context, state, pb.RolloutStateResponse)
 
     def RolloutRecord(self, request, context):
-        from registry.rollouts import FeedbackRecord, Outcome
-
-        try:
-            try:
-                outcomes = [Outcome(*row) for row in json.loads(request.outcomes_json or "[]")]
-                feedback = [FeedbackRecord(*row) for row in json.loads(request.feedback_json or "[]")]
-            except (json.JSONDecodeError, TypeError) as exc:
-                raise InvalidInput(f"RolloutRecord: outcomes_json/feedback_json are not lists of records ({exc})") from None
+        def record():
+            outcomes = [to_record(Outcome, to_python(o)) for o in request.outcomes]
+            feedback = [to_record(FeedbackRecord, to_python(f)) for f in request.feedback]
             rollouts = self.registry.rollouts
             rollouts.record(outcomes, feedback)
             guarded = [rollouts.check_guard(name) for name in sorted({o.adapter for o in outcomes})]
-        except LoradockError as exc:
-            abort_with(context, exc)
-        return _doc({"outcomes": len(outcomes), "feedback": len(feedback), "guard": [r.to_dict() for r in guarded if r]})
+            return {"outcomes": len(outcomes), "feedback": len(feedback), "guard": [r.to_dict() for r in guarded if r]}
+
+        return self._read(context, record, pb.RolloutRecordResponse)
 
     def Audit(self, request, context):
-        return self._read(context, lambda: self.registry.audit_entries(request.limit or None))
+        return self._read(context, lambda: self.registry.audit_entries(request.limit or None), pb.AuditEntryList)
 
     def Verify(self, request, context):
-        def run():
-            report = self.registry.verify(request.ref or None)
-            return {"ok": report.ok, **asdict(report)}
-
-        return self._read(context, run)
+        return self._read(context, lambda: self.registry.verify(request.ref or None), pb.VerifyReport)
 
     # --- writing ----------------------------------------------------------------------------
 
@@ -345,7 +335,7 @@ class RegistryServicer(pb_grpc.RegistryServicer):
             self._audit(context, "rm", version.ref, requested=request.ref, force=request.force)
         except LoradockError as exc:
             abort_with(context, exc)
-        return _doc(version.to_dict())
+        return _answer(version, pb.Version)
 
     def Gc(self, request, context):
         try:
@@ -354,24 +344,17 @@ class RegistryServicer(pb_grpc.RegistryServicer):
                 self._audit(context, "gc", "-", removed=len(report.removed), removed_bytes=report.removed_bytes)
         except LoradockError as exc:
             abort_with(context, exc)
-        return _doc(asdict(report))
+        return _answer(report, pb.GcReport)
 
     def RolloutChange(self, request, context):
-        from registry.rollouts import Arm, Guard
-
         try:
             rollouts, actor = self.registry.rollouts, self._actor(context)
-            try:
-                args = json.loads(request.args_json or "{}")
-            except json.JSONDecodeError:
-                raise InvalidInput(f"args_json {request.args_json!r}: not JSON") from None
             if request.action == "set":
-                arms = [Arm(int(v), int(w)) for v, w in args.get("arms", [])]
-                guard = Guard(**args["guard"]) if args.get("guard") else None
-                revision = rollouts.set(request.name, arms, sticky=bool(args.get("sticky")), guard=guard,
-                                        reason=request.reason, actor=actor)
+                guard = to_record(Guard, to_python(request.guard)) if request.HasField("guard") else None
+                revision = rollouts.set(request.name, [Arm(a.version, a.weight) for a in request.arms], sticky=request.sticky,
+                                        guard=guard, reason=request.reason, actor=actor)
             elif request.action == "promote":
-                revision = rollouts.promote(request.name, int(args.get("version", 0)), reason=request.reason, actor=actor)
+                revision = rollouts.promote(request.name, request.version, reason=request.reason, actor=actor)
             elif request.action == "rollback":
                 revision = rollouts.rollback(request.name, reason=request.reason, actor=actor)
             elif request.action == "clear":
@@ -380,11 +363,9 @@ class RegistryServicer(pb_grpc.RegistryServicer):
                 raise InvalidInput(f"rollout action {request.action!r}: use set, promote, rollback or clear")
             self._audit(context, f"rollout.{request.action}", request.name, revision=revision.revision,
                         arms=revision.describe_arms(), reason=request.reason)
-        except (TypeError, ValueError) as exc:
-            abort_with(context, InvalidInput(f"rollout {request.action} arguments: {exc}"))
         except LoradockError as exc:
             abort_with(context, exc)
-        return _doc(revision.to_dict())
+        return _answer(revision.to_dict(), pb.Revision)
 
 
 def _claimed_actor(context) -> str:

@@ -1,7 +1,7 @@
 """Loradock errors -> gRPC statuses, as the error table (registry/errors.py) says: used by every servicer (no torch).
 
 A status also carries the error's class name in trailing metadata (`loradock-error`), so a remote
-registry client (`server/remote.py`) raises the same exception a local registry would, and the
+registry client (`registry/remote/client.py`) raises the same exception a local registry would, and the
 CLI prints the same message with the same exit code.
 """
 
@@ -12,14 +12,12 @@ import re
 import grpc
 
 from registry.errors import LoradockError
+from registry.remote import ERROR_CLASS_KEY
 
 
 def status_for(error: BaseException) -> grpc.StatusCode:
     """The error table's gRPC status for `error` (registry/errors.py); INTERNAL for anything outside it."""
     return grpc.StatusCode[error.grpc_status] if isinstance(error, LoradockError) else grpc.StatusCode.INTERNAL
-
-
-ERROR_CLASS_KEY = "loradock-error"  # trailing metadata: the error's class, so a remote client raises the same one
 
 
 MAX_DETAILS_CHARS = 1000  # values in messages are already cut (registry.errors.shown); this bounds the whole line

@@ -18,7 +18,7 @@ REG = [sys.executable, "-c", "from cli.main import run; run()"]
 def start_registry(home: Path, on_chunk=None, on_sent=None, **options):
     """A Registry-only server on a free localhost port; returns (server, url, servicer)."""
     opts = ServerOptions(port=0, **options)
-    server, port, servicer = create_registry_server(opts, home, log=lambda m: None, on_chunk=on_chunk, on_sent=on_sent)
+    server, port, servicer = create_registry_server(opts, home, on_chunk=on_chunk, on_sent=on_sent)
     scheme = "grpcs" if opts.tls_cert else "grpc"
     host = "localhost" if opts.tls_cert else "127.0.0.1"
     return server, f"{scheme}://{host}:{port}", servicer

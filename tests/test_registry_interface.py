@@ -16,7 +16,7 @@ from registry.bases import DEFAULT_BASE
 from registry.errors import InvalidInput
 from registry.interface import RegistryAPI, RolloutsAPI
 from registry.rollouts import Arm, Rollouts
-from server.remote import RemoteRegistry, RemoteRollouts
+from registry.remote.client import RemoteRegistry, RemoteRollouts
 
 
 def members(protocol: type) -> list[str]:

@@ -18,8 +18,8 @@ pytestmark = pytest.mark.integration  # real `reg` client and server processes
 from cli.main import main
 from registry import Registry
 from registry.errors import BlobsMissing, Conflict, IntegrityError, NotFound, TooLarge, Unavailable
-from server.remote import RemoteRegistry, parse_registry_url
-from server.rpc import pb, pb_grpc
+from registry.remote.client import RemoteRegistry, parse_registry_url
+from registry.remote.rpc import pb, pb_grpc
 
 
 @pytest.fixture
@@ -341,7 +341,7 @@ def test_an_inference_server_resolves_and_pulls_from_a_remote_registry(served, t
     registry_with_base(local_home, tiny_base_dir, TINY_BASE).close()
     remote = RemoteRegistry(url, home=local_home)
     options = ServerOptions(base=TINY_BASE, quant="none", port=0, max_batch_size=4, max_adapters=2, default_max_new_tokens=4)
-    server, port, service = create_server(options, remote, log=lambda m: None)
+    server, port, service = create_server(options, remote)
     try:
         with LoradockClient(f"127.0.0.1:{port}", timeout=60) as client:
             assert client.generate("hello world", adapter="demo@prod").adapter_version == "demo:1"
@@ -375,7 +375,7 @@ def test_a_server_backed_by_a_remote_registry_routes_and_records_its_rollouts_th
     registry_with_base(local_home, tiny_base_dir, TINY_BASE).close()
     remote = RemoteRegistry(url, home=local_home)
     options = ServerOptions(base=TINY_BASE, quant="none", port=0, max_batch_size=4, max_adapters=2, default_max_new_tokens=2)
-    server, port, service = create_server(options, remote, log=lambda m: None)
+    server, port, service = create_server(options, remote)
     try:
         code, _, err = run_reg(capsys, "--registry", url, "rollout", "set", "canary", "--arm", f"{first}=50",
                                "--arm", f"{second}=50", "--sticky", "-m", "remote canary")
@@ -406,7 +406,7 @@ def test_the_inference_server_also_serves_the_registry(tmp_path, tiny_base_dir, 
 
     reg = registry_with_base(tmp_path / "home", tiny_base_dir, TINY_BASE)
     options = ServerOptions(base=TINY_BASE, quant="none", port=0, max_batch_size=2, max_adapters=2)
-    server, port, service = create_server(options, reg, log=lambda m: None)
+    server, port, service = create_server(options, reg)
     try:
         with RemoteRegistry(f"grpc://127.0.0.1:{port}") as remote:
             assert remote.push(make_adapter("lora"), "demo").version.ref == "demo:1"

@@ -1,7 +1,9 @@
-"""Regenerate the gRPC stubs in this folder from proto/loradock/v1/loradock.proto (`make proto`).
+"""Regenerate both sets of gRPC stubs from proto/loradock/v1/ (`make proto`).
 
-protoc writes `from loradock.v1 import loradock_pb2`, which would need a top-level `loradock`
-package; the stubs live in `server.rpc`, so that import is rewritten to a relative one.
+`inference.proto` -> `server/rpc/` (the inference server's), `registry.proto` -> `registry/remote/rpc/` (the
+registry's, so a registry client imports nothing of the server). protoc writes `from loradock.v1 import
+X_pb2`, which would need a top-level `loradock` package; the stubs live in those packages, so that import is
+rewritten to a relative one.
 """
 
 from __future__ import annotations
@@ -12,31 +14,39 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 PROTO_DIR = ROOT / "proto"
-PROTO = PROTO_DIR / "loradock" / "v1" / "loradock.proto"
-OUT = Path(__file__).resolve().parent
-GENERATED = ("loradock_pb2.py", "loradock_pb2.pyi", "loradock_pb2_grpc.py")
+# proto file (under proto/loradock/v1) -> the package folder its stubs are checked in to
+STUBS = {
+    "inference.proto": Path(__file__).resolve().parent,
+    "registry.proto": ROOT / "registry" / "remote" / "rpc",
+}
 
 
-def generate(out_dir: Path = OUT) -> list[Path]:
+def generate(out_root: Path = ROOT) -> list[Path]:
+    """Write every stub under `out_root` at its path relative to the repository root; return the paths written."""
+    import grpc_tools
     from grpc_tools import protoc
 
-    with tempfile.TemporaryDirectory() as tmp:
-        code = protoc.main([
-            "grpc_tools.protoc", f"-I{PROTO_DIR}", f"--python_out={tmp}", f"--pyi_out={tmp}",
-            f"--grpc_python_out={tmp}", str(PROTO),
-        ])
-        if code != 0:
-            raise SystemExit(f"protoc failed with exit code {code}")
-        written = []
-        for name in GENERATED:
-            text = (Path(tmp) / "loradock" / "v1" / name).read_text()
-            text = text.replace("from loradock.v1 import loradock_pb2", "from . import loradock_pb2")
-            target = out_dir / name
-            target.write_text(text)
-            written.append(target)
+    well_known = Path(grpc_tools.__file__).parent / "_proto"  # google/protobuf/struct.proto
+    written = []
+    for proto, folder in STUBS.items():
+        stem = proto.removesuffix(".proto")
+        with tempfile.TemporaryDirectory() as tmp:
+            code = protoc.main([
+                "grpc_tools.protoc", f"-I{PROTO_DIR}", f"-I{well_known}", f"--python_out={tmp}", f"--pyi_out={tmp}",
+                f"--grpc_python_out={tmp}", str(PROTO_DIR / "loradock" / "v1" / proto),
+            ])
+            if code != 0:
+                raise SystemExit(f"protoc failed on {proto} with exit code {code}")
+            for name in (f"{stem}_pb2.py", f"{stem}_pb2.pyi", f"{stem}_pb2_grpc.py"):
+                text = (Path(tmp) / "loradock" / "v1" / name).read_text()
+                text = text.replace(f"from loradock.v1 import {stem}_pb2", f"from . import {stem}_pb2")
+                target = out_root / folder.relative_to(ROOT) / name
+                target.parent.mkdir(parents=True, exist_ok=True)
+                target.write_text(text)
+                written.append(target)
     return written
 
 
 if __name__ == "__main__":
-    for path in generate(Path(sys.argv[1]) if len(sys.argv) > 1 else OUT):
+    for path in generate(Path(sys.argv[1]) if len(sys.argv) > 1 else ROOT):
         print(f"wrote {path.relative_to(ROOT) if path.is_relative_to(ROOT) else path}")

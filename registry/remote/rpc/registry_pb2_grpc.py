@@ -3,7 +3,7 @@
 import grpc
 import warnings
 
-from . import loradock_pb2 as loradock_dot_v1_dot_loradock__pb2
+from . import registry_pb2 as loradock_dot_v1_dot_registry__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
 GRPC_VERSION = grpc.__version__
@@ -18,365 +18,15 @@ except ImportError:
 if _version_not_supported:
     raise RuntimeError(
         f'The grpc package installed is at version {GRPC_VERSION},'
-        + ' but the generated code in loradock/v1/loradock_pb2_grpc.py depends on'
+        + ' but the generated code in loradock/v1/registry_pb2_grpc.py depends on'
         + f' grpcio>={GRPC_GENERATED_VERSION}.'
         + f' Please upgrade your grpc module to grpcio>={GRPC_GENERATED_VERSION}'
         + f' or downgrade your generated code using grpcio-tools<={GRPC_VERSION}.'
     )
 
 
-class InferenceStub:
-    """---------------------------------------------------------------------------------------------
-    Inference: completions by adapter name from one base model in memory.
-
-    """
-
-    def __init__(self, channel):
-        """Constructor.
-
-        Args:
-            channel: A grpc.Channel.
-        """
-        self.Generate = channel.unary_unary(
-                '/loradock.v1.Inference/Generate',
-                request_serializer=loradock_dot_v1_dot_loradock__pb2.GenerateRequest.SerializeToString,
-                response_deserializer=loradock_dot_v1_dot_loradock__pb2.GenerateResponse.FromString,
-                _registered_method=True)
-        self.GenerateStream = channel.unary_stream(
-                '/loradock.v1.Inference/GenerateStream',
-                request_serializer=loradock_dot_v1_dot_loradock__pb2.GenerateRequest.SerializeToString,
-                response_deserializer=loradock_dot_v1_dot_loradock__pb2.GenerateChunk.FromString,
-                _registered_method=True)
-        self.ListAdapters = channel.unary_unary(
-                '/loradock.v1.Inference/ListAdapters',
-                request_serializer=loradock_dot_v1_dot_loradock__pb2.ListAdaptersRequest.SerializeToString,
-                response_deserializer=loradock_dot_v1_dot_loradock__pb2.ListAdaptersResponse.FromString,
-                _registered_method=True)
-        self.LoadAdapter = channel.unary_unary(
-                '/loradock.v1.Inference/LoadAdapter',
-                request_serializer=loradock_dot_v1_dot_loradock__pb2.LoadAdapterRequest.SerializeToString,
-                response_deserializer=loradock_dot_v1_dot_loradock__pb2.LoadAdapterResponse.FromString,
-                _registered_method=True)
-        self.UnloadAdapter = channel.unary_unary(
-                '/loradock.v1.Inference/UnloadAdapter',
-                request_serializer=loradock_dot_v1_dot_loradock__pb2.UnloadAdapterRequest.SerializeToString,
-                response_deserializer=loradock_dot_v1_dot_loradock__pb2.UnloadAdapterResponse.FromString,
-                _registered_method=True)
-        self.Feedback = channel.unary_unary(
-                '/loradock.v1.Inference/Feedback',
-                request_serializer=loradock_dot_v1_dot_loradock__pb2.FeedbackRequest.SerializeToString,
-                response_deserializer=loradock_dot_v1_dot_loradock__pb2.FeedbackResponse.FromString,
-                _registered_method=True)
-        self.ServerStats = channel.unary_unary(
-                '/loradock.v1.Inference/ServerStats',
-                request_serializer=loradock_dot_v1_dot_loradock__pb2.ServerStatsRequest.SerializeToString,
-                response_deserializer=loradock_dot_v1_dot_loradock__pb2.ServerStatsResponse.FromString,
-                _registered_method=True)
-
-
-class InferenceServicer:
-    """---------------------------------------------------------------------------------------------
-    Inference: completions by adapter name from one base model in memory.
-
-    """
-
-    def Generate(self, request, context):
-        """Missing associated documentation comment in .proto file."""
-        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
-        context.set_details('Method not implemented!')
-        raise NotImplementedError('Method not implemented!')
-
-    def GenerateStream(self, request, context):
-        """Missing associated documentation comment in .proto file."""
-        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
-        context.set_details('Method not implemented!')
-        raise NotImplementedError('Method not implemented!')
-
-    def ListAdapters(self, request, context):
-        """Missing associated documentation comment in .proto file."""
-        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
-        context.set_details('Method not implemented!')
-        raise NotImplementedError('Method not implemented!')
-
-    def LoadAdapter(self, request, context):
-        """Missing associated documentation comment in .proto file."""
-        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
-        context.set_details('Method not implemented!')
-        raise NotImplementedError('Method not implemented!')
-
-    def UnloadAdapter(self, request, context):
-        """Missing associated documentation comment in .proto file."""
-        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
-        context.set_details('Method not implemented!')
-        raise NotImplementedError('Method not implemented!')
-
-    def Feedback(self, request, context):
-        """Missing associated documentation comment in .proto file."""
-        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
-        context.set_details('Method not implemented!')
-        raise NotImplementedError('Method not implemented!')
-
-    def ServerStats(self, request, context):
-        """Missing associated documentation comment in .proto file."""
-        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
-        context.set_details('Method not implemented!')
-        raise NotImplementedError('Method not implemented!')
-
-
-def add_InferenceServicer_to_server(servicer, server):
-    rpc_method_handlers = {
-            'Generate': grpc.unary_unary_rpc_method_handler(
-                    servicer.Generate,
-                    request_deserializer=loradock_dot_v1_dot_loradock__pb2.GenerateRequest.FromString,
-                    response_serializer=loradock_dot_v1_dot_loradock__pb2.GenerateResponse.SerializeToString,
-            ),
-            'GenerateStream': grpc.unary_stream_rpc_method_handler(
-                    servicer.GenerateStream,
-                    request_deserializer=loradock_dot_v1_dot_loradock__pb2.GenerateRequest.FromString,
-                    response_serializer=loradock_dot_v1_dot_loradock__pb2.GenerateChunk.SerializeToString,
-            ),
-            'ListAdapters': grpc.unary_unary_rpc_method_handler(
-                    servicer.ListAdapters,
-                    request_deserializer=loradock_dot_v1_dot_loradock__pb2.ListAdaptersRequest.FromString,
-                    response_serializer=loradock_dot_v1_dot_loradock__pb2.ListAdaptersResponse.SerializeToString,
-            ),
-            'LoadAdapter': grpc.unary_unary_rpc_method_handler(
-                    servicer.LoadAdapter,
-                    request_deserializer=loradock_dot_v1_dot_loradock__pb2.LoadAdapterRequest.FromString,
-                    response_serializer=loradock_dot_v1_dot_loradock__pb2.LoadAdapterResponse.SerializeToString,
-            ),
-            'UnloadAdapter': grpc.unary_unary_rpc_method_handler(
-                    servicer.UnloadAdapter,
-                    request_deserializer=loradock_dot_v1_dot_loradock__pb2.UnloadAdapterRequest.FromString,
-                    response_serializer=loradock_dot_v1_dot_loradock__pb2.UnloadAdapterResponse.SerializeToString,
-            ),
-            'Feedback': grpc.unary_unary_rpc_method_handler(
-                    servicer.Feedback,
-                    request_deserializer=loradock_dot_v1_dot_loradock__pb2.FeedbackRequest.FromString,
-                    response_serializer=loradock_dot_v1_dot_loradock__pb2.FeedbackResponse.SerializeToString,
-            ),
-            'ServerStats': grpc.unary_unary_rpc_method_handler(
-                    servicer.ServerStats,
-                    request_deserializer=loradock_dot_v1_dot_loradock__pb2.ServerStatsRequest.FromString,
-                    response_serializer=loradock_dot_v1_dot_loradock__pb2.ServerStatsResponse.SerializeToString,
-            ),
-    }
-    generic_handler = grpc.method_handlers_generic_handler(
-            'loradock.v1.Inference', rpc_method_handlers)
-    server.add_generic_rpc_handlers((generic_handler,))
-    server.add_registered_method_handlers('loradock.v1.Inference', rpc_method_handlers)
-
-
- # This class is part of an EXPERIMENTAL API.
-class Inference:
-    """---------------------------------------------------------------------------------------------
-    Inference: completions by adapter name from one base model in memory.
-
-    """
-
-    @staticmethod
-    def Generate(request,
-            target,
-            options=(),
-            channel_credentials=None,
-            call_credentials=None,
-            insecure=False,
-            compression=None,
-            wait_for_ready=None,
-            timeout=None,
-            metadata=None):
-        return grpc.experimental.unary_unary(
-            request,
-            target,
-            '/loradock.v1.Inference/Generate',
-            loradock_dot_v1_dot_loradock__pb2.GenerateRequest.SerializeToString,
-            loradock_dot_v1_dot_loradock__pb2.GenerateResponse.FromString,
-            options,
-            channel_credentials,
-            insecure,
-            call_credentials,
-            compression,
-            wait_for_ready,
-            timeout,
-            metadata,
-            _registered_method=True)
-
-    @staticmethod
-    def GenerateStream(request,
-            target,
-            options=(),
-            channel_credentials=None,
-            call_credentials=None,
-            insecure=False,
-            compression=None,
-            wait_for_ready=None,
-            timeout=None,
-            metadata=None):
-        return grpc.experimental.unary_stream(
-            request,
-            target,
-            '/loradock.v1.Inference/GenerateStream',
-            loradock_dot_v1_dot_loradock__pb2.GenerateRequest.SerializeToString,
-            loradock_dot_v1_dot_loradock__pb2.GenerateChunk.FromString,
-            options,
-            channel_credentials,
-            insecure,
-            call_credentials,
-            compression,
-            wait_for_ready,
-            timeout,
-            metadata,
-            _registered_method=True)
-
-    @staticmethod
-    def ListAdapters(request,
-            target,
-            options=(),
-            channel_credentials=None,
-            call_credentials=None,
-            insecure=False,
-            compression=None,
-            wait_for_ready=None,
-            timeout=None,
-            metadata=None):
-        return grpc.experimental.unary_unary(
-            request,
-            target,
-            '/loradock.v1.Inference/ListAdapters',
-            loradock_dot_v1_dot_loradock__pb2.ListAdaptersRequest.SerializeToString,
-            loradock_dot_v1_dot_loradock__pb2.ListAdaptersResponse.FromString,
-            options,
-            channel_credentials,
-            insecure,
-            call_credentials,
-            compression,
-            wait_for_ready,
-            timeout,
-            metadata,
-            _registered_method=True)
-
-    @staticmethod
-    def LoadAdapter(request,
-            target,
-            options=(),
-            channel_credentials=None,
-            call_credentials=None,
-            insecure=False,
-            compression=None,
-            wait_for_ready=None,
-            timeout=None,
-            metadata=None):
-        return grpc.experimental.unary_unary(
-            request,
-            target,
-            '/loradock.v1.Inference/LoadAdapter',
-            loradock_dot_v1_dot_loradock__pb2.LoadAdapterRequest.SerializeToString,
-            loradock_dot_v1_dot_loradock__pb2.LoadAdapterResponse.FromString,
-            options,
-            channel_credentials,
-            insecure,
-            call_credentials,
-            compression,
-            wait_for_ready,
-            timeout,
-            metadata,
-            _registered_method=True)
-
-    @staticmethod
-    def UnloadAdapter(request,
-            target,
-            options=(),
-            channel_credentials=None,
-            call_credentials=None,
-            insecure=False,
-            compression=None,
-            wait_for_ready=None,
-            timeout=None,
-            metadata=None):
-        return grpc.experimental.unary_unary(
-            request,
-            target,
-            '/loradock.v1.Inference/UnloadAdapter',
-            loradock_dot_v1_dot_loradock__pb2.UnloadAdapterRequest.SerializeToString,
-            loradock_dot_v1_dot_loradock__pb2.UnloadAdapterResponse.FromString,
-            options,
-            channel_credentials,
-            insecure,
-            call_credentials,
-            compression,
-            wait_for_ready,
-            timeout,
-            metadata,
-            _registered_method=True)
-
-    @staticmethod
-    def Feedback(request,
-            target,
-            options=(),
-            channel_credentials=None,
-            call_credentials=None,
-            insecure=False,
-            compression=None,
-            wait_for_ready=None,
-            timeout=None,
-            metadata=None):
-        return grpc.experimental.unary_unary(
-            request,
-            target,
-            '/loradock.v1.Inference/Feedback',
-            loradock_dot_v1_dot_loradock__pb2.FeedbackRequest.SerializeToString,
-            loradock_dot_v1_dot_loradock__pb2.FeedbackResponse.FromString,
-            options,
-            channel_credentials,
-            insecure,
-            call_credentials,
-            compression,
-            wait_for_ready,
-            timeout,
-            metadata,
-            _registered_method=True)
-
-    @staticmethod
-    def ServerStats(request,
-            target,
-            options=(),
-            channel_credentials=None,
-            call_credentials=None,
-            insecure=False,
-            compression=None,
-            wait_for_ready=None,
-            timeout=None,
-            metadata=None):
-        return grpc.experimental.unary_unary(
-            request,
-            target,
-            '/loradock.v1.Inference/ServerStats',
-            loradock_dot_v1_dot_loradock__pb2.ServerStatsRequest.SerializeToString,
-            loradock_dot_v1_dot_loradock__pb2.ServerStatsResponse.FromString,
-            options,
-            channel_credentials,
-            insecure,
-            call_credentials,
-            compression,
-            wait_for_ready,
-            timeout,
-            metadata,
-            _registered_method=True)
-
-
 class RegistryStub:
-    """---------------------------------------------------------------------------------------------
-    Registry: the adapter registry served remotely (`reg --registry grpc://host:port ...`).
-
-    A push asks which blobs the server lacks (HasBlobs), streams each missing one in chunks
-    (UploadBlob; the server checks its size and sha256 before it stores it, and keeps the bytes of an
-    interrupted upload so the next push resumes where it stopped), then commits the version
-    (CommitPush: one transaction, refused unless every blob is stored). A pull resolves the ref and
-    streams each blob (DownloadBlob), verified by the client. Reports that the CLI prints (show, diff,
-    version lists, alias history, gc, verify, audit, rollouts) travel as JSON documents shaped like
-    the matching `reg ... --json` output, so a remote registry prints exactly what a local one does.
-
-    """
+    """Missing associated documentation comment in .proto file."""
 
     def __init__(self, channel):
         """Constructor.
@@ -386,134 +36,123 @@ class RegistryStub:
         """
         self.HasBlobs = channel.unary_unary(
                 '/loradock.v1.Registry/HasBlobs',
-                request_serializer=loradock_dot_v1_dot_loradock__pb2.HasBlobsRequest.SerializeToString,
-                response_deserializer=loradock_dot_v1_dot_loradock__pb2.HasBlobsResponse.FromString,
+                request_serializer=loradock_dot_v1_dot_registry__pb2.HasBlobsRequest.SerializeToString,
+                response_deserializer=loradock_dot_v1_dot_registry__pb2.HasBlobsResponse.FromString,
                 _registered_method=True)
         self.UploadBlob = channel.stream_unary(
                 '/loradock.v1.Registry/UploadBlob',
-                request_serializer=loradock_dot_v1_dot_loradock__pb2.UploadBlobRequest.SerializeToString,
-                response_deserializer=loradock_dot_v1_dot_loradock__pb2.UploadBlobResponse.FromString,
+                request_serializer=loradock_dot_v1_dot_registry__pb2.UploadBlobRequest.SerializeToString,
+                response_deserializer=loradock_dot_v1_dot_registry__pb2.UploadBlobResponse.FromString,
                 _registered_method=True)
         self.DownloadBlob = channel.unary_stream(
                 '/loradock.v1.Registry/DownloadBlob',
-                request_serializer=loradock_dot_v1_dot_loradock__pb2.DownloadBlobRequest.SerializeToString,
-                response_deserializer=loradock_dot_v1_dot_loradock__pb2.BlobChunk.FromString,
+                request_serializer=loradock_dot_v1_dot_registry__pb2.DownloadBlobRequest.SerializeToString,
+                response_deserializer=loradock_dot_v1_dot_registry__pb2.BlobChunk.FromString,
                 _registered_method=True)
         self.CommitPush = channel.unary_unary(
                 '/loradock.v1.Registry/CommitPush',
-                request_serializer=loradock_dot_v1_dot_loradock__pb2.CommitPushRequest.SerializeToString,
-                response_deserializer=loradock_dot_v1_dot_loradock__pb2.CommitPushResponse.FromString,
+                request_serializer=loradock_dot_v1_dot_registry__pb2.CommitPushRequest.SerializeToString,
+                response_deserializer=loradock_dot_v1_dot_registry__pb2.CommitPushResponse.FromString,
                 _registered_method=True)
         self.Resolve = channel.unary_unary(
                 '/loradock.v1.Registry/Resolve',
-                request_serializer=loradock_dot_v1_dot_loradock__pb2.RefRequest.SerializeToString,
-                response_deserializer=loradock_dot_v1_dot_loradock__pb2.Document.FromString,
+                request_serializer=loradock_dot_v1_dot_registry__pb2.RefRequest.SerializeToString,
+                response_deserializer=loradock_dot_v1_dot_registry__pb2.Version.FromString,
                 _registered_method=True)
         self.ListAdapters = channel.unary_unary(
                 '/loradock.v1.Registry/ListAdapters',
-                request_serializer=loradock_dot_v1_dot_loradock__pb2.RegistryListRequest.SerializeToString,
-                response_deserializer=loradock_dot_v1_dot_loradock__pb2.Document.FromString,
+                request_serializer=loradock_dot_v1_dot_registry__pb2.RegistryListRequest.SerializeToString,
+                response_deserializer=loradock_dot_v1_dot_registry__pb2.AdapterSummaryList.FromString,
                 _registered_method=True)
         self.GetAdapter = channel.unary_unary(
                 '/loradock.v1.Registry/GetAdapter',
-                request_serializer=loradock_dot_v1_dot_loradock__pb2.GetAdapterRequest.SerializeToString,
-                response_deserializer=loradock_dot_v1_dot_loradock__pb2.Document.FromString,
+                request_serializer=loradock_dot_v1_dot_registry__pb2.GetAdapterRequest.SerializeToString,
+                response_deserializer=loradock_dot_v1_dot_registry__pb2.AdapterState.FromString,
                 _registered_method=True)
         self.ListVersions = channel.unary_unary(
                 '/loradock.v1.Registry/ListVersions',
-                request_serializer=loradock_dot_v1_dot_loradock__pb2.ListVersionsRequest.SerializeToString,
-                response_deserializer=loradock_dot_v1_dot_loradock__pb2.Document.FromString,
+                request_serializer=loradock_dot_v1_dot_registry__pb2.ListVersionsRequest.SerializeToString,
+                response_deserializer=loradock_dot_v1_dot_registry__pb2.VersionListing.FromString,
                 _registered_method=True)
         self.Describe = channel.unary_unary(
                 '/loradock.v1.Registry/Describe',
-                request_serializer=loradock_dot_v1_dot_loradock__pb2.RefRequest.SerializeToString,
-                response_deserializer=loradock_dot_v1_dot_loradock__pb2.Document.FromString,
+                request_serializer=loradock_dot_v1_dot_registry__pb2.RefRequest.SerializeToString,
+                response_deserializer=loradock_dot_v1_dot_registry__pb2.Description.FromString,
                 _registered_method=True)
         self.Diff = channel.unary_unary(
                 '/loradock.v1.Registry/Diff',
-                request_serializer=loradock_dot_v1_dot_loradock__pb2.DiffRequest.SerializeToString,
-                response_deserializer=loradock_dot_v1_dot_loradock__pb2.Document.FromString,
+                request_serializer=loradock_dot_v1_dot_registry__pb2.DiffRequest.SerializeToString,
+                response_deserializer=loradock_dot_v1_dot_registry__pb2.VersionDiff.FromString,
                 _registered_method=True)
         self.ListBases = channel.unary_unary(
                 '/loradock.v1.Registry/ListBases',
-                request_serializer=loradock_dot_v1_dot_loradock__pb2.RegistryListRequest.SerializeToString,
-                response_deserializer=loradock_dot_v1_dot_loradock__pb2.Document.FromString,
+                request_serializer=loradock_dot_v1_dot_registry__pb2.RegistryListRequest.SerializeToString,
+                response_deserializer=loradock_dot_v1_dot_registry__pb2.BaseList.FromString,
                 _registered_method=True)
         self.AliasHistory = channel.unary_unary(
                 '/loradock.v1.Registry/AliasHistory',
-                request_serializer=loradock_dot_v1_dot_loradock__pb2.AliasHistoryRequest.SerializeToString,
-                response_deserializer=loradock_dot_v1_dot_loradock__pb2.Document.FromString,
+                request_serializer=loradock_dot_v1_dot_registry__pb2.AliasHistoryRequest.SerializeToString,
+                response_deserializer=loradock_dot_v1_dot_registry__pb2.AliasEventList.FromString,
                 _registered_method=True)
         self.SetAlias = channel.unary_unary(
                 '/loradock.v1.Registry/SetAlias',
-                request_serializer=loradock_dot_v1_dot_loradock__pb2.SetAliasRequest.SerializeToString,
-                response_deserializer=loradock_dot_v1_dot_loradock__pb2.AliasChangeResponse.FromString,
+                request_serializer=loradock_dot_v1_dot_registry__pb2.SetAliasRequest.SerializeToString,
+                response_deserializer=loradock_dot_v1_dot_registry__pb2.AliasChangeResponse.FromString,
                 _registered_method=True)
         self.RemoveAlias = channel.unary_unary(
                 '/loradock.v1.Registry/RemoveAlias',
-                request_serializer=loradock_dot_v1_dot_loradock__pb2.RemoveAliasRequest.SerializeToString,
-                response_deserializer=loradock_dot_v1_dot_loradock__pb2.AliasChangeResponse.FromString,
+                request_serializer=loradock_dot_v1_dot_registry__pb2.RemoveAliasRequest.SerializeToString,
+                response_deserializer=loradock_dot_v1_dot_registry__pb2.AliasChangeResponse.FromString,
                 _registered_method=True)
         self.RemoveVersion = channel.unary_unary(
                 '/loradock.v1.Registry/RemoveVersion',
-                request_serializer=loradock_dot_v1_dot_loradock__pb2.RemoveVersionRequest.SerializeToString,
-                response_deserializer=loradock_dot_v1_dot_loradock__pb2.Document.FromString,
+                request_serializer=loradock_dot_v1_dot_registry__pb2.RemoveVersionRequest.SerializeToString,
+                response_deserializer=loradock_dot_v1_dot_registry__pb2.Version.FromString,
                 _registered_method=True)
         self.Gc = channel.unary_unary(
                 '/loradock.v1.Registry/Gc',
-                request_serializer=loradock_dot_v1_dot_loradock__pb2.GcRequest.SerializeToString,
-                response_deserializer=loradock_dot_v1_dot_loradock__pb2.Document.FromString,
+                request_serializer=loradock_dot_v1_dot_registry__pb2.GcRequest.SerializeToString,
+                response_deserializer=loradock_dot_v1_dot_registry__pb2.GcReport.FromString,
                 _registered_method=True)
         self.Verify = channel.unary_unary(
                 '/loradock.v1.Registry/Verify',
-                request_serializer=loradock_dot_v1_dot_loradock__pb2.RefRequest.SerializeToString,
-                response_deserializer=loradock_dot_v1_dot_loradock__pb2.Document.FromString,
+                request_serializer=loradock_dot_v1_dot_registry__pb2.RefRequest.SerializeToString,
+                response_deserializer=loradock_dot_v1_dot_registry__pb2.VerifyReport.FromString,
                 _registered_method=True)
         self.Audit = channel.unary_unary(
                 '/loradock.v1.Registry/Audit',
-                request_serializer=loradock_dot_v1_dot_loradock__pb2.AuditRequest.SerializeToString,
-                response_deserializer=loradock_dot_v1_dot_loradock__pb2.Document.FromString,
+                request_serializer=loradock_dot_v1_dot_registry__pb2.AuditRequest.SerializeToString,
+                response_deserializer=loradock_dot_v1_dot_registry__pb2.AuditEntryList.FromString,
                 _registered_method=True)
         self.RolloutShow = channel.unary_unary(
                 '/loradock.v1.Registry/RolloutShow',
-                request_serializer=loradock_dot_v1_dot_loradock__pb2.RolloutRequest.SerializeToString,
-                response_deserializer=loradock_dot_v1_dot_loradock__pb2.Document.FromString,
+                request_serializer=loradock_dot_v1_dot_registry__pb2.RolloutRequest.SerializeToString,
+                response_deserializer=loradock_dot_v1_dot_registry__pb2.RolloutView.FromString,
                 _registered_method=True)
         self.RolloutReport = channel.unary_unary(
                 '/loradock.v1.Registry/RolloutReport',
-                request_serializer=loradock_dot_v1_dot_loradock__pb2.RolloutRequest.SerializeToString,
-                response_deserializer=loradock_dot_v1_dot_loradock__pb2.Document.FromString,
+                request_serializer=loradock_dot_v1_dot_registry__pb2.RolloutRequest.SerializeToString,
+                response_deserializer=loradock_dot_v1_dot_registry__pb2.RolloutReportResponse.FromString,
                 _registered_method=True)
         self.RolloutChange = channel.unary_unary(
                 '/loradock.v1.Registry/RolloutChange',
-                request_serializer=loradock_dot_v1_dot_loradock__pb2.RolloutChangeRequest.SerializeToString,
-                response_deserializer=loradock_dot_v1_dot_loradock__pb2.Document.FromString,
+                request_serializer=loradock_dot_v1_dot_registry__pb2.RolloutChangeRequest.SerializeToString,
+                response_deserializer=loradock_dot_v1_dot_registry__pb2.Revision.FromString,
                 _registered_method=True)
         self.RolloutState = channel.unary_unary(
                 '/loradock.v1.Registry/RolloutState',
-                request_serializer=loradock_dot_v1_dot_loradock__pb2.RolloutStateRequest.SerializeToString,
-                response_deserializer=loradock_dot_v1_dot_loradock__pb2.Document.FromString,
+                request_serializer=loradock_dot_v1_dot_registry__pb2.RolloutStateRequest.SerializeToString,
+                response_deserializer=loradock_dot_v1_dot_registry__pb2.RolloutStateResponse.FromString,
                 _registered_method=True)
         self.RolloutRecord = channel.unary_unary(
                 '/loradock.v1.Registry/RolloutRecord',
-                request_serializer=loradock_dot_v1_dot_loradock__pb2.RolloutRecordRequest.SerializeToString,
-                response_deserializer=loradock_dot_v1_dot_loradock__pb2.Document.FromString,
+                request_serializer=loradock_dot_v1_dot_registry__pb2.RolloutRecordRequest.SerializeToString,
+                response_deserializer=loradock_dot_v1_dot_registry__pb2.RolloutRecordResponse.FromString,
                 _registered_method=True)
 
 
 class RegistryServicer:
-    """---------------------------------------------------------------------------------------------
-    Registry: the adapter registry served remotely (`reg --registry grpc://host:port ...`).
-
-    A push asks which blobs the server lacks (HasBlobs), streams each missing one in chunks
-    (UploadBlob; the server checks its size and sha256 before it stores it, and keeps the bytes of an
-    interrupted upload so the next push resumes where it stopped), then commits the version
-    (CommitPush: one transaction, refused unless every blob is stored). A pull resolves the ref and
-    streams each blob (DownloadBlob), verified by the client. Reports that the CLI prints (show, diff,
-    version lists, alias history, gc, verify, audit, rollouts) travel as JSON documents shaped like
-    the matching `reg ... --json` output, so a remote registry prints exactly what a local one does.
-
-    """
+    """Missing associated documentation comment in .proto file."""
 
     def HasBlobs(self, request, context):
         """Missing associated documentation comment in .proto file."""
@@ -643,7 +282,6 @@ class RegistryServicer:
 
     def RolloutState(self, request, context):
         """What an inference server backed by this registry routes by, and where it records what it served.
-        {"change_id", "revisions": {name: revision}}
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -661,118 +299,118 @@ def add_RegistryServicer_to_server(servicer, server):
     rpc_method_handlers = {
             'HasBlobs': grpc.unary_unary_rpc_method_handler(
                     servicer.HasBlobs,
-                    request_deserializer=loradock_dot_v1_dot_loradock__pb2.HasBlobsRequest.FromString,
-                    response_serializer=loradock_dot_v1_dot_loradock__pb2.HasBlobsResponse.SerializeToString,
+                    request_deserializer=loradock_dot_v1_dot_registry__pb2.HasBlobsRequest.FromString,
+                    response_serializer=loradock_dot_v1_dot_registry__pb2.HasBlobsResponse.SerializeToString,
             ),
             'UploadBlob': grpc.stream_unary_rpc_method_handler(
                     servicer.UploadBlob,
-                    request_deserializer=loradock_dot_v1_dot_loradock__pb2.UploadBlobRequest.FromString,
-                    response_serializer=loradock_dot_v1_dot_loradock__pb2.UploadBlobResponse.SerializeToString,
+                    request_deserializer=loradock_dot_v1_dot_registry__pb2.UploadBlobRequest.FromString,
+                    response_serializer=loradock_dot_v1_dot_registry__pb2.UploadBlobResponse.SerializeToString,
             ),
             'DownloadBlob': grpc.unary_stream_rpc_method_handler(
                     servicer.DownloadBlob,
-                    request_deserializer=loradock_dot_v1_dot_loradock__pb2.DownloadBlobRequest.FromString,
-                    response_serializer=loradock_dot_v1_dot_loradock__pb2.BlobChunk.SerializeToString,
+                    request_deserializer=loradock_dot_v1_dot_registry__pb2.DownloadBlobRequest.FromString,
+                    response_serializer=loradock_dot_v1_dot_registry__pb2.BlobChunk.SerializeToString,
             ),
             'CommitPush': grpc.unary_unary_rpc_method_handler(
                     servicer.CommitPush,
-                    request_deserializer=loradock_dot_v1_dot_loradock__pb2.CommitPushRequest.FromString,
-                    response_serializer=loradock_dot_v1_dot_loradock__pb2.CommitPushResponse.SerializeToString,
+                    request_deserializer=loradock_dot_v1_dot_registry__pb2.CommitPushRequest.FromString,
+                    response_serializer=loradock_dot_v1_dot_registry__pb2.CommitPushResponse.SerializeToString,
             ),
             'Resolve': grpc.unary_unary_rpc_method_handler(
                     servicer.Resolve,
-                    request_deserializer=loradock_dot_v1_dot_loradock__pb2.RefRequest.FromString,
-                    response_serializer=loradock_dot_v1_dot_loradock__pb2.Document.SerializeToString,
+                    request_deserializer=loradock_dot_v1_dot_registry__pb2.RefRequest.FromString,
+                    response_serializer=loradock_dot_v1_dot_registry__pb2.Version.SerializeToString,
             ),
             'ListAdapters': grpc.unary_unary_rpc_method_handler(
                     servicer.ListAdapters,
-                    request_deserializer=loradock_dot_v1_dot_loradock__pb2.RegistryListRequest.FromString,
-                    response_serializer=loradock_dot_v1_dot_loradock__pb2.Document.SerializeToString,
+                    request_deserializer=loradock_dot_v1_dot_registry__pb2.RegistryListRequest.FromString,
+                    response_serializer=loradock_dot_v1_dot_registry__pb2.AdapterSummaryList.SerializeToString,
             ),
             'GetAdapter': grpc.unary_unary_rpc_method_handler(
                     servicer.GetAdapter,
-                    request_deserializer=loradock_dot_v1_dot_loradock__pb2.GetAdapterRequest.FromString,
-                    response_serializer=loradock_dot_v1_dot_loradock__pb2.Document.SerializeToString,
+                    request_deserializer=loradock_dot_v1_dot_registry__pb2.GetAdapterRequest.FromString,
+                    response_serializer=loradock_dot_v1_dot_registry__pb2.AdapterState.SerializeToString,
             ),
             'ListVersions': grpc.unary_unary_rpc_method_handler(
                     servicer.ListVersions,
-                    request_deserializer=loradock_dot_v1_dot_loradock__pb2.ListVersionsRequest.FromString,
-                    response_serializer=loradock_dot_v1_dot_loradock__pb2.Document.SerializeToString,
+                    request_deserializer=loradock_dot_v1_dot_registry__pb2.ListVersionsRequest.FromString,
+                    response_serializer=loradock_dot_v1_dot_registry__pb2.VersionListing.SerializeToString,
             ),
             'Describe': grpc.unary_unary_rpc_method_handler(
                     servicer.Describe,
-                    request_deserializer=loradock_dot_v1_dot_loradock__pb2.RefRequest.FromString,
-                    response_serializer=loradock_dot_v1_dot_loradock__pb2.Document.SerializeToString,
+                    request_deserializer=loradock_dot_v1_dot_registry__pb2.RefRequest.FromString,
+                    response_serializer=loradock_dot_v1_dot_registry__pb2.Description.SerializeToString,
             ),
             'Diff': grpc.unary_unary_rpc_method_handler(
                     servicer.Diff,
-                    request_deserializer=loradock_dot_v1_dot_loradock__pb2.DiffRequest.FromString,
-                    response_serializer=loradock_dot_v1_dot_loradock__pb2.Document.SerializeToString,
+                    request_deserializer=loradock_dot_v1_dot_registry__pb2.DiffRequest.FromString,
+                    response_serializer=loradock_dot_v1_dot_registry__pb2.VersionDiff.SerializeToString,
             ),
             'ListBases': grpc.unary_unary_rpc_method_handler(
                     servicer.ListBases,
-                    request_deserializer=loradock_dot_v1_dot_loradock__pb2.RegistryListRequest.FromString,
-                    response_serializer=loradock_dot_v1_dot_loradock__pb2.Document.SerializeToString,
+                    request_deserializer=loradock_dot_v1_dot_registry__pb2.RegistryListRequest.FromString,
+                    response_serializer=loradock_dot_v1_dot_registry__pb2.BaseList.SerializeToString,
             ),
             'AliasHistory': grpc.unary_unary_rpc_method_handler(
                     servicer.AliasHistory,
-                    request_deserializer=loradock_dot_v1_dot_loradock__pb2.AliasHistoryRequest.FromString,
-                    response_serializer=loradock_dot_v1_dot_loradock__pb2.Document.SerializeToString,
+                    request_deserializer=loradock_dot_v1_dot_registry__pb2.AliasHistoryRequest.FromString,
+                    response_serializer=loradock_dot_v1_dot_registry__pb2.AliasEventList.SerializeToString,
             ),
             'SetAlias': grpc.unary_unary_rpc_method_handler(
                     servicer.SetAlias,
-                    request_deserializer=loradock_dot_v1_dot_loradock__pb2.SetAliasRequest.FromString,
-                    response_serializer=loradock_dot_v1_dot_loradock__pb2.AliasChangeResponse.SerializeToString,
+                    request_deserializer=loradock_dot_v1_dot_registry__pb2.SetAliasRequest.FromString,
+                    response_serializer=loradock_dot_v1_dot_registry__pb2.AliasChangeResponse.SerializeToString,
             ),
             'RemoveAlias': grpc.unary_unary_rpc_method_handler(
                     servicer.RemoveAlias,
-                    request_deserializer=loradock_dot_v1_dot_loradock__pb2.RemoveAliasRequest.FromString,
-                    response_serializer=loradock_dot_v1_dot_loradock__pb2.AliasChangeResponse.SerializeToString,
+                    request_deserializer=loradock_dot_v1_dot_registry__pb2.RemoveAliasRequest.FromString,
+                    response_serializer=loradock_dot_v1_dot_registry__pb2.AliasChangeResponse.SerializeToString,
             ),
             'RemoveVersion': grpc.unary_unary_rpc_method_handler(
                     servicer.RemoveVersion,
-                    request_deserializer=loradock_dot_v1_dot_loradock__pb2.RemoveVersionRequest.FromString,
-                    response_serializer=loradock_dot_v1_dot_loradock__pb2.Document.SerializeToString,
+                    request_deserializer=loradock_dot_v1_dot_registry__pb2.RemoveVersionRequest.FromString,
+                    response_serializer=loradock_dot_v1_dot_registry__pb2.Version.SerializeToString,
             ),
             'Gc': grpc.unary_unary_rpc_method_handler(
                     servicer.Gc,
-                    request_deserializer=loradock_dot_v1_dot_loradock__pb2.GcRequest.FromString,
-                    response_serializer=loradock_dot_v1_dot_loradock__pb2.Document.SerializeToString,
+                    request_deserializer=loradock_dot_v1_dot_registry__pb2.GcRequest.FromString,
+                    response_serializer=loradock_dot_v1_dot_registry__pb2.GcReport.SerializeToString,
             ),
             'Verify': grpc.unary_unary_rpc_method_handler(
                     servicer.Verify,
-                    request_deserializer=loradock_dot_v1_dot_loradock__pb2.RefRequest.FromString,
-                    response_serializer=loradock_dot_v1_dot_loradock__pb2.Document.SerializeToString,
+                    request_deserializer=loradock_dot_v1_dot_registry__pb2.RefRequest.FromString,
+                    response_serializer=loradock_dot_v1_dot_registry__pb2.VerifyReport.SerializeToString,
             ),
             'Audit': grpc.unary_unary_rpc_method_handler(
                     servicer.Audit,
-                    request_deserializer=loradock_dot_v1_dot_loradock__pb2.AuditRequest.FromString,
-                    response_serializer=loradock_dot_v1_dot_loradock__pb2.Document.SerializeToString,
+                    request_deserializer=loradock_dot_v1_dot_registry__pb2.AuditRequest.FromString,
+                    response_serializer=loradock_dot_v1_dot_registry__pb2.AuditEntryList.SerializeToString,
             ),
             'RolloutShow': grpc.unary_unary_rpc_method_handler(
                     servicer.RolloutShow,
-                    request_deserializer=loradock_dot_v1_dot_loradock__pb2.RolloutRequest.FromString,
-                    response_serializer=loradock_dot_v1_dot_loradock__pb2.Document.SerializeToString,
+                    request_deserializer=loradock_dot_v1_dot_registry__pb2.RolloutRequest.FromString,
+                    response_serializer=loradock_dot_v1_dot_registry__pb2.RolloutView.SerializeToString,
             ),
             'RolloutReport': grpc.unary_unary_rpc_method_handler(
                     servicer.RolloutReport,
-                    request_deserializer=loradock_dot_v1_dot_loradock__pb2.RolloutRequest.FromString,
-                    response_serializer=loradock_dot_v1_dot_loradock__pb2.Document.SerializeToString,
+                    request_deserializer=loradock_dot_v1_dot_registry__pb2.RolloutRequest.FromString,
+                    response_serializer=loradock_dot_v1_dot_registry__pb2.RolloutReportResponse.SerializeToString,
             ),
             'RolloutChange': grpc.unary_unary_rpc_method_handler(
                     servicer.RolloutChange,
-                    request_deserializer=loradock_dot_v1_dot_loradock__pb2.RolloutChangeRequest.FromString,
-                    response_serializer=loradock_dot_v1_dot_loradock__pb2.Document.SerializeToString,
+                    request_deserializer=loradock_dot_v1_dot_registry__pb2.RolloutChangeRequest.FromString,
+                    response_serializer=loradock_dot_v1_dot_registry__pb2.Revision.SerializeToString,
             ),
             'RolloutState': grpc.unary_unary_rpc_method_handler(
                     servicer.RolloutState,
-                    request_deserializer=loradock_dot_v1_dot_loradock__pb2.RolloutStateRequest.FromString,
-                    response_serializer=loradock_dot_v1_dot_loradock__pb2.Document.SerializeToString,
+                    request_deserializer=loradock_dot_v1_dot_registry__pb2.RolloutStateRequest.FromString,
+                    response_serializer=loradock_dot_v1_dot_registry__pb2.RolloutStateResponse.SerializeToString,
             ),
             'RolloutRecord': grpc.unary_unary_rpc_method_handler(
                     servicer.RolloutRecord,
-                    request_deserializer=loradock_dot_v1_dot_loradock__pb2.RolloutRecordRequest.FromString,
-                    response_serializer=loradock_dot_v1_dot_loradock__pb2.Document.SerializeToString,
+                    request_deserializer=loradock_dot_v1_dot_registry__pb2.RolloutRecordRequest.FromString,
+                    response_serializer=loradock_dot_v1_dot_registry__pb2.RolloutRecordResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -783,18 +421,7 @@ def add_RegistryServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class Registry:
-    """---------------------------------------------------------------------------------------------
-    Registry: the adapter registry served remotely (`reg --registry grpc://host:port ...`).
-
-    A push asks which blobs the server lacks (HasBlobs), streams each missing one in chunks
-    (UploadBlob; the server checks its size and sha256 before it stores it, and keeps the bytes of an
-    interrupted upload so the next push resumes where it stopped), then commits the version
-    (CommitPush: one transaction, refused unless every blob is stored). A pull resolves the ref and
-    streams each blob (DownloadBlob), verified by the client. Reports that the CLI prints (show, diff,
-    version lists, alias history, gc, verify, audit, rollouts) travel as JSON documents shaped like
-    the matching `reg ... --json` output, so a remote registry prints exactly what a local one does.
-
-    """
+    """Missing associated documentation comment in .proto file."""
 
     @staticmethod
     def HasBlobs(request,
@@ -811,8 +438,8 @@ class Registry:
             request,
             target,
             '/loradock.v1.Registry/HasBlobs',
-            loradock_dot_v1_dot_loradock__pb2.HasBlobsRequest.SerializeToString,
-            loradock_dot_v1_dot_loradock__pb2.HasBlobsResponse.FromString,
+            loradock_dot_v1_dot_registry__pb2.HasBlobsRequest.SerializeToString,
+            loradock_dot_v1_dot_registry__pb2.HasBlobsResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -838,8 +465,8 @@ class Registry:
             request_iterator,
             target,
             '/loradock.v1.Registry/UploadBlob',
-            loradock_dot_v1_dot_loradock__pb2.UploadBlobRequest.SerializeToString,
-            loradock_dot_v1_dot_loradock__pb2.UploadBlobResponse.FromString,
+            loradock_dot_v1_dot_registry__pb2.UploadBlobRequest.SerializeToString,
+            loradock_dot_v1_dot_registry__pb2.UploadBlobResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -865,8 +492,8 @@ class Registry:
             request,
             target,
             '/loradock.v1.Registry/DownloadBlob',
-            loradock_dot_v1_dot_loradock__pb2.DownloadBlobRequest.SerializeToString,
-            loradock_dot_v1_dot_loradock__pb2.BlobChunk.FromString,
+            loradock_dot_v1_dot_registry__pb2.DownloadBlobRequest.SerializeToString,
+            loradock_dot_v1_dot_registry__pb2.BlobChunk.FromString,
             options,
             channel_credentials,
             insecure,
@@ -892,8 +519,8 @@ class Registry:
             request,
             target,
             '/loradock.v1.Registry/CommitPush',
-            loradock_dot_v1_dot_loradock__pb2.CommitPushRequest.SerializeToString,
-            loradock_dot_v1_dot_loradock__pb2.CommitPushResponse.FromString,
+            loradock_dot_v1_dot_registry__pb2.CommitPushRequest.SerializeToString,
+            loradock_dot_v1_dot_registry__pb2.CommitPushResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -919,8 +546,8 @@ class Registry:
             request,
             target,
             '/loradock.v1.Registry/Resolve',
-            loradock_dot_v1_dot_loradock__pb2.RefRequest.SerializeToString,
-            loradock_dot_v1_dot_loradock__pb2.Document.FromString,
+            loradock_dot_v1_dot_registry__pb2.RefRequest.SerializeToString,
+            loradock_dot_v1_dot_registry__pb2.Version.FromString,
             options,
             channel_credentials,
             insecure,
@@ -946,8 +573,8 @@ class Registry:
             request,
             target,
             '/loradock.v1.Registry/ListAdapters',
-            loradock_dot_v1_dot_loradock__pb2.RegistryListRequest.SerializeToString,
-            loradock_dot_v1_dot_loradock__pb2.Document.FromString,
+            loradock_dot_v1_dot_registry__pb2.RegistryListRequest.SerializeToString,
+            loradock_dot_v1_dot_registry__pb2.AdapterSummaryList.FromString,
             options,
             channel_credentials,
             insecure,
@@ -973,8 +600,8 @@ class Registry:
             request,
             target,
             '/loradock.v1.Registry/GetAdapter',
-            loradock_dot_v1_dot_loradock__pb2.GetAdapterRequest.SerializeToString,
-            loradock_dot_v1_dot_loradock__pb2.Document.FromString,
+            loradock_dot_v1_dot_registry__pb2.GetAdapterRequest.SerializeToString,
+            loradock_dot_v1_dot_registry__pb2.AdapterState.FromString,
             options,
             channel_credentials,
             insecure,
@@ -1000,8 +627,8 @@ class Registry:
             request,
             target,
             '/loradock.v1.Registry/ListVersions',
-            loradock_dot_v1_dot_loradock__pb2.ListVersionsRequest.SerializeToString,
-            loradock_dot_v1_dot_loradock__pb2.Document.FromString,
+            loradock_dot_v1_dot_registry__pb2.ListVersionsRequest.SerializeToString,
+            loradock_dot_v1_dot_registry__pb2.VersionListing.FromString,
             options,
             channel_credentials,
             insecure,
@@ -1027,8 +654,8 @@ class Registry:
             request,
             target,
             '/loradock.v1.Registry/Describe',
-            loradock_dot_v1_dot_loradock__pb2.RefRequest.SerializeToString,
-            loradock_dot_v1_dot_loradock__pb2.Document.FromString,
+            loradock_dot_v1_dot_registry__pb2.RefRequest.SerializeToString,
+            loradock_dot_v1_dot_registry__pb2.Description.FromString,
             options,
             channel_credentials,
             insecure,
@@ -1054,8 +681,8 @@ class Registry:
             request,
             target,
             '/loradock.v1.Registry/Diff',
-            loradock_dot_v1_dot_loradock__pb2.DiffRequest.SerializeToString,
-            loradock_dot_v1_dot_loradock__pb2.Document.FromString,
+            loradock_dot_v1_dot_registry__pb2.DiffRequest.SerializeToString,
+            loradock_dot_v1_dot_registry__pb2.VersionDiff.FromString,
             options,
             channel_credentials,
             insecure,
@@ -1081,8 +708,8 @@ class Registry:
             request,
             target,
             '/loradock.v1.Registry/ListBases',
-            loradock_dot_v1_dot_loradock__pb2.RegistryListRequest.SerializeToString,
-            loradock_dot_v1_dot_loradock__pb2.Document.FromString,
+            loradock_dot_v1_dot_registry__pb2.RegistryListRequest.SerializeToString,
+            loradock_dot_v1_dot_registry__pb2.BaseList.FromString,
             options,
             channel_credentials,
             insecure,
@@ -1108,8 +735,8 @@ class Registry:
             request,
             target,
             '/loradock.v1.Registry/AliasHistory',
-            loradock_dot_v1_dot_loradock__pb2.AliasHistoryRequest.SerializeToString,
-            loradock_dot_v1_dot_loradock__pb2.Document.FromString,
+            loradock_dot_v1_dot_registry__pb2.AliasHistoryRequest.SerializeToString,
+            loradock_dot_v1_dot_registry__pb2.AliasEventList.FromString,
             options,
             channel_credentials,
             insecure,
@@ -1135,8 +762,8 @@ class Registry:
             request,
             target,
             '/loradock.v1.Registry/SetAlias',
-            loradock_dot_v1_dot_loradock__pb2.SetAliasRequest.SerializeToString,
-            loradock_dot_v1_dot_loradock__pb2.AliasChangeResponse.FromString,
+            loradock_dot_v1_dot_registry__pb2.SetAliasRequest.SerializeToString,
+            loradock_dot_v1_dot_registry__pb2.AliasChangeResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -1162,8 +789,8 @@ class Registry:
             request,
             target,
             '/loradock.v1.Registry/RemoveAlias',
-            loradock_dot_v1_dot_loradock__pb2.RemoveAliasRequest.SerializeToString,
-            loradock_dot_v1_dot_loradock__pb2.AliasChangeResponse.FromString,
+            loradock_dot_v1_dot_registry__pb2.RemoveAliasRequest.SerializeToString,
+            loradock_dot_v1_dot_registry__pb2.AliasChangeResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -1189,8 +816,8 @@ class Registry:
             request,
             target,
             '/loradock.v1.Registry/RemoveVersion',
-            loradock_dot_v1_dot_loradock__pb2.RemoveVersionRequest.SerializeToString,
-            loradock_dot_v1_dot_loradock__pb2.Document.FromString,
+            loradock_dot_v1_dot_registry__pb2.RemoveVersionRequest.SerializeToString,
+            loradock_dot_v1_dot_registry__pb2.Version.FromString,
             options,
             channel_credentials,
             insecure,
@@ -1216,8 +843,8 @@ class Registry:
             request,
             target,
             '/loradock.v1.Registry/Gc',
-            loradock_dot_v1_dot_loradock__pb2.GcRequest.SerializeToString,
-            loradock_dot_v1_dot_loradock__pb2.Document.FromString,
+            loradock_dot_v1_dot_registry__pb2.GcRequest.SerializeToString,
+            loradock_dot_v1_dot_registry__pb2.GcReport.FromString,
             options,
             channel_credentials,
             insecure,
@@ -1243,8 +870,8 @@ class Registry:
             request,
             target,
             '/loradock.v1.Registry/Verify',
-            loradock_dot_v1_dot_loradock__pb2.RefRequest.SerializeToString,
-            loradock_dot_v1_dot_loradock__pb2.Document.FromString,
+            loradock_dot_v1_dot_registry__pb2.RefRequest.SerializeToString,
+            loradock_dot_v1_dot_registry__pb2.VerifyReport.FromString,
             options,
             channel_credentials,
             insecure,
@@ -1270,8 +897,8 @@ class Registry:
             request,
             target,
             '/loradock.v1.Registry/Audit',
-            loradock_dot_v1_dot_loradock__pb2.AuditRequest.SerializeToString,
-            loradock_dot_v1_dot_loradock__pb2.Document.FromString,
+            loradock_dot_v1_dot_registry__pb2.AuditRequest.SerializeToString,
+            loradock_dot_v1_dot_registry__pb2.AuditEntryList.FromString,
             options,
             channel_credentials,
             insecure,
@@ -1297,8 +924,8 @@ class Registry:
             request,
             target,
             '/loradock.v1.Registry/RolloutShow',
-            loradock_dot_v1_dot_loradock__pb2.RolloutRequest.SerializeToString,
-            loradock_dot_v1_dot_loradock__pb2.Document.FromString,
+            loradock_dot_v1_dot_registry__pb2.RolloutRequest.SerializeToString,
+            loradock_dot_v1_dot_registry__pb2.RolloutView.FromString,
             options,
             channel_credentials,
             insecure,
@@ -1324,8 +951,8 @@ class Registry:
             request,
             target,
             '/loradock.v1.Registry/RolloutReport',
-            loradock_dot_v1_dot_loradock__pb2.RolloutRequest.SerializeToString,
-            loradock_dot_v1_dot_loradock__pb2.Document.FromString,
+            loradock_dot_v1_dot_registry__pb2.RolloutRequest.SerializeToString,
+            loradock_dot_v1_dot_registry__pb2.RolloutReportResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -1351,8 +978,8 @@ class Registry:
             request,
             target,
             '/loradock.v1.Registry/RolloutChange',
-            loradock_dot_v1_dot_loradock__pb2.RolloutChangeRequest.SerializeToString,
-            loradock_dot_v1_dot_loradock__pb2.Document.FromString,
+            loradock_dot_v1_dot_registry__pb2.RolloutChangeRequest.SerializeToString,
+            loradock_dot_v1_dot_registry__pb2.Revision.FromString,
             options,
             channel_credentials,
             insecure,
@@ -1378,8 +1005,8 @@ class Registry:
             request,
             target,
             '/loradock.v1.Registry/RolloutState',
-            loradock_dot_v1_dot_loradock__pb2.RolloutStateRequest.SerializeToString,
-            loradock_dot_v1_dot_loradock__pb2.Document.FromString,
+            loradock_dot_v1_dot_registry__pb2.RolloutStateRequest.SerializeToString,
+            loradock_dot_v1_dot_registry__pb2.RolloutStateResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -1405,8 +1032,8 @@ class Registry:
             request,
             target,
             '/loradock.v1.Registry/RolloutRecord',
-            loradock_dot_v1_dot_loradock__pb2.RolloutRecordRequest.SerializeToString,
-            loradock_dot_v1_dot_loradock__pb2.Document.FromString,
+            loradock_dot_v1_dot_registry__pb2.RolloutRecordRequest.SerializeToString,
+            loradock_dot_v1_dot_registry__pb2.RolloutRecordResponse.FromString,
             options,
             channel_credentials,
             insecure,

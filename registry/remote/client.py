@@ -6,14 +6,13 @@ command prints the same output whichever registry it talks to. A push hashes the
 asks which blobs the server lacks, uploads only those (resuming an interrupted upload at the byte
 the server holds), then commits. A pull verifies every downloaded byte against its sha256.
 
-It lives in `server/` because it needs the generated stubs (`server/rpc`), and `registry` imports
-nothing of `server`: the import direction stays `cli -> server -> registry`. It imports no torch.
+Answers arrive as typed messages (registry/remote/rpc, from proto/loradock/v1/registry.proto) and become
+records through the one converter in `registry.remote.messages`. It imports nothing of `server/` and no torch.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import time
 from pathlib import Path
@@ -21,21 +20,22 @@ from urllib.parse import urlsplit
 
 import grpc
 
-from registry.adapters import inspect_adapter_dir
-from registry.bases import Base
-from registry.blobs import hash_into, sha256_file
-from registry.errors import (
+from ..adapters import inspect_adapter_dir
+from ..bases import Base
+from ..blobs import hash_into, sha256_file
+from ..errors import (
     BaseNotFound, Conflict, IntegrityError, InvalidInput, LoradockError, PermissionDenied, TooLarge, Unauthenticated,
     class_for_status, error_class_named,
 )
-from registry.manifests import write_version_dir
-from registry.names import Ref, validate_name
-from registry.records import AdapterSummary, AliasEvent, FileRecord, PushResult, Version
-from registry.rollout_records import Arm, FeedbackRecord, Guard, Outcome, Revision
-from registry.store import check_push_text, current_actor, default_home
-
+from ..maintenance import DEFAULT_GC_GRACE_S, GcReport, VerifyReport
+from ..manifests import write_version_dir
+from ..names import Ref, validate_name
+from ..records import AdapterSummary, AliasEvent, FileRecord, PushResult, Version
+from ..rollout_records import Arm, FeedbackRecord, Guard, Outcome, Revision
+from ..store import check_push_text, current_actor, default_home
+from . import ERROR_CLASS_KEY
+from .messages import to_message, to_python, to_record
 from .rpc import pb, pb_grpc
-from .status import ERROR_CLASS_KEY
 
 CHUNK_BYTES = 2**20
 MAX_MESSAGE_BYTES = 16 * 2**20
@@ -78,13 +78,6 @@ def _read_ca(path: Path | str) -> bytes:
         raise InvalidInput(f"--tls-ca {path}: not a PEM CA certificate ({exc}); give the server's CA certificate in PEM "
                            f"form (-----BEGIN CERTIFICATE-----...)") from None
     return data
-
-
-def _version(d: dict) -> Version:
-    d = dict(d)
-    d.pop("ref", None)
-    d["files"] = [FileRecord(**f) for f in d.get("files") or []]
-    return Version(**d)
 
 
 class RemoteRegistry:
@@ -153,22 +146,23 @@ class RemoteRegistry:
         except grpc.RpcError as exc:
             raise self._error(exc) from None
 
-    def _doc(self, method: str, request):
-        return json.loads(self._call(method, request).json)
+    def _answer(self, method: str, request):
+        """The reply to `request` as plain Python (`registry.remote.messages.to_python`)."""
+        return to_python(self._call(method, request))
 
     # --- resolving and listing ----------------------------------------------------------
 
     def resolve(self, ref: str | Ref) -> Version:
-        return _version(self._doc("Resolve", pb.RefRequest(ref=str(ref))))
+        return to_record(Version, self._answer("Resolve", pb.RefRequest(ref=str(ref))))
 
     def list_adapters(self) -> list[AdapterSummary]:
-        return [AdapterSummary(**d) for d in self._doc("ListAdapters", pb.RegistryListRequest())]
+        return [to_record(AdapterSummary, d) for d in self._answer("ListAdapters", pb.RegistryListRequest())]
 
     def list_versions(self, name: str, include_deleted: bool = False, limit: int | None = None) -> list[Version]:
         """Versions of `name`, newest first; one message when they fit in one, else one version per message."""
         request = pb.ListVersionsRequest(name=name, include_deleted=include_deleted, limit=limit or 0)
         try:
-            return [_version(d) for d in self._doc("ListVersions", request)]
+            return [to_record(Version, d) for d in self._answer("ListVersions", request)["versions"]]
         except TooLarge:
             if include_deleted:
                 raise
@@ -176,22 +170,22 @@ class RemoteRegistry:
 
     def version_summaries(self, name: str, include_deleted: bool = False, limit: int | None = None) -> list[dict]:
         request = pb.ListVersionsRequest(name=name, include_deleted=include_deleted, limit=limit or 0, summaries=True)
-        return self._doc("ListVersions", request)
+        return self._answer("ListVersions", request)["summaries"]
 
     def count_versions(self, name: str) -> int:
-        return self._doc("GetAdapter", pb.GetAdapterRequest(name=name))["live_versions"]
+        return self._answer("GetAdapter", pb.GetAdapterRequest(name=name))["live_versions"]
 
     def aliases(self, name: str) -> dict[str, int]:
-        return self._doc("GetAdapter", pb.GetAdapterRequest(name=name))["aliases"]
+        return self._answer("GetAdapter", pb.GetAdapterRequest(name=name))["aliases"]
 
     def describe(self, ref: str) -> dict:
-        return self._doc("Describe", pb.RefRequest(ref=ref))
+        return self._answer("Describe", pb.RefRequest(ref=ref))
 
     def diff(self, ref_a: str, ref_b: str) -> dict:
-        return self._doc("Diff", pb.DiffRequest(ref_a=ref_a, ref_b=ref_b))
+        return self._answer("Diff", pb.DiffRequest(ref_a=ref_a, ref_b=ref_b))
 
     def list_bases(self) -> list[Base]:
-        return [Base(**d) for d in self._doc("ListBases", pb.RegistryListRequest())]
+        return [to_record(Base, d) for d in self._answer("ListBases", pb.RegistryListRequest())]
 
     def get_base(self, name: str) -> Base:
         for base in self.list_bases():
@@ -200,7 +194,7 @@ class RemoteRegistry:
         raise BaseNotFound(f"no base model named {name!r} in {self.url} (see `reg --registry {self.url} base ls`)")
 
     def audit_entries(self, limit: int | None = None) -> list[dict]:
-        return self._doc("Audit", pb.AuditRequest(limit=limit or 0))
+        return self._answer("Audit", pb.AuditRequest(limit=limit or 0))
 
     def add_base(self, path_or_hub_id: str, name: str, source: str | None = None, hub_id: str | None = None) -> tuple[Base, bool]:
         """Refused: a base is registered from a directory (or hub cache) on the registry's host."""
@@ -220,29 +214,23 @@ class RemoteRegistry:
         return self._call("RemoveAlias", pb.RemoveAliasRequest(name=name, alias=alias)).old_version
 
     def alias_history(self, name: str, alias: str | None = None) -> list[AliasEvent]:
-        return [AliasEvent(**d) for d in self._doc("AliasHistory", pb.AliasHistoryRequest(name=name, alias=alias or ""))]
+        request = pb.AliasHistoryRequest(name=name, alias=alias or "")
+        return [to_record(AliasEvent, d) for d in self._answer("AliasHistory", request)]
 
     def remove_version(self, ref: str, force: bool = False, actor: str | None = None) -> Version:
-        return _version(self._doc("RemoveVersion", pb.RemoveVersionRequest(ref=ref, force=force)))
+        return to_record(Version, self._answer("RemoveVersion", pb.RemoveVersionRequest(ref=ref, force=force)))
 
     # --- maintenance --------------------------------------------------------------------
 
-    def gc(self, dry_run: bool = False, grace_s: float | None = None, all_unreferenced: bool = False):
-        from registry.maintenance import DEFAULT_GC_GRACE_S, GcReport
-
+    def gc(self, dry_run: bool = False, grace_s: float | None = None, all_unreferenced: bool = False) -> GcReport:
         if all_unreferenced:
             raise InvalidInput(f"gc --all-unreferenced works on a local registry only, not on {self.url}: run it on the "
                                f"registry's host (with --home)")
         grace = DEFAULT_GC_GRACE_S if grace_s is None else grace_s
-        return GcReport(**self._doc("Gc", pb.GcRequest(dry_run=dry_run, grace_s=grace)))
+        return to_record(GcReport, self._answer("Gc", pb.GcRequest(dry_run=dry_run, grace_s=grace)))
 
-    def verify(self, ref: str | None = None):
-        from registry.maintenance import Problem, VerifyReport
-
-        d = self._doc("Verify", pb.RefRequest(ref=ref or ""))
-        d.pop("ok", None)
-        d["problems"] = [Problem(**p) for p in d["problems"]]
-        return VerifyReport(**d)
+    def verify(self, ref: str | None = None) -> VerifyReport:
+        return to_record(VerifyReport, self._answer("Verify", pb.RefRequest(ref=ref or "")))
 
     @property
     def rollouts(self) -> "RemoteRollouts":
@@ -275,7 +263,7 @@ class RemoteRegistry:
         )
         reply = self._call("CommitPush", request)
         self.last_push = {"bytes_sent": sent, "blobs_skipped": skipped}
-        return PushResult(_version(json.loads(reply.version_json)), reply.created, info.warnings + list(reply.warnings))
+        return PushResult(to_record(Version, to_python(reply.version)), reply.created, info.warnings + list(reply.warnings))
 
     def _upload_missing(self, directory: Path, files: list[FileRecord]) -> tuple[int, int]:
         """Upload every blob the server lacks; return (bytes sent, blobs the server already had)."""
@@ -374,52 +362,43 @@ class RemoteRollouts:
 
     def change_id(self) -> int:
         """Fetches the revisions in force too (one call), which `all_current` then returns."""
-        state = self.remote._doc("RolloutState", pb.RolloutStateRequest())
-        self._current = {name: _revision(d) for name, d in state["revisions"].items()}
+        state = self.remote._answer("RolloutState", pb.RolloutStateRequest())
+        self._current = {d["adapter"]: to_record(Revision, d) for d in state["revisions"]}
         return state["change_id"]
 
     def all_current(self) -> dict[str, Revision]:
         return dict(self._current)
 
     def record(self, outcomes: list[Outcome], feedback: list[FeedbackRecord] = ()) -> None:
-        from dataclasses import astuple
-
-        reply = self.remote._doc("RolloutRecord", pb.RolloutRecordRequest(
-            outcomes_json=json.dumps([astuple(o) for o in outcomes]), feedback_json=json.dumps([astuple(f) for f in feedback])))
-        self._guarded.update({d["adapter"]: _revision(d) for d in reply["guard"]})
+        reply = self.remote._answer("RolloutRecord", pb.RolloutRecordRequest(
+            outcomes=[to_message(o, pb.Outcome) for o in outcomes],
+            feedback=[to_message(f, pb.FeedbackRecord) for f in feedback]))
+        self._guarded.update({d["adapter"]: to_record(Revision, d) for d in reply["guard"]})
 
     def check_guard(self, name: str) -> Revision | None:
         """The revision the registry's guard wrote for `name` while recording the last batch, if any."""
         return self._guarded.pop(name, None)
 
     def show(self, name: str) -> dict:
-        return self.remote._doc("RolloutShow", pb.RolloutRequest(name=name))
+        return self.remote._answer("RolloutShow", pb.RolloutRequest(name=name))
 
     def report(self, name: str, since: int | None = None) -> dict:
-        return self.remote._doc("RolloutReport", pb.RolloutRequest(name=name, since=since or 0))
+        return self.remote._answer("RolloutReport", pb.RolloutRequest(name=name, since=since or 0))
 
-    def _change(self, name: str, action: str, args: dict, reason: str) -> Revision:
-        return _revision(self.remote._doc("RolloutChange", pb.RolloutChangeRequest(
-            name=name, action=action, args_json=json.dumps(args), reason=reason)))
+    def _change(self, name: str, action: str, reason: str, **args) -> Revision:
+        request = pb.RolloutChangeRequest(name=name, action=action, reason=reason, **args)
+        return to_record(Revision, self.remote._answer("RolloutChange", request))
 
     def set(self, name: str, arms: list[Arm], sticky: bool = False, guard: Guard | None = None, reason: str = "",
             actor: str | None = None) -> Revision:
-        from dataclasses import asdict
-
-        return self._change(name, "set", {"arms": [[a.version, a.weight] for a in arms], "sticky": sticky,
-                                          "guard": asdict(guard) if guard else None}, reason)
+        return self._change(name, "set", reason, arms=[to_message(a, pb.Arm) for a in arms], sticky=sticky,
+                            guard=to_message(guard, pb.Guard) if guard else None)
 
     def promote(self, name: str, version: int, reason: str = "", actor: str | None = None) -> Revision:
-        return self._change(name, "promote", {"version": version}, reason)
+        return self._change(name, "promote", reason, version=version)
 
     def rollback(self, name: str, reason: str = "", actor: str | None = None) -> Revision:
-        return self._change(name, "rollback", {}, reason)
+        return self._change(name, "rollback", reason)
 
     def clear(self, name: str, reason: str = "", actor: str | None = None) -> Revision:
-        return self._change(name, "clear", {}, reason)
-
-
-def _revision(d: dict):
-    """A `Revision` from its `to_dict()` form."""
-    d = dict(d, arms=[Arm(a["version"], a["weight"]) for a in d["arms"]], guard=Guard(**d["guard"]) if d["guard"] else None)
-    return Revision(**d)
+        return self._change(name, "clear", reason)
