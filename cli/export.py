@@ -1,6 +1,6 @@
 """`reg export`: merge adapter versions into their base (or write a plain PEFT directory) for production.
 
-Registered on the `reg` app by cli/main.py; the work happens in server/export.py.
+Registered on the `reg` app by cli/main.py; the work happens in registry/export/exporter.py.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import typer
 from registry import InvalidInput
 
 from .common import Home, Json, _local_registry, app
-from .output import console, err_console, human_size, print_json
+from .output import console, human_size, print_json
 
 
 @app.command()
@@ -46,7 +46,7 @@ def export(
 
     The result is checked before it is reported done: its logits on probe prompts (the version's held-out examples when it has them) must match the base plus the unmerged adapter. Nothing appears in --out unless the check passes; every export, passed or failed, is recorded and listed by `reg show`.
     """
-    from server.export import ExportRequest, export as run_export, parse_weighted_ref
+    from registry.export.exporter import ExportRequest, export as run_export, parse_weighted_ref
     from trainer.heldout import held_out_probes
 
     if ref and merge:
@@ -56,8 +56,7 @@ def export(
                             majority_sign_method=majority_sign_method, fmt=fmt, dtype=dtype, max_shard_size=max_shard_size,
                             force=force, hub_repo=hub_repo)
     reg = _local_registry(home, "reg export")  # it records the export and reads the base's files
-    result = run_export(reg, request, find_probes=lambda versions: held_out_probes(reg, versions),
-                        log=lambda m: err_console.print(m))
+    result = run_export(reg, request, find_probes=lambda versions: held_out_probes(reg, versions))
     if json_out:
         print_json(result.to_dict())
         return

@@ -93,13 +93,29 @@ def check_config(path: Path, config: dict, lora_ranks: dict[str, int]) -> None:
 
 
 def _rank_for(module: str, r: int, rank_pattern: dict) -> set[int]:
-    """The ranks PEFT would give `module`: the first matching rank_pattern key's, else r (any value if a key is not plain)."""
-    for key, value in rank_pattern.items():
-        if not _PLAIN_PATTERN.fullmatch(key):
-            return {r, *rank_pattern.values()}
+    """The ranks PEFT would give `module`: the matching rank_pattern key's, else r (any value if a key is not plain)."""
+    if not all(is_plain_pattern(key) for key in rank_pattern):
+        return {r, *rank_pattern.values()}
+    key = matching_pattern_key(rank_pattern, module)
+    return {r} if key is None else {rank_pattern[key]}
+
+
+def is_plain_pattern(key: str) -> bool:
+    """A rank_pattern/alpha_pattern key of plain characters: matching it cannot backtrack for long."""
+    return bool(_PLAIN_PATTERN.fullmatch(key))
+
+
+def matching_pattern_key(pattern: dict, module: str) -> str | None:
+    """PEFT's get_pattern_key: the first key that matches a dotted suffix of `module` as a regex, or None.
+
+    The one pattern lookup (the push check here, the scaling of served and merged adapters in
+    registry.modeling.lora). Run it on plain keys only (`is_plain_pattern`): any other key is a regex an
+    adapter's author chose, and it must not run inside the registry or the server.
+    """
+    for key in pattern:
         if re.match(rf"(.*\.)?({key})$", module):  # peft.utils.other.get_pattern_key
-            return {value}
-    return {r}
+            return key
+    return None
 
 
 def _positive_int(path: Path, key: str, value: object) -> int:

@@ -20,7 +20,7 @@ CONFIG_FILE = "adapter_config.json"
 WEIGHTS_FILE = "adapter_model.safetensors"
 PICKLE_SUFFIXES = {".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt"}
 PROMPT_LEARNING_TYPES = {"PREFIX_TUNING", "PROMPT_TUNING", "P_TUNING", "MULTITASK_PROMPT_TUNING", "ADAPTION_PROMPT"}
-_PEFT_PREFIX = "base_model.model."
+PEFT_PREFIX = "base_model.model."  # what PEFT puts before a base module's name in its weight keys
 
 
 @dataclass
@@ -71,29 +71,37 @@ def inspect_adapter_dir(directory: Path | str) -> AdapterInfo:
     directory = Path(directory)
     if not directory.is_dir():
         raise InvalidAdapter(f"{directory}: not a directory (expected a PEFT adapter directory)")
-    config_path = directory / CONFIG_FILE
     entries = sorted(p for p in directory.iterdir() if not p.name.startswith("."))
     for p in entries:
         _check_entry(directory, p)
-    pickles = [p.name for p in entries if p.is_file() and p.suffix.lower() in PICKLE_SUFFIXES]
+    info = inspect_adapter_files(directory, {p.name: p for p in entries if p.is_file()})
+    info.warnings += [f"skipped subdirectory {p.name}/ (only the adapter's top-level files are stored)"
+                      for p in entries if p.is_dir()]
+    return info
+
+
+def inspect_adapter_files(directory: Path, files: dict[str, Path]) -> AdapterInfo:
+    """Check the files of an adapter, {name in the adapter: where its bytes are}; raise `InvalidAdapter` saying why not.
+
+    A pushed directory's files are where they lie; a remote push's are blobs already in the store, checked
+    where they are stored (`directory` then only labels the messages).
+    """
+    pickles = [name for name in files if Path(name).suffix.lower() in PICKLE_SUFFIXES]
     if pickles:
         raise InvalidAdapter(
             f"{directory}: refusing pickled file(s) {', '.join(pickles)}: only safetensors weights are accepted "
             f"(save with `model.save_pretrained(dir, safe_serialization=True)` and remove the pickles)"
         )
-    if not config_path.is_file():
+    if CONFIG_FILE not in files:
         raise InvalidAdapter(f"{directory}: not a PEFT adapter directory (no {CONFIG_FILE})")
-    config = load_config(config_path)
-    weights_path = directory / WEIGHTS_FILE
-    if not weights_path.is_file():
+    config = load_config(files[CONFIG_FILE])
+    if WEIGHTS_FILE not in files:
         raise InvalidAdapter(f"{directory}: no {WEIGHTS_FILE} (a PEFT adapter directory needs its weights in safetensors)")
-    tensors = check_weights_file(weights_path, bounded=lora_factor_tensors)
+    tensors = check_weights_file(files[WEIGHTS_FILE], bounded=lora_factor_tensors)
     if not tensors:
-        raise InvalidAdapter(f"{weights_path}: holds no tensors")
-    check_config(config_path, config, _lora_ranks(tensors))
-    files = [p.name for p in entries if p.is_file()]
-    warnings = [f"skipped subdirectory {p.name}/ (only the adapter's top-level files are stored)" for p in entries if p.is_dir()]
-    return AdapterInfo(directory, config, files, tensors, warnings)
+        raise InvalidAdapter(f"{files[WEIGHTS_FILE]}: holds no tensors")
+    check_config(files[CONFIG_FILE], config, _lora_ranks(tensors))
+    return AdapterInfo(directory, config, sorted(files), tensors, [])
 
 
 def _check_entry(directory: Path, path: Path) -> None:
@@ -128,7 +136,7 @@ def _lora_ranks(tensors: dict[str, TensorInfo]) -> dict[str, int]:
     """The rank of each LoRA module, from its A factor: {module path without the PEFT prefix: rank}."""
     ranks = {}
     for key, tensor in tensors.items():
-        name = key[len(_PEFT_PREFIX):] if key.startswith(_PEFT_PREFIX) else key
+        name = key[len(PEFT_PREFIX):] if key.startswith(PEFT_PREFIX) else key
         for suffix in (".lora_A.weight", ".lora_embedding_A"):
             if name.endswith(suffix) and tensor.shape:
                 ranks[name[: -len(suffix)]] = tensor.shape[0]
@@ -143,7 +151,7 @@ def check_fits_base(info: AdapterInfo, base_name: str, base_tensors: dict[str, l
     fan_in_fan_out = bool(info.config.get("fan_in_fan_out"))
     rank_by_module: dict[str, int] = {}
     for key, tensor in info.tensors.items():
-        name = key[len(_PEFT_PREFIX):] if key.startswith(_PEFT_PREFIX) else key
+        name = key[len(PEFT_PREFIX):] if key.startswith(PEFT_PREFIX) else key
         if name in base_tensors:  # modules_to_save: a full replacement of a base tensor
             _expect(tensor.shape == tuple(base_tensors[name]), info, key, tensor, base_name, f"shape {base_tensors[name]}")
             continue

@@ -53,7 +53,7 @@ class AdapterCache:
         return sum(e.nbytes for e in self.entries.values())
 
     def acquire(self, key: str, load: Callable[[], object], pin: bool = False) -> CacheEntry:
-        """The entry for `key`, loading it with `load()` (-> LoraWeights) on a miss; holds a reference."""
+        """The entry for `key`, loading it with `load()` (-> the engine's slot form, e.g. `LoraTensors`) on a miss; holds a reference."""
         while True:
             with self._lock:
                 entry = self.entries.get(key)

@@ -12,6 +12,7 @@ import math
 import re
 
 from registry.errors import TooLarge
+from registry.modeling.merge import check_merge_options
 
 from .errors import BadRequest
 
@@ -61,22 +62,6 @@ def check_merge_request(req, max_adapters: int) -> tuple[float | None, str]:
     check_merge_options(req.merge_method or "cat", len(req.merge), density, sign,
                         ("merge_method", "merge_density", "merge_majority_sign_method"))
     return density, sign
-
-
-def check_merge_options(method: str, count: int, density: float | None, sign: str, names: tuple[str, str, str]) -> None:
-    """`density` and the majority-sign method of a merge of `count` adapters; `names` spell (method, density, sign)
-    as the caller's user writes them (request fields, or CLI flags)."""
-    from .merge import DENSITY_METHODS, MAJORITY_SIGN_METHODS, SIGN_METHODS
-
-    method_name, density_name, sign_name = names
-    if density is not None and not (math.isfinite(density) and 0 < density <= 1):
-        raise BadRequest(f"{density_name} {density}: allowed 0 < density <= 1 (the fraction of values kept)")
-    if density is None and method in DENSITY_METHODS and count > 1:  # one adapter is merged with linear, as in PEFT
-        raise BadRequest(f"{method_name} {method} needs {density_name} (0 < density <= 1, the fraction of values kept)")
-    if sign not in MAJORITY_SIGN_METHODS:
-        raise BadRequest(f"{sign_name} {sign[:64]!r}: use one of {', '.join(MAJORITY_SIGN_METHODS)}")
-    if sign != "total" and method not in SIGN_METHODS:
-        raise BadRequest(f"{sign_name} applies to {', '.join(SIGN_METHODS)}, not {method_name} {method}")
 
 
 def merged_rank(method: str, ranks: list[int]) -> int:

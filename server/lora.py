@@ -7,7 +7,7 @@ gathered matmuls in plain torch); slot 0 is the bare base and is always zero. Ba
 never merged, swapped or copied to serve a request.
 
     multi = MultiLoraModel(model, max_slots=16)
-    multi.assign(1, load_lora_weights(adapter_dir, multi))
+    multi.assign(1, load_lora_weights(adapter_dir, multi))   # registry.modeling.lora.read_lora, checked to fit
     with multi.rows([1, 0, 1]):          # row 0 and 2 use slot 1, row 1 the bare base
         model.generate(**batch)
 
@@ -16,9 +16,6 @@ never merged, swapped or copied to serve a request.
 
 from __future__ import annotations
 
-import json
-import math
-import re
 from collections.abc import Iterable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
@@ -28,13 +25,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from registry.errors import LoradockError
+from registry.modeling.errors import AdapterIncompatible
+from registry.modeling.lora import LoraTensors, read_lora
 
-from .merge import _pattern_value  # PEFT's rank_pattern/alpha_pattern lookup, shared with the merges
-from .plain_lora import why_not_plain_lora
-
-CONFIG_FILE = "adapter_config.json"
-WEIGHTS_FILE = "adapter_model.safetensors"
 # More distinct adapters than this in one layer: one gathered bmm instead of a matmul pair per adapter
 # (measured single-threaded on a 2-core CPU, SmolLM2 shapes: the gathered bmm wins from 2 adapters in prefill and costs
 # about the same as 2-4 matmul pairs in decode).
@@ -44,78 +37,19 @@ DEFAULT_MAX_GROUPS = 1
 # 16-adapter decode step here). This bounds the memory those copies may take.
 DEFAULT_GATHER_CACHE_BYTES = 512 * 2**20
 
-_KEY = re.compile(r"^base_model\.model\.(?P<module>.+)\.lora_(?P<side>[AB])\.weight$")
-class AdapterIncompatible(LoradockError):
-    """An adapter the multi-LoRA server cannot apply to its base: wrong kind, wrong modules or wrong shapes."""
-    grpc_status, http_status = "FAILED_PRECONDITION", 422  # its entry in the error table (registry/errors.py)
 
+def load_lora_weights(adapter_dir: str | Path, model: nn.Module | MultiLoraModel | None = None) -> LoraTensors:
+    """Read an adapter directory for a slot (`read_lora`); with `model`, also check it fits that model.
 
-@dataclass
-class LoraWeights:
-    """One adapter's LoRA matrices, ready to place in a slot."""
-
-    modules: dict[str, tuple[torch.Tensor, torch.Tensor]]
-    """Base module name (`model.layers.0.self_attn.q_proj`) -> (A [r, in], B [out, r]), float32, scaling folded into B."""
-    rank: int
-    """The largest rank over the adapter's modules (rank_pattern may vary it per module)."""
-    nbytes: int
-    """Bytes of all A and B tensors."""
-
-
-def load_lora_weights(adapter_dir: str | Path, model: nn.Module | MultiLoraModel | None = None) -> LoraWeights:
-    """Read a PEFT LoRA adapter directory into `LoraWeights`; with `model`, also check it fits that model.
-
-    Honours rank_pattern, alpha_pattern and use_rslora (scaling alpha/sqrt(r) instead of alpha/r).
     Anything that is not plain LoRA on Linear layers raises `AdapterIncompatible` saying what it is.
     """
-    from safetensors.torch import load_file
-
-    adapter_dir = Path(adapter_dir)
-    config = _read_config(adapter_dir)
-    _refuse_unsupported(adapter_dir, config)
-    weights_path = adapter_dir / WEIGHTS_FILE
-    if not weights_path.is_file():
-        raise AdapterIncompatible(f"{adapter_dir}: no {WEIGHTS_FILE} there; the server loads safetensors adapters only")
-    try:
-        tensors = load_file(weights_path)
-    except Exception as e:  # safetensors raises its own error types for truncated or malformed files
-        raise AdapterIncompatible(f"{weights_path}: cannot be read as safetensors ({e})") from None
-    foreign = [key for key in tensors if not _KEY.match(key)]
-    if foreign:
-        reason, key = min((_why_not_lora(key), key) for key in foreign)
-        raise AdapterIncompatible(f"{adapter_dir}: weight {key!r} {reason[1]}; the server applies plain LoRA only")
-    pairs: dict[str, dict[str, torch.Tensor]] = {}
-    for key, tensor in tensors.items():
-        match = _KEY.match(key)
-        pairs.setdefault(match["module"], {})[match["side"]] = tensor
-    if not pairs:
-        raise AdapterIncompatible(f"{adapter_dir}: {WEIGHTS_FILE} holds no LoRA weights")
-
-    modules = {}
-    for name, pair in sorted(pairs.items()):
-        if set(pair) != {"A", "B"}:
-            raise AdapterIncompatible(f"{adapter_dir}: {name} has lora_{''.join(pair)} but not both lora_A and lora_B")
-        a, b = pair["A"], pair["B"]
-        r = _pattern_value(config.get("rank_pattern") or {}, name, config.get("r", 8))
-        if a.ndim != 2 or b.ndim != 2 or a.shape[0] != r or b.shape[1] != r:
-            raise AdapterIncompatible(
-                f"{adapter_dir}: {name} has lora_A {tuple(a.shape)} and lora_B {tuple(b.shape)}, "
-                f"which are not [r, in] and [out, r] with the configured r={r}"
-            )
-        alpha = _pattern_value(config.get("alpha_pattern") or {}, name, config.get("lora_alpha", 8))
-        scaling = alpha / math.sqrt(r) if config.get("use_rslora") else alpha / r
-        modules[name] = (a.float().contiguous(), (b.float() * scaling).contiguous())
-    weights = LoraWeights(
-        modules=modules,
-        rank=max(a.shape[0] for a, _ in modules.values()),
-        nbytes=sum(a.nbytes + b.nbytes for a, b in modules.values()),
-    )
+    weights = read_lora(adapter_dir, "serve")
     if model is not None:
         check_fits(weights, model)
     return weights
 
 
-def check_fits(weights: LoraWeights, model: nn.Module | MultiLoraModel) -> None:
+def check_fits(weights: LoraTensors, model: nn.Module | MultiLoraModel) -> None:
     """Raise `AdapterIncompatible` unless every module of `weights` exists in `model` with matching in/out features.
 
     Against a `MultiLoraModel` the modules must also be ones it wrapped.
@@ -134,11 +68,12 @@ def check_fits(weights: LoraWeights, model: nn.Module | MultiLoraModel) -> None:
     if missing:
         raise AdapterIncompatible(f"adapter targets {_suffixes(missing)} (e.g. {missing[0]}), {missing_hint}")
     mismatched = []
-    for name, (a, b) in weights.modules.items():
+    for name in weights.modules:
         in_features, out_features = shapes[name]
-        if a.shape[1] != in_features or b.shape[0] != out_features:
+        a_in, b_out = weights.lora_A[name].shape[1], weights.lora_B[name].shape[0]
+        if a_in != in_features or b_out != out_features:
             mismatched.append(
-                f"{name} expects in={a.shape[1]}, out={b.shape[0]} but the base layer has in={in_features}, out={out_features}"
+                f"{name} expects in={a_in}, out={b_out} but the base layer has in={in_features}, out={out_features}"
             )
     if mismatched:
         raise AdapterIncompatible(
@@ -329,7 +264,7 @@ class MultiLoraModel:
         """Occupied slots -> the rank of the adapter in them."""
         return dict(self._slot_ranks)
 
-    def assign(self, slot: int, weights: LoraWeights) -> None:
+    def assign(self, slot: int, weights: LoraTensors) -> None:
         """Place `weights` in `slot` (1..max_slots), replacing whatever was there; raises before changing anything."""
         self._check_slot(slot)
         check_fits(weights, self)
@@ -340,7 +275,7 @@ class MultiLoraModel:
                 for layer in self.layers.values():
                     layer.resize(weights.rank)
             for name, layer in self.layers.items():
-                layer.set_slot(slot, weights.modules.get(name))
+                layer.set_slot(slot, weights.slot_pair(name) if name in weights.lora_A else None)
         self._slot_ranks[slot] = weights.rank
 
     def clear(self, slot: int) -> None:
@@ -405,14 +340,6 @@ class MultiLoraModel:
         finally:
             self._set_plan(previous)
 
-    def unwrap(self) -> nn.Module:
-        """Put the original Linear layers back and return the model; this object is unusable afterwards."""
-        for name, layer in self.layers.items():
-            parent_name, _, child = name.rpartition(".")
-            setattr(self.model.get_submodule(parent_name), child, layer.base)
-        self.layers = {}
-        return self.model
-
     def _set_plan(self, plan: RowPlan | None) -> None:
         for layer in self.layers.values():
             layer.plan = plan
@@ -420,36 +347,6 @@ class MultiLoraModel:
     def _check_slot(self, slot: int) -> None:
         if not 1 <= slot <= self.max_slots:
             raise ValueError(f"slot must be in 1..{self.max_slots} (0 is the bare base), got {slot}")
-
-
-def _read_config(adapter_dir: Path) -> dict:
-    path = adapter_dir / CONFIG_FILE
-    try:
-        config = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise AdapterIncompatible(f"{adapter_dir}: no {CONFIG_FILE} there; is it a PEFT adapter directory?") from None
-    except json.JSONDecodeError as e:
-        raise AdapterIncompatible(f"{path}: not valid JSON ({e})") from None
-    if not isinstance(config, dict):
-        raise AdapterIncompatible(f"{path}: expected a JSON object")
-    return config
-
-
-def _refuse_unsupported(adapter_dir: Path, config: dict) -> None:
-    problem = why_not_plain_lora(config)
-    if problem:
-        raise AdapterIncompatible(f"{adapter_dir}: {problem}")
-
-
-def _why_not_lora(key: str) -> tuple[int, str]:
-    """Why a weight is not plain LoRA, most telling reason first when sorted."""
-    if "lora_embedding_" in key:
-        return 0, "is an embedding LoRA matrix (LoRA on embedding layers is not supported)"
-    if "lora_magnitude_vector" in key:
-        return 1, "is a DoRA magnitude vector"
-    if ".base_layer." in key or "modules_to_save" in key:
-        return 2, "is a full base weight the adapter replaces (saved embedding layers or modules_to_save)"
-    return 3, "is not a LoRA A/B matrix of a Linear layer"
 
 
 def _decoder_stack_name(model: nn.Module) -> str:

@@ -43,7 +43,8 @@ def readme_exit_codes() -> dict[int, str]:
 
 def test_every_error_class_in_the_code_base_has_an_exit_code_a_grpc_status_and_an_http_status(table):
     modules = {module for module, *_ in table}
-    assert {"registry.errors", "server.errors", "server.lora", "trainer.config"} <= modules, "every package was imported"
+    assert {"registry.errors", "registry.modeling.errors", "server.errors", "trainer.config"} <= modules, (
+        "every package was imported")
     for module, name, exit_code, grpc_status, http_status in table:
         where = f"{module}.{name}"
         assert isinstance(exit_code, int) and 1 <= exit_code <= 125, where
@@ -83,7 +84,7 @@ def test_the_pinned_entries_and_every_mapping_that_reads_them(table):
     assert {name: by_name.get(name) for name in PINNED} == PINNED
     import importlib
 
-    for module in ("server.errors", "server.lora", "server.merge", "trainer.config", "trainer.data", "registry.loading"):
+    for module in ("server.errors", "registry.modeling.errors", "trainer.config", "trainer.data"):
         importlib.import_module(module)  # their classes join the table
 
     for name, (exit_code, grpc_status, _) in PINNED.items():

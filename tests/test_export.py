@@ -18,8 +18,9 @@ from cli.main import main
 from registry import Registry
 from server.app import create_server, shutdown
 from server.client import LoradockClient
-from server.export import ExportRequest, FidelityError, export, fold_lora
-from server.merge import read_lora_adapter
+from registry.export.exporter import ExportRequest, FidelityError, export
+from registry.modeling.lora import read_lora
+from registry.modeling.merge import fold_lora
 from server.options import ServerOptions
 from trainer.heldout import held_out_examples, held_out_probes
 
@@ -43,8 +44,7 @@ def served(tmp_path_factory, tiny_base_dir, other_base_dir):
         reg.push(make_adapter_dir(tiny_base_dir, work / name, kind, seed), name)
     reg.push(make_adapter_dir(other_base_dir, work / "wide", "lora", 16), "wide")
     reg.remove_version("old:1")
-    server, port, service = create_server(ServerOptions(base=TINY_BASE, quant="none", port=0, max_batch_size=4), reg,
-                                          log=lambda m: None)
+    server, port, service = create_server(ServerOptions(base=TINY_BASE, quant="none", port=0, max_batch_size=4), reg)
     client = LoradockClient(f"127.0.0.1:{port}", timeout=120)
     yield {"reg": reg, "home": home, "client": client, "work": work, "base_dir": tiny_base_dir}
     client.close()
@@ -147,7 +147,7 @@ def test_weighted_export_equals_the_servers_merge_of_the_same_pair(served, expor
 
 def double_merge(served):
     """A real merge bug: the adapter's update folded in a second time."""
-    adapter = read_lora_adapter(served["reg"].pull("a:1", served["work"] / "a-again", force=True)[1])
+    adapter = read_lora(served["reg"].pull("a:1", served["work"] / "a-again", force=True)[1], "merge")
     return lambda model: fold_lora(model, adapter)
 
 
@@ -160,7 +160,7 @@ def test_the_fidelity_check_catches_a_corrupted_merge_and_writes_nothing(served,
     before = len(reg.exports(reg.resolve("a:1").id))
     request = ExportRequest(sources=[("a:1", 1.0)], out=out, dtype="fp32", force=existing)
     with pytest.raises(FidelityError) as err:
-        export(reg, request, log=lambda m: None, tamper=double_merge(served))
+        export(reg, request, tamper=double_merge(served))
     assert exit_code_for(err.value) == 1
     assert "fidelity check failed for a:1" in str(err.value) and "exceeds the fp32 tolerance" in str(err.value)
     assert f"nothing was written to {out}" in str(err.value)
@@ -182,8 +182,7 @@ def test_the_fidelity_check_catches_a_corrupted_merge_and_writes_nothing(served,
 
 
 def test_the_same_export_without_the_corruption_passes(served, tmp_path):
-    result = export(served["reg"], ExportRequest(sources=[("a:1", 1.0)], out=tmp_path / "out", dtype="fp32"),
-                    log=lambda m: None)
+    result = export(served["reg"], ExportRequest(sources=[("a:1", 1.0)], out=tmp_path / "out", dtype="fp32"))
     fidelity = result.fidelity
     assert fidelity["passed"] and fidelity["max_abs_diff"] < 1e-4 and fidelity["top1_agreement"] == 1.0
     assert fidelity["positions"] > 100 and fidelity["probe_source"] == "built-in probe prompts"
@@ -196,7 +195,7 @@ def test_a_crash_while_writing_leaves_nothing_in_out(served, tmp_path):
     reg = served["reg"]
     before = snapshot(served["home"])
     with pytest.raises(KeyboardInterrupt):
-        export(reg, ExportRequest(sources=[("a:1", 1.0)], out=tmp_path / "out"), log=lambda m: None, tamper=crash)
+        export(reg, ExportRequest(sources=[("a:1", 1.0)], out=tmp_path / "out"), tamper=crash)
     assert list(tmp_path.iterdir()) == []
     assert snapshot(served["home"]) == before
 
@@ -311,7 +310,7 @@ def test_probes_come_from_the_held_out_split_and_the_card_notes_qlora(tiny_base_
         "evaluation": {"max_examples": 6, "max_new_tokens": 2, "max_general_ppl_ratio": None},
     }
     (tmp_path / "tq.yaml").write_text(yaml.safe_dump(config))
-    result = train(load_config(tmp_path / "tq.yaml"), Registry(home), progress=False, log=lambda m: None)
+    result = train(load_config(tmp_path / "tq.yaml"), Registry(home), progress=False)
     reg = Registry(home)
     version = reg.resolve(result.version_ref)
 

@@ -44,7 +44,7 @@ def test_default_base_export_loads_with_plain_transformers_and_matches_the_serve
     plain = plain_transformers_generate(tmp_path / "fp32", [], CHATS, 16, cwd=tmp_path)
     assert plain["dtype"] == "torch.float32"
 
-    server, port, service = create_server(ServerOptions(port=0, quant="none", max_batch_size=4), reg, log=lambda m: None)
+    server, port, service = create_server(ServerOptions(port=0, quant="none", max_batch_size=4), reg)
     try:
         with LoradockClient(f"127.0.0.1:{port}", timeout=300) as client:
             ask = [{"role": "user", "content": c} for c in CHATS]

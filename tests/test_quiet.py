@@ -27,7 +27,7 @@ def quiet_env(home: Path) -> dict:
 def test_model_loading_prints_nothing_the_user_cannot_act_on(tiny_base_dir, tmp_path):
     code = "\n".join([
         "import logging",
-        "from registry.loading import load_base_model",
+        "from registry.modeling.loading import load_base_model",
         f"load_base_model({str(tiny_base_dir)!r}, 'nf4', for_training=True)",
         # What bitsandbytes logs at import on AVX512-BF16 CPUs (not this one): the same logger, the same call.
         "logging.getLogger('bitsandbytes.backends.cpu.ops').warning("
@@ -51,3 +51,14 @@ def test_reg_train_shows_evaluation_progress_and_no_library_noise(tmp_path, tiny
     for label in ("adapter", "base"):
         assert re.search(rf"^evaluating {label}: 100%.* {total}/{total} \[", err, re.MULTILINE), err[-3000:]
     assert [n for n in NOISE if n in err] == [], err[-3000:]
+
+
+def test_the_registry_and_its_modeling_and_export_rooms_import_no_torch():
+    """`reg ls` answers instantly, and the error table, the CLI and the server's limits import these modules:
+    torch, transformers, peft and safetensors come in only when a model or an adapter's tensors are used."""
+    code = ("import sys, registry, registry.modeling.loading, registry.modeling.lora, registry.modeling.merge, "
+            "registry.modeling.plain_lora, registry.modeling.errors, registry.export.exporter, registry.export.records; "
+            "print(sorted(m for m in ('torch', 'transformers', 'peft', 'safetensors') if m in sys.modules))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0 and done.stdout == "[]\n", done.stderr[-2000:] + done.stdout

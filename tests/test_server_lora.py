@@ -14,8 +14,9 @@ from conftest import make_adapter_dir
 from peft import LoraConfig, PeftModel, get_peft_model
 from transformers import AutoTokenizer
 
-from registry.loading import load_base_model
-from server.lora import DEFAULT_MAX_GROUPS, AdapterIncompatible, MultiLoraModel, load_lora_weights
+from registry.modeling.errors import AdapterIncompatible
+from registry.modeling.loading import load_base_model
+from server.lora import DEFAULT_MAX_GROUPS, MultiLoraModel, load_lora_weights
 
 PROMPTS = ["Q: 12+30 A:", "hello world", "The quick brown fox jumps", "What is the capital of", "LOUD", "adapters are small"]
 # Adapters served side by side; slot = position + 1.
@@ -292,10 +293,10 @@ def test_weights_fold_scaling_and_follow_rank_and_alpha_patterns(adapter_dirs):
 
     weights = load_lora_weights(adapter_dirs["pattern"])
     raw = load_file(adapter_dirs["pattern"] / "adapter_model.safetensors")
-    a, b = weights.modules["model.layers.0.self_attn.v_proj"]
+    a, b = weights.slot_pair("model.layers.0.self_attn.v_proj")  # what the slot holds: the scaling folded into B
     torch.testing.assert_close(b, raw["base_model.model.model.layers.0.self_attn.v_proj.lora_B.weight"] * 3 / 4)
-    assert weights.modules["model.layers.1.self_attn.q_proj"][0].shape == (6, 64)
-    assert weights.modules["model.layers.0.mlp.down_proj"][0].shape == (2, 128)
+    assert weights.lora_A["model.layers.1.self_attn.q_proj"].shape == (6, 64)
+    assert weights.lora_A["model.layers.0.mlp.down_proj"].shape == (2, 128)
     assert weights.rank == 6
     assert weights.nbytes == sum(t.numel() * 4 for t in raw.values())
     assert len(weights.modules) == 14  # all seven projections of both layers

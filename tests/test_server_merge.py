@@ -1,4 +1,4 @@
-"""server.merge against PEFT itself: for every method, our merged tensors equal the adapter that
+"""registry.modeling.merge against PEFT itself: for every method, our merged tensors equal the adapter that
 `PeftModel.add_weighted_adapter` builds, and the directory we write gives PEFT's logits.
 
 DARE methods draw random masks. PEFT draws them from torch's global RNG (after building the new
@@ -18,16 +18,16 @@ import torch
 from conftest import make_adapter_dir
 
 from registry.errors import Conflict, InvalidInput
-from server.merge import (
-    MERGE_METHODS,
-    LoraAdapterTensors,
-    MergeError,
-    merge_adapters,
-    merge_key,
-    read_lora_adapter,
-    write_lora_adapter,
-)
-from server.plain_lora import REFUSED_FIELDS
+from registry.modeling.errors import AdapterIncompatible, MergeError
+from registry.modeling.lora import LoraTensors, read_lora
+from registry.modeling.merge import MERGE_METHODS, merge_adapters, merge_key, write_lora_adapter
+from registry.modeling.plain_lora import REFUSED_FIELDS
+from server.lora import load_lora_weights
+
+def read_lora_adapter(adapter_dir) -> LoraTensors:
+    """An adapter read as the merge path reads it (the server's per-request merges, `reg export --merge`)."""
+    return read_lora(adapter_dir, "merge")
+
 
 INPUT_IDS = torch.tensor([[1, 5, 17, 42, 99, 200, 7, 300]])
 
@@ -96,11 +96,11 @@ def _logits(model):
         return model(INPUT_IDS).logits
 
 
-def _ours(adapters, names, weights, method, **kwargs) -> LoraAdapterTensors:
+def _ours(adapters, names, weights, method, **kwargs) -> LoraTensors:
     return merge_adapters([(read_lora_adapter(adapters[n]), w) for n, w in zip(names, weights)], method, **kwargs)
 
 
-def _assert_same_as_peft(ours: LoraAdapterTensors, peft_tensors: dict) -> None:
+def _assert_same_as_peft(ours: LoraTensors, peft_tensors: dict) -> None:
     assert sorted(ours.modules) == sorted(peft_tensors)
     for module, (A, B, scaling) in peft_tensors.items():
         torch.testing.assert_close(ours.lora_A[module], A, atol=1e-6, rtol=0, msg=f"lora_A of {module}")
@@ -369,7 +369,7 @@ def test_every_method_is_covered():
 
 
 # Plain-LoRA tensors under a config that says they mean something else: served as plain LoRA they would be
-# silently wrong, so the slot path (server/lora.py) and the merge path (server/merge.py) must both refuse them.
+# silently wrong, so the slot path (server/lora.py) and the merge path (registry/modeling/merge.py) must both refuse them.
 NOT_PLAIN = {field: [1, 2] if field == "alora_invocation_tokens" else {"x": 1} if field.endswith("_config") else True
              for field in REFUSED_FIELDS}
 NOT_PLAIN.update({"modules_to_save": ["lm_head"], "target_parameters": ["mlp.experts"], "layer_replication": [[0, 2]],
@@ -380,8 +380,6 @@ NOT_PLAIN.update({"modules_to_save": ["lm_head"], "target_parameters": ["mlp.exp
 def test_the_merge_path_refuses_what_the_adapter_path_refuses(adapters, tmp_path, field):
     import shutil
 
-    from server.lora import AdapterIncompatible, load_lora_weights
-
     relabelled = shutil.copytree(adapters["q4a"], tmp_path / field)
     config = json.loads((relabelled / "adapter_config.json").read_text())
     config[field] = NOT_PLAIN[field]
@@ -391,3 +389,18 @@ def test_the_merge_path_refuses_what_the_adapter_path_refuses(adapters, tmp_path
     with pytest.raises(MergeError) as merged:
         read_lora_adapter(relabelled)
     assert field in str(served.value) and field in str(merged.value), (str(served.value), str(merged.value))
+
+
+@pytest.mark.parametrize("field", ["rank_pattern", "alpha_pattern"])
+def test_a_regex_pattern_key_is_refused_before_it_runs(adapters, tmp_path, field):
+    """A pushed adapter may carry any rank_pattern key; the server must not run an author's regex (ReDoS)."""
+    import shutil
+
+    crafted = shutil.copytree(adapters["q4a"], tmp_path / field)
+    config = json.loads((crafted / "adapter_config.json").read_text())
+    config[field] = {"(a|aa)+$": 4}  # exponential on a long run of "a"s in Python's backtracking engine
+    (crafted / "adapter_config.json").write_text(json.dumps(config))
+    with pytest.raises(AdapterIncompatible, match=f"{field} key '\\(a\\|aa\\)\\+\\$' is a regular expression"):
+        load_lora_weights(crafted)
+    with pytest.raises(MergeError, match="is a regular expression, which loradock does not run"):
+        read_lora_adapter(crafted)

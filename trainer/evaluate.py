@@ -6,12 +6,15 @@ disabled (the base), so the recorded numbers compare like with like.
 
 from __future__ import annotations
 
+import logging
 import math
 from contextlib import nullcontext
 from pathlib import Path
 
 from .config import EvalConfig, TrainConfig
 from .metrics import compute_generation_metrics, overfitting_flag, perplexity
+
+logger = logging.getLogger(__name__)
 
 DEFAULT_GENERAL_TEXT = Path(__file__).resolve().parent.parent / "examples" / "general.txt"
 
@@ -135,7 +138,7 @@ def measure(model, tokenizer, examples, features, collator, settings: EvalConfig
     return metrics, answers
 
 
-def evaluate_run(model, tokenizer, val_examples, val_features, collator, config: TrainConfig, curves: dict, log=print,
+def evaluate_run(model, tokenizer, val_examples, val_features, collator, config: TrainConfig, curves: dict,
                  progress: bool = False) -> dict:
     """Adapter vs base on the held-out split; applies the config's thresholds."""
     settings = config.evaluation
@@ -148,7 +151,7 @@ def evaluate_run(model, tokenizer, val_examples, val_features, collator, config:
     adapter_metrics["overfitting"] = overfit
     failures = check_thresholds(settings, adapter_metrics, base_metrics)
     if overfit:
-        log(f"warning: overfitting: {why}")
+        logger.warning(f"overfitting: {why}")
     samples = [
         {"prompt": e.messages[-1]["content"] if e.messages else e.raw_prompt, "reference": e.response, "adapter": a, "base": b}
         for e, a, b in zip(val_examples, adapter_answers, base_answers)
@@ -189,7 +192,7 @@ def evaluate_version(
 
     from peft import PeftModel
 
-    from registry.loading import load_base_model
+    from registry.modeling.loading import load_base_model
 
     from .config import validate_choice
     from .data import CausalCollator, DatasetSpec, load_datasets, prepare_features

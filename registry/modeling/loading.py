@@ -14,14 +14,10 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from .bases import Base
-from .errors import LoradockError
+from ..bases import Base
+from .errors import ModelLoadError
 
 QUANTIZATIONS = ("none", "nf4", "int8")
-
-
-class ModelLoadError(LoradockError):
-    """A base model that cannot be loaded as asked (bad quantization name, missing files...)."""
 
 
 @dataclass

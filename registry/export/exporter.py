@@ -7,7 +7,7 @@ directory that plain transformers, vLLM or TGI load, or saved as a plain PEFT di
     write      merged: B @ A * scaling folded into the fp32 base weights, cast to --dtype, saved in
                safetensors shards with the tokenizer, chat template and generation config;
                peft: the adapter's own files (a merge: `write_lora_adapter` of the merged adapter)
-    check      server/fidelity.py on the files just written, against the base plus the unmerged adapter
+    check      fidelity.py on the files just written, against the base plus the unmerged adapter
     publish    README.md model card and loradock_export.json; rename into --out; record the export;
                optionally upload with huggingface_hub
 
@@ -18,6 +18,7 @@ written and records the failure.
 
 from __future__ import annotations
 
+import logging
 import importlib.metadata
 import json
 import math
@@ -25,24 +26,25 @@ import os
 import re
 import shutil
 import tempfile
-from collections import Counter
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from registry import Registry
-from registry import exports as export_records
-from registry.bases import Base, describe_base_dir
-from registry.blobs import replace_dir, sha256_file
-from registry.db import utcnow
-from registry.errors import BaseMismatch, Conflict, IntegrityError, InvalidInput, LoradockError
-from registry.exports import EXPORT_FORMATS
-from registry.names import parse_ref
-from registry.paths import check_replaceable
-from registry.records import Version
-
+from ..bases import Base, describe_base_dir
+from ..blobs import replace_dir, sha256_file
+from ..db import utcnow
+from ..errors import BaseMismatch, Conflict, IntegrityError, InvalidInput, LoradockError
+from ..modeling.merge import MERGE_METHODS, check_merge_options, merge_key
+from ..names import parse_ref
+from ..paths import check_replaceable
+from ..records import Version
+from ..store import Registry
+from . import records as export_records
 from .card import render_card
 from .fidelity import FidelityReport, ProbeSet, builtin_probes, compare_logits, logits_of, probe_token_ids
+from .records import EXPORT_FORMATS
+
+logger = logging.getLogger(__name__)
 
 DTYPES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
 DEFAULT_METHOD = "cat"  # as for the server's per-request merges: the exact weighted sum, any ranks
@@ -75,7 +77,7 @@ class ExportRequest:
     out: Path
     """The output directory; refused if it exists and is not empty, unless `force`."""
     method: str = DEFAULT_METHOD
-    """How several adapters (or one with a weight other than 1) are combined: one of server.merge.MERGE_METHODS."""
+    """How several adapters (or one with a weight other than 1) are combined: one of registry.modeling.merge.MERGE_METHODS."""
     density: float | None = None
     """ties, dare_* and magnitude_prune: the fraction of values kept (0 < density <= 1); they need it."""
     majority_sign_method: str = "total"
@@ -96,9 +98,6 @@ class ExportRequest:
         return len(self.sources) > 1 or self.sources[0][1] != 1.0
 
     def validate(self) -> None:
-        from .limits import check_merge_options
-        from .merge import MERGE_METHODS
-
         if not self.sources:
             raise InvalidInput("nothing to export: give REF, or --merge REF=WEIGHT (repeatable)")
         for ref, weight in self.sources:
@@ -170,7 +169,6 @@ def export(
     registry: Registry,
     request: ExportRequest,
     find_probes: Callable[[list[Version]], tuple[list[dict], str]] | None = None,
-    log: Callable[[str], None] = print,
     tamper: Callable[[object], None] | None = None,
 ) -> ExportResult:
     """Export as `request` says; see the module docstring for the steps.
@@ -188,20 +186,20 @@ def export(
     _check_not_replacing(out, base, registry)
     if request.hub_repo:
         check_hub_ready(request.hub_repo)
-    log(f"verifying the weight files of base {base.name} ...")
+    logger.info(f"verifying the weight files of base {base.name} ...")
     _verify_base_files(base)
     dtype = _export_dtype(request, base)
     probes = _probe_set(find_probes, [v for v, _ in sources])
 
     with tempfile.TemporaryDirectory(prefix="loradock-export-") as work:
-        adapter_dir, tensors = _combine(registry, request, sources, base, Path(work), log)
+        adapter_dir, tensors = _combine(registry, request, sources, base, Path(work))
         staging = _staging_dir(out)
         try:
             if request.fmt == "merged":
-                _write_merged(base, tensors, dtype, staging, parse_size(request.max_shard_size), tamper, log)
+                _write_merged(base, tensors, dtype, staging, parse_size(request.max_shard_size), tamper)
             else:
                 _write_peft(adapter_dir, staging)
-            report = _check_fidelity(base, adapter_dir, staging, request.fmt, dtype, probes, log)
+            report = _check_fidelity(base, adapter_dir, staging, request.fmt, dtype, probes)
             if report.passed:
                 files = _write_provenance(staging, _facts(registry, request, sources, base, dtype, report))
                 replace_dir(staging, out, registry.home)
@@ -215,12 +213,12 @@ def export(
             f"(recorded as failed export {export_id})"
         )
     export_id = _record(registry, request, sources, base, dtype, out, report, files)
-    log(f"fidelity check passed: max |logit difference| {report.max_abs_diff:.3g} (tolerance {report.tolerance:g}), "
+    logger.info(f"fidelity check passed: max |logit difference| {report.max_abs_diff:.3g} (tolerance {report.tolerance:g}), "
         f"top-1 agreement {report.top1_agreement:.1%} on {report.positions - report.near_ties} positions")
     result = ExportResult(export_id, str(out), request.fmt, dtype, _method(request), [_source_row(v, w) for v, w in sources],
                           base.name, files, report.to_dict())
     if request.hub_repo:
-        log(f"uploading {out} to the Hugging Face Hub as {request.hub_repo} ...")
+        logger.info(f"uploading {out} to the Hugging Face Hub as {request.hub_repo} ...")
         result.hub_url = upload_to_hub(out, request.hub_repo)
         export_records.set_hub_repo(registry.conn, export_id, request.hub_repo)
     return result
@@ -243,8 +241,6 @@ def _method(request: ExportRequest) -> str:
 
 
 def _label(request: ExportRequest, sources: list[tuple[Version, float]]) -> str:
-    from .merge import merge_key
-
     if not request.is_merge:
         return sources[0][0].ref
     return merge_key([(v.ref, w) for v, w in sources], request.method, density=request.density,
@@ -305,60 +301,37 @@ def _export_dtype(request: ExportRequest, base: Base) -> str:
 # --- combining and writing ------------------------------------------------------------------------
 
 
-def _combine(registry: Registry, request: ExportRequest, sources, base: Base, work: Path, log):
+def _combine(registry: Registry, request: ExportRequest, sources, base: Base, work: Path):
     """(a PEFT directory of the adapter to export, its LoRA tensors; None for a single adapter exported as PEFT)."""
-    from .merge import merge_adapters, read_lora_adapter, write_lora_adapter
+    from ..modeling.lora import read_lora
+    from ..modeling.merge import merge_adapters, write_lora_adapter
 
     pulled = []
     for i, (version, _) in enumerate(sources):
-        log(f"pulling {version.ref} (every sha256 verified) ...")
+        logger.info(f"pulling {version.ref} (every sha256 verified) ...")
         pulled.append(registry.pull(version.ref, work / f"source-{i}")[1])
     if not request.is_merge:
-        return pulled[0], (read_lora_adapter(pulled[0]) if request.fmt == "merged" else None)
-    log(f"combining {_label(request, sources)} ...")
-    merged = merge_adapters([(read_lora_adapter(d), w) for d, (_, w) in zip(pulled, sources)], request.method,
+        return pulled[0], (read_lora(pulled[0], "merge") if request.fmt == "merged" else None)
+    logger.info(f"combining {_label(request, sources)} ...")
+    merged = merge_adapters([(read_lora(d, "merge"), w) for d, (_, w) in zip(pulled, sources)], request.method,
                             density=request.density, majority_sign_method=request.majority_sign_method)
     base_name_or_path = sources[0][0].adapter_config.get("base_model_name_or_path") or base.hub_id or base.path
     return write_lora_adapter(merged, work / "merged-adapter", base_name_or_path), merged
 
 
-def fold_lora(model, adapter) -> None:
-    """Add each module's LoRA update `B @ A * scaling` to its weight, in the weight's precision (PEFT's merge of a Linear)."""
-    import torch
-
-    from .merge import MergeError
-
-    shared = Counter(id(p) for _, p in model.named_parameters(remove_duplicate=False))
-    for name in adapter.modules:
-        try:
-            weight = model.get_submodule(name).weight
-        except AttributeError:
-            raise MergeError(f"the adapter names module {name!r}, which the base model does not have") from None
-        delta = adapter.delta(name)
-        if adapter.config.get("fan_in_fan_out"):
-            delta = delta.T
-        if tuple(delta.shape) != tuple(weight.shape):
-            raise MergeError(f"module {name!r}: the adapter's update has shape {list(delta.shape)}, "
-                             f"the weight {list(weight.shape)}")
-        if shared[id(weight)] > 1:
-            raise MergeError(f"module {name!r} shares its weight with another module (tied embeddings); "
-                             "merging would change both")
-        with torch.no_grad():
-            weight += delta.to(weight.device, weight.dtype)
-
-
-def _write_merged(base: Base, adapter, dtype: str, staging: Path, max_shard_size: int, tamper, log) -> None:
+def _write_merged(base: Base, adapter, dtype: str, staging: Path, max_shard_size: int, tamper) -> None:
     import torch
     from transformers import AutoTokenizer
 
-    from registry.loading import load_base_model
+    from ..modeling.loading import load_base_model
+    from ..modeling.merge import fold_lora
 
-    log(f"loading base {base.name} in full precision (never merged into quantized weights) ...")
+    logger.info(f"loading base {base.name} in full precision (never merged into quantized weights) ...")
     model = load_base_model(base, "none", bf16=False).model
     fold_lora(model, adapter)
     if tamper is not None:
         tamper(model)
-    log(f"saving the merged model as {dtype} (shards of at most {max_shard_size:,} bytes) ...")
+    logger.info(f"saving the merged model as {dtype} (shards of at most {max_shard_size:,} bytes) ...")
     model.to(getattr(torch, DTYPES[dtype]))
     model.save_pretrained(staging, max_shard_size=max_shard_size)
     AutoTokenizer.from_pretrained(base.path).save_pretrained(staging)  # a fresh copy: the loader sets a pad token
@@ -371,18 +344,18 @@ def _write_peft(adapter_dir: Path, staging: Path) -> None:
             shutil.copy2(path, staging / path.name)
 
 
-def _check_fidelity(base: Base, adapter_dir: Path, staging: Path, fmt: str, dtype: str, probes: ProbeSet, log) -> FidelityReport:
+def _check_fidelity(base: Base, adapter_dir: Path, staging: Path, fmt: str, dtype: str, probes: ProbeSet) -> FidelityReport:
     """Logits of the written export vs the base (full precision, cast to `dtype`) plus the unmerged adapter."""
     import torch
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    from registry.loading import load_base_model, pick_device
+    from ..modeling.loading import load_base_model, pick_device
 
     torch_dtype = getattr(torch, DTYPES[dtype])
     loaded = load_base_model(base, "none", bf16=False)
     token_ids = probe_token_ids(loaded.tokenizer, probes)
-    log(f"fidelity check: {len(token_ids)} probes from the {probes.source}, {dtype} ...")
+    logger.info(f"fidelity check: {len(token_ids)} probes from the {probes.source}, {dtype} ...")
     # autocast_adapter_dtype=False: the adapter's weights in `dtype` too, not upcast to fp32 as PEFT does by default.
     reference = PeftModel.from_pretrained(loaded.model.to(torch_dtype), adapter_dir, autocast_adapter_dtype=False).eval()
     expected = logits_of(reference, token_ids)

@@ -2,8 +2,10 @@
 
 PEFT only merges adapters that are loaded into a `PeftModel` around the base model. The
 server merges per request and `reg export --merge` merges offline, so both work here on
-the adapters' weight dicts instead: `read_lora_adapter` loads a directory, `merge_adapters`
-builds the combined adapter, `write_lora_adapter` saves it as a directory PEFT loads.
+the adapters' tensors instead: `read_lora(dir, "merge")` (lora.py) reads a directory, `merge_adapters`
+builds the combined adapter, `write_lora_adapter` saves it as a directory PEFT loads, and
+`fold_lora` adds one into a full-precision base's weights (`reg export`'s merged format).
+Imports torch only when called.
 
 The math is PEFT's, step for step (peft/tuners/lora/model.py: `_check_add_weighted_adapter`,
 `add_weighted_adapter`, `_generalized_task_arithmetic_weighted_adapter`,
@@ -30,17 +32,17 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import re
 from collections import Counter
-from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
+from ..adapters import CONFIG_FILE, WEIGHTS_FILE
+from ..errors import Conflict
+from .errors import MergeError
+from .lora import LoraTensors, lora_key
 
-from registry.adapters import CONFIG_FILE, WEIGHTS_FILE, inspect_adapter_dir
-from registry.errors import Conflict, InvalidInput
-
-from .plain_lora import why_not_plain_lora
+if TYPE_CHECKING:
+    import torch
 
 MERGE_METHODS = (
     "cat", "linear", "svd", "ties", "ties_svd", "dare_linear", "dare_ties",
@@ -56,108 +58,15 @@ DENSITY_METHODS = tuple(m for m in MERGE_METHODS if m.startswith(("ties", "dare"
 SIGN_METHODS = tuple(m for m in MERGE_METHODS if "ties" in m)
 MAJORITY_SIGN_METHODS = ("total", "frequency")
 
-_PREFIX = "base_model.model."
-_SUFFIXES = {".lora_A.weight": "A", ".lora_B.weight": "B"}
-
-
-class MergeError(InvalidInput):
-    """A merge that cannot be made: an unknown method, no adapters, ranks that do not fit, a non-LoRA adapter."""
-
-
-@dataclass
-class LoraAdapterTensors:
-    """One PEFT LoRA adapter as plain tensors, keyed by the base model's module name (`model.layers.0.self_attn.q_proj`).
-
-    The adapter adds `lora_B[m] @ lora_A[m] * scaling[m]` to module m's weight.
-    """
-
-    lora_A: dict[str, torch.Tensor]  # module -> [r, in_features]
-    lora_B: dict[str, torch.Tensor]  # module -> [out_features, r]
-    scaling: dict[str, float]  # module -> lora_alpha / r (lora_alpha / sqrt(r) with use_rslora), patterns applied
-    config: dict = field(default_factory=dict)  # adapter_config.json
-
-    @property
-    def modules(self) -> list[str]:
-        return list(self.lora_A)
-
-    def rank(self, module: str) -> int:
-        return int(self.lora_A[module].shape[0])
-
-    def delta(self, module: str) -> torch.Tensor:
-        """The weight update for `module`, computed as PEFT's `get_delta_weight` does for a Linear layer."""
-        return (self.lora_B[module] @ self.lora_A[module]) * self.scaling[module]
-
-    def declared_rank(self) -> int:
-        """The rank PEFT allocates for this adapter: `r`, or the largest `rank_pattern` value if larger."""
-        r = self.config.get("r")
-        if not isinstance(r, int):
-            return max(self.rank(m) for m in self.modules)
-        pattern = self.config.get("rank_pattern") or {}
-        return max(r, *pattern.values()) if pattern else r
-
-
-def read_lora_adapter(adapter_dir: Path) -> LoraAdapterTensors:
-    """Load a PEFT LoRA adapter directory as tensors (float16/bfloat16 weights upcast to float32, as PEFT loads them).
-
-    Raises `InvalidAdapter` for a directory that is not a PEFT adapter, `MergeError` for one that is not a
-    plain LoRA (another PEFT type, DoRA, LoRA bias, modules_to_save, trainable tokens, non-Linear layers).
-    """
-    from safetensors.torch import load_file
-
-    adapter_dir = Path(adapter_dir)
-    info = inspect_adapter_dir(adapter_dir)
-    config = info.config
-    if config.get("peft_type") != "LORA":
-        raise MergeError(f"{adapter_dir}: a {config.get('peft_type')} adapter cannot be merged; only LORA adapters can")
-    for flag in ("use_dora", "lora_bias"):
-        if config.get(flag):
-            raise MergeError(f"{adapter_dir}: adapters with {flag}=true cannot be merged; only plain LoRA adapters can")
-    if config.get("target_parameters"):
-        raise MergeError(f"{adapter_dir}: adapters with target_parameters cannot be merged (PEFT does not support it either)")
-    problem = why_not_plain_lora(config)  # the same refusals as an adapter served in a slot (server/lora.py)
-    if problem:
-        raise MergeError(f"{adapter_dir}: cannot be merged: {problem}")
-
-    lora_A: dict[str, torch.Tensor] = {}
-    lora_B: dict[str, torch.Tensor] = {}
-    for key, tensor in load_file(adapter_dir / WEIGHTS_FILE).items():
-        module, side = _parse_key(key)
-        if module is None:
-            raise MergeError(
-                f"{adapter_dir}: tensor {key!r} is not a LoRA A/B weight of a Linear layer "
-                "(only plain LoRA adapters, without modules_to_save, DoRA, bias or embeddings, can be merged)"
-            )
-        if tensor.dim() != 2:
-            raise MergeError(
-                f"{adapter_dir}: tensor {key!r} has shape {list(tensor.shape)}; "
-                "only Linear layers (2-D LoRA weights) can be merged"
-            )
-        if tensor.dtype in (torch.float16, torch.bfloat16):
-            tensor = tensor.float()
-        (lora_A if side == "A" else lora_B)[module] = tensor
-
-    scaling: dict[str, float] = {}
-    for module in sorted(set(lora_A) | set(lora_B)):
-        if module not in lora_A or module not in lora_B:
-            raise MergeError(f"{adapter_dir}: module {module!r} has only one of lora_A and lora_B")
-        r = int(lora_A[module].shape[0])
-        if lora_B[module].shape[1] != r:
-            raise MergeError(f"{adapter_dir}: module {module!r} has lora_A of rank {r}, lora_B of rank {lora_B[module].shape[1]}")
-        scaling[module] = _module_scaling(config, module, r)
-    if not scaling:
-        raise MergeError(f"{adapter_dir}: holds no LoRA weights")
-    return LoraAdapterTensors({m: lora_A[m] for m in scaling}, {m: lora_B[m] for m in scaling}, scaling, config)
-
-
 def merge_adapters(
-    adapters: list[tuple[LoraAdapterTensors, float]],
+    adapters: list[tuple[LoraTensors, float]],
     method: str = "cat",
     density: float | None = None,
     majority_sign_method: str = "total",
     svd_rank: int | None = None,
     seed: int = 0,
     svd_clamp: float | None = None,
-) -> LoraAdapterTensors:
+) -> LoraTensors:
     """Combine `adapters` (each with its weight) into one adapter, as `PeftModel.add_weighted_adapter` does.
 
     `method` is PEFT's `combination_type`. `cat` and `svd` reproduce the weighted sum of the deltas
@@ -204,10 +113,10 @@ def merge_adapters(
         r=new_rank, lora_alpha=new_rank, target_modules=sorted(modules), rank_pattern={}, alpha_pattern={},
         layers_to_transform=None, layers_pattern=None, exclude_modules=None,
     )
-    return LoraAdapterTensors(lora_A, lora_B, {m: new_scaling for m in modules}, config)
+    return LoraTensors(lora_A, lora_B, {m: new_scaling for m in modules}, config)
 
 
-def write_lora_adapter(adapter: LoraAdapterTensors, out_dir: Path, base_model_name_or_path: str) -> Path:
+def write_lora_adapter(adapter: LoraTensors, out_dir: Path, base_model_name_or_path: str) -> Path:
     """Save `adapter` as a PEFT LoRA directory (adapter_config.json + adapter_model.safetensors); return `out_dir`.
 
     `target_modules` lists the full module names, so PEFT adapts exactly these modules; `r` and
@@ -223,7 +132,7 @@ def write_lora_adapter(adapter: LoraAdapterTensors, out_dir: Path, base_model_na
     if not adapter.modules:
         raise MergeError("cannot write an adapter with no modules")
     use_rslora = bool(adapter.config.get("use_rslora"))
-    ranks = {m: adapter.rank(m) for m in adapter.modules}
+    ranks = {m: adapter.module_rank(m) for m in adapter.modules}
     alphas = {m: _alpha_for(adapter.scaling[m], ranks[m], use_rslora) for m in adapter.modules}
     r = _most_common(ranks.values(), prefer=adapter.config.get("r"))
     lora_alpha = _most_common(alphas.values(), prefer=adapter.config.get("lora_alpha"))
@@ -240,8 +149,8 @@ def write_lora_adapter(adapter: LoraAdapterTensors, out_dir: Path, base_model_na
     config.setdefault("task_type", "CAUSAL_LM")
     tensors = {}
     for m in adapter.modules:
-        tensors[f"{_PREFIX}{m}.lora_A.weight"] = adapter.lora_A[m].detach().contiguous()
-        tensors[f"{_PREFIX}{m}.lora_B.weight"] = adapter.lora_B[m].detach().contiguous()
+        tensors[lora_key(m, "A")] = adapter.lora_A[m].detach().contiguous()
+        tensors[lora_key(m, "B")] = adapter.lora_B[m].detach().contiguous()
     out_dir.mkdir(parents=True, exist_ok=True)
     save_file(tensors, out_dir / WEIGHTS_FILE, metadata={"format": "pt"})
     (out_dir / CONFIG_FILE).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
@@ -287,10 +196,49 @@ def merge_key(
     return f"merge({parts},{','.join(options)})"
 
 
+def check_merge_options(method: str, count: int, density: float | None, sign: str, names: tuple[str, str, str]) -> None:
+    """`density` and the majority-sign method of a merge of `count` adapters, before any file is read; `names`
+    spell (method, density, sign) as the caller's user writes them (request fields, or CLI flags)."""
+    method_name, density_name, sign_name = names
+    if density is not None and not (math.isfinite(density) and 0 < density <= 1):
+        raise MergeError(f"{density_name} {density}: allowed 0 < density <= 1 (the fraction of values kept)")
+    if density is None and method in DENSITY_METHODS and count > 1:  # one adapter is merged with linear, as in PEFT
+        raise MergeError(f"{method_name} {method} needs {density_name} (0 < density <= 1, the fraction of values kept)")
+    if sign not in MAJORITY_SIGN_METHODS:
+        raise MergeError(f"{sign_name} {sign[:64]!r}: use one of {', '.join(MAJORITY_SIGN_METHODS)}")
+    if sign != "total" and method not in SIGN_METHODS:
+        raise MergeError(f"{sign_name} applies to {', '.join(SIGN_METHODS)}, not {method_name} {method}")
+
+
+def fold_lora(model, adapter: LoraTensors) -> None:
+    """Add each module's LoRA update `B @ A * scaling` to its weight, in the weight's precision (PEFT's merge of a Linear)."""
+    import torch
+
+    shared = Counter(id(p) for _, p in model.named_parameters(remove_duplicate=False))
+    for name in adapter.modules:
+        try:
+            weight = model.get_submodule(name).weight
+        except AttributeError:
+            raise MergeError(f"the adapter names module {name!r}, which the base model does not have") from None
+        delta = adapter.delta(name)
+        if adapter.config.get("fan_in_fan_out"):
+            delta = delta.T
+        if tuple(delta.shape) != tuple(weight.shape):
+            raise MergeError(f"module {name!r}: the adapter's update has shape {list(delta.shape)}, "
+                             f"the weight {list(weight.shape)}")
+        if shared[id(weight)] > 1:
+            raise MergeError(f"module {name!r} shares its weight with another module (tied embeddings); "
+                             "merging would change both")
+        with torch.no_grad():
+            weight += delta.to(weight.device, weight.dtype)
+
+
 # --- the combiners, one per family of PEFT's combination types ------------------------------------------
 
 
-def _cat(present: list[tuple[LoraAdapterTensors, float]], module: str, new_rank: int) -> tuple[torch.Tensor, torch.Tensor]:
+def _cat(present: list[tuple[LoraTensors, float]], module: str, new_rank: int) -> tuple[torch.Tensor, torch.Tensor]:
+    import torch
+
     # PEFT folds weight and scaling into A (in this order: A * weight * scaling) and stacks the ranks.
     A = torch.cat([adapter.lora_A[module] * weight * adapter.scaling[module] for adapter, weight in present], dim=0)
     B = torch.cat([adapter.lora_B[module] for adapter, _ in present], dim=1)
@@ -303,6 +251,8 @@ def _cat(present: list[tuple[LoraAdapterTensors, float]], module: str, new_rank:
 
 
 def _task_arithmetic(method, present, module, density, majority_sign_method, generator) -> tuple[torch.Tensor, torch.Tensor]:
+    import torch
+
     weights_A, weights_B = [], []
     for adapter, weight in present:
         # sqrt(|w*s|) on both sides and the sign on A only, so B @ A carries w*s once.
@@ -324,6 +274,8 @@ def _task_arithmetic(method, present, module, density, majority_sign_method, gen
 
 
 def _svd(method, present, module, new_rank, density, majority_sign_method, clamp, generator) -> tuple[torch.Tensor, torch.Tensor]:
+    import torch
+
     deltas = [adapter.delta(module) for adapter, _ in present]
     weights = torch.tensor([weight for _, weight in present]).to(deltas[0].device)
     combiner = "linear" if method == "svd" else method.removesuffix("_svd")
@@ -342,6 +294,7 @@ def _svd(method, present, module, new_rank, density, majority_sign_method, clamp
 
 def _combine(method, tensors, weights, density, majority_sign_method, generator) -> torch.Tensor:
     """Weighted combination of same-shaped tensors by one of PEFT's merge_utils methods."""
+    import torch
     from peft.utils import merge_utils
 
     if method == "linear":
@@ -362,6 +315,8 @@ def _combine(method, tensors, weights, density, majority_sign_method, generator)
 
 
 def _random_prune(tensor: torch.Tensor, density: float, generator: torch.Generator) -> torch.Tensor:
+    import torch
+
     # merge_utils.prune(method="random", rescale=True), but with an explicit generator.
     if density >= 1:
         return tensor
@@ -379,8 +334,8 @@ def _check_merge_args(adapters, method, density, majority_sign_method, svd_rank,
     if not adapters:
         raise MergeError("a merge needs at least one adapter, got none")
     for i, item in enumerate(adapters):
-        if not (isinstance(item, tuple) and len(item) == 2 and isinstance(item[0], LoraAdapterTensors)):
-            raise MergeError(f"merge input {i} must be (LoraAdapterTensors, weight), got {type(item).__name__}")
+        if not (isinstance(item, tuple) and len(item) == 2 and isinstance(item[0], LoraTensors)):
+            raise MergeError(f"merge input {i} must be (LoraTensors, weight), got {type(item).__name__}")
         weight = item[1]
         if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not math.isfinite(weight):
             raise MergeError(f"merge weight {weight!r} of adapter {i} must be a finite number")
@@ -408,31 +363,6 @@ def _check_shapes(adapters, modules) -> None:
             raise MergeError(f"module {module!r} has different shapes in the adapters ({found}); are they for the same base?")
 
 
-def _parse_key(key: str) -> tuple[str | None, str | None]:
-    if not key.startswith(_PREFIX):
-        return None, None
-    for suffix, side in _SUFFIXES.items():
-        if key.endswith(suffix):
-            return key[len(_PREFIX) : -len(suffix)], side
-    return None, None
-
-
-def _pattern_value(pattern: dict, module: str, default):
-    # PEFT's get_pattern_key: the first key that matches a dotted suffix of the module name, as a regex.
-    for key in pattern or {}:
-        if re.match(rf"(.*\.)?({key})$", module):
-            return pattern[key]
-    return default
-
-
-def _module_scaling(config: dict, module: str, r: int) -> float:
-    declared = _pattern_value(config.get("rank_pattern"), module, config.get("r"))
-    if declared is not None and int(declared) != r:
-        raise MergeError(f"module {module!r} has LoRA weights of rank {r}, but the adapter config says r={declared}")
-    alpha = _pattern_value(config.get("alpha_pattern"), module, config.get("lora_alpha", 8))
-    return alpha / math.sqrt(r) if config.get("use_rslora") else alpha / r
-
-
 def _alpha_for(scaling: float, r: int, use_rslora: bool) -> float | int:
     """The lora_alpha that gives `scaling` at rank r; a whole number when one reproduces it exactly."""
     norm = math.sqrt(r) if use_rslora else r
@@ -450,6 +380,8 @@ def _most_common(values, prefer):
 
 
 def _module_generator(seed: int, module: str, device: torch.device) -> torch.Generator:
+    import torch
+
     digest = hashlib.sha256(f"{seed}/{module}".encode()).digest()
     return torch.Generator(device=device).manual_seed(int.from_bytes(digest[:8], "little") & (2**63 - 1))
 

@@ -1,6 +1,6 @@
 """Exports: every `reg export` attempt, passed or failed, linked to the versions it was made from.
 
-Merging, writing and the fidelity check need torch and live in `server/export.py`; this module only
+Merging, writing and the fidelity check need torch and live in `exporter.py` beside it; this module only
 records and lists, so `reg show` stays torch-free. A row keeps the sources (version, ref, weight),
 the method, format and dtype, where the result went, the sha256 of every file written, the fidelity
 check's numbers, and whether it passed (and why not).
@@ -11,8 +11,8 @@ from __future__ import annotations
 import json
 import sqlite3
 
-from .db import transaction, utcnow
-from .errors import InvalidInput, NotFound
+from ..db import transaction, utcnow
+from ..errors import InvalidInput, NotFound
 
 EXPORT_STATUSES = ("passed", "failed")
 EXPORT_FORMATS = ("merged", "peft")
