@@ -6,6 +6,7 @@ in-flight requests on SIGTERM/SIGINT for `grace_s` and exits 0.
 
 from __future__ import annotations
 
+import logging
 import signal
 import threading
 from concurrent import futures
@@ -16,40 +17,41 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from registry import Registry
+from registry.remote.rpc import pb as registry_pb, pb_grpc as registry_pb_grpc
 
 from .options import ServerOptions
 from .rpc import pb, pb_grpc
+
+logger = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
     from .service import InferenceService
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Inference"].full_name
-REGISTRY_SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Registry"].full_name
+REGISTRY_SERVICE_NAME = registry_pb.DESCRIPTOR.services_by_name["Registry"].full_name
 REGISTRY_MESSAGE_BYTES = 5 * 2**20  # one Registry upload chunk (at most 4 MiB, server/registry_service.py) and its framing
 
 
-def load_service(options: ServerOptions, registry: Registry, log=print) -> InferenceService:
-    """Load the base once (quantized as asked), wrap its linear layers for multi-LoRA, start the engine.
+def load_service(options: ServerOptions, registry: Registry) -> InferenceService:
+    """The engine and the service over it, both started. The engine is chosen here, and only here (the service
+    sees it through `server.engines.Engine`): the native one loads the base once, quantized as asked.
 
     With a remote registry (`RemoteRegistry`) adapters resolve and pull from it, while the base is
     found (or registered) in the local home, where its weights are.
     """
-    from registry.loading import load_base_model
     from trainer.train import resolve_base
 
-    from .lora import MultiLoraModel
+    from .engines.native import load_native_engine
     from .service import InferenceService
 
     options.validate()
     base = resolve_base(registry if isinstance(registry, Registry) else Registry(registry.home), options.base)
-    log(f"loading base {base.name} ({options.quant}) ...")
-    loaded = load_base_model(base, options.quant)
-    lora = MultiLoraModel(loaded.model, max_slots=options.max_adapters, rank=options.lora_rank,
-                          gather_cache_bytes=options.gather_cache_mb * 2**20)
-    return InferenceService(registry, base, loaded.model, loaded.tokenizer, lora, options, options.quant).start()
+    logger.info(f"loading base {base.name} ({options.quant}) ...")
+    engine = load_native_engine(base, options)
+    return InferenceService(registry, base, engine, options, options.quant).start()
 
 
-def create_server(options: ServerOptions, registry: Registry, service: InferenceService | None = None, log=print):
+def create_server(options: ServerOptions, registry: Registry, service: InferenceService | None = None):
     """A started gRPC server with Inference, health and reflection; returns (server, port, service).
 
     It also serves the Registry service over `registry` when that is a local one.
@@ -59,21 +61,21 @@ def create_server(options: ServerOptions, registry: Registry, service: Inference
 
     tokens = _tokens(options)
     check_listen(options)  # a busy port or a bad certificate fails now, not after the model has loaded
-    service = service or load_service(options, registry, log=log)
+    service = service or load_service(options, registry)
     serves_registry = registry.is_local
     # The largest request the limits let through (a Registry upload chunk, when that service is served too).
     max_receive = max(max_request_bytes(service.max_prompt_bytes), REGISTRY_MESSAGE_BYTES if serves_registry else 0)
-    server = _grpc_server(options, tokens, log, max_receive)
+    server = _grpc_server(options, tokens, max_receive)
     pb_grpc.add_InferenceServicer_to_server(InferenceServicer(service), server)
     names = [SERVICE_NAME]
     if serves_registry:
-        _add_registry_service(server, registry.home, options, log)
+        _add_registry_service(server, registry.home, options)
         names.append(REGISTRY_SERVICE_NAME)
     port = _start(server, options, names)
     return server, port, service
 
 
-def create_registry_server(options: ServerOptions, home, log=print, on_chunk=None, on_sent=None):
+def create_registry_server(options: ServerOptions, home, on_chunk=None, on_sent=None):
     """A started gRPC server with only the Registry service (no model loaded); returns (server, port, servicer).
 
     `on_chunk(digest, bytes_stored)` is called after every uploaded chunk is written, `on_sent(digest, bytes_sent)`
@@ -82,18 +84,18 @@ def create_registry_server(options: ServerOptions, home, log=print, on_chunk=Non
     options.validate_listen()
     tokens = _tokens(options)
     check_listen(options)
-    server = _grpc_server(options, tokens, log)
-    servicer = _add_registry_service(server, home, options, log, on_chunk=on_chunk, on_sent=on_sent)
+    server = _grpc_server(options, tokens)
+    servicer = _add_registry_service(server, home, options, on_chunk=on_chunk, on_sent=on_sent)
     port = _start(server, options, [REGISTRY_SERVICE_NAME])
     return server, port, servicer
 
 
-def _add_registry_service(server: grpc.Server, home, options: ServerOptions, log, **hooks):
+def _add_registry_service(server: grpc.Server, home, options: ServerOptions, **hooks):
     """Serve the Registry service of `home` on `server` (kept as `server.registry_servicer`)."""
     from .registry_service import RegistryServicer
 
-    server.registry_servicer = RegistryServicer(home, options.max_blob_bytes, log=log, **hooks)
-    pb_grpc.add_RegistryServicer_to_server(server.registry_servicer, server)
+    server.registry_servicer = RegistryServicer(home, options.max_blob_bytes, **hooks)
+    registry_pb_grpc.add_RegistryServicer_to_server(server.registry_servicer, server)
     return server.registry_servicer
 
 
@@ -149,13 +151,13 @@ def check_listen(options: ServerOptions) -> None:
                              f"and its unencrypted private key ({getattr(e, 'reason', None) or e})") from None
 
 
-def _grpc_server(options: ServerOptions, tokens, log, max_receive: int = 16 * 2**20) -> grpc.Server:
+def _grpc_server(options: ServerOptions, tokens, max_receive: int = 16 * 2**20) -> grpc.Server:
     from .auth import AuthInterceptor
 
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=options.handler_threads, thread_name_prefix="loradock-rpc"),
         maximum_concurrent_rpcs=options.handler_threads,  # beyond: RESOURCE_EXHAUSTED at once, never an unbounded wait
-        interceptors=[AuthInterceptor(tokens, log=log)],
+        interceptors=[AuthInterceptor(tokens)],
         options=[("grpc.max_receive_message_length", max_receive), ("grpc.max_send_message_length", 16 * 2**20),
                  ("grpc.so_reuseport", 0)],
     )
@@ -194,34 +196,34 @@ def _start(server: grpc.Server, options: ServerOptions, names: list[str]) -> int
 def shutdown(server, service: InferenceService, grace_s: float) -> None:
     """Stop accepting, let in-flight requests finish for up to `grace_s`, then stop."""
     server.health.enter_graceful_shutdown()
-    service.engine._accepting = False
+    service.stop_accepting()
     service.stop(drain_s=grace_s)
     server.stop(grace=1.0).wait()
 
 
-def serve_registry_forever(options: ServerOptions, home, log=print) -> int:
+def serve_registry_forever(options: ServerOptions, home) -> int:
     """`reg serve --registry-only`: the Registry service alone, until SIGTERM/SIGINT."""
-    server, port, _ = create_registry_server(options, home, log=log)
+    server, port, _ = create_registry_server(options, home)
     auth = "tokens required" if server.tokens is not None else "no auth (localhost only)"
-    log(f"serving registry {home} on {options.host}:{port} ({'TLS' if options.tls_cert else 'plaintext'}, {auth})")
+    logger.info(f"serving registry {home} on {options.host}:{port} ({'TLS' if options.tls_cert else 'plaintext'}, {auth})")
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
     stop.wait()
     server.health.enter_graceful_shutdown()
     server.stop(grace=options.grace_s).wait()
-    log("stopped")
+    logger.info("stopped")
     return 0
 
 
-def serve_forever(options: ServerOptions, registry: Registry, log=print) -> int:
-    server, port, service = create_server(options, registry, log=log)
-    log(f"serving {service.base.name} ({options.quant}) on {options.host}:{port}; SIGTERM drains for {options.grace_s:g} s")
+def serve_forever(options: ServerOptions, registry: Registry) -> int:
+    server, port, service = create_server(options, registry)
+    logger.info(f"serving {service.base.name} ({options.quant}) on {options.host}:{port}; SIGTERM drains for {options.grace_s:g} s")
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
     stop.wait()
-    log("draining in-flight requests ...")
+    logger.info("draining in-flight requests ...")
     shutdown(server, service, options.grace_s)
-    log("stopped")
+    logger.info("stopped")
     return 0

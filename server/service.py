@@ -3,8 +3,12 @@
 Validation, chat templating, resolving adapter refs through the registry (so pushes and alias
 moves are served on the next request), A/B rollouts of bare names (`router.py`; outcomes and
 feedback recorded per arm off the request path by `rollout_worker.py`), base compatibility, the
-adapter cache, per-request merges, stats and feedback. Transport-free: the gRPC servicer is a thin
-layer over this.
+adapter cache, per-request merges, stats and feedback.
+
+Transport-free: it takes and returns the dataclasses of `service_types.py`, raises loradock errors
+(each transport maps them through the one error table), and knows no wire type; the gRPC servicer
+and the HTTP API are thin layers over it. It drives its engine only through `server.engines.Engine`
+(the engine is chosen where the service is built, `server/app.py:load_service`).
 """
 
 from __future__ import annotations
@@ -13,52 +17,91 @@ import math
 import time
 import uuid
 from collections import OrderedDict
-from dataclasses import dataclass
+from collections.abc import Iterator
 from pathlib import Path
 
 from registry import Registry
 from registry.bases import Base
 from registry.db import utcnow
-from registry.errors import BaseMismatch, LoradockError, NotFound
+from registry.errors import BaseMismatch, DeadlineExceeded, LoradockError, NotFound
 from registry.names import Ref, parse_ref
 from registry.rollouts import FeedbackRecord
 
 from .cache import AdapterCache, adapter_dir_for
-from .engine import Engine, EngineRequest, Handle, Result
+from .engines import Engine, EngineRequest, EngineResult, Handle, Sampling
 from .errors import BadRequest
 from .limits import (
-    check_feedback, check_merge_rank, check_merge_request, check_prompt_size, check_request_ids, check_slot_memory,
-    max_prompt_bytes, merged_rank,
+    check_feedback, check_merge_rank, check_merge_request, check_prompt_size, check_request_ids, max_prompt_bytes,
+    merged_rank,
 )
 from .options import ServerOptions
 from .rollout_worker import RolloutWorker
 from .router import Choice, RolloutRouter
-from .sampling import Sampling
-from .stats import UNRESOLVED, Stats
-from .status import status_for
+from .service_types import (
+    AdapterInfo, AdapterStats, CacheStats, GenerateRequest, GenerateResult, LatencySummary, LoadedAdapter, SamplingParams,
+    ServerStats, Timing, Usage,
+)
+from .stats import UNRESOLVED, Stats, percentile
 
 MERGE_DEFAULT = "cat"
 RECENT_REQUESTS = 100_000  # request_id -> (version, rollout arm), for Feedback
 
 
-@dataclass
-class Prepared:
-    request: EngineRequest
-    cache_key: str | None
+class Generation:
+    """A submitted request as a transport sees it: its text as it is decoded, its result, cancel.
+
+    The caller's deadline (`GenerateRequest.timeout_s`) is kept here, so every transport cancels a request
+    whose caller stopped waiting the same way: the batch slot is freed and `DeadlineExceeded` raised."""
+
+    def __init__(self, handle: Handle, version: str, variant: str, deadline: float | None):
+        self._handle = handle
+        self.version = version
+        self.variant = variant
+        self._deadline = deadline  # time.monotonic() instant, or None
+
+    @property
+    def request_id(self) -> str:
+        return self._handle.request_id
+
+    def cancel(self) -> None:
+        """The caller went away (or cancelled): free the batch slot at the engine's next step."""
+        self._handle.cancel()
+
+    def deltas(self) -> Iterator[str]:
+        try:
+            yield from self._handle.deltas(timeout=self._remaining())
+        except TimeoutError:
+            raise self._expired() from None
+
+    def result(self) -> GenerateResult:
+        """The finished request; raises DeadlineExceeded, or the error that failed it inside the engine."""
+        try:
+            r = self._handle.result(timeout=self._remaining())
+        except TimeoutError:
+            raise self._expired() from None
+        return GenerateResult(r.request_id, r.text, self.version, self.variant, r.finish_reason,
+                              Usage(r.prompt_tokens, r.completion_tokens), Timing(r.queue_ms, r.ttft_ms, r.total_ms))
+
+    def _remaining(self) -> float | None:
+        return None if self._deadline is None else max(0.0, self._deadline - time.monotonic())
+
+    def _expired(self) -> DeadlineExceeded:
+        self._handle.cancel()
+        return DeadlineExceeded("deadline exceeded; the request was cancelled")
 
 
 class InferenceService:
-    def __init__(self, registry: Registry, base: Base, model, tokenizer, lora, options: ServerOptions, quantization: str):
+    def __init__(self, registry: Registry, base: Base, engine: Engine, options: ServerOptions, quantization: str):
+        """`engine`: not started yet (`start()` starts it); the service writes adapters into its slots."""
         self.registry = registry
         self.base = base
-        self.tokenizer = tokenizer
-        self.lora = lora
+        self.engine = engine
+        self.tokenizer = engine.tokenizer
         self.options = options
         self.quantization = quantization
-        self.context_len = int(getattr(model.config, "max_position_embeddings", 2048) or 2048)
+        self.context_len = engine.context_len
         self.max_prompt_bytes = max_prompt_bytes(options.max_prompt_bytes, self.context_len)
-        self.engine = Engine(model, tokenizer, lora, options.max_batch_size, options.max_queue)
-        self.cache = AdapterCache(lora, options.max_adapters, options.adapter_memory_mb * 2**20, self.engine.lock)
+        self.cache = AdapterCache(engine.slots, options.max_adapters, options.adapter_memory_mb * 2**20, engine.lock)
         self.stats = Stats()
         self.recent: OrderedDict[str, tuple[str, Choice | None]] = OrderedDict()
         self.router = RolloutRouter()
@@ -71,36 +114,39 @@ class InferenceService:
         self.engine.start()
         return self
 
+    def stop_accepting(self) -> None:
+        """The start of a drain: new requests are refused (UNAVAILABLE / 503), those in flight go on."""
+        self.engine.stop_accepting()
+
     def stop(self, drain_s: float = 0.0) -> None:
         self.engine.stop(drain_s)
         self.rollout_worker.stop()  # after the engine, so the last outcomes are written too
 
     # --- requests -------------------------------------------------------------------------
 
-    def submit(self, req) -> tuple[Handle, Prepared]:
-        prepared = self.prepare(req)
-        try:
-            return self.engine.submit(prepared.request), prepared
-        except Exception as exc:
-            if prepared.cache_key:
-                self.cache.release(prepared.cache_key)
-            if isinstance(exc, LoradockError):
-                self.stats.record(prepared.request.version, ok=False)
-            raise
-
-    def prepare(self, req) -> Prepared:
-        """Validate and tokenize; resolve and load the adapter. Raises loradock errors (mapped by the servicer).
+    def submit(self, req: GenerateRequest) -> Generation:
+        """Validate and tokenize; resolve and load the adapter; queue it in the engine. Raises loradock errors.
 
         A request that fails counts in the stats of the version it resolved to, or in one `unresolved` bucket
         (an unknown or malformed name must not add a stats entry of its own)."""
+        deadline = None if req.timeout_s is None else time.monotonic() + req.timeout_s
         resolved: list[str] = []
         try:
-            return self._prepare(req, resolved)
+            request, version, variant, key = self._prepare(req, resolved)
         except LoradockError:
             self.stats.record(resolved[-1] if resolved else UNRESOLVED, ok=False)
             raise
+        try:
+            return Generation(self.engine.submit(request), version, variant, deadline)
+        except Exception as exc:
+            if key:
+                self.cache.release(key)
+            if isinstance(exc, LoradockError):
+                self.stats.record(version, ok=False)
+            raise
 
-    def _prepare(self, req, resolved: list[str]) -> Prepared:
+    def _prepare(self, req: GenerateRequest, resolved: list[str]) -> tuple[EngineRequest, str, str, str | None]:
+        """The engine request, the version and rollout arm that serve it, and the cache key it holds (if any)."""
         self.engine.check_room()  # a full queue answers at once, not after tokenizing and loading an adapter
         if req.adapter and len(req.merge):
             raise BadRequest("give either `adapter` or `merge`, not both")
@@ -123,7 +169,7 @@ class InferenceService:
                 if choice:
                     self.rollout_worker.record_outcome(choice, request_id, _status_name(exc))
                 raise
-        def on_finish(result: Result) -> None:
+        def on_finish(result: EngineResult) -> None:
             if key:
                 self.cache.release(key)
             self.stats.record(version, result.error is None, result.prompt_tokens, result.completion_tokens,
@@ -134,9 +180,9 @@ class InferenceService:
                                                    result)
 
         variant = choice.arm if choice else ""
-        return Prepared(EngineRequest(request_id, prompt_ids, sampling, slot, version, variant, on_finish), key)
+        return EngineRequest(request_id, prompt_ids, sampling, slot, on_finish), version, variant, key
 
-    def _sampling(self, p) -> Sampling:
+    def _sampling(self, p: SamplingParams) -> Sampling:
         limit = self.options.max_new_tokens_limit
         max_new = p.max_new_tokens or self.options.default_max_new_tokens
         checks = [
@@ -156,7 +202,7 @@ class InferenceService:
             seed=p.seed or None, stop=tuple(p.stop), repetition_penalty=p.repetition_penalty or 1.0,
         )
 
-    def _prompt_ids(self, req) -> list[int]:
+    def _prompt_ids(self, req: GenerateRequest) -> list[int]:
         if req.messages and req.prompt:
             raise BadRequest("give either `prompt` or `messages`, not both")
         check_prompt_size(req, self.max_prompt_bytes, self.context_len)  # bytes first: never tokenize what cannot fit
@@ -185,7 +231,7 @@ class InferenceService:
         resolved.append(version.ref)
         self._check_compatible(version)
         if version.rank:  # before reading its files; the cache checks the rank it really has
-            check_slot_memory(self.lora, version.ref, version.rank, self.cache.max_bytes)
+            self.engine.check_slot_memory(version.ref, version.rank, self.cache.max_bytes)
         entry = self.cache.acquire(version.ref, lambda: self._load_version(version))
         return version.ref, version.ref, entry.slot
 
@@ -203,12 +249,10 @@ class InferenceService:
         return path
 
     def _load_version(self, version):
-        from .lora import load_lora_weights
+        return self.engine.load_adapter(self._local_dir(version))
 
-        return load_lora_weights(self._local_dir(version), self.lora)
-
-    def _acquire_merge(self, req) -> tuple[str, str, int]:
-        from .merge import MERGE_METHODS, merge_key
+    def _acquire_merge(self, req: GenerateRequest) -> tuple[str, str, int]:
+        from registry.modeling.merge import MERGE_METHODS, merge_key
 
         method = req.merge_method or MERGE_DEFAULT
         if method not in MERGE_METHODS:
@@ -222,39 +266,62 @@ class InferenceService:
                 raise BadRequest(f"merge[{i}].weight={item.weight}: must be a non-zero finite number")
             version = self.registry.resolve(parse_ref(item.adapter))
             self._check_compatible(version)
-            parts.append((version, float(f"{item.weight:.7g}")))  # the wire is float32: 0.7 arrives as 0.69999998
+            # 7 significant digits, a float32's: gRPC's 0.7 arrives as 0.69999998, and must key the same merge as 0.7
+            parts.append((version, float(f"{item.weight:.7g}")))
         key = merge_key([(v.ref, w) for v, w in parts], method, density=density, majority_sign_method=sign)
         if all(v.rank for v, _ in parts):  # refuse an oversized merge before reading any file
             rank = merged_rank(method, [v.rank for v, _ in parts])
             check_merge_rank(key, rank, self.options.max_merge_rank)
-            check_slot_memory(self.lora, key, rank, self.cache.max_bytes)
+            self.engine.check_slot_memory(key, rank, self.cache.max_bytes)
         entry = self.cache.acquire(key, lambda: self._load_merge(parts, method, density, sign, key))
         return key, key, entry.slot
 
     def _load_merge(self, parts, method: str, density: float | None, sign: str, key: str):
         """PEFT's weighted-adapter math on the versions' files, placed in a slot like any adapter."""
-        from .lora import LoraWeights, check_fits
-        from .merge import merge_adapters, read_lora_adapter
+        from registry.modeling.lora import read_lora
+        from registry.modeling.merge import merge_adapters
 
-        merged = merge_adapters([(read_lora_adapter(self._local_dir(v)), w) for v, w in parts], method,
+        merged = merge_adapters([(read_lora(self._local_dir(v), "merge"), w) for v, w in parts], method,
                                 density=density, majority_sign_method=sign)
-        modules = {m: (merged.lora_A[m].float().contiguous(), (merged.lora_B[m].float() * merged.scaling[m]).contiguous())
-                   for m in merged.lora_A}
-        weights = LoraWeights(modules, rank=max(a.shape[0] for a, _ in modules.values()),
-                              nbytes=sum(a.nbytes + b.nbytes for a, b in modules.values()))
-        check_merge_rank(key, weights.rank, self.options.max_merge_rank)
-        check_fits(weights, self.lora)
-        return weights
+        check_merge_rank(key, merged.rank, self.options.max_merge_rank)
+        return self.engine.adapter_from_tensors(merged)
 
-    # --- the other RPCs -------------------------------------------------------------------
+    # --- adapters, feedback, stats --------------------------------------------------------
 
-    def load_adapter(self, ref: str, pin: bool):
+    def list_adapters(self, loaded_only: bool = False) -> list[AdapterInfo]:
+        """What this server can serve: each adapter's latest version trained on this base (or, with `loaded_only`,
+        what sits in the adapter cache now, merges included)."""
+        loaded = dict(self.cache.entries)
+        if loaded_only:
+            return [AdapterInfo(name=key.split(":")[0], version=key, loaded=True, pinned=e.pinned, rank=e.rank,
+                                size_bytes=e.nbytes, requests=e.requests, base=self.base.name) for key, e in loaded.items()]
+        out = []
+        for summary in self.registry.list_adapters():
+            if not summary.latest:
+                continue
+            v = self.registry.resolve(summary.name)
+            if v.base_digest != self.base.weights_digest:
+                continue  # not servable here
+            e = loaded.get(v.ref)
+            out.append(AdapterInfo(
+                name=summary.name, version=v.ref, loaded=e is not None, pinned=bool(e and e.pinned),
+                peft_type=v.peft_type, rank=v.rank or 0, size_bytes=v.size_bytes,
+                aliases=[f"{a}->{n}" for a, n in summary.aliases.items()], requests=e.requests if e else 0,
+                base=v.base_name,
+            ))
+        return out
+
+    def load_adapter(self, ref: str, pin: bool = False) -> LoadedAdapter:
+        started = time.perf_counter()
         version = self.registry.resolve(parse_ref(ref))
         self._check_compatible(version)
         already = version.ref in self.cache.entries
         entry = self.cache.acquire(version.ref, lambda: self._load_version(version), pin=pin)
         self.cache.release(version.ref)
-        return version, entry, already
+        info = AdapterInfo(name=version.adapter, version=version.ref, loaded=True, pinned=entry.pinned,
+                           peft_type=version.peft_type, rank=version.rank or 0, size_bytes=version.size_bytes,
+                           base=version.base_name)
+        return LoadedAdapter(info, load_ms=(time.perf_counter() - started) * 1000, already_loaded=already)
 
     def unload_adapter(self, ref: str) -> bool:
         parsed = parse_ref(ref)
@@ -283,9 +350,29 @@ class InferenceService:
         self.rollout_worker.record_feedback(record)
         return record
 
+    def server_stats(self) -> ServerStats:
+        adapters = []
+        for version, v in sorted(self.stats.snapshot().items()):
+            adapters.append(AdapterStats(version, v.requests, v.errors, v.prompt_tokens, v.completion_tokens,
+                                         _summary(list(v.latency_ms)), _summary(list(v.ttft_ms))))
+        cache, engine = self.cache, self.engine.stats()
+        return ServerStats(
+            base=self.base.name, quantization=self.quantization, adapters=adapters,
+            cache=CacheStats(hits=cache.hits, misses=cache.misses, evictions=cache.evictions, loaded=len(cache.entries),
+                             max_adapters=cache.max_adapters, memory_bytes=cache.used_bytes, max_memory_bytes=cache.max_bytes,
+                             slot_memory_bytes=engine.slot_memory_bytes, gathered_memory_bytes=engine.gathered_memory_bytes),
+            batch_size=engine.batch_size, queue_depth=engine.queue_depth, max_batch_size=engine.max_batch_size,
+            max_queue=engine.max_queue, total_requests=self.stats.total_requests, uptime_s=time.time() - self.started,
+            decode_tokens_per_s=engine.decode_tokens_per_s,
+        )
+
+
+def _summary(values: list[float]) -> LatencySummary:
+    return LatencySummary(percentile(values, .5), percentile(values, .95), percentile(values, .99))
+
 
 def _status_name(error: BaseException | None, finish_reason: str = "") -> str:
-    """The gRPC status a request ended with, as the servicer maps it (CANCELLED for a client's cancel)."""
+    """The status a request ended with, by its gRPC name in the error table (CANCELLED for a client's cancel)."""
     if error is not None:
-        return status_for(error).name
+        return error.grpc_status if isinstance(error, LoradockError) else "INTERNAL"
     return "CANCELLED" if finish_reason == "cancelled" else "OK"

@@ -1,10 +1,12 @@
-"""The generation engine: one model, one running batch, continuous batching across adapters.
+"""loradock's native engine: one Hugging Face model, one running batch, continuous batching across adapters.
 
 A single thread owns the model. Each turn it admits waiting requests (prefilling them together,
 left-padded) into the running batch, then runs one decode step for every row at once. Each row
 carries its adapter's slot, so requests for different adapters (and the bare base) share every
 forward pass (`server.lora.MultiLoraModel`). Rows that finish leave at once; their KV cache
 rows are dropped and the cache is trimmed of columns no row needs any more.
+
+It implements `server.engines.Engine`; its adapter slots are the `MultiLoraModel`'s (`server/lora.py`).
 """
 
 from __future__ import annotations
@@ -14,46 +16,26 @@ import queue
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import nullcontext
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 
-from .errors import QueueFull, ServerShuttingDown
-from .sampling import Sampling, sample_row
+from registry.modeling.lora import LoraTensors
+
+from .. import limits
+from ..errors import QueueFull, ServerShuttingDown
+from ..lora import check_fits, load_lora_weights
+from . import EngineRequest, EngineResult, EngineStats
+from .sampler import sample_row
 
 log = logging.getLogger(__name__)
 
 
-@dataclass
-class EngineRequest:
-    request_id: str
-    prompt_ids: list[int]
-    sampling: Sampling
-    slot: int = 0                       # 0 = the bare base
-    version: str = ""                   # NAME:N that serves it ("" for the base)
-    variant: str = ""                   # rollout arm, if any
-    on_finish: Callable[["Result"], None] | None = None  # releases the adapter, records stats
-
-
-@dataclass
-class Result:
-    request_id: str
-    text: str
-    finish_reason: str                  # stop, length, cancelled
-    prompt_tokens: int
-    completion_tokens: int
-    queue_ms: float
-    ttft_ms: float
-    total_ms: float
-    version: str
-    variant: str
-    error: BaseException | None = None
-
-
-class Handle:
-    """The caller's side of a submitted request: stream deltas, wait for the result, cancel."""
+class NativeHandle:
+    """The caller's side of a submitted request (`server.engines.Handle`): stream deltas, wait for the result, cancel."""
 
     def __init__(self, seq: "_Sequence"):
         self._seq = seq
@@ -83,7 +65,7 @@ class Handle:
                 return
             yield payload
 
-    def result(self, timeout: float | None = None) -> Result:
+    def result(self, timeout: float | None = None) -> EngineResult:
         if not self._seq.done.wait(timeout):
             raise TimeoutError
         assert self._seq.result is not None
@@ -104,14 +86,19 @@ class _Sequence:
     admitted_at: float | None = None
     first_token_at: float | None = None
     generator: torch.Generator | None = None
-    result: Result | None = None
+    result: EngineResult | None = None
 
 
-class Engine:
+class NativeEngine:
+    """`lora`: the `MultiLoraModel` wrapping `model` (its slots are this engine's adapter slots); None serves the
+    bare base only (the load tests' engine runs)."""
+
     def __init__(self, model, tokenizer, lora=None, max_batch_size: int = 16, max_queue: int = 256):
         self.model = model
         self.tokenizer = tokenizer
         self.lora = lora
+        self.slots = lora
+        self.context_len = int(getattr(model.config, "max_position_embeddings", 2048) or 2048)
         self.max_batch_size = max_batch_size
         self.max_queue = max_queue
         self.device = next(model.parameters()).device
@@ -133,13 +120,16 @@ class Engine:
 
     # --- lifecycle ------------------------------------------------------------------------
 
-    def start(self) -> "Engine":
+    def start(self) -> "NativeEngine":
         self._thread.start()
         return self
 
+    def stop_accepting(self) -> None:
+        self._accepting = False
+
     def stop(self, drain_s: float = 0.0) -> None:
         """Stop taking requests; let the running and queued ones finish for up to `drain_s`; then cancel the rest."""
-        self._accepting = False
+        self.stop_accepting()
         with self._cond:  # the loop notifies whenever it goes idle
             self._cond.wait_for(lambda: not (self._waiting or self._active), timeout=drain_s)
             for seq in list(self._waiting) + list(self._active):
@@ -156,9 +146,31 @@ class Engine:
     def queue_depth(self) -> int:
         return len(self._waiting)
 
+    def stats(self) -> EngineStats:
+        return EngineStats(
+            batch_size=self.batch_size, queue_depth=self.queue_depth, max_batch_size=self.max_batch_size,
+            max_queue=self.max_queue,
+            decode_tokens_per_s=self.decode_tokens / self.decode_seconds if self.decode_seconds else 0.0,
+            slot_memory_bytes=self.lora.nbytes if self.lora is not None else 0,
+            gathered_memory_bytes=self.lora.gathered_nbytes if self.lora is not None else 0,
+        )
+
+    # --- adapters in slot form ------------------------------------------------------------
+
+    def load_adapter(self, adapter_dir: Path) -> LoraTensors:
+        return load_lora_weights(adapter_dir, self.lora)
+
+    def adapter_from_tensors(self, adapter: LoraTensors) -> LoraTensors:
+        """A merged adapter is already in slot form (the slots fold its scaling in); check it fits the base."""
+        check_fits(adapter, self.lora)
+        return adapter
+
+    def check_slot_memory(self, key: str, rank: int, max_bytes: int) -> None:
+        limits.check_slot_memory(self.lora, key, rank, max_bytes)
+
     # --- submitting -----------------------------------------------------------------------
 
-    def submit(self, request: EngineRequest) -> Handle:
+    def submit(self, request: EngineRequest) -> NativeHandle:
         seq = _Sequence(request, submitted_at=time.monotonic())
         if request.sampling.seed:
             seq.generator = torch.Generator().manual_seed(request.sampling.seed)
@@ -166,7 +178,7 @@ class Engine:
             self._check_room()
             self._waiting.append(seq)
             self._cond.notify_all()  # the loop, not a draining stop(), must wake
-        return Handle(seq)
+        return NativeHandle(seq)
 
     def check_room(self) -> None:
         """Raise what submit() would for a full queue or a stopping engine, before any work is spent on a request."""
@@ -351,12 +363,12 @@ class Engine:
             text = full[: seq.sent]
         reason = "stop" if reason == "eos" else reason
         admitted = seq.admitted_at or end
-        seq.result = Result(
+        seq.result = EngineResult(
             request_id=seq.request.request_id, text=text, finish_reason=reason,
             prompt_tokens=len(seq.request.prompt_ids), completion_tokens=len(seq.generated),
             queue_ms=(admitted - seq.submitted_at) * 1000,
             ttft_ms=((seq.first_token_at or end) - seq.submitted_at) * 1000, total_ms=(end - seq.submitted_at) * 1000,
-            version=seq.request.version, variant=seq.request.variant, error=error,
+            error=error,
         )
         if seq.request.on_finish is not None:
             try:
@@ -365,6 +377,18 @@ class Engine:
                 log.exception("recording the end of request %s failed", seq.request.request_id)
         seq.done.set()
         seq.events.put(("done", seq.result))
+
+
+def load_native_engine(base, options) -> NativeEngine:
+    """The base loaded once as `options.quant` asks, its decoder Linear layers wrapped for per-row adapter slots."""
+    from registry.modeling.loading import load_base_model
+
+    from ..lora import MultiLoraModel
+
+    loaded = load_base_model(base, options.quant)
+    lora = MultiLoraModel(loaded.model, max_slots=options.max_adapters, rank=options.lora_rank,
+                          gather_cache_bytes=options.gather_cache_mb * 2**20)
+    return NativeEngine(loaded.model, loaded.tokenizer, lora, options.max_batch_size, options.max_queue)
 
 
 def _left_pad(t: torch.Tensor, width: int, dim: int = 2) -> torch.Tensor:

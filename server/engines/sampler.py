@@ -1,27 +1,10 @@
-"""Choosing the next token for each row: greedy, or temperature / top-k / top-p sampling with a per-request seed."""
+"""The native engine's choice of each row's next token: greedy, or temperature / top-k / top-p with a per-request seed."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 
-
-@dataclass
-class Sampling:
-    """Validated sampling settings for one request."""
-
-    max_new_tokens: int
-    temperature: float = 0.0
-    top_p: float = 1.0
-    top_k: int = 0
-    seed: int | None = None
-    stop: tuple[str, ...] = ()
-    repetition_penalty: float = 1.0
-
-    @property
-    def greedy(self) -> bool:
-        return self.temperature <= 0.0
+from . import Sampling
 
 
 def apply_repetition_penalty(logits: torch.Tensor, seen: torch.Tensor, penalty: float) -> torch.Tensor:
