@@ -1,7 +1,8 @@
 """What every `reg` command module shares: the app, the global options and how a command opens its registry.
 
-Command modules (`main.py`, `rollout.py`, `runs.py`, `export.py`, `server_cmds.py`) import from here and
-`main.py` imports them, so no module of the CLI imports another that imports it back.
+Command modules (`registry_cmds.py`, `base_cmds.py`, `rollout.py`, `runs.py`, `train_cmds.py`, `server_cmds.py`,
+`access_cmds.py`, `export.py`) import from here and register their commands on `app`; `main.py` imports them,
+so no module of the CLI imports another that imports it back.
 """
 
 from __future__ import annotations
@@ -12,6 +13,9 @@ from typing import Annotated, Optional
 import typer
 
 from registry import InvalidInput, Registry
+from registry.fields import flag_name
+
+from . import logs
 
 app = typer.Typer(
     name="reg",
@@ -42,8 +46,15 @@ def _global_options(
     tls_ca: Annotated[Optional[Path], typer.Option(
         "--tls-ca", envvar="LORADOCK_TLS_CA", show_default=False,
         help="PEM CA certificate to verify the remote's TLS certificate (turns TLS on).")] = None,
+    log_level: Annotated[str, typer.Option(
+        "--log-level", envvar="LORADOCK_LOG_LEVEL",
+        help=f"Least severe log records shown on stderr: {', '.join(logs.LEVELS)}.")] = "info",
+    log_format: Annotated[str, typer.Option(
+        "--log-format", envvar="LORADOCK_LOG_FORMAT",
+        help="Log lines as plain text, or as one JSON object a line for a log collector: text, json.")] = "text",
 ) -> None:
     """loradock: register, train, serve and export LoRA/QLoRA adapters."""
+    logs.configure(log_level.lower(), log_format.lower())
     _REMOTE.clear()
     _REMOTE.update(url=registry, token=token, tls_ca=tls_ca)
 
@@ -51,7 +62,7 @@ def _global_options(
 def _registry(home: Optional[Path]) -> Registry:
     """The local registry at `home`, or the remote one `--registry` names (same methods, same records)."""
     if _REMOTE.get("url"):
-        from server.remote import RemoteRegistry
+        from registry.remote.client import RemoteRegistry
 
         return RemoteRegistry(_REMOTE["url"], token=_REMOTE.get("token"), tls_ca=_REMOTE.get("tls_ca"), home=home)
     return Registry(home)
@@ -71,8 +82,8 @@ Target = Annotated[str, typer.Option("--target", "-t", envvar="LORADOCK_TARGET",
 def with_options_of(options_class):
     """Give `command` (which takes them as `**options`) one --flag per field of the dataclass `options_class`.
 
-    The field's default, help and type come from the dataclass (server/options.py), so a setting is defined
-    once; the command's own parameters come first.
+    The field's default, help, flag and type come from the dataclass (server/options.py, declared with
+    registry.fields.documented), so a setting is defined once; the command's own parameters come first.
     """
     import dataclasses
     import inspect
@@ -90,8 +101,7 @@ def with_options_of(options_class):
             kind = hints[f.name]
             if isinstance(kind, types.UnionType):  # `str | None` -> Optional[str], which typer reads
                 kind = Optional[next(arg for arg in typing.get_args(kind) if arg is not type(None))]
-            flag = "--" + f.metadata.get("flag", f.name).replace("_", "-")
-            option = typer.Option(flag, help=f.metadata["help"], show_default=f.default is not None)
+            option = typer.Option(flag_name(f), help=f.metadata["help"], show_default=f.default is not None)
             added.append(inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=f.default,
                                            annotation=Annotated[kind, option]))
         params = added + own

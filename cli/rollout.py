@@ -9,13 +9,14 @@ from rich.markup import escape
 
 from registry.rollouts import Guard, Revision, parse_arm
 
-from .common import Home, Json, _registry
+from .common import Home, Json, _registry, app
 from .output import console, print_json, table
 
 rollout_app = typer.Typer(
     help="A/B rollouts: split a bare adapter name between versions by weight, measure the arms, promote or roll back.",
     no_args_is_help=True,
 )
+app.add_typer(rollout_app, name="rollout")
 
 
 Name = Annotated[str, typer.Argument(help="Adapter name.")]

@@ -8,13 +8,14 @@ import typer
 
 from registry.errors import NotFound
 
-from .common import Home, Json, _local_registry
+from .common import Home, Json, _local_registry, app
 from .output import console, print_json, table
 
 runs_app = typer.Typer(
     help="Training runs under HOME/runs: running, succeeded, failed or abandoned (killed before it could say), and removal.",
     no_args_is_help=True,
 )
+app.add_typer(runs_app, name="runs")
 
 
 def _duration(seconds: float | None) -> str:

@@ -1,25 +1,28 @@
-"""`reg feedback` and `reg stats`: the Inference service's Feedback and ServerStats calls from the shell.
+"""`reg serve` and the commands that talk to a running server: `reg generate`, `reg feedback`, `reg stats`.
 
-Registered on `app` when cli.main imports this module (after `Target` exists).
+The server itself is `server/app.py`; the client commands call it through `server.client.LoradockClient`.
 """
 
 from __future__ import annotations
 
+import sys
 from contextlib import contextmanager
 from typing import Annotated, Optional
 
 import typer
 
+from registry import Registry
 from registry.errors import InvalidInput
+from server.options import ServerOptions
 
 from . import errors
-from .common import _REMOTE, Json, Target, app
+from .common import _REMOTE, Home, Json, Target, _registry, app, with_options_of
 from .output import console, err_console, human_size, print_json, table
 
 
 @contextmanager
 def _client(target: str, timeout: float):
-    """A client with the global --token/--tls-ca; a gRPC error becomes one line and `reg generate`'s exit codes."""
+    """A client with the global --token/--tls-ca; a gRPC error becomes one line and an inference exit code."""
     import grpc
 
     from server.client import LoradockClient
@@ -35,6 +38,90 @@ def _client(target: str, timeout: float):
 
 
 Timeout = Annotated[float, typer.Option(help="Deadline in seconds.")]
+
+
+@app.command()
+@with_options_of(ServerOptions)
+def serve(
+    registry_only: Annotated[bool, typer.Option("--registry-only", help="Serve only the Registry service of --home (no model is loaded).")] = False,
+    registry_url: Annotated[Optional[str], typer.Option("--registry", show_default=False, help="Resolve and pull adapters from this remote registry (grpc://HOST:PORT) instead of --home; the base stays local.")] = None,
+    home: Home = None,
+    **settings,
+) -> None:
+    """Serve completions over gRPC from one base model, with adapters per request from the registry.
+
+    The server also serves the Registry service (remote push/pull) of its home; --registry-only serves only that.
+    """
+    from server.app import serve_forever, serve_registry_forever
+
+    options = ServerOptions(**settings)
+    if registry_url:
+        _REMOTE["url"] = registry_url
+    if registry_only:
+        if _REMOTE.get("url"):
+            raise typer.BadParameter("--registry-only serves the registry of --home; it cannot serve a remote one")
+        raise typer.Exit(serve_registry_forever(options, Registry(home).home))
+    raise typer.Exit(serve_forever(options, _registry(home)))
+
+
+@app.command()
+def generate(
+    prompt: Annotated[str, typer.Argument(help="The prompt (sent as a user chat message unless --raw).")],
+    adapter: Annotated[str, typer.Option("--adapter", "-a", help="NAME, NAME:N or NAME@ALIAS (default: the bare base).")] = "",
+    target: Target = "localhost:50051",
+    stream: Annotated[bool, typer.Option(help="Print text as it is decoded.")] = False,
+    key: Annotated[str, typer.Option(help="Routing key for sticky rollouts (e.g. a user id).")] = "",
+    raw: Annotated[bool, typer.Option(help="Send the prompt as raw text, without the chat template.")] = False,
+    max_new_tokens: Annotated[int, typer.Option(help="Tokens to generate (0 = server default).")] = 0,
+    temperature: Annotated[float, typer.Option(help="Sampling temperature (0 = greedy).")] = 0.0,
+    top_p: Annotated[float, typer.Option(help="Nucleus sampling (0 = off).")] = 0.0,
+    top_k: Annotated[int, typer.Option(help="Sample only from the k most likely tokens (0 = off).")] = 0,
+    seed: Annotated[int, typer.Option(help="Sampling seed (0 = unseeded).")] = 0,
+    stop: Annotated[Optional[list[str]], typer.Option(help="Stop string (repeatable).")] = None,
+    merge: Annotated[Optional[list[str]], typer.Option(help="Serve a weighted merge instead: REF=WEIGHT (repeatable).")] = None,
+    merge_method: Annotated[str, typer.Option(help="Merge method: cat, linear, svd, ties...")] = "",
+    merge_density: Annotated[float, typer.Option(help="ties, dare_*, magnitude_prune: fraction of values kept, 0 < d <= 1.")] = 0.0,
+    merge_majority_sign_method: Annotated[str, typer.Option(help="ties, dare_ties: total or frequency (default total).")] = "",
+    timeout: Timeout = 120.0,
+    json_out: Json = False,
+) -> None:
+    """Ask a running server for a completion; prints the text and which version served it."""
+    merges = []
+    for item in merge or []:
+        ref, _, weight = item.rpartition("=")
+        try:
+            merges.append((ref, float(weight)))
+        except ValueError:
+            raise typer.BadParameter(f"--merge {item!r}: expected REF=WEIGHT") from None
+    kwargs = dict(adapter=adapter, max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, top_k=top_k, seed=seed,
+                  stop=stop or [], routing_key=key, merge=merges, merge_method=merge_method,
+                  merge_density=merge_density, merge_majority_sign_method=merge_majority_sign_method)
+    if raw:
+        kwargs["prompt"] = prompt
+    else:
+        kwargs["messages"] = [{"role": "user", "content": prompt}]
+    with _client(target, timeout) as client:
+        if stream and not json_out:
+            final = None
+            for chunk in client.stream(**kwargs):
+                if chunk.done:
+                    final = chunk
+                else:
+                    sys.stdout.write(chunk.text)
+                    sys.stdout.flush()
+            sys.stdout.write("\n")
+            served = final.adapter_version or "base"
+            err_console.print(f"[{served}{' / ' + final.variant if final.variant else ''}] {final.finish_reason}, "
+                              f"{final.usage.completion_tokens} tokens, {final.timing.total_ms:.0f} ms")
+            return
+        result = client.generate(**kwargs)
+    if json_out:
+        print_json(result.__dict__)
+        return
+    console.print(result.text)
+    served = result.adapter_version or "base"
+    err_console.print(f"[{served}{' / ' + result.variant if result.variant else ''}] {result.finish_reason}, "
+                      f"{result.completion_tokens} tokens, {result.total_ms:.0f} ms")
 
 
 @app.command()

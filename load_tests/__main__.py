@@ -10,22 +10,19 @@ Exit codes follow `reg`'s (README "Exit codes"): 2 bad input, 3 adapter not foun
 
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 
+from cli import logs
 from registry.bases import DEFAULT_BASE
 from registry.errors import LoradockError
 from registry.fields import help_texts
 
+from . import use_offline_hub
 from .run import LoadOptions
-
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 app = typer.Typer(
     name="load_tests",
@@ -79,7 +76,7 @@ def run(
 
     from . import report as report_mod
     from .presets import build_options
-    from .run import run_load
+    from .driver import run_load
 
     options = build_options(preset, given)
     console = Console(stderr=True, highlight=False)
@@ -115,8 +112,7 @@ def prepare(
 
     registry = Registry(home)
     try:
-        made = prepare_adapters(registry, base, count, prefix=prefix, rank=rank, seed=seed, canary=canary,
-                                log=lambda m: print(m, file=sys.stderr))
+        made = prepare_adapters(registry, base, count, prefix=prefix, rank=rank, seed=seed, canary=canary)
     finally:
         registry.close()
     print(" ".join(p.ref for p in made))
@@ -135,6 +131,9 @@ def main(argv: list[str] | None = None) -> int:
     from cli.errors import report
 
     from .run import Unreachable
+
+    use_offline_hub()  # before any command imports transformers or huggingface_hub
+    logs.configure()  # progress lines (load_tests.prepare ...) on stderr, as `reg` shows them
 
     command = typer.main.get_command(app)
     try:

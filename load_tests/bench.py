@@ -43,369 +43,32 @@ a tiny one. `--quick` (B 1,4; K 1,4; prompt 16; decode 4; quant none; 1 round; 2
 the CI smoke run: it checks the script, not the speed.
 """
 
+
 from __future__ import annotations
 
 import argparse
-import contextlib
 import gc
 import json
 import os
-import platform
-import statistics
 import sys
 import tempfile
 import time
-from functools import partial
 from pathlib import Path
 
-if __package__ in (None, ""):  # run as a script: make the repository importable
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-
-import torch  # noqa: E402
-
-from load_tests import bench_report  # noqa: E402
-from load_tests.bench_report import TARGET_CELL  # noqa: E402
-from load_tests.bench_runs import (  # noqa: E402
-    bench_engine, clock, forward, log, measure_cold_loads, measure_hot_swaps, profile_decode_step, push_cold_versions,
-    run_interleaved, run_one_by_one,
-)
-from load_tests.roofline import ModelShape, machine_peaks  # noqa: E402
-
-REPO = Path(__file__).resolve().parents[1]
-RANK, ALPHA = 16, 32
-BATCHED = ("bare", "ours", "peft_mixed")
-VARIANTS = BATCHED + ("peft_one_by_one",)
-PHASES = ("prefill", "decode", "total")
 DEFAULTS = {"quant": "none,nf4", "batches": "1,8,16,32", "adapters": "1,4,16,32", "prompt_len": 64,
             "decode_steps": 8, "repeats": 2, "cold_loads": 10}
 QUICK = {"quant": "none", "batches": "1,4", "adapters": "1,4", "prompt_len": 16,
          "decode_steps": 4, "repeats": 1, "cold_loads": 2}
-RANDOM_LLAMAS = {
-    # Llama-3.1-8B's shape (rope scaling left out: it does not change the work done).
-    "8b": dict(hidden_size=4096, intermediate_size=14336, num_hidden_layers=32, num_attention_heads=32,
-               num_key_value_heads=8, vocab_size=128256, rope_theta=500000.0, max_position_embeddings=8192,
-               rms_norm_eps=1e-5, tie_word_embeddings=False),
-    # Dimensions multiples of 64, so bitsandbytes' 4-bit blocks fit (NF4 works on it, on CPU too).
-    "tiny": dict(hidden_size=128, intermediate_size=256, num_hidden_layers=2, num_attention_heads=4,
-                 num_key_value_heads=2, vocab_size=512, max_position_embeddings=512, tie_word_embeddings=False),
-}
-# Each variant's cost relative to the bare base's forward, from BENCHMARKS.md (B=16, K=16, 2 CPU cores);
-# used only for the rough duration printed before a run: (prefill factor, decode factor), PEFT's grow with K.
-COST = {"ours": (1.25, 1.5), "peft_mixed": (1.2, 1.3), "peft_mixed_per_k": (0.05, 0.22), "one_by_one": (1.3, 1.3)}
-
-
-# --- machine ----------------------------------------------------------------------------------
-
-
-def machine_info(device: str) -> dict:
-    cpu = platform.processor() or ""
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    import peft
-    import transformers
-
-    versions = {"python": platform.python_version(), "torch": torch.__version__,
-                "transformers": transformers.__version__, "peft": peft.__version__}
-    with contextlib.suppress(ImportError):
-        import bitsandbytes
-
-        versions["bitsandbytes"] = bitsandbytes.__version__
-    revision = "?"
-    with contextlib.suppress(Exception):
-        import subprocess
-
-        git = ["git", "-C", str(REPO)]
-        revision = subprocess.run(git + ["rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
-        dirty = subprocess.run(git + ["status", "--porcelain", "server", "load_tests/bench.py", "load_tests/roofline.py"],
-                               capture_output=True, text=True).stdout.strip()
-        revision += " (server/ or the benchmark modified)" if dirty else ""
-    memory_gb = None
-    with contextlib.suppress(OSError, ValueError, IndexError):
-        memory_gb = round(int(Path("/proc/meminfo").read_text().split()[1]) / 2**20, 1)
-    return {
-        "revision": revision, "date": time.strftime("%Y-%m-%d"), "nproc": os.cpu_count(), "cpu": cpu,
-        "memory_gb": memory_gb, "torch_threads": torch.get_num_threads(), "device": device,
-        "gpu": torch.cuda.get_device_name() if device == "cuda" else None, **versions,
-    }
-
-
-def loadavg() -> str:
-    try:
-        return " ".join(f"{x:.2f}" for x in os.getloadavg())
-    except OSError:
-        return "?"
-
-
-# --- models and adapters ----------------------------------------------------------------------
-
-
-def build_random_llama(preset: str, out: Path, device: str, dtype: torch.dtype) -> Path:
-    """A randomly initialised Llama of a preset shape, saved as a model directory (weights are not needed for speed).
-
-    Initialised on `device` (seconds for 8B on a GPU), with a placeholder tokenizer: the benchmark feeds token ids."""
-    from tokenizers import Tokenizer, models
-    from transformers import AutoModelForCausalLM, LlamaConfig, PreTrainedTokenizerFast
-
-    config = LlamaConfig(**RANDOM_LLAMAS[preset], bos_token_id=1, eos_token_id=2, pad_token_id=0)
-    torch.manual_seed(0)
-    with torch.device(device):
-        model = AutoModelForCausalLM.from_config(config, dtype=dtype)
-    model.save_pretrained(out)
-    del model
-    vocab = {"<pad>": 0, "<s>": 1, "</s>": 2}
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=Tokenizer(models.WordLevel(vocab, unk_token="<pad>")),
-                                        bos_token="<s>", eos_token="</s>", pad_token="<pad>", unk_token="<pad>")
-    tokenizer.save_pretrained(out)
-    gc.collect()
-    return out
-
-
-def make_adapters(base_path: str | Path, out: Path, count: int) -> list[Path]:
-    """`count` real PEFT LoRA adapters (rank 16, all-linear) with seeded random A and non-zero random B.
-
-    PEFT wraps the base built on the meta device (no weights read), so this is quick for an 8B shape too."""
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoConfig, AutoModelForCausalLM
-
-    with torch.device("meta"):
-        model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(base_path))
-    config = LoraConfig(r=RANK, lora_alpha=ALPHA, target_modules="all-linear", task_type="CAUSAL_LM")
-    peft_model = get_peft_model(model, config)
-    shapes = {n: p.shape for n, p in peft_model.named_parameters() if "lora_A" in n or "lora_B" in n}
-    dirs = []
-    for i in range(count):
-        gen = torch.Generator().manual_seed(i)
-        tensors = {}
-        for name, shape in shapes.items():
-            if "lora_A" in name:  # like PEFT's kaiming-uniform init: U(-1/sqrt(in), 1/sqrt(in))
-                tensors[name] = (torch.rand(shape, generator=gen) * 2 - 1) / shape[1] ** 0.5
-            else:
-                tensors[name] = torch.randn(shape, generator=gen) * 0.01
-        peft_model.load_state_dict(tensors, strict=False, assign=True)
-        path = out / f"adapter-{i:03d}"
-        peft_model.save_pretrained(path)
-        dirs.append(path)
-    del peft_model, model
-    gc.collect()
-    return dirs
-
-
-def grid(batches: list[int], adapters: list[int]) -> tuple[list[tuple[int, int]], list[tuple[int, int]]]:
-    """(cells to run, cells skipped): every (B, K) with K <= B, in order of B then K."""
-    cells = [(b, k) for b in batches for k in adapters]
-    return [c for c in cells if c[1] <= c[0]], [c for c in cells if c[1] > c[0]]
-
-
-# --- one cell of the grid ---------------------------------------------------------------------
-
-
-def bench_cell(models: dict, b: int, k: int, prompt, steps, rounds: int, warmup: int, one_by_one_max: int) -> dict:
-    """B rows over K adapters: the batched variants interleaved and PEFT one-by-one, `warmup` + `rounds` rounds."""
-    bare, ours_model, multi, peft_model = models["bare"], models["ours"], models["multi"], models["peft"]
-    row_slots = [1 + i % k for i in range(b)]
-    row_names = [f"a{s - 1}" for s in row_slots]
-    prompt, steps = prompt[:b], steps[:b]
-    batched = {
-        "bare": (bare, None, {}),
-        "ours": (ours_model, lambda: multi.rows(row_slots), {}),  # rows() per forward, as server.engine does
-        "peft_mixed": (peft_model, None, {"adapter_names": row_names}),
-    }
-    one = min(b, one_by_one_max)
-    length, d = prompt.shape[1], steps.shape[1]
-    tokens = {v: (b * length, b * d) for v in BATCHED} | {"peft_one_by_one": (one * length, one * d)}
-    times: dict[str, list[tuple[float, float]]] = {v: [] for v in VARIANTS}
-    check = {}
-    for r in range(warmup + rounds):
-        prefill, decode, logits = run_interleaved(batched, prompt, steps)
-        obo = run_one_by_one(peft_model, row_names[:one], prompt, steps)
-        if r < warmup:
-            continue
-        if not check:
-            (ours_p, ours_d), (peft_p, peft_d) = logits["ours"], logits["peft_mixed"]
-            check = {
-                "max_abs_logit_diff_ours_vs_peft_prefill": float((ours_p.float() - peft_p.float()).abs().max()),
-                "max_abs_logit_diff_ours_vs_peft_decode": float((ours_d.float() - peft_d.float()).abs().max()),
-                "max_abs_logit_diff_ours_vs_bare_prefill": float((ours_p.float() - logits["bare"][0].float()).abs().max()),
-            }
-        for v in BATCHED:
-            times[v].append((prefill[v], decode[v]))
-        times["peft_one_by_one"].append(obo)
-
-    def rates(v: str) -> list[tuple[float, float, float]]:
-        """Per round: prefill, decode and total (prefill + decode tokens over both times) tokens/s."""
-        p_tok, d_tok = tokens[v]
-        return [(p_tok / p, d_tok / dd, (p_tok + d_tok) / (p + dd)) for p, dd in times[v]]
-
-    def paired(x: str, y: str) -> dict:
-        """x's tokens/s over y's, per phase: the median of the per-round ratios."""
-        return {ph: statistics.median(rx[i] / ry[i] for rx, ry in zip(rates(x), rates(y))) for i, ph in enumerate(PHASES)}
-
-    variants = {}
-    for v in VARIANTS:
-        per_round = rates(v)
-        variants[v] = {f"{ph}_tok_s": statistics.median(r[i] for r in per_round) for i, ph in enumerate(PHASES)}
-        variants[v] |= {"prefill_s": statistics.median(t[0] for t in times[v]),
-                        "decode_s": statistics.median(t[1] for t in times[v]),
-                        "requests": one if v == "peft_one_by_one" else b, "x_bare": paired(v, "bare")}
-    return {
-        "batch": b, "adapters": k, "variants": variants, "check": check,
-        "ours_x_one_by_one": paired("ours", "peft_one_by_one"), "ours_x_peft_mixed": paired("ours", "peft_mixed"),
-    }
-
-
-def roofline_of_cell(cell: dict, shape: ModelShape, peaks: dict, length: int, d: int, adapter_bytes_per_row: int) -> dict:
-    """Achieved prefill GFLOP/s and decode GB/s of bare and ours, and their fractions of the machine's peaks."""
-    b = cell["batch"]
-    flops = shape.prefill_flops(b, length)
-    step_bytes = shape.decode_bytes(b, length + (d + 1) / 2)  # the mean context over the decode steps
-    out = {"prefill_gflop": flops / 1e9, "decode_step_mb": step_bytes / 2**20,
-           "adapter_mb_per_step": b * adapter_bytes_per_row / 2**20}
-    for v in ("bare", "ours"):
-        m = cell["variants"][v]
-        gflops = flops / m["prefill_s"] / 1e9
-        gbs = step_bytes * d / m["decode_s"] / 1e9
-        out[v] = {"prefill_gflops": gflops, "prefill_of_peak": gflops / peaks["gflops"],
-                  "decode_gbs": gbs, "decode_of_bandwidth": gbs / peaks["gbs"]}
-    # ours also reads every row's adapter A/B each step (the gathered copies): the bytes it actually moves
-    ours_gbs = (step_bytes + b * adapter_bytes_per_row) * d / cell["variants"]["ours"]["decode_s"] / 1e9
-    out["ours"] |= {"decode_gbs_with_adapters": ours_gbs, "decode_with_adapters_of_bandwidth": ours_gbs / peaks["gbs"]}
-    return out
-
-
-# --- duration estimate ------------------------------------------------------------------------
-
-
-def calibrate(model, length: int, rows: int, device: str) -> tuple[float, float, float]:
-    """(seconds per forward, per prompt token, per decode row) of the bare base, from forwards of 1 x 1,
-    1 x `length` and `rows` x 1 tokens (a decode row costs more than a prompt token: smaller, less efficient matmuls)."""
-
-    def timed(shape) -> float:
-        ids = torch.zeros(shape, dtype=torch.long, device=device)
-        forward(model, ids, None, 0)
-        times = []
-        for _ in range(3):
-            start = clock()
-            forward(model, ids, None, 0)
-            times.append(clock() - start)
-        return statistics.median(times)
-
-    with torch.inference_mode():
-        one, prompt, batch = timed((1, 1)), timed((1, length)), timed((rows, 1))
-    return one, max(prompt - one, 0.0) / max(length - 1, 1), max(batch - one, 0.0) / max(rows - 1, 1)
-
-
-def estimate_seconds(cells, args, calibration: tuple[float, float, float], load_s: float, engine_cell) -> float:
-    """A rough duration of one quantization's runs, from the bare base's calibration and COST."""
-    per_forward, per_token, per_row = calibration
-    length, d = args.prompt_len, args.decode_steps
-
-    def run(b: int, prefill_factor: float, decode_factor: float) -> float:
-        return prefill_factor * (per_forward + per_token * b * length) + decode_factor * d * (per_forward + per_row * b)
-
-    total = 2 * load_s
-    for i, (b, k) in enumerate(cells):
-        peft = (COST["peft_mixed"][0] + COST["peft_mixed_per_k"][0] * k, COST["peft_mixed"][1] + COST["peft_mixed_per_k"][1] * k)
-        batched = run(b, 1, 1) + run(b, *COST["ours"]) + run(b, *peft)
-        one_by_one = min(b, args.one_by_one_requests) * run(1, *COST["one_by_one"])
-        total += (args.repeats + (i == 0)) * (batched + one_by_one)
-    if engine_cell:
-        total += 2 * (args.repeats + 1) * run(engine_cell[0], *COST["ours"])
-    return total + args.cold_loads * 1.0  # about 1 s per cold load (ours and PEFT's), on 2 cores
-
-
-# --- one quantization -------------------------------------------------------------------------
-
-
-def bench_quant(args, quant: str, bare_loaded, base_path: Path, adapter_dirs, cold, scratch: Path, cells, peaks) -> dict:
-    from peft import PeftModel
-
-    from registry.loading import load_base_model
-    from server.lora import MultiLoraModel, load_lora_weights
-
-    k_max = max(k for _, k in cells)
-    log(f"[{quant}] loading the base twice more (ours, PEFT) with {k_max} adapters each")
-    bare, tokenizer = bare_loaded.model, bare_loaded.tokenizer
-    ours_model = load_base_model(base_path, quant, args.device, args.bf16).model
-    spare_slot = k_max + 1  # cold loads and in-memory assigns go here
-    gather = {} if args.gather_cache_mb is None else {"gather_cache_bytes": int(args.gather_cache_mb * 2**20)}
-    # as server.app with its default --lora-rank 16: slots allocated for the adapters' rank up front
-    multi = MultiLoraModel(ours_model, max_slots=spare_slot, rank=RANK, **gather)
-    peft_model = PeftModel.from_pretrained(
-        load_base_model(base_path, quant, args.device, args.bf16).model, str(adapter_dirs[0]), adapter_name="a0")
-    models = {"bare": bare, "ours": ours_model, "multi": multi, "peft": peft_model}
-    result: dict = {"quant": quant, "compute_dtype": bare_loaded.compute_dtype}
-    if cold is not None:
-        log(f"[{quant}] cold loads ({len(cold[1])} versions)")
-        # outside inference_mode, as server.cache assigns (stacks grown under it could not be written later)
-        result["cold_load"] = measure_cold_loads(cold[0], cold[1], multi, peft_model, spare_slot, scratch)
-    for i, path in enumerate(adapter_dirs[:k_max]):
-        multi.assign(i + 1, load_lora_weights(path, multi))
-        if i:
-            peft_model.load_adapter(str(path), adapter_name=f"a{i}")
-    peft_model.eval()
-
-    b_max, length, d = max(b for b, _ in cells), args.prompt_len, args.decode_steps
-    gen = torch.Generator().manual_seed(1234)
-    vocab = bare.config.vocab_size
-    prompt = torch.randint(0, vocab, (b_max, length), generator=gen).to(args.device)
-    steps = torch.randint(0, vocab, (b_max, d), generator=gen).to(args.device)
-    shape = ModelShape.of(bare)
-    result["model"] = {"decode_weight_mb": shape.weight_bytes / 2**20, "linear_params": shape.linear_params,
-                       "adapter_mb_per_slot": multi.nbytes_per_slot / 2**20}
-    result["cells"] = []
-    with torch.inference_mode():
-        with multi.rows([0] * b_max):  # slot 0 everywhere must be the bare base exactly
-            slot0, _ = forward(ours_model, prompt, None, 0)
-        bare_logits, _ = forward(bare, prompt, None, 0)
-        result["check_slot0_vs_bare"] = float((slot0.float() - bare_logits.float()).abs().max())
-        for i, (b, k) in enumerate(cells):
-            began = clock()
-            cell = bench_cell(models, b, k, prompt, steps, args.repeats, warmup=int(i == 0),
-                              one_by_one_max=args.one_by_one_requests)
-            cell["roofline"] = roofline_of_cell(cell, shape, peaks, length, d, multi.nbytes_per_slot)
-            result["cells"].append(cell)
-            log(f"[{quant}] B={b} K={k}: {clock() - began:.1f}s, ours {cell['variants']['ours']['x_bare']['prefill']:.2f}x/"
-                f"{cell['variants']['ours']['x_bare']['decode']:.2f}x bare (load {loadavg()})")
-        b_hot = min(TARGET_CELL[0], b_max)
-        k_hot = min(b_hot, k_max)
-        if k_hot >= 2:
-            log(f"[{quant}] hot swaps (B={b_hot}, K={k_hot})")
-            result["hot_swap"] = measure_hot_swaps(models, adapter_dirs, spare_slot, prompt, b_hot, k_hot,
-                                                   n=3 if args.quick else 10)
-    engine_cell = pick_engine_cell(cells)
-    if args.engine:
-        log(f"[{quant}] engine runs (B={engine_cell[0]}, K={engine_cell[1]})")
-        result["engine"] = bench_engine(models, tokenizer, prompt, d, *engine_cell, rounds=args.repeats)
-    if args.profile:
-        b, k = engine_cell
-        row_slots = [1 + i % k for i in range(b)]
-        with torch.inference_mode():
-            result["profile"] = (
-                profile_decode_step(bare, prompt[:b], steps[:b], None, f"bare base, {quant}, batch {b}")
-                + profile_decode_step(ours_model, prompt[:b], steps[:b], partial(multi.rows, row_slots),
-                                      f"ours, {quant}, batch {b}, {k} adapters")
-            )
-    del ours_model, multi, peft_model, models
-    gc.collect()
-    return result
-
-
-def pick_engine_cell(cells: list[tuple[int, int]]) -> tuple[int, int]:
-    """The issue's target cell (16 requests, 16 adapters) when the grid has it, else the largest cell."""
-    return TARGET_CELL if TARGET_CELL in cells else max(cells)
 
 
 # --- command line -----------------------------------------------------------------------------
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    import torch
+
+    from load_tests.bench_grid import RANDOM_LLAMAS
+
     parser = argparse.ArgumentParser(prog="python -m load_tests bench", description=__doc__.split("\n\n")[0])
     parser.add_argument("--base", default=None, help="registered base name or model dir (default: the default base)")
     parser.add_argument("--random-llama", choices=sorted(RANDOM_LLAMAS),
@@ -463,28 +126,35 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run the benchmark; its parts are imported here, so `python load_tests/bench.py` can first make them importable."""
+    from load_tests import use_offline_hub
+
+    use_offline_hub()
     args = parse_args(argv)
-    from registry.loading import load_base_model, pick_compute_dtype
+    from load_tests import bench_report
+    from load_tests.bench_grid import (
+        bench_quant, calibrate, estimate_seconds, grid, loadavg, machine_info, make_adapters, pick_engine_cell,
+    )
+    from load_tests.bench_runs import log, push_cold_versions
+    from load_tests.roofline import machine_peaks
+    from registry.modeling.loading import load_base_model, pick_compute_dtype
 
     cells, skipped = grid(args.batch_list, args.adapter_list)
     if not cells:
         print("no cell to run: every K is larger than every B", file=sys.stderr)
         return 2
     info = machine_info(args.device)
-    info["load_start"] = loadavg()
-    log(f"{info['nproc']} CPUs ({info['cpu']}), torch threads {info['torch_threads']}, device {args.device}, "
-        f"load {info['load_start']}")
+    log(f"{info.nproc} CPUs ({info.cpu}), torch threads {info.torch_threads}, device {args.device}, load {info.load_start}")
     started = time.perf_counter()
     results = []
     with tempfile.TemporaryDirectory(prefix="loradock-bench-") as tmp:
         tmp = Path(tmp)
         base_path, base_name = resolve_bench_base(args, tmp)
-        info["base"] = base_name
+        info.base = base_name
         log(f"base {base_name} at {base_path}")
         peaks = machine_peaks(args.device, pick_compute_dtype(args.device, args.bf16), quick=args.quick)
-        info["peaks"] = peaks
-        log(f"machine peaks: matmul {peaks['gflops']:.1f} GFLOP/s ({peaks['dtype']}), copy {peaks['gbs']:.1f} GB/s "
-            f"({peaks['seconds']}s)")
+        info.peaks = peaks
+        log(f"machine peaks: matmul {peaks.gflops:.1f} GFLOP/s ({peaks.dtype}), copy {peaks.gbs:.1f} GB/s ({peaks.seconds}s)")
 
         bare, estimate = {}, 0.0
         for quant in args.quants:
@@ -494,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
             calibration = calibrate(bare[quant].model, args.prompt_len, max(args.batch_list), args.device)
             engine_cell = pick_engine_cell(cells) if args.engine else None
             estimate += load_s + estimate_seconds(cells, args, calibration, load_s, engine_cell)
-        info["estimate_s"] = round(estimate)
+        info.estimate_s = round(estimate)
         print(f"{len(cells)} cells x {len(args.quants)} quantizations (skipped, K > B: B rows cannot use more than B "
               f"adapters: {', '.join(f'B={b} K={k}' for b, k in skipped) or 'none'}); expected duration ~{estimate / 60:.1f} "
               "min (rough: from a calibration forward of the bare base)", flush=True)
@@ -508,24 +178,27 @@ def main(argv: list[str] | None = None) -> int:
             results.append(bench_quant(args, quant, bare.pop(quant), base_path, adapter_dirs, cold, tmp, cells, peaks))
             gc.collect()
             if quant != args.quants[-1]:  # partial results first, in case a later quant fails or is cut short
-                info["load_end"] = loadavg()
+                info.load_end = loadavg()
                 print(bench_report.text(info, args, results[-1:], skipped), flush=True)
                 write_outputs(args, info, results, skipped)
         if cold is not None:
             cold[0].close()
-    info["load_end"] = loadavg()
-    info["seconds"] = round(time.perf_counter() - started, 1)
+    info.load_end = loadavg()
+    info.seconds = round(time.perf_counter() - started, 1)
     print(bench_report.text(info, args, results, skipped))
     print(bench_report.targets(results))
-    print(f"\n(total {info['seconds']} s, estimated {info['estimate_s']} s)")
+    print(f"\n(total {info.seconds} s, estimated {info.estimate_s} s)")
     write_outputs(args, info, results, skipped)
     return 0
 
 
 def resolve_bench_base(args, tmp: Path) -> tuple[Path, str]:
     """(model dir, base name): a random Llama built into `tmp`, or --base resolved in the --home registry."""
+    from load_tests.bench_runs import log
+
     if args.random_llama:
-        from registry.loading import pick_compute_dtype
+        from load_tests.bench_grid import build_random_llama
+        from registry.modeling.loading import pick_compute_dtype
 
         log(f"building a random-init Llama ({args.random_llama}) on {args.device}")
         dtype = pick_compute_dtype(args.device, args.bf16)
@@ -542,15 +215,20 @@ def resolve_bench_base(args, tmp: Path) -> tuple[Path, str]:
     return Path(base.path), base.name
 
 
-def write_outputs(args, info: dict, results: list[dict], skipped) -> None:
+def write_outputs(args, info, results: list, skipped) -> None:
+    """--json (the results as plain JSON, bench_results.as_json) and --markdown (the tables for BENCHMARKS.md)."""
+    from load_tests import bench_report
+    from load_tests.bench_results import as_json
+
     if args.json_out:
         settings = {k: v for k, v in vars(args).items() if k not in ("json_out", "markdown_out")}
-        payload = {"machine": info, "settings": settings, "skipped_cells": [{"batch": b, "adapters": k} for b, k in skipped],
-                   "results": results}
+        payload = {"machine": as_json(info), "settings": settings,
+                   "skipped_cells": [{"batch": b, "adapters": k} for b, k in skipped], "results": as_json(results)}
         Path(args.json_out).write_text(json.dumps(payload, indent=2, default=str))
     if args.markdown_out:
         Path(args.markdown_out).write_text(bench_report.markdown(info, args, results, skipped))
 
 
-if __name__ == "__main__":
+if __name__ == "__main__":  # `python load_tests/bench.py`: make the repository importable first (only when run so)
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     sys.exit(main())

@@ -11,9 +11,24 @@ import statistics
 import sys
 import time
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, NamedTuple
 
 import torch
+
+from .bench_results import ColdLoads, EngineBench, EngineRun, HotSwaps
+
+
+@dataclass
+class Models:
+    """The three loads of the base one quantization is measured on."""
+
+    bare: Any  # the base alone
+    ours: Any  # the base wrapped by `multi`
+    multi: Any  # server.lora.MultiLoraModel over `ours`, adapters in slots 1..K
+    peft: Any  # PeftModel over a third load, adapters a0..a(K-1)
+
 
 def log(msg: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
@@ -96,10 +111,16 @@ def run_one_by_one(peft_model, names, prompt, steps) -> tuple[float, float]:
 # --- the engine -------------------------------------------------------------------------------
 
 
-def run_engine(model, tokenizer, multi, prompt, steps: int, slots: list[int]) -> dict:
+class _EngineOnce(NamedTuple):
+    decode_tok_s: float
+    wall_tok_s: float
+    completion_tokens: int
+
+
+def run_engine(model, tokenizer, multi, prompt, steps: int, slots: list[int]) -> _EngineOnce:
     """B requests through server.engine.Engine (all admitted in one prefill), greedy, exactly `steps` tokens each."""
-    from server.engine import Engine, EngineRequest
-    from server.sampling import Sampling
+    from server.engines import EngineRequest, Sampling
+    from server.engines.native import NativeEngine as Engine
 
     engine = Engine(model, tokenizer, multi, max_batch_size=len(slots))
     engine.eos_ids = set()  # random prompts: never stop early, every request decodes exactly `steps` tokens
@@ -113,32 +134,32 @@ def run_engine(model, tokenizer, multi, prompt, steps: int, slots: list[int]) ->
     wall = clock() - start
     engine.stop()
     tokens = sum(r.completion_tokens for r in results)
-    return {
-        "decode_tok_s": engine.decode_tokens / engine.decode_seconds if engine.decode_seconds else 0.0,
-        "wall_tok_s": tokens / wall, "completion_tokens": tokens, "wall_s": wall,
-    }
+    decode_tok_s = engine.decode_tokens / engine.decode_seconds if engine.decode_seconds else 0.0
+    return _EngineOnce(decode_tok_s, tokens / wall, tokens)
 
 
-def bench_engine(models: dict, tokenizer, prompt, d: int, b: int, k: int, rounds: int) -> dict:
+def bench_engine(models: Models, tokenizer, prompt, d: int, b: int, k: int, rounds: int) -> EngineBench:
     """The Engine decoding B requests over K adapters against the same B requests on the base (slot 0), paired per round."""
     row_slots = [1 + i % k for i in range(b)]
-    runs: dict[str, list[dict]] = {"engine_base": [], "engine_adapters": []}
+    base: list[_EngineOnce] = []
+    adapters: list[_EngineOnce] = []
     for r in range(rounds + 1):  # the first round warms up
-        for key, slots in (("engine_base", [0] * b), ("engine_adapters", row_slots)):
-            out = run_engine(models["ours"], tokenizer, models["multi"], prompt[:b], d, slots)
+        for runs, slots in ((base, [0] * b), (adapters, row_slots)):
+            out = run_engine(models.ours, tokenizer, models.multi, prompt[:b], d, slots)
             if r:
-                runs[key].append(out)
-    result = {"batch": b, "adapters": k}
-    for key, outs in runs.items():
-        pairs = list(zip(runs["engine_base"], outs))
-        result[key] = {
-            "decode_tok_s": statistics.median(o["decode_tok_s"] for o in outs),
-            "wall_tok_s": statistics.median(o["wall_tok_s"] for o in outs),
-            "completion_tokens": outs[0]["completion_tokens"],
-            "decode_x_base": statistics.median(o["decode_tok_s"] / e["decode_tok_s"] for e, o in pairs),
-            "wall_x_base": statistics.median(o["wall_tok_s"] / e["wall_tok_s"] for e, o in pairs),
-        }
-    return result
+                runs.append(out)
+
+    def summary(outs: list[_EngineOnce]) -> EngineRun:
+        pairs = list(zip(base, outs))
+        return EngineRun(
+            decode_tok_s=statistics.median(o.decode_tok_s for o in outs),
+            wall_tok_s=statistics.median(o.wall_tok_s for o in outs),
+            completion_tokens=outs[0].completion_tokens,
+            decode_x_base=statistics.median(o.decode_tok_s / e.decode_tok_s for e, o in pairs),
+            wall_x_base=statistics.median(o.wall_tok_s / e.wall_tok_s for e, o in pairs),
+        )
+
+    return EngineBench(batch=b, adapters=k, engine_base=summary(base), engine_adapters=summary(adapters))
 
 
 # --- cold load and hot swap -------------------------------------------------------------------
@@ -158,7 +179,7 @@ def ms(xs: list[float]) -> float:
     return round(1000 * statistics.median(xs), 2)
 
 
-def measure_cold_loads(reg, refs, multi, peft_model, slot: int, scratch: Path) -> dict:
+def measure_cold_loads(reg, refs, multi, peft_model, slot: int, scratch: Path) -> ColdLoads:
     """Registry -> servable for each ref (resolve, pull to a fresh dir, load_lora_weights, assign), and PEFT's load_adapter."""
     from registry.names import parse_ref
     from server.lora import load_lora_weights
@@ -185,16 +206,15 @@ def measure_cold_loads(reg, refs, multi, peft_model, slot: int, scratch: Path) -
         peft_model.load_adapter(str(path), adapter_name=name)
         peft_times.append(clock() - t0)
         peft_model.delete_adapter(name)
-    return {
-        "n": len(refs), "ours_p50_ms": ms(ours), "ours_max_ms": round(1000 * max(ours), 1),
-        "ours_first_ms": round(1000 * ours[0], 1),
-        "pull_p50_ms": ms(parts["pull"]), "load_lora_weights_p50_ms": ms(parts["load"]), "assign_p50_ms": ms(parts["assign"]),
-        "ours_without_pull_p50_ms": ms([a + b for a, b in zip(parts["load"], parts["assign"])]),
-        "peft_load_adapter_p50_ms": ms(peft_times),
-    }
+    return ColdLoads(
+        n=len(refs), ours_p50_ms=ms(ours), ours_max_ms=round(1000 * max(ours), 1), ours_first_ms=round(1000 * ours[0], 1),
+        pull_p50_ms=ms(parts["pull"]), load_lora_weights_p50_ms=ms(parts["load"]), assign_p50_ms=ms(parts["assign"]),
+        ours_without_pull_p50_ms=ms([a + b for a, b in zip(parts["load"], parts["assign"])]),
+        peft_load_adapter_p50_ms=ms(peft_times),
+    )
 
 
-def measure_hot_swaps(models: dict, adapter_dirs: list[Path], spare_slot: int, prompt, b: int, k: int, n: int) -> dict:
+def measure_hot_swaps(models: Models, adapter_dirs: list[Path], spare_slot: int, prompt, b: int, k: int, n: int) -> HotSwaps:
     """Switching requests to other resident adapters.
 
     Ours: a decode step for B rows whose slots all changed since the previous step (`rows()` builds a new plan
@@ -202,7 +222,7 @@ def measure_hot_swaps(models: dict, adapter_dirs: list[Path], spare_slot: int, p
     adapter already read into memory (LoraWeights) into a slot. PEFT: `set_adapter` to another loaded adapter."""
     from server.lora import load_lora_weights
 
-    model, multi, peft_model = models["ours"], models["multi"], models["peft"]
+    model, multi, peft_model = models.ours, models.multi, models.peft
     plans = ([1 + i % k for i in range(b)], [1 + (i + 1) % k for i in range(b)])  # every row moves to another slot
     ids = prompt[:b]
     token = ids[:, :1]
@@ -242,12 +262,11 @@ def measure_hot_swaps(models: dict, adapter_dirs: list[Path], spare_slot: int, p
         t0 = clock()
         peft_model.set_adapter(names[(i + 1) % k])
         set_adapter.append(clock() - t0)
-    return {
-        "batch": b, "adapters": k, "n": n,
-        "ours_plan_ms": ms(plan_s), "ours_step_unchanged_ms": ms(same), "ours_step_after_switch_ms": ms(switched),
-        "ours_switch_overhead_ms": round(ms(plan_s) + ms(switched) - ms(same), 2),
-        "ours_assign_in_memory_ms": ms(assign), "peft_set_adapter_ms": ms(set_adapter),
-    }
+    return HotSwaps(
+        batch=b, adapters=k, n=n, ours_plan_ms=ms(plan_s), ours_step_unchanged_ms=ms(same),
+        ours_step_after_switch_ms=ms(switched), ours_switch_overhead_ms=round(ms(plan_s) + ms(switched) - ms(same), 2),
+        ours_assign_in_memory_ms=ms(assign), peft_set_adapter_ms=ms(set_adapter),
+    )
 
 
 # --- profile ----------------------------------------------------------------------------------

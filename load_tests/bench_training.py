@@ -21,7 +21,6 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 
 # Full fine-tuning moves every weight, so it wants a much smaller learning rate than an adapter.
 METHODS = {
@@ -37,7 +36,7 @@ def run_one(method: str, home: str, steps: int, max_examples: int) -> dict:
     from transformers import Trainer, TrainerCallback, TrainingArguments, set_seed
 
     from registry import Registry
-    from registry.loading import load_base_model
+    from registry.modeling.loading import load_base_model
     from trainer import data as data_mod
     from trainer.config import load_config
     from trainer.environment import peak_memory_mb
@@ -107,6 +106,9 @@ def run_one(method: str, home: str, steps: int, max_examples: int) -> dict:
 
 
 def main() -> None:
+    from load_tests import use_offline_hub
+
+    use_offline_hub()
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--home", default=os.environ.get("LORADOCK_HOME") or str(Path.home() / ".loradock"),
                         help="registry home holding (or to hold) the default base")
@@ -138,5 +140,6 @@ def main() -> None:
         Path(args.json_out).write_text(json.dumps(results, indent=2))
 
 
-if __name__ == "__main__":
+if __name__ == "__main__":  # `python load_tests/bench_training.py`: make the repository importable first (only when run so)
+    sys.path.insert(0, str(ROOT))
     main()

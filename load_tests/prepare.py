@@ -8,6 +8,7 @@ running it twice adds nothing. `canary` gets two versions (for the canary preset
 
 from __future__ import annotations
 
+import logging
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,6 +16,8 @@ from pathlib import Path
 from registry import Registry
 from registry.errors import InvalidInput
 from registry.names import validate_name
+
+logger = logging.getLogger(__name__)
 
 CANARY = "canary"
 
@@ -31,7 +34,7 @@ def adapter_names(prefix: str, count: int) -> list[str]:
 
 
 def prepare_adapters(registry: Registry, base: str, count: int, prefix: str = "load", rank: int = 8, seed: int = 0,
-                     canary: bool = True, log=lambda message: None) -> list[Prepared]:
+                     canary: bool = True) -> list[Prepared]:
     """Create and push `count` adapters named PREFIX-00, PREFIX-01, ... (and a two-version `canary`)."""
     import torch
     from peft import LoraConfig, get_peft_model
@@ -48,7 +51,7 @@ def prepare_adapters(registry: Registry, base: str, count: int, prefix: str = "l
     if canary:
         jobs += [(CANARY, seed + 10_000), (CANARY, seed + 10_001)]
     base_record = registry.resolve_base(base)
-    log(f"loading {base_record.name} to shape {len(jobs)} adapters ...")
+    logger.info(f"loading {base_record.name} to shape {len(jobs)} adapters ...")
     model = AutoModelForCausalLM.from_pretrained(base_record.path, torch_dtype=torch.float32)
     config = LoraConfig(r=rank, lora_alpha=2 * rank, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM",
                         init_lora_weights=False)
@@ -62,5 +65,5 @@ def prepare_adapters(registry: Registry, base: str, count: int, prefix: str = "l
             model = peft_model.unload()  # the base without LoRA layers, for the next one
             result = registry.push(directory, name, base=base_record.name, message=f"load test adapter (seed {adapter_seed})")
             out.append(Prepared(result.version.ref, result.created))
-            log(f"{result.version.ref}{'' if result.created else ' (already there)'}")
+            logger.info(f"{result.version.ref}{'' if result.created else ' (already there)'}")
     return out

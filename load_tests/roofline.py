@@ -1,6 +1,6 @@
 """How close a forward pass comes to the machine: measured peaks, and the work a pass must do.
 
-    peaks = machine_peaks("cpu", torch.float32)             # {"gflops": ..., "gbs": ...}
+    peaks = machine_peaks("cpu", torch.float32)             # Peaks(gflops=..., gbs=..., ...)
     shape = ModelShape.of(model)
     shape.prefill_flops(batch=16, length=64)                 # useful FLOPs of one prefill
     shape.decode_bytes(batch=16, context=68)                 # bytes one decode step must read
@@ -18,6 +18,8 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
+
+from .bench_results import Peaks
 
 TRIES = 5
 
@@ -56,7 +58,7 @@ def copy_bandwidth(device: str, nbytes: int) -> float:
     return 2 * src.nbytes / _best_seconds(lambda: dst.copy_(src)) / 1e9
 
 
-def machine_peaks(device: str, dtype: torch.dtype, quick: bool = False) -> dict:
+def machine_peaks(device: str, dtype: torch.dtype, quick: bool = False) -> Peaks:
     """The matmul peak (best over a few sizes) and copy bandwidth this process can reach."""
     if device == "cuda":
         sizes, nbytes = (4096, 8192), 2 * 2**30
@@ -65,11 +67,10 @@ def machine_peaks(device: str, dtype: torch.dtype, quick: bool = False) -> dict:
     started = time.perf_counter()
     per_size = matmul_peak(device, dtype, sizes)
     gbs = copy_bandwidth(device, nbytes)
-    return {
-        "gflops": max(per_size.values()), "gflops_by_size": per_size, "gbs": gbs,
-        "dtype": str(dtype).removeprefix("torch."), "copy_mb": nbytes // 2**20,
-        "threads": torch.get_num_threads(), "seconds": round(time.perf_counter() - started, 1),
-    }
+    return Peaks(
+        gflops=max(per_size.values()), gflops_by_size=per_size, gbs=gbs, dtype=str(dtype).removeprefix("torch."),
+        copy_mb=nbytes // 2**20, threads=torch.get_num_threads(), seconds=round(time.perf_counter() - started, 1),
+    )
 
 
 @dataclass

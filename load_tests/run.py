@@ -6,9 +6,8 @@ Open loop: Poisson arrivals at `rate` per second whatever the server does, with 
 generator's own limit, so it never melts), never queued, so the arrival process stays honest.
 
 Every request becomes one `Sample` (status code, client-side latency, time to first token, which
-version and rollout arm served it). `run_load` checks the target and the adapters, takes the
-server's `ServerStats` before and after, runs the preset's phases with a live progress line, and
-writes the report (`load_tests.report`).
+version and rollout arm served it). A whole run (target and adapters checked, the preset's phases,
+the report) is `load_tests.driver.run_load`.
 """
 
 from __future__ import annotations
@@ -23,13 +22,12 @@ from pathlib import Path
 
 import grpc
 
-from registry.errors import InvalidInput, LoradockError, NotFound
+from registry.errors import InvalidInput, LoradockError
 from registry.fields import documented
-from registry.names import parse_ref
 from server.client import LoradockClient
 from server.stats import percentile
 
-from .workload import MIXES, AdapterChoice, Workload, load_prompts, parse_adapters
+from .workload import MIXES, Workload, parse_adapters
 
 OK = "OK"
 CLIENT_ERROR = "CLIENT_ERROR"            # an exception that is not a gRPC status: a generator bug, reported not hidden
@@ -290,7 +288,7 @@ class LoadGenerator:
                     f"in flight {self.in_flight}{extra}")
 
 
-# --- a whole run ----------------------------------------------------------------------------
+# --- what a run knows of its server ----------------------------------------------------------
 
 
 @dataclass
@@ -298,66 +296,3 @@ class ServerInfo:
     """What the generator learns from the server before it starts."""
     adapters: list[str]          # names the server can serve (ListAdapters)
     stats: object                # ServerStatsResponse
-
-
-def connect(options: LoadOptions, ready_timeout: float = 5.0) -> tuple[LoradockClient, ServerInfo]:
-    client = LoradockClient(options.target, timeout=options.timeout)
-    try:
-        client.wait_ready(timeout=ready_timeout)
-        stats = client.stats()
-        names = sorted({a.name for a in client.list_adapters()})
-    except Exception as exc:
-        client.close()
-        reason = exc.details() if isinstance(exc, grpc.RpcError) else f"no answer within {ready_timeout:g} s"
-        raise Unreachable(f"--target {options.target!r}: cannot reach a loradock server there ({reason}); "
-                          "is `reg serve` running on that address?") from None
-    return client, ServerInfo(names, stats)
-
-
-def check_adapters(choices: list[AdapterChoice], server: ServerInfo, target: str) -> None:
-    for choice in choices:
-        name = parse_ref(choice.ref).name
-        if name not in server.adapters:
-            listed = ", ".join(server.adapters[:20]) or "none"
-            raise NotFound(f"--adapters: adapter {name!r} is not served at {target} (it serves: {listed}); "
-                           "push it to the server's registry (`python -m load_tests prepare` makes test adapters)")
-
-
-def default_out(preset: str | None) -> Path:
-    return Path("load-test-out") / f"{preset or 'run'}-{time.strftime('%Y%m%d-%H%M%S')}"
-
-
-def run_load(options: LoadOptions, preset_name: str | None = None, console=None, live: bool = True) -> dict:
-    """Run a load test (a preset, or one closed- or open-loop phase); write and return the report."""
-    from . import report
-    from .presets import get_preset, single_phase
-
-    preset = get_preset(preset_name) if preset_name else None
-    options.validate()
-    prompts = load_prompts(options.prompts)
-    client, server = connect(options)
-    try:
-        if preset:
-            choices = preset.choose_adapters(options, server)
-        elif options.adapters:
-            choices = parse_adapters(options.adapters)
-        else:
-            raise InvalidInput("give --adapters NAME,NAME,... or a --preset that picks them")
-        check_adapters(choices, server, options.target)
-        workload = Workload(choices, prompts, keys=options.keys, mix=options.mix, seed=options.seed)
-        gen = LoadGenerator(client, workload, options, live=live, console=console)
-        notes: dict = {}
-        interrupted = False
-        try:
-            (preset.drive if preset else single_phase)(gen, options, server, notes)
-        except KeyboardInterrupt:
-            interrupted = True
-        try:
-            after = client.stats()
-        except grpc.RpcError as exc:
-            after, notes["stats_after_error"] = None, f"{exc.code().name}: {exc.details()}"
-        result = report.build(options, preset_name, choices, gen, server.stats, after, notes, interrupted)
-    finally:
-        client.close()
-    report.write(result, gen, options.out or default_out(preset_name))
-    return result

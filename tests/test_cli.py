@@ -189,3 +189,19 @@ def test_reg_serve_takes_every_server_option_from_its_one_definition():
         assert option.help == f.metadata["help"] and option.default == f.default, f.name
         assert f"--{f.metadata.get('flag', f.name).replace('_', '-')}" in option.opts, (f.name, option.opts)
     assert {"registry_only", "registry_url", "home"} <= set(by_name)
+
+
+@pytest.mark.parametrize("flag, value, message", [
+    ("max_queue", 0, "--max-queue must be at least 1, got 0"),
+    ("max_batch_size", -3, "--max-batch-size must be at least 1, got -3"),
+    ("workers", -1, "--workers must be 0 or more, got -1"),
+    ("gather_cache_mb", -5, "--gather-cache-mb must be 0 or more, got -5"),
+])
+def test_a_server_option_below_its_declared_minimum_names_the_flag_and_value(flag, value, message):
+    """The range lives beside the default (`documented(..., minimum=)`); validate() reports it with the flag's name."""
+    from server.errors import BadRequest
+    from server.options import ServerOptions
+
+    with pytest.raises(BadRequest) as caught:
+        ServerOptions(**{flag: value}).validate()
+    assert str(caught.value) == message

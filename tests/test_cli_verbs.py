@@ -20,7 +20,7 @@ def served(tmp_path_factory, tiny_base_dir):
     reg.add_base(str(tiny_base_dir), TINY_BASE)
     reg.push(make_adapter_dir(tiny_base_dir, tmp_path_factory.mktemp("verbs-adapter") / "a", "lora", seed=4), "demo")
     options = ServerOptions(base=TINY_BASE, quant="none", port=0, max_batch_size=4, max_adapters=2, default_max_new_tokens=6)
-    server, port, service = create_server(options, reg, log=lambda m: None)
+    server, port, service = create_server(options, reg)
     yield {"home": home, "target": f"127.0.0.1:{port}", "service": service}
     shutdown(server, service, 0)
 

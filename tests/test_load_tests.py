@@ -25,7 +25,7 @@ def start_server(home: Path, **overrides):
     reg = Registry(home)
     options = ServerOptions(**{"base": TINY_BASE, "quant": "none", "port": 0, "max_batch_size": 4, "max_adapters": 2,
                                "max_queue": 64, "default_max_new_tokens": 8, **overrides})
-    server, port, service = create_server(options, reg, log=lambda m: None)
+    server, port, service = create_server(options, reg)
     return server, service, f"127.0.0.1:{port}", reg
 
 

@@ -6,11 +6,14 @@ Checkpoints go to `<run dir>/checkpoints` (resumable with `resume=True`), the lo
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from .config import TrainConfig
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -25,7 +28,7 @@ class Fitted:
 
 
 def fit(model, train_features: list, val_features: list, collator, config: TrainConfig, run_dir: Path, resume: bool,
-        progress: bool, log) -> Fitted:
+        progress: bool) -> Fitted:
     """Train `model` on `train_features` (validation loss on `val_features`, if any), from the last checkpoint when resuming."""
     from transformers import EarlyStoppingCallback, Trainer
     from transformers.trainer_callback import PrinterCallback
@@ -47,9 +50,9 @@ def fit(model, train_features: list, val_features: list, collator, config: Train
     trainer.remove_callback(PrinterCallback)  # our progress bar shows the losses
     checkpoint = _last_checkpoint(run_dir / "checkpoints") if resume else None
     if resume and checkpoint is None:
-        log("no checkpoint saved yet in that run; starting it from step 0")
+        logger.info("no checkpoint saved yet in that run; starting it from step 0")
     elif checkpoint is not None:
-        log(f"continuing from {checkpoint.name}")
+        logger.info(f"continuing from {checkpoint.name}")
         curves.load(run_dir / "curves.json")
     train_started = time.time()
     curves.path = run_dir / "curves.json"

@@ -1,17 +1,15 @@
 """Memory and cost planner behind `reg plan`: will full fine-tuning, LoRA or QLoRA of a model fit, and on what?
 
 `plan("8B", rank=16, seq=4096, batch=2)` estimates the training memory of each method from a
-Llama-like model shape, recommends GPU types from an editable price table, and returns a
-JSON-ready dict; `format_plan_table` and `format_gpu_table` render it. No torch here: the
+Llama-like model shape (trainer/plan_inputs.py), recommends GPU types from an editable price table,
+and returns a JSON-ready dict; cli/plan_view.py renders it. No torch and no rendering here: the
 numbers are rules of thumb, each formula below says where it comes from.
-
-Units: bytes everywhere; people see GiB (2^30 bytes), the unit nvidia-smi and torch report.
 
 What the model assumes (HF Trainer + PEFT as loradock's trainer runs them):
   * bf16 compute, AdamW, gradient checkpointing on, micro-batch `batch` of `seq` tokens;
   * LoRA adapters on all linear layers of every decoder layer, kept in fp32 (PEFT's
     `autocast_adapter_dtype`), with fp32 gradients and AdamW states: 16 bytes per adapter param;
-  * QLoRA as `registry.loading` loads it: NF4 with double quantization for the decoder's linear
+  * QLoRA as `registry.modeling.loading` loads it: NF4 with double quantization for the decoder's linear
     layers, and `prepare_model_for_kbit_training` casting everything else (embeddings, lm_head,
     norms) to fp32.
 Not modelled: MoE, CPU offload, sequence parallelism, DeepSpeed's communication buffers,
@@ -26,15 +24,13 @@ tokens is ~12 GiB at 4096 x 2, over Llama-2's 32k ~3 GiB.
 
 from __future__ import annotations
 
-import math
-import re
-from dataclasses import asdict, dataclass, field, replace
-from pathlib import Path
+from dataclasses import asdict, dataclass, field
 from typing import Any, Iterable
 
-from registry.errors import InvalidInput
+from .plan_inputs import (
+    GIB, PARAMS_RANGE, GpuType, ModelShape, PlanError, gib, human_count, load_gpu_table, parse_params, shape_for_params,
+)
 
-GIB = 2**30
 METHODS = ("full", "lora", "qlora")
 LINEAR_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 TARGET_PRESETS = {"all-linear": LINEAR_MODULES, "attention": LINEAR_MODULES[:4], "qv": ("q_proj", "v_proj")}
@@ -72,163 +68,9 @@ FRAGMENTATION = 0.05
 TIGHT_FRACTION = 0.85  # a plan using more than this of a GPU's memory is marked "tight"
 MAX_GPUS = 64
 
-# What the planner answers for: past these the rules of thumb mean nothing (and 1e30 parameters
-# printed 30-digit GiB). Ten times the largest published dense model; LoRA ranks past 4096 exceed
-# the hidden size of every model here; a million tokens per sequence; a per-GPU micro-batch.
-PARAMS_RANGE = (10**6, 10**13)
+# What the planner answers for (the parameter range is plan_inputs.PARAMS_RANGE): LoRA ranks past 4096
+# exceed the hidden size of every model here; a million tokens per sequence; a per-GPU micro-batch.
 INPUT_RANGES = {"rank": (1, 4096), "seq": (1, 1_048_576), "batch": (1, 4096)}
-GPU_MEMORY_GB_MAX = 4096
-USD_PER_HOUR_MAX = 10_000
-
-
-class PlanError(InvalidInput, ValueError):
-    """A planner input (parameter count, method, GPU table entry...) that is not valid; the message names it."""
-
-
-# --- parameter counts and model shapes ------------------------------------------------------------
-
-_SUFFIXES = {"": 1, "k": 10**3, "m": 10**6, "b": 10**9, "t": 10**12}
-
-
-def parse_params(text: str | int | float) -> int:
-    """'8B', '135M', '1.5b', '7e9', '7000000000' -> a parameter count; PlanError names a bad value."""
-    if isinstance(text, (int, float)) and not isinstance(text, bool):
-        value = float(text)
-    else:
-        match = re.fullmatch(r"\s*([0-9][0-9_]*(?:\.[0-9]*)?(?:e[+-]?[0-9]+)?)\s*([kmbt]?)\s*", str(text), re.IGNORECASE)
-        if not match:
-            raise PlanError(f"--params {text!r}: expected a count like 8B, 135M, 1.5B or 7e9")
-        value = float(match.group(1).replace("_", "")) * _SUFFIXES[match.group(2).lower()]
-    low, high = PARAMS_RANGE
-    if not math.isfinite(value) or not low <= value <= high:
-        raise PlanError(f"--params {text!r}: expected between {_human_count(low)} and {_human_count(high)} parameters")
-    return int(round(value))
-
-
-@dataclass
-class ModelShape:
-    """The dimensions of a Llama-like decoder (SwiGLU MLP, RMSNorm, grouped-query attention)."""
-
-    params: int
-    hidden: int
-    layers: int
-    vocab: int
-    intermediate: int
-    heads: int
-    kv_heads: int
-    head_dim: int = 0  # 0: hidden // heads
-    tie_embeddings: bool = False
-    name: str = ""
-
-    def __post_init__(self):
-        if not self.head_dim:
-            self.head_dim = self.hidden // self.heads
-
-    @property
-    def q_dim(self) -> int:
-        return self.heads * self.head_dim
-
-    @property
-    def kv_dim(self) -> int:
-        return self.kv_heads * self.head_dim
-
-    def linear_shapes(self) -> dict[str, tuple[int, int]]:
-        """(in_features, out_features) of each linear layer in one decoder layer."""
-        h, i = self.hidden, self.intermediate
-        return {
-            "q_proj": (h, self.q_dim), "k_proj": (h, self.kv_dim), "v_proj": (h, self.kv_dim), "o_proj": (self.q_dim, h),
-            "gate_proj": (h, i), "up_proj": (h, i), "down_proj": (i, h),
-        }
-
-    @property
-    def layer_linear_params(self) -> int:
-        return sum(a * b for a, b in self.linear_shapes().values())
-
-    @property
-    def embedding_params(self) -> int:
-        """Input embedding plus lm_head (one matrix when tied)."""
-        return self.vocab * self.hidden * (1 if self.tie_embeddings else 2)
-
-    @property
-    def quantizable_params(self) -> int:
-        """The decoder layers' linear weights: what bitsandbytes quantizes (not embeddings, lm_head, norms)."""
-        return min(self.params, self.layers * self.layer_linear_params)
-
-    def count_params(self) -> int:
-        norms = self.layers * 2 * self.hidden + self.hidden
-        return self.layers * self.layer_linear_params + self.embedding_params + norms
-
-
-def _shape(name, hidden, layers, vocab, intermediate, heads, kv_heads, tied=False, head_dim=0) -> ModelShape:
-    shape = ModelShape(0, hidden, layers, vocab, intermediate, heads, kv_heads, head_dim, tied, name)
-    shape.params = shape.count_params()
-    return shape
-
-
-# Published configs (each model's config.json), smallest first; shape_for_params interpolates between them.
-KNOWN_SHAPES = [
-    _shape("SmolLM2-135M", 576, 30, 49152, 1536, 9, 3, tied=True),
-    _shape("SmolLM2-360M", 960, 32, 49152, 2560, 15, 5, tied=True),
-    _shape("SmolLM2-1.7B", 2048, 24, 49152, 8192, 32, 32, tied=True),
-    _shape("Llama-3.2-3B", 3072, 28, 128256, 8192, 24, 8, tied=True),
-    _shape("Llama-2-7B", 4096, 32, 32000, 11008, 32, 32),
-    _shape("Llama-3-8B", 4096, 32, 128256, 14336, 32, 8),
-    _shape("Llama-2-13B", 5120, 40, 32000, 13824, 40, 40),
-    _shape("Llama-3-70B", 8192, 80, 128256, 28672, 64, 8),
-    _shape("Llama-3.1-405B", 16384, 126, 128256, 53248, 128, 8),
-]
-SNAP_TOLERANCE = 0.10  # a count within 10% of a known model's is taken to mean that model
-
-
-def shape_for_params(n: int) -> ModelShape:
-    """A Llama-like shape with about `n` parameters.
-
-    Within 10% of a known model's count, that model's shape (so 7B means Llama-2-7B and 8B
-    Llama-3-8B). Otherwise hidden size and depth are interpolated (log-linearly in the count)
-    between the two known models around `n` (extrapolated past the ends), vocabulary, head size and
-    grouping are the nearer model's, and the MLP width is solved so the total comes to about `n`.
-    """
-    nearest = min(KNOWN_SHAPES, key=lambda s: abs(math.log(n / s.params)))
-    if abs(n / nearest.params - 1) <= SNAP_TOLERANCE:
-        return replace(nearest)  # a copy: callers may adjust it
-    upper = next((i for i, s in enumerate(KNOWN_SHAPES) if s.params > n), len(KNOWN_SHAPES) - 1)
-    lo, hi = KNOWN_SHAPES[max(upper - 1, 0)], KNOWN_SHAPES[max(upper, 1)]
-    t = math.log(n / lo.params) / math.log(hi.params / lo.params)
-    base = nearest
-    hidden = math.exp(math.log(lo.hidden) + t * (math.log(hi.hidden) - math.log(lo.hidden)))
-    group = base.heads // base.kv_heads
-    unit = base.head_dim * group  # whole groups of query heads per key/value head
-    hidden = max(unit, int(round(hidden / unit)) * unit)
-    layers = max(1, int(round(lo.layers + t * (hi.layers - lo.layers))))
-    heads = hidden // base.head_dim
-    kv_heads = heads // group
-    draft = _shape("", hidden, layers, base.vocab, hidden, heads, kv_heads, base.tie_embeddings, base.head_dim)
-    attention = draft.layer_linear_params - 3 * hidden * hidden
-    per_layer = (n - draft.embedding_params - hidden) / layers - 2 * hidden - attention
-    intermediate = min(8 * hidden, max(hidden, int(round(per_layer / (3 * hidden) / 128)) * 128))
-    return _shape(f"~{_human_count(n)} (interpolated, {base.name} vocabulary)", hidden, layers, base.vocab, intermediate,
-                  heads, kv_heads, base.tie_embeddings, base.head_dim)
-
-
-def shape_from_config(config: dict, name: str = "") -> ModelShape:
-    """The shape described by an HF config.json (Llama, Mistral, Qwen2, SmolLM and similar decoders)."""
-    if "hidden_size" not in config and isinstance(config.get("text_config"), dict):
-        config = config["text_config"]  # a vision-language model: plan its language model
-    label = name or config.get("model_type", "?")
-    if any(config.get(key) for key in ("num_local_experts", "num_experts", "n_routed_experts")):
-        raise PlanError(f"config {label!r}: mixture-of-experts models are not supported by the planner")
-    required = ("hidden_size", "num_hidden_layers", "vocab_size", "intermediate_size", "num_attention_heads")
-    missing = [key for key in required if not isinstance(config.get(key), int) or config[key] <= 0]
-    if missing:
-        raise PlanError(f"config {label!r}: missing or invalid {', '.join(missing)} (needed to plan)")
-    heads = config["num_attention_heads"]
-    return _shape(
-        name or config.get("_name_or_path") or config.get("model_type", ""),
-        config["hidden_size"], config["num_hidden_layers"], config["vocab_size"], config["intermediate_size"],
-        heads, config.get("num_key_value_heads") or heads,
-        tied=bool(config.get("tie_word_embeddings", False)),  # absent means untied, LlamaConfig's default
-        head_dim=config.get("head_dim") or 0,
-    )
 
 
 # --- memory estimate ------------------------------------------------------------------------------
@@ -392,9 +234,9 @@ def estimate(
             quantized = shape.quantizable_params
             weights = int(quantized * NF4_BYTES_PER_PARAM) + (shape.params - quantized) * 4
             layer_weights = int(shape.layer_linear_params * NF4_BYTES_PER_PARAM)
-            notes.append(f"qlora: {_human_count(quantized)} params in NF4 ({NF4_BYTES_PER_PARAM:.3f} B each), "
-                         f"{_human_count(shape.params - quantized)} (embeddings, lm_head, norms) in fp32")
-        notes.append(f"{method}: rank {rank} on {', '.join(modules)}: {_human_count(trainable)} trainable params "
+            notes.append(f"qlora: {human_count(quantized)} params in NF4 ({NF4_BYTES_PER_PARAM:.3f} B each), "
+                         f"{human_count(shape.params - quantized)} (embeddings, lm_head, norms) in fp32")
+        notes.append(f"{method}: rank {rank} on {', '.join(modules)}: {human_count(trainable)} trainable params "
                      f"({100 * trainable / shape.params:.2f}%)")
 
     tokens = seq * batch
@@ -403,9 +245,9 @@ def estimate(
     activations = parts.pop("peak")
     if not gradient_checkpointing:
         saved = activations - activation_parts(shape, tokens, element, True, *lora)["peak"]
-        notes.append(f"gradient checkpointing off: every layer's activations are held; turning it on saves {_gib(saved)}")
+        notes.append(f"gradient checkpointing off: every layer's activations are held; turning it on saves {gib(saved)}")
     if parts["loss_head"] >= parts["layer"] and parts["loss_head"] > 0.1 * activations and parts["loss_head"] > GIB:
-        notes.append(f"the loss head (fp32 logits over a {shape.vocab:,}-token vocabulary) peaks at {_gib(parts['loss_head'])}; "
+        notes.append(f"the loss head (fp32 logits over a {shape.vocab:,}-token vocabulary) peaks at {gib(parts['loss_head'])}; "
                      "a fused linear cross-entropy (Liger, Cut Cross-Entropy) avoids most of it")
     overhead, total = _with_overhead(weights + adapter + gradients + optimizer_bytes + activations)
     return MemoryEstimate(
@@ -413,81 +255,6 @@ def estimate(
         activations=int(activations), overhead=overhead, total=total, trainable_params=int(trainable),
         activation_parts=parts, layer_weights=int(layer_weights), notes=notes,
     )
-
-
-# --- GPU table ------------------------------------------------------------------------------------
-
-PACKAGED_GPU_TABLE = Path(__file__).with_name("gpus.yaml")
-GPU_KEYS = ("name", "memory_gb", "usd_per_hour")
-
-
-@dataclass
-class GpuType:
-    name: str
-    memory_gb: float  # GiB a program can use, as nvidia-smi reports it
-    usd_per_hour: float  # one GPU, on demand; an editable example price
-
-    @property
-    def memory_bytes(self) -> int:
-        return int(self.memory_gb * GIB)
-
-
-def gpu_table_path(path: str | Path | None = None, home: str | Path | None = None) -> Path:
-    """Which table is in force: `path`, else <home>/gpus.yaml if it exists, else the packaged one."""
-    if path is not None:
-        return Path(path)
-    if home is None:
-        from registry.store import default_home
-
-        home = default_home()
-    user = Path(home) / "gpus.yaml"
-    return user if user.is_file() else PACKAGED_GPU_TABLE
-
-
-def load_gpu_table(path: str | Path | None = None, home: str | Path | None = None) -> list[GpuType]:
-    """Read and validate a GPU table (see `gpu_table_path` for which); PlanError names a bad entry and key."""
-    import yaml
-
-    source = gpu_table_path(path, home)
-    if not source.is_file():
-        raise PlanError(f"GPU table {source} does not exist")
-    try:
-        raw = yaml.safe_load(source.read_text())
-    except yaml.YAMLError as exc:
-        raise PlanError(f"GPU table {source}: not valid YAML ({exc})") from None
-    entries = raw.get("gpus") if isinstance(raw, dict) else raw
-    if isinstance(raw, dict) and set(raw) - {"gpus"}:
-        raise PlanError(f"GPU table {source}: unknown top-level key {sorted(set(raw) - {'gpus'})[0]!r} (expected gpus)")
-    if not isinstance(entries, list) or not entries:
-        raise PlanError(f"GPU table {source}: expected `gpus:` with a list of {{{', '.join(GPU_KEYS)}}} entries")
-    table, seen = [], set()
-    for index, entry in enumerate(entries, 1):
-        where = f"GPU table {source}, entry {index}"
-        if not isinstance(entry, dict):
-            raise PlanError(f"{where}: expected a mapping with {', '.join(GPU_KEYS)}, got {entry!r}")
-        where += f" ({entry.get('name')!r})" if "name" in entry else ""
-        unknown = [key for key in entry if key not in GPU_KEYS]
-        if unknown:
-            raise PlanError(f"{where}: unknown key {unknown[0]!r} (expected {', '.join(GPU_KEYS)})")
-        missing = [key for key in GPU_KEYS if key not in entry]
-        if missing:
-            raise PlanError(f"{where}: missing {missing[0]}")
-        name, memory, price = entry["name"], entry["memory_gb"], entry["usd_per_hour"]
-        if not isinstance(name, str) or not name.strip():
-            raise PlanError(f"{where}: name must be non-empty text, got {name!r}")
-        if not _is_number(memory) or not 0 < memory <= GPU_MEMORY_GB_MAX:
-            raise PlanError(f"{where}: memory_gb must be a number > 0, got {memory!r} (at most {GPU_MEMORY_GB_MAX})")
-        if not _is_number(price) or not 0 <= price <= USD_PER_HOUR_MAX:
-            raise PlanError(f"{where}: usd_per_hour must be a number >= 0, got {price!r} (at most {USD_PER_HOUR_MAX})")
-        if name in seen:
-            raise PlanError(f"{where}: name {name!r} appears twice")
-        seen.add(name)
-        table.append(GpuType(name, float(memory), float(price)))
-    return table
-
-
-def _is_number(value) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 # --- recommendations ------------------------------------------------------------------------------
@@ -546,7 +313,7 @@ def recommend(estimate: MemoryEstimate, gpus: Iterable[GpuType], headroom: float
 def _sharded(estimate: MemoryEstimate, usable: float) -> tuple[int | None, int | None, str]:
     floor = estimate.per_gpu_bytes(10**9)  # what sharding cannot remove: activations, gathered layers, overhead
     if floor > usable:
-        return None, None, f"even fully sharded, activations and overhead need {_gib(floor)} per GPU: lower --seq or --batch"
+        return None, None, f"even fully sharded, activations and overhead need {gib(floor)} per GPU: lower --seq or --batch"
     for n in sorted({_instance_size(k) for k in range(2, MAX_GPUS + 1)}):
         per = estimate.per_gpu_bytes(n)
         if per <= usable:
@@ -572,7 +339,7 @@ def plan(
         shape = model
         if not PARAMS_RANGE[0] <= shape.params <= PARAMS_RANGE[1]:
             raise PlanError(f"model {shape.name or 'shape'!r}: {shape.params:,} parameters, outside the planner's range "
-                            f"({_human_count(PARAMS_RANGE[0])} to {_human_count(PARAMS_RANGE[1])})")
+                            f"({human_count(PARAMS_RANGE[0])} to {human_count(PARAMS_RANGE[1])})")
     else:
         requested = parse_params(model)
         shape = shape_for_params(requested)
@@ -594,65 +361,3 @@ def plan(
             "recommendations": [asdict(r) for r in recommend(est, gpus, headroom)],
         }
     return result
-
-
-def format_plan_table(result: dict):
-    """A rich Table: memory by component for each method, and the cheapest GPU option for each."""
-    from rich.table import Table
-
-    model, settings = result["model"], result["settings"]
-    title = (f"{model['name'] or 'model'}: {_human_count(model['params'])} params, rank {settings['rank']}, "
-             f"seq {settings['seq']} x batch {settings['batch']}")
-    methods = list(result["methods"])
-    table = Table(title=title, title_justify="left")
-    table.add_column("")
-    for method in methods:
-        table.add_column(method.upper(), justify="right")
-    for key in ("weights", "adapter", "gradients", "optimizer", "activations", "overhead", "total"):
-        cells = [_gib(result["methods"][m]["memory"][key]) if result["methods"][m]["memory"][key] else "-" for m in methods]
-        if key == "total":
-            key, cells = f"[bold]{key}[/bold]", [f"[bold]{c}[/bold]" for c in cells]
-        table.add_row(key, *cells)
-    table.add_row("trainable", *[_human_count(result["methods"][m]["trainable_params"]) for m in methods])
-    table.add_row("one GPU", *[_first_single(result["methods"][m]["recommendations"]) for m in methods])
-    table.add_row("cheapest", *[_cheapest(result["methods"][m]["recommendations"]) for m in methods])
-    return table
-
-
-def format_gpu_table(result: dict, method: str):
-    """A rich Table of every GPU type's recommendation for one method, cheapest first."""
-    from rich.table import Table
-
-    table = Table(title=f"{method.upper()} on each GPU type", title_justify="left")
-    for name, justify in (("GPU", "left"), ("MEMORY", "right"), ("GPUS", "right"), ("PER GPU", "right"),
-                          ("USE", "right"), ("USD/HOUR", "right"), ("NOTE", "left")):
-        table.add_column(name, justify=justify)
-    for r in result["methods"][method]["recommendations"]:
-        use = "-" if r["utilisation"] is None else f"{100 * r['utilisation']:.0f}%" + (" tight" if r["tight"] else "")
-        table.add_row(
-            r["gpu"], f"{r['memory_gb']:g} GiB", "-" if r["gpus_needed"] is None else str(r["gpus_needed"]),
-            "-" if r["per_gpu_bytes"] is None else _gib(r["per_gpu_bytes"]), use,
-            "-" if r["usd_per_hour"] is None else f"${r['usd_per_hour']:.2f}", r["note"],
-        )
-    return table
-
-
-def _first_single(recs: list[dict]) -> str:
-    r = next((r for r in recs if r["fits_one"]), None)
-    return "none" if r is None else f"{r['gpu']}{' (tight)' if r['tight'] else ''}"
-
-
-def _cheapest(recs: list[dict]) -> str:
-    r = next((r for r in recs if r["usd_per_hour"] is not None), None)
-    return "none" if r is None else f"{r['gpus_needed']}x {r['gpu']} ${r['usd_per_hour']:.2f}/h"
-
-
-def _gib(n: float) -> str:
-    return f"{n / GIB:.1f} GiB"
-
-
-def _human_count(n: float) -> str:
-    for unit, size in (("T", 1e12), ("B", 1e9), ("M", 1e6), ("K", 1e3)):
-        if n >= size:
-            return f"{n / size:.3g}{unit}"
-    return str(int(n))

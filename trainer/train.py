@@ -8,6 +8,7 @@ only the main one evaluates, records and pushes.
 
 from __future__ import annotations
 
+import logging
 import json
 import os
 import time
@@ -24,6 +25,8 @@ from .config import ConfigError, TrainConfig
 from .environment import hardware, library_versions, peak_memory_mb
 from .fit import Fitted, fit
 from .runs import Heartbeat, process_identity, write_run_json
+
+logger = logging.getLogger(__name__)
 
 
 class TrainError(LoradockError):
@@ -133,17 +136,17 @@ def check_target_modules(model, config: TrainConfig, base_name: str) -> None:
                           f"its linear modules are {', '.join(linear)} (or use all-linear)")
 
 
-def _prepare(config: TrainConfig, registry: Registry, skip_bad_lines: bool, log) -> _Prepared:
+def _prepare(config: TrainConfig, registry: Registry, skip_bad_lines: bool) -> _Prepared:
     """Steps 1-3: the base, the data (validated, deduplicated, split, tokenized) and the PEFT model; refuses bad input."""
     from transformers import set_seed
 
-    from registry.loading import load_base_model
+    from registry.modeling.loading import load_base_model
 
     from . import data as data_mod
 
     warnings: list[str] = []
     base = registry.resolve_base(config.base_model)
-    log(f"base {base.name} ({base.weights_digest[:19]}), adapter {config.adapter}, quantization {config.quantization}")
+    logger.info(f"base {base.name} ({base.weights_digest[:19]}), adapter {config.adapter}, quantization {config.quantization}")
     report, dedup, train_examples, val_examples = _read_datasets(config, skip_bad_lines, warnings)
 
     set_seed(config.seed)
@@ -158,10 +161,10 @@ def _prepare(config: TrainConfig, registry: Registry, skip_bad_lines: bool, log)
     if counts.get("warning"):
         warnings.append(counts["warning"])
     for w in warnings:
-        log(f"warning: {w}")
-    log(f"data: {len(train_features)} train / {len(val_features)} held-out examples "
+        logger.warning(f"{w}")
+    logger.info(f"data: {len(train_features)} train / {len(val_features)} held-out examples "
         f"({dedup.exact_duplicates} exact and {dedup.near_duplicates} near duplicates removed)")
-    model, trainable, total = _with_peft(loaded.model, config, log)
+    model, trainable, total = _with_peft(loaded.model, config)
     return _Prepared(base, report, dedup, val_examples, train_features, val_features, collator, tokenizer, counts, model,
                      trainable, total, warnings)
 
@@ -178,7 +181,7 @@ def _read_datasets(config: TrainConfig, skip_bad_lines: bool, warnings: list[str
     return report, dedup, train_examples, val_examples
 
 
-def _with_peft(model, config: TrainConfig, log):
+def _with_peft(model, config: TrainConfig):
     """The base wrapped in the config's PEFT adapter; returns (model, trainable parameters, all parameters)."""
     from peft import get_peft_model
 
@@ -186,28 +189,28 @@ def _with_peft(model, config: TrainConfig, log):
     if config.gradient_checkpointing:
         model.enable_input_require_grads()
     trainable, total = model.get_nb_trainable_parameters()
-    log(f"trainable parameters: {trainable:,} of {total:,} ({100 * trainable / total:.2f} %)")
+    logger.info(f"trainable parameters: {trainable:,} of {total:,} ({100 * trainable / total:.2f} %)")
     return model, trainable, total
 
 
 def train(
     config: TrainConfig, registry: Registry, resume: bool = False, run_id: str | None = None,
-    skip_bad_lines: bool = False, push: bool = True, progress: bool = True, log=print, config_path: Path | None = None,
+    skip_bad_lines: bool = False, push: bool = True, progress: bool = True, config_path: Path | None = None,
 ) -> TrainResult:
-    """Run the whole job. `log` receives one-line status messages (the CLI prints them).
+    """Run the whole job; one-line status messages go to the `trainer.train` logger (the CLI shows them).
 
     Everything that can refuse the run (config, dataset files and lines, base, target modules) is
     checked before the run directory is made, so a refused run leaves nothing behind. A run that
     fails afterwards is recorded as failed (interrupted for Ctrl-C); one killed outright is found
     abandoned by `reg runs ls` (its process is gone).
     """
-    from registry.loading import quiet_libraries
+    from registry.modeling.loading import quiet_libraries
 
     quiet_libraries()
     started = time.time()
     is_main = int(os.environ.get("RANK", "0")) == 0
-    run_id, run_dir = _choose_run(config, registry, resume, run_id, log)
-    job = _prepare(config, registry, skip_bad_lines, log)
+    run_id, run_dir = _choose_run(config, registry, resume, run_id)
+    job = _prepare(config, registry, skip_bad_lines)
 
     run_dir.mkdir(parents=True, exist_ok=True)
     heartbeat = Heartbeat(run_dir) if is_main else None
@@ -215,7 +218,7 @@ def train(
         if heartbeat is not None:
             _record_start(run_dir, run_id, config, config_path)
             heartbeat.start()
-        return _fit_evaluate_push(job, config, registry, run_id, run_dir, resume, push, progress and is_main, started, log)
+        return _fit_evaluate_push(job, config, registry, run_id, run_dir, resume, push, progress and is_main, started)
     except BaseException as exc:
         if heartbeat is not None:
             write_run_json(run_dir, status="interrupted" if isinstance(exc, KeyboardInterrupt) else "failed",
@@ -226,11 +229,11 @@ def train(
             heartbeat.stop()
 
 
-def _choose_run(config: TrainConfig, registry: Registry, resume: bool, run_id: str | None, log) -> tuple[str, Path]:
+def _choose_run(config: TrainConfig, registry: Registry, resume: bool, run_id: str | None) -> tuple[str, Path]:
     """The run id and directory: the run to resume, or a new one (the same on every process)."""
     if resume:
         run_id, run_dir = find_resumable_run(registry, config, run_id)
-        log(f"resuming run {run_id} from {run_dir}")
+        logger.info(f"resuming run {run_id} from {run_dir}")
         return run_id, run_dir
     run_id = _same_on_every_process(run_id or os.environ.get("LORADOCK_RUN_ID") or new_run_id(config))
     return run_id, Path(config.output_dir) if config.output_dir else registry.runs_dir / run_id
@@ -244,15 +247,15 @@ def _record_start(run_dir: Path, run_id: str, config: TrainConfig, config_path: 
 
 def _fit_evaluate_push(
     job: _Prepared, config: TrainConfig, registry: Registry, run_id: str, run_dir: Path, resume: bool, push: bool,
-    progress: bool, started: float, log,
+    progress: bool, started: float,
 ) -> TrainResult:
     """Steps 4-7 once the run directory exists: fit, save and evaluate the adapter, push it, record the run."""
-    fitted = fit(job.model, job.train_features, job.val_features, job.collator, config, run_dir, resume, progress, log)
+    fitted = fit(job.model, job.train_features, job.val_features, job.collator, config, run_dir, resume, progress)
     if not fitted.is_main:
         return TrainResult(run_id, run_dir, None, fitted.curves.as_dict(), None, time.time() - started,
                            fitted.seconds_per_step, peak_memory_mb())
     adapter_dir, curve_data, plot_path = _save_adapter(fitted, job.tokenizer, config, run_dir)
-    evaluation = _evaluate(fitted.model, job, config, curve_data, progress, log)
+    evaluation = _evaluate(fitted.model, job, config, curve_data, progress)
     duration = time.time() - started
     metrics = {**curve_data, "seconds_per_step": fitted.seconds_per_step, "peak_memory_mb": peak_memory_mb(),
                "trainable_parameters": job.trainable, "total_parameters": job.total, "loss_plot": str(plot_path)}
@@ -277,11 +280,11 @@ def _save_adapter(fitted: Fitted, tokenizer, config: TrainConfig, run_dir: Path)
     return adapter_dir, curve_data, plot_path
 
 
-def _evaluate(model, job: _Prepared, config: TrainConfig, curve_data: dict, progress: bool, log) -> dict:
+def _evaluate(model, job: _Prepared, config: TrainConfig, curve_data: dict, progress: bool) -> dict:
     from .evaluate import evaluate_run
 
-    log("evaluating on the held-out split (adapter and base) ...")
-    return evaluate_run(model, job.tokenizer, job.val_examples, job.val_features, job.collator, config, curve_data, log=log,
+    logger.info("evaluating on the held-out split (adapter and base) ...")
+    return evaluate_run(model, job.tokenizer, job.val_examples, job.val_features, job.collator, config, curve_data,
                         progress=progress)
 
 
