@@ -7,15 +7,12 @@ records it in one transaction, so a crash at any point leaves no half version vi
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import sqlite3
-import tempfile
 from pathlib import Path
 
 from . import db as dbmod
-from . import exports as exports_mod
-from .adapters import AdapterInfo, check_fits_base, inspect_adapter_dir
+from .export import records as exports_mod
+from .adapters import AdapterInfo, check_fits_base, inspect_adapter_dir, inspect_adapter_files
 from .base_catalog import BaseCatalog
 from .bases import Base
 from .blobs import BlobStore
@@ -154,18 +151,16 @@ class Registry(BaseCatalog):
             stored = self.blobs.path(f.sha256).stat().st_size
             if stored != f.size:
                 raise IntegrityError(f"{f.path}: declared {f.size} bytes, but blob sha256:{f.sha256} holds {stored}")
-        stage = Path(tempfile.mkdtemp(prefix="stage-", dir=self.home))
+        stored = {f.path: self.blobs.path(f.sha256) for f in files}
         try:
-            for f in files:  # hard links: the stage is checked like a pushed directory, which refuses outside symlinks
-                try:
-                    os.link(self.blobs.path(f.sha256), stage / f.path)
-                except OSError:
-                    shutil.copyfile(self.blobs.path(f.sha256), stage / f.path)
-            info = inspect_adapter_dir(stage)
-            base_record = self._base_for_adapter(info, base)
-            check_fits_base(info, base_record.name, base_record.tensors, base_record.config)
-        finally:
-            shutil.rmtree(stage, ignore_errors=True)
+            info = inspect_adapter_files(Path("the pushed files"), stored)
+        except InvalidAdapter as exc:  # name the pushed file, not the blob that holds its bytes
+            message = str(exc)
+            for name, blob in stored.items():
+                message = message.replace(str(blob), name)
+            raise type(exc)(message) from None
+        base_record = self._base_for_adapter(info, base)
+        check_fits_base(info, base_record.name, base_record.tensors, base_record.config)
         return self._record_version(info, files, name, base_record, message, alias, allow_duplicate, None, creator)
 
     def _record_version(
@@ -408,7 +403,7 @@ class Registry(BaseCatalog):
         return out
 
     def record_export(self, sources: list[dict], actor: str | None = None, **fields) -> int:
-        """Record a `reg export` attempt (see `registry.exports.record_export`); returns its id."""
+        """Record a `reg export` attempt (see `registry.export.records.record_export`); returns its id."""
         return exports_mod.record_export(self.conn, sources, actor=actor or current_actor(), **fields)
 
     def exports(self, version_id: int) -> list[dict]:

@@ -8,12 +8,15 @@ compared in constant time (`tokens.TokenStore.identify`) and never logged, only 
 
 from __future__ import annotations
 
+import logging
 import threading
 from dataclasses import dataclass
 
 import grpc
 
 from .tokens import TokenEntry, TokenStore
+
+logger = logging.getLogger(__name__)
 
 # Every method of loradock.v1 -> the role it needs (admin implies every role). A method missing here is refused.
 ROLE_FOR_METHOD: dict[str, str] = {
@@ -79,9 +82,8 @@ def bearer_token(metadata) -> str | None:
 class AuthInterceptor(grpc.ServerInterceptor):
     """Checks the role of every call against `ROLE_FOR_METHOD`; with `tokens=None` (auth off) it lets every call through."""
 
-    def __init__(self, tokens: TokenStore | None, log=None):
+    def __init__(self, tokens: TokenStore | None):
         self.tokens = tokens
-        self.log = log or (lambda message: None)
         self._wrapped: dict[str, grpc.RpcMethodHandler] = {}  # method -> its handler with the check, built once
 
     def intercept_service(self, continuation, handler_call_details):
@@ -114,7 +116,7 @@ class AuthInterceptor(grpc.ServerInterceptor):
         return Identity(entry.name, entry.roles, context.peer())
 
     def _deny(self, context, code: grpc.StatusCode, method: str, who: str, message: str):
-        self.log(f"denied {method} ({code.name}) for token {who} from {context.peer()}")
+        logger.warning(f"denied {method} ({code.name}) for token {who} from {context.peer()}")
         context.abort(code, message)
 
 

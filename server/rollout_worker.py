@@ -8,7 +8,7 @@ server within a second or two, without a restart. It uses its own registry conne
 
 from __future__ import annotations
 
-import sys
+import logging
 import threading
 import time
 
@@ -18,15 +18,16 @@ from registry.rollouts import FeedbackRecord, Outcome
 
 from .router import Choice, RolloutRouter
 
+logger = logging.getLogger(__name__)
+
 MAX_BUFFERED = 200_000  # outcomes (and feedback) held while the database is unwritable; the oldest go first
 
 
 class RolloutWorker:
-    def __init__(self, registry: Registry, router: RolloutRouter, interval_s: float = 0.5, log=None):
+    def __init__(self, registry: Registry, router: RolloutRouter, interval_s: float = 0.5):
         self.registry = registry
         self.router = router
         self.interval_s = interval_s
-        self.log = log or (lambda message: print(message, file=sys.stderr))
         self._buffer_lock = threading.Lock()
         self._outcomes: list[Outcome] = []
         self._feedback: list[FeedbackRecord] = []
@@ -89,7 +90,7 @@ class RolloutWorker:
             for name in sorted(adapters):
                 revision = self.registry.rollouts.check_guard(name)
                 if revision is not None:
-                    self.log(f"rollout {name}: revision {revision.revision}: {revision.reason}")
+                    logger.info(f"rollout {name}: revision {revision.revision}: {revision.reason}")
 
     def reload(self) -> bool:
         """Load the revisions in force into the router if any rollout changed; True if it did."""
@@ -108,7 +109,7 @@ class RolloutWorker:
                 self.reload()
             except Exception as exc:  # a locked or unreachable database must not stop serving; try again next turn
                 dropped = f" ({self.dropped:,} oldest records dropped so far)" if self.dropped else ""
-                self.log(f"rollout bookkeeping failed, retrying: {type(exc).__name__}: {exc}{dropped}")
+                logger.warning(f"rollout bookkeeping failed, retrying: {type(exc).__name__}: {exc}{dropped}")
                 time.sleep(self.interval_s)
 
 

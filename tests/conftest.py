@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -126,6 +128,23 @@ def default_base_home(tmp_path_factory) -> Path:
     reg.fetch_default_base()
     reg.close()
     return home
+
+
+@contextmanager
+def log_lines(name: str):
+    """The messages logger `name` (and its children) emits inside the block, as a growing list of strings."""
+    lines: list[str] = []
+    handler = logging.Handler(logging.DEBUG)
+    handler.emit = lambda record: lines.append(record.getMessage())
+    logger = logging.getLogger(name)
+    level = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.DEBUG)
+    try:
+        yield lines
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
 
 
 def run_reg(capsys, *args: str) -> tuple[int, str, str]:

@@ -9,13 +9,14 @@ import stat
 
 import grpc
 import pytest
-from conftest import TINY_BASE, run_reg
+from conftest import TINY_BASE, log_lines, run_reg
 from remote_helpers import registry_with_base, start_registry
 
 from registry import Registry
 from registry.errors import Conflict, InvalidInput, PermissionDenied, Unauthenticated
 from server.auth import ROLE_FOR_METHOD
-from server.remote import RemoteRegistry
+from registry.remote.client import RemoteRegistry
+from registry.remote.rpc import pb as registry_pb, pb_grpc as registry_pb_grpc
 from server.rpc import pb, pb_grpc
 from server.tokens import ROLES, TokenStore, create_token, load_tokens_file
 
@@ -36,17 +37,17 @@ def secured(tmp_path_factory, tiny_base_dir):
     reg.push(adapter, "demo")
     tokens_file = tmp / "tokens.yaml"
     tokens = {role: create_token(f"only-{role}", role, tokens_file) for role in ROLES}
-    log: list[str] = []
     os.environ["LORADOCK_ADMIN_TOKEN"] = tokens["env-admin"] = "env-admin-secret-token"
     try:
         options = ServerOptions(base=TINY_BASE, quant="none", port=0, max_batch_size=2, max_adapters=2,
                                 default_max_new_tokens=2, auth_tokens=str(tokens_file))
-        server, port, service = create_server(options, reg, log=log.append)
+        server, port, service = create_server(options, reg)
     finally:
         del os.environ["LORADOCK_ADMIN_TOKEN"]
     channel = grpc.insecure_channel(f"127.0.0.1:{port}")
-    yield {"port": port, "url": f"grpc://127.0.0.1:{port}", "tokens": tokens, "tokens_file": tokens_file, "log": log,
-           "channel": channel, "reg": reg, "adapter": adapter, "home": tmp / "home"}
+    with log_lines("server.auth") as log:
+        yield {"port": port, "url": f"grpc://127.0.0.1:{port}", "tokens": tokens, "tokens_file": tokens_file, "log": log,
+               "channel": channel, "reg": reg, "adapter": adapter, "home": tmp / "home"}
     channel.close()
     shutdown(server, service, 0)
 
@@ -55,9 +56,9 @@ def _requests(adapter_dir) -> dict:
     """A request per method that succeeds (or fails in one known way) for a caller with the right role."""
     config = adapter_dir / "adapter_config.json"
     digest = hashlib.sha256(config.read_bytes()).hexdigest()
-    files = [pb.FileEntry(path=p.name, size=p.stat().st_size, sha256=hashlib.sha256(p.read_bytes()).hexdigest())
+    files = [registry_pb.FileEntry(path=p.name, size=p.stat().st_size, sha256=hashlib.sha256(p.read_bytes()).hexdigest())
              for p in sorted(adapter_dir.iterdir())]
-    upload = lambda: iter([pb.UploadBlobRequest(digest=digest, size=config.stat().st_size, data=config.read_bytes())])  # noqa: E731
+    upload = lambda: iter([registry_pb.UploadBlobRequest(digest=digest, size=config.stat().st_size, data=config.read_bytes())])  # noqa: E731
     return {
         "Inference/Generate": (pb.GenerateRequest(adapter="demo", prompt="hi"), OK),
         "Inference/GenerateStream": (pb.GenerateRequest(prompt="hi"), OK),
@@ -66,35 +67,35 @@ def _requests(adapter_dir) -> dict:
         "Inference/ListAdapters": (pb.ListAdaptersRequest(), OK),
         "Inference/LoadAdapter": (pb.LoadAdapterRequest(adapter="demo:1"), OK),
         "Inference/UnloadAdapter": (pb.UnloadAdapterRequest(adapter="demo:1"), OK),
-        "Registry/Resolve": (pb.RefRequest(ref="demo"), OK),
-        "Registry/DownloadBlob": (pb.DownloadBlobRequest(digest=digest), OK),
-        "Registry/ListAdapters": (pb.RegistryListRequest(), OK),
-        "Registry/GetAdapter": (pb.GetAdapterRequest(name="demo"), OK),
-        "Registry/ListVersions": (pb.ListVersionsRequest(name="demo"), OK),
-        "Registry/Describe": (pb.RefRequest(ref="demo:1"), OK),
-        "Registry/Diff": (pb.DiffRequest(ref_a="demo:1", ref_b="demo:1"), OK),
-        "Registry/ListBases": (pb.RegistryListRequest(), OK),
-        "Registry/AliasHistory": (pb.AliasHistoryRequest(name="demo"), OK),
-        "Registry/RolloutShow": (pb.RolloutRequest(name="demo"), OK),
-        "Registry/RolloutReport": (pb.RolloutRequest(name="demo"), OK),
-        "Registry/HasBlobs": (pb.HasBlobsRequest(digests=[digest]), OK),
+        "Registry/Resolve": (registry_pb.RefRequest(ref="demo"), OK),
+        "Registry/DownloadBlob": (registry_pb.DownloadBlobRequest(digest=digest), OK),
+        "Registry/ListAdapters": (registry_pb.RegistryListRequest(), OK),
+        "Registry/GetAdapter": (registry_pb.GetAdapterRequest(name="demo"), OK),
+        "Registry/ListVersions": (registry_pb.ListVersionsRequest(name="demo"), OK),
+        "Registry/Describe": (registry_pb.RefRequest(ref="demo:1"), OK),
+        "Registry/Diff": (registry_pb.DiffRequest(ref_a="demo:1", ref_b="demo:1"), OK),
+        "Registry/ListBases": (registry_pb.RegistryListRequest(), OK),
+        "Registry/AliasHistory": (registry_pb.AliasHistoryRequest(name="demo"), OK),
+        "Registry/RolloutShow": (registry_pb.RolloutRequest(name="demo"), OK),
+        "Registry/RolloutReport": (registry_pb.RolloutRequest(name="demo"), OK),
+        "Registry/HasBlobs": (registry_pb.HasBlobsRequest(digests=[digest]), OK),
         "Registry/UploadBlob": (upload, OK),
-        "Registry/CommitPush": (pb.CommitPushRequest(name="demo", files=files), OK),
-        "Registry/SetAlias": (pb.SetAliasRequest(name="demo", alias="prod", version=1), OK),
-        "Registry/RemoveAlias": (pb.RemoveAliasRequest(name="demo", alias="never-set"), grpc.StatusCode.NOT_FOUND),
-        "Registry/RolloutChange": (pb.RolloutChangeRequest(name="demo", action="clear"), grpc.StatusCode.NOT_FOUND),
-        "Registry/RolloutState": (pb.RolloutStateRequest(), OK),
-        "Registry/RolloutRecord": (pb.RolloutRecordRequest(outcomes_json="[]", feedback_json="[]"), OK),
-        "Registry/RemoveVersion": (pb.RemoveVersionRequest(ref="demo:99"), grpc.StatusCode.NOT_FOUND),
-        "Registry/Gc": (pb.GcRequest(dry_run=True, grace_s=3600), OK),
-        "Registry/Verify": (pb.RefRequest(ref="demo:1"), OK),
-        "Registry/Audit": (pb.AuditRequest(limit=5), OK),
+        "Registry/CommitPush": (registry_pb.CommitPushRequest(name="demo", files=files), OK),
+        "Registry/SetAlias": (registry_pb.SetAliasRequest(name="demo", alias="prod", version=1), OK),
+        "Registry/RemoveAlias": (registry_pb.RemoveAliasRequest(name="demo", alias="never-set"), grpc.StatusCode.NOT_FOUND),
+        "Registry/RolloutChange": (registry_pb.RolloutChangeRequest(name="demo", action="clear"), grpc.StatusCode.NOT_FOUND),
+        "Registry/RolloutState": (registry_pb.RolloutStateRequest(), OK),
+        "Registry/RolloutRecord": (registry_pb.RolloutRecordRequest(), OK),
+        "Registry/RemoveVersion": (registry_pb.RemoveVersionRequest(ref="demo:99"), grpc.StatusCode.NOT_FOUND),
+        "Registry/Gc": (registry_pb.GcRequest(dry_run=True, grace_s=3600), OK),
+        "Registry/Verify": (registry_pb.RefRequest(ref="demo:1"), OK),
+        "Registry/Audit": (registry_pb.AuditRequest(limit=5), OK),
     }
 
 
 def _call(channel, method: str, request, token: str | None) -> grpc.StatusCode:
     service, name = method.split("/")
-    stub = (pb_grpc.InferenceStub if service == "Inference" else pb_grpc.RegistryStub)(channel)
+    stub = (pb_grpc.InferenceStub if service == "Inference" else registry_pb_grpc.RegistryStub)(channel)
     metadata = [("authorization", f"Bearer {token}")] if token is not None else None
     try:
         reply = getattr(stub, name)(request() if callable(request) else request, metadata=metadata, timeout=60)
@@ -106,7 +107,8 @@ def _call(channel, method: str, request, token: str | None) -> grpc.StatusCode:
 
 
 def test_the_role_table_covers_every_rpc_of_every_service():
-    methods = {f"/{s.full_name}/{m.name}" for s in pb.DESCRIPTOR.services_by_name.values() for m in s.methods}
+    methods = {f"/{s.full_name}/{m.name}" for module in (pb, registry_pb)
+               for s in module.DESCRIPTOR.services_by_name.values() for m in s.methods}
     assert methods == set(ROLE_FOR_METHOD)
     assert set(ROLE_FOR_METHOD.values()) <= set(ROLES)
 

@@ -21,7 +21,7 @@ from test_bad_input import assert_refused, run_cli
 
 from registry import IntegrityError, Registry
 from registry.adapter_config import MAX_CONFIG_BYTES
-from server.rpc import pb, pb_grpc
+from registry.remote.rpc import pb, pb_grpc
 
 
 @pytest.fixture
@@ -326,7 +326,7 @@ def test_a_long_message_or_creator_is_refused_and_ls_show_pull_keep_working(caps
 
 def test_ls_of_many_large_versions_does_not_break_on_the_message_limit(capsys, served, make_adapter):
     """17 versions with ~1 MiB configs are more than one 16 MiB message: the client then fetches them one by one."""
-    from server.remote import RemoteRegistry
+    from registry.remote.client import RemoteRegistry
 
     _, url = served
     src = make_adapter("lora")

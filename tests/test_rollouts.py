@@ -337,7 +337,7 @@ def test_an_unwritable_database_keeps_the_newest_outcomes_up_to_a_bound(reg, mon
     from server.router import Choice
 
     monkeypatch.setattr(rollout_worker, "MAX_BUFFERED", 5)
-    worker = rollout_worker.RolloutWorker(Registry(reg.home), RolloutRouter(), log=lambda m: None)
+    worker = rollout_worker.RolloutWorker(Registry(reg.home), RolloutRouter())
     choice = Choice("support", 1, 1, "A", None)
     for i in range(8):
         worker.record_outcome(choice, f"req-{i}", "OK")

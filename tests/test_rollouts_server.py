@@ -43,7 +43,7 @@ def home(tmp_path_factory, tiny_base_dir):
 @pytest.fixture(scope="module")
 def served(home):
     reg = Registry(home)
-    server, port, service = create_server(ServerOptions(**OPTIONS), reg, log=lambda m: None)
+    server, port, service = create_server(ServerOptions(**OPTIONS), reg)
     client = LoradockClient(f"127.0.0.1:{port}", timeout=60)
     yield {"reg": reg, "service": service, "client": client, "port": port}
     client.close()
@@ -142,7 +142,7 @@ def test_the_same_key_keeps_its_arm_across_a_server_restart(served, home):
     assert len(set(before.values())) == 2
     for _ in range(2):  # a second server on the same registry, started and stopped twice
         reg2 = Registry(home)
-        server, port, service = create_server(ServerOptions(**OPTIONS), reg2, log=lambda m: None)
+        server, port, service = create_server(ServerOptions(**OPTIONS), reg2)
         try:
             with LoradockClient(f"127.0.0.1:{port}", timeout=60) as other:
                 assert {k: (r.adapter_version, r.variant) for k in keys for r in [ask(other, "support", k)]} == before

@@ -23,7 +23,7 @@ def test_nf4_default_base_serves_base_and_adapter_requests_together(default_base
     lora = get_peft_model(model, LoraConfig(r=16, target_modules="all-linear", task_type="CAUSAL_LM"))
     lora.save_pretrained(tmp_path / "nf4-demo")  # zero-initialised B: answers equal the base's
     reg.push(tmp_path / "nf4-demo", "nf4-demo")
-    server, port, service = create_server(ServerOptions(port=0, quant="nf4", max_batch_size=4), reg, log=lambda m: None)
+    server, port, service = create_server(ServerOptions(port=0, quant="nf4", max_batch_size=4), reg)
     try:
         assert service.quantization == "nf4"
         with LoradockClient(f"127.0.0.1:{port}") as client:

@@ -12,13 +12,12 @@ import os
 import socket
 import subprocess
 import sys
-import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import grpc
 import pytest
-from conftest import TINY_BASE, make_adapter_dir
+from conftest import TINY_BASE, log_lines, make_adapter_dir
 from tiny import build_tiny_llama
 
 from registry import Registry
@@ -38,7 +37,7 @@ import json, sys
 from registry import Registry
 from server.app import create_server, shutdown
 from server.options import ServerOptions
-server, port, service = create_server(ServerOptions(**json.loads(sys.argv[2])), Registry(sys.argv[1]), log=lambda m: None)
+server, port, service = create_server(ServerOptions(**json.loads(sys.argv[2])), Registry(sys.argv[1]))
 print(f"PORT {port}", flush=True)
 sys.stdin.read()  # serve until the test closes stdin
 shutdown(server, service, 0)
@@ -178,7 +177,7 @@ def served(tmp_path_factory, tiny_base_dir):
     reg.push(make_adapter_dir(tiny_base_dir, work / "a0", "lora", seed=3), "a0")
     options = ServerOptions(base=TINY_BASE, quant="none", port=0, max_batch_size=4, max_adapters=3, max_queue=32,
                             default_max_new_tokens=4, lora_rank=8, max_merge_rank=40, max_merge_adapters=3)
-    server, port, service = create_server(options, reg, log=lambda m: None)
+    server, port, service = create_server(options, reg)
     client = LoradockClient(f"127.0.0.1:{port}", timeout=120)
     yield {"reg": reg, "service": service, "client": client, "dirs": dirs, "base_dir": tiny_base_dir, "home": home,
            "port": port}
@@ -206,7 +205,7 @@ def test_merges_beyond_the_limits_are_refused_naming_the_limit(served, merge, me
 
 def test_slot_memory_counts_against_the_adapter_memory_budget_and_shrinks_back(served):
     service, client = served["service"], served["client"]
-    lora, cache = service.lora, service.cache
+    lora, cache = service.engine.slots, service.cache
     for key in list(cache.entries):
         cache.unload(key)
     start_rank, start_bytes = lora.max_rank, lora.nbytes
@@ -352,11 +351,17 @@ def test_a_busy_port_is_refused_before_the_model_loads(served):
         busy.bind(("127.0.0.1", 0))
         busy.listen()
         port = busy.getsockname()[1]
-        loaded = threading.Event()
-        with pytest.raises(Conflict, match=f"cannot listen on 127.0.0.1:{port}: Address already in use"):
-            create_server(ServerOptions(base=TINY_BASE, quant="none", port=port), served["reg"],
-                          log=lambda m: loaded.set())
-        assert not loaded.is_set()  # "loading base ..." was never logged
+        with log_lines("server") as logged, \
+                pytest.raises(Conflict, match=f"cannot listen on 127.0.0.1:{port}: Address already in use"):
+            create_server(ServerOptions(base=TINY_BASE, quant="none", port=port), served["reg"])
+        assert not any("loading base" in line for line in logged), logged
+
+
+def test_a_server_logs_what_it_loads_on_its_package_logger(served):
+    with log_lines("server") as logged:
+        server, port, service = create_server(ServerOptions(base=TINY_BASE, quant="none", port=0), served["reg"])
+    shutdown(server, service, 0)
+    assert any(line.startswith(f"loading base {TINY_BASE} (none)") for line in logged), logged
 
 
 def test_reg_serve_on_a_busy_port_is_one_line_naming_the_address(served, capsys):

@@ -96,7 +96,7 @@ def test_max_steps_zero_trains_num_epochs_as_axolotl_does(tmp_path, tiny_base_di
                         max_steps=0, num_epochs=2, eval_steps=None, save_steps=None)
     config = load_config(path)
     assert "0 or -1 (unset) trains num_epochs" in TrainConfig.__dataclass_fields__["max_steps"].metadata["help"]
-    result = train(config, Registry(home), push=False, progress=False, log=lambda m: None)
+    result = train(config, Registry(home), push=False, progress=False)
     assert [s for s, _ in result.curves["train_loss"]] == list(range(1, 9))
 
 
@@ -135,7 +135,7 @@ def test_every_adapter_kind_trains_and_pushes(tmp_path, tiny_base_dir, home, ada
     from trainer.train import train
 
     config = load_config(write_config(tmp_path, tiny_base_dir, name=f"tiny-{adapter}", adapter=adapter, max_steps=4))
-    result = train(config, Registry(home), progress=False, log=lambda m: None)
+    result = train(config, Registry(home), progress=False)
     version = Registry(home).resolve(result.version_ref)
     expected = {"qlora": "LORA", "dora": "LORA", "ia3": "IA3", "prefix": "PREFIX_TUNING"}[adapter]
     assert version.peft_type == expected
@@ -160,7 +160,7 @@ def test_early_stopping_ends_the_run_when_validation_loss_stalls(tmp_path, tiny_
 
     path = write_config(tmp_path, tiny_base_dir, max_steps=40, eval_steps=2, save_steps=2, learning_rate=1e-9,
                         early_stopping_patience=2)
-    result = train(load_config(path), Registry(home), progress=False, log=lambda m: None)
+    result = train(load_config(path), Registry(home), progress=False)
     last_step = result.curves["train_loss"][-1][0]
     assert last_step < 40 and len(result.curves["val_loss"]) == 3
 
