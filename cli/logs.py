@@ -1,7 +1,7 @@
 """Where the project's log records go: one stderr handler, plain text or JSON lines, set up once per `reg` run.
 
 Every module logs through `logging.getLogger(__name__)`, so a record's logger names its package
-(`server.engine`, `trainer.train`, `registry.store` ...). Nothing below the CLI configures logging:
+(`server.engines.native`, `trainer.train`, `registry.store` ...). Nothing below the CLI configures logging:
 a library user (or a test) who imports `server` gets the standard library's defaults and decides.
 """
 

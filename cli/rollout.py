@@ -7,7 +7,8 @@ from typing import Annotated, Optional
 import typer
 from rich.markup import escape
 
-from registry.rollouts import Guard, Revision, parse_arm
+from registry.rollout_records import parse_arm
+from registry.rollouts import Guard, Revision
 
 from .common import Home, Json, _registry, app
 from .output import console, print_json, table

@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 import typer
 
 from .common import Home, Json, _local_registry, _registry, app
-from .output import console, err_console, print_json
+from .output import console, print_json
 
 
 @app.command()

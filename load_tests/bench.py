@@ -16,7 +16,7 @@ K <= B (B rows cannot use more than B adapters, so K > B is skipped) the same B 
   (a) bare base          one prefill forward (B x prompt_len, logits_to_keep=1) into a DynamicCache,
                          then D single-token decode steps for the whole batch;
   (b) ours               the same on the MultiLoraModel, row i -> slot 1 + i % K
-                         (`rows()` entered per forward, as server.engine does);
+                         (`rows()` entered per forward, as server.engines.native does);
   (c) PEFT mixed batch   PeftModel, forward(..., adapter_names=[...]) (eval mode), row i -> adapter i % K;
   (d) PEFT one-by-one    each request alone: set_adapter(its adapter), prefill that row, decode D steps at
                          batch 1 (swap time counted in prefill). A request's throughput does not depend on B,
@@ -28,7 +28,7 @@ of any), (d) after them, in rounds: one warmup round on the first cell of each q
 ours x one-by-one, ours x PEFT mixed) as the median of per-round ratios (each paired with the other
 variant's time in the same round, so background load on a shared machine cancels).
 
-Also measured per quantization: the real `server.engine.Engine` (continuous batching) on one cell;
+Also measured per quantization: the real `server.engines.native.NativeEngine` (continuous batching) on one cell;
 the cold load of a rank-16 all-linear adapter from the registry to a servable slot (resolve + pull to
 a fresh dir + `load_lora_weights` + `MultiLoraModel.assign`) against PEFT's `load_adapter` of the same
 files (a scratch registry home, deleted at exit, so nothing is pushed into --home); the hot swap
@@ -92,7 +92,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--gather-cache-mb", type=float, default=None,
                         help="MultiLoraModel's bound on per-row A/B copies kept between decode steps, as the server's "
                              "--gather-cache-mb (default: the server's default)")
-    parser.add_argument("--no-engine", dest="engine", action="store_false", help="skip the server.engine.Engine runs")
+    parser.add_argument("--no-engine", dest="engine", action="store_false", help="skip the server.engines.native.NativeEngine runs")
     parser.add_argument("--profile", action="store_true", help="also print torch.profiler tables of one decode step")
     parser.add_argument("--quick", action="store_true",
                         help="CI smoke: B 1,4; K 1,4; prompt 16; decode 4; quant none; 1 round; 2 cold loads")

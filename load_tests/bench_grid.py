@@ -160,7 +160,7 @@ def bench_cell(models: Models, b: int, k: int, prompt, steps, rounds: int, warmu
     prompt, steps = prompt[:b], steps[:b]
     batched = {
         "bare": (bare, None, {}),
-        "ours": (ours_model, lambda: multi.rows(row_slots), {}),  # rows() per forward, as server.engine does
+        "ours": (ours_model, lambda: multi.rows(row_slots), {}),  # rows() per forward, as server.engines.native does
         "peft_mixed": (peft_model, None, {"adapter_names": row_names}),
     }
     one = min(b, one_by_one_max)

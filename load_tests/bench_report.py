@@ -104,7 +104,7 @@ def engine_table(results: list[QuantResult]) -> Table | None:
     runs = [r for r in results if r.engine is not None]
     if not runs:
         return None
-    table = Table("server.engine.Engine (continuous batching), greedy",
+    table = Table("server.engines.native.NativeEngine (continuous batching), greedy",
                   ["quant", "B", "K", "requests on", "decode tok/s", "x base", "wall tok/s", "x base"])
     for res in runs:
         e = res.engine
@@ -138,7 +138,7 @@ def load_table(results: list[QuantResult]) -> Table | None:
              f"{h.ours_switch_overhead_ms:.2f}", f"{h.peft_set_adapter_ms:.2f}"],
             [res.label, f"  ours: plan {h.ours_plan_ms:.2f}, step after the switch {h.ours_step_after_switch_ms:.1f}, "
                         f"unchanged step {h.ours_step_unchanged_ms:.1f}", "", ""],
-            [res.label, "hot: assign in-memory LoraWeights into a slot", f"{h.ours_assign_in_memory_ms:.2f}", ""],
+            [res.label, "hot: assign in-memory LoraTensors into a slot", f"{h.ours_assign_in_memory_ms:.2f}", ""],
         ]
     table.notes = ["slots are pre-allocated for rank 16 (the server's default --lora-rank), so no load grows them; "
                    "PEFT's set_adapter only flips which adapter is active (one request at a time), ours switches a "

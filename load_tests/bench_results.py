@@ -105,7 +105,7 @@ class EngineRun:
 
 @dataclass
 class EngineBench:
-    """server.engine.Engine decoding B requests over K adapters, against the same requests on the base (slot 0)."""
+    """server.engines.native.NativeEngine decoding B requests over K adapters, against the same requests on the base (slot 0)."""
 
     batch: int
     adapters: int

@@ -118,7 +118,7 @@ class _EngineOnce(NamedTuple):
 
 
 def run_engine(model, tokenizer, multi, prompt, steps: int, slots: list[int]) -> _EngineOnce:
-    """B requests through server.engine.Engine (all admitted in one prefill), greedy, exactly `steps` tokens each."""
+    """B requests through server.engines.native.NativeEngine (all admitted in one prefill), greedy, exactly `steps` tokens each."""
     from server.engines import EngineRequest, Sampling
     from server.engines.native import NativeEngine as Engine
 
@@ -219,7 +219,7 @@ def measure_hot_swaps(models: Models, adapter_dirs: list[Path], spare_slot: int,
 
     Ours: a decode step for B rows whose slots all changed since the previous step (`rows()` builds a new plan
     and every layer re-gathers its rows' A/B) against a step under the unchanged plan; and `assign` of an
-    adapter already read into memory (LoraWeights) into a slot. PEFT: `set_adapter` to another loaded adapter."""
+    adapter already read into memory (LoraTensors) into a slot. PEFT: `set_adapter` to another loaded adapter."""
     from server.lora import load_lora_weights
 
     model, multi, peft_model = models.ours, models.multi, models.peft

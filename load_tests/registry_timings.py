@@ -25,6 +25,7 @@ from safetensors.numpy import save_file
 
 from registry import Registry
 from registry import db as dbmod
+from registry.blobs import fsync_path
 
 MB = 1_000_000
 TARGET_RATIO = 0.5
@@ -100,14 +101,6 @@ def dir_files(directory: Path) -> list[Path]:
 
 def dir_bytes(directory: Path) -> int:
     return sum(p.stat().st_size for p in dir_files(directory))
-
-
-def fsync_path(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def timed(fn) -> float:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from .adapter_config import check_config, is_finite_number, load_config
 from .blobs import special_file_kind
-from .errors import BaseMismatch, InvalidAdapter, shown
+from .errors import BaseMismatch, InvalidAdapter
 from .weights import TensorInfo, check_weights_file
 
 CONFIG_FILE = "adapter_config.json"

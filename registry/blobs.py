@@ -14,6 +14,7 @@ import stat
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from .errors import IntegrityError, InvalidAdapter, InvalidInput
@@ -68,7 +69,21 @@ def hash_into(path: Path, h):
     return h
 
 
-def _fsync_dir(path: Path) -> None:
+@contextmanager
+def _removed_on_failure(path: Path, doing: str, where: Path):
+    """Remove the half-written `path` if the block fails; an OSError becomes our named error for `doing` in `where`."""
+    try:
+        yield
+    except OSError as exc:
+        path.unlink(missing_ok=True)
+        raise (from_os_error(exc, doing, where) or exc) from None
+    except BaseException:
+        path.unlink(missing_ok=True)
+        raise
+
+
+def fsync_path(path: Path) -> None:
+    """fsync a file or a directory by path (a directory's fsync makes a rename in it durable)."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -215,7 +230,7 @@ class BlobStore:
         """Copy `src` into the store, hashing as it goes; return (sha256, size)."""
         h = hashlib.sha256()
         tmp_path = self.tmp / f"ingest-{os.getpid()}-{time.monotonic_ns()}"
-        try:
+        with _removed_on_failure(tmp_path, f"storing {src.name} in the blob store", self.root):
             fd_in = open_regular(src)
             try:
                 fd_out = os.open(tmp_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
@@ -229,12 +244,6 @@ class BlobStore:
             digest = h.hexdigest()
             self.place(tmp_path, digest)
             return digest, size
-        except OSError as exc:
-            tmp_path.unlink(missing_ok=True)
-            raise (from_os_error(exc, f"storing {src.name} in the blob store", self.root) or exc) from None
-        except BaseException:
-            tmp_path.unlink(missing_ok=True)
-            raise
 
     def place(self, tmp_path: Path, digest: str) -> Path:
         """Move a fully written, fsynced temp file whose sha256 is `digest` into the store."""
@@ -243,10 +252,10 @@ class BlobStore:
         # keeps gc's grace period protecting the blob until this push commits.
         if not final.parent.exists():
             final.parent.mkdir(exist_ok=True)
-            _fsync_dir(self.objects)
+            fsync_path(self.objects)
         os.chmod(tmp_path, 0o444)
         os.replace(tmp_path, final)
-        _fsync_dir(final.parent)
+        fsync_path(final.parent)
         return final
 
     # --- uploads from a remote client (server/registry_service.py) ---------------------------
@@ -273,7 +282,7 @@ class BlobStore:
         if not src.exists():
             raise IntegrityError(f"{label}: blob sha256:{digest} is missing from the store (run `reg verify`)")
         h = hashlib.sha256()
-        try:
+        with _removed_on_failure(dest, f"writing {label}", dest.parent):
             fd_in = os.open(src, os.O_RDONLY)
             try:
                 fd_out = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666)
@@ -283,12 +292,6 @@ class BlobStore:
                     os.close(fd_out)
             finally:
                 os.close(fd_in)
-        except OSError as exc:
-            dest.unlink(missing_ok=True)
-            raise (from_os_error(exc, f"writing {label}", dest.parent) or exc) from None
-        except BaseException:
-            dest.unlink(missing_ok=True)
-            raise
         if h.hexdigest() != digest:
             dest.unlink(missing_ok=True)
             raise IntegrityError(f"{label}: stored bytes do not match sha256:{digest} (got {h.hexdigest()}); the blob is corrupt")

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from .blobs import replace_dir
-from .errors import Conflict, IntegrityError, InvalidAdapter, LoradockError, TooLarge, shown
+from .errors import Conflict, IntegrityError, LoradockError, TooLarge, shown
 from .failures import from_os_error
 from .paths import check_file_name, check_replaceable, confined
 from .records import FileRecord, Version

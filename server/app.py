@@ -39,13 +39,11 @@ def load_service(options: ServerOptions, registry: Registry) -> InferenceService
     With a remote registry (`RemoteRegistry`) adapters resolve and pull from it, while the base is
     found (or registered) in the local home, where its weights are.
     """
-    from trainer.train import resolve_base
-
     from .engines.native import load_native_engine
     from .service import InferenceService
 
     options.validate()
-    base = resolve_base(registry if isinstance(registry, Registry) else Registry(registry.home), options.base)
+    base = (registry if registry.is_local else Registry(registry.home)).resolve_base(options.base)
     logger.info(f"loading base {base.name} ({options.quant}) ...")
     engine = load_native_engine(base, options)
     return InferenceService(registry, base, engine, options, options.quant).start()

@@ -15,7 +15,8 @@ import hashlib
 import random
 from dataclasses import dataclass
 
-from registry.rollouts import WEIGHT_TOTAL, Arm, Revision, arm_label
+from registry.rollout_records import arm_label
+from registry.rollouts import WEIGHT_TOTAL, Arm, Revision
 
 BUCKETS = 10_000
 

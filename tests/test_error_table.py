@@ -7,7 +7,6 @@ import json
 import re
 import subprocess
 import sys
-from pathlib import Path
 
 import grpc
 import pytest
@@ -94,7 +93,7 @@ def test_the_pinned_entries_and_every_mapping_that_reads_them(table):
 
 
 def test_a_status_without_a_class_name_maps_as_it_always_did():
-    # a remote registry client raises these (server/remote.py)
+    # a remote registry client raises these (registry/remote/client.py)
     assert {s: class_for_status(s).__name__ for s in ("NOT_FOUND", "INVALID_ARGUMENT", "FAILED_PRECONDITION", "DATA_LOSS",
             "RESOURCE_EXHAUSTED", "UNAUTHENTICATED", "PERMISSION_DENIED", "UNAVAILABLE", "DEADLINE_EXCEEDED", "ABORTED")} == {
         "NOT_FOUND": "NotFound", "INVALID_ARGUMENT": "InvalidInput", "FAILED_PRECONDITION": "Conflict",

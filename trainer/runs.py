@@ -16,7 +16,7 @@ import re
 import shutil
 import socket
 import threading
-from datetime import datetime, timezone
+from datetime import datetime
 from pathlib import Path
 
 from registry.db import utcnow

@@ -49,11 +49,6 @@ class TrainResult:
 # --- base and run directory ------------------------------------------------------------------
 
 
-def resolve_base(registry: Registry, base_model: str) -> Base:
-    """Kept for server/app.py until it calls `Registry.resolve_base` (registry/base_catalog.py) itself."""
-    return registry.resolve_base(base_model)
-
-
 def new_run_id(config: TrainConfig) -> str:
     return f"{config.push.name}-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
 
