@@ -52,14 +52,22 @@ def load_service(options: ServerOptions, registry: Registry) -> InferenceService
 def create_server(options: ServerOptions, registry: Registry, service: InferenceService | None = None):
     """A started gRPC server with Inference, health and reflection; returns (server, port, service).
 
-    It also serves the Registry service over `registry` when that is a local one.
+    It also serves the Registry service over `registry` when that is a local one, and with `options.http_port`
+    the HTTP API over the same service (`server.http`, its port `server.http_port`; None without HTTP).
     """
     from .limits import max_request_bytes
     from .servicer import InferenceServicer
 
+    options.validate_listen()
     tokens = _tokens(options)
     check_listen(options)  # a busy port or a bad certificate fails now, not after the model has loaded
-    service = service or load_service(options, registry)
+    http_socket = _bind_http(options)
+    try:
+        service = service or load_service(options, registry)
+    except BaseException:
+        if http_socket is not None:
+            http_socket.close()
+        raise
     serves_registry = registry.is_local
     # The largest request the limits let through (a Registry upload chunk, when that service is served too).
     max_receive = max(max_request_bytes(service.max_prompt_bytes), REGISTRY_MESSAGE_BYTES if serves_registry else 0)
@@ -70,7 +78,27 @@ def create_server(options: ServerOptions, registry: Registry, service: Inference
         _add_registry_service(server, registry.home, options)
         names.append(REGISTRY_SERVICE_NAME)
     port = _start(server, options, names)
+    server.http, server.http_port = None, None
+    if http_socket is not None:
+        from .http.front import HttpFront
+
+        try:
+            server.http = HttpFront(service, options, tokens, http_socket).start()
+        except BaseException:
+            server.stop(grace=0)
+            http_socket.close()
+            raise
+        server.http_port = server.http.port
     return server, port, service
+
+
+def _bind_http(options: ServerOptions):
+    """The HTTP API's socket, bound now (a busy --http-port fails before the model loads), or None without HTTP."""
+    if options.http_port is None:
+        return None
+    from .http.front import bind_http
+
+    return bind_http(options)
 
 
 def create_registry_server(options: ServerOptions, home, on_chunk=None, on_sent=None):
@@ -192,10 +220,16 @@ def _start(server: grpc.Server, options: ServerOptions, names: list[str]) -> int
 
 
 def shutdown(server, service: InferenceService, grace_s: float) -> None:
-    """Stop accepting, let in-flight requests finish for up to `grace_s`, then stop."""
+    """Stop accepting (gRPC health NOT_SERVING, HTTP /health 503), let in-flight requests finish for up to
+    `grace_s`, then stop both fronts."""
     server.health.enter_graceful_shutdown()
+    http = getattr(server, "http", None)
+    if http is not None:
+        http.drain()
     service.stop_accepting()
     service.stop(drain_s=grace_s)
+    if http is not None:
+        http.stop()
     server.stop(grace=1.0).wait()
 
 
@@ -216,7 +250,9 @@ def serve_registry_forever(options: ServerOptions, home) -> int:
 
 def serve_forever(options: ServerOptions, registry: Registry) -> int:
     server, port, service = create_server(options, registry)
-    logger.info(f"serving {service.base.name} ({options.quant}) on {options.host}:{port}; SIGTERM drains for {options.grace_s:g} s")
+    http = f", HTTP (OpenAI API) on {options.host}:{server.http_port}" if server.http_port is not None else ""
+    logger.info(f"serving {service.base.name} ({options.quant}) on {options.host}:{port} (gRPC){http}; "
+                f"SIGTERM drains for {options.grace_s:g} s")
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())

@@ -3,7 +3,8 @@
 A call carries `authorization: Bearer <token>` in its metadata. No token, or one the server does
 not know: UNAUTHENTICATED. A known token without the method's role: PERMISSION_DENIED. Health and
 reflection stay open (load balancers and grpcurl need them; they reveal no adapters). Tokens are
-compared in constant time (`tokens.TokenStore.identify`) and never logged, only their names.
+compared in constant time (`tokens.TokenStore.identify`) and never logged, only their names. The HTTP
+API's routes have their table here too (`ROLE_FOR_ROUTE`), checked by the same `check_caller`.
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ import threading
 from dataclasses import dataclass
 
 import grpc
+
+from registry.errors import PermissionDenied, Unauthenticated
 
 from .tokens import TokenEntry, TokenStore
 
@@ -52,6 +55,18 @@ ROLE_FOR_METHOD: dict[str, str] = {
     "/loradock.v1.Registry/Audit": "admin",
 }
 OPEN_PREFIXES = ("/grpc.health.v1.Health/", "/grpc.reflection.")
+# The HTTP API's routes (server/http/) -> the role each needs, by the same rules as the RPCs they mirror (a model
+# list serves the clients that run completions, so it needs `infer`, as /metrics does ServerStats' numbers).
+ROLE_FOR_ROUTE: dict[str, str] = {
+    "POST /v1/completions": "infer",
+    "POST /v1/chat/completions": "infer",
+    "POST /v1/feedback": "infer",
+    "GET /v1/models": "infer",
+    "GET /metrics": "infer",
+    "POST /v1/load_lora_adapter": "admin",
+    "POST /v1/unload_lora_adapter": "admin",
+}
+OPEN_ROUTES = ("GET /health",)  # load balancers probe it; it reveals no adapters
 
 
 @dataclass(frozen=True)
@@ -97,27 +112,36 @@ class AuthInterceptor(grpc.ServerInterceptor):
         return wrapped
 
     def _authorize(self, method: str, context) -> Identity:
-        token = bearer_token(context.invocation_metadata())
-        if not token:
-            self._deny(context, grpc.StatusCode.UNAUTHENTICATED, method, "-",
-                       "no token: pass --token or set LORADOCK_TOKEN (sent as `authorization: Bearer <token>`)"
-                       if token is None else "malformed authorization metadata: expected `Bearer <token>`")
-        entry: TokenEntry | None = self.tokens.identify(token)
-        if entry is None:
-            self._deny(context, grpc.StatusCode.UNAUTHENTICATED, method, "unknown",
-                       "invalid token: the server's tokens file lists no token with this hash")
-        role = ROLE_FOR_METHOD.get(method)
-        if role is None:
-            self._deny(context, grpc.StatusCode.PERMISSION_DENIED, method, entry.name, f"no role is defined for {method}")
-        if not entry.allows(role):
-            self._deny(context, grpc.StatusCode.PERMISSION_DENIED, method, entry.name,
-                       f"token {entry.name!r} has role(s) {', '.join(sorted(entry.roles))}; {method.rsplit('/', 1)[-1]} "
-                       f"needs {role!r}")
+        try:
+            entry = check_caller(self.tokens, bearer_token(context.invocation_metadata()), ROLE_FOR_METHOD.get(method),
+                                 method, method.rsplit("/", 1)[-1], context.peer(),
+                                 "pass --token or set LORADOCK_TOKEN (sent as `authorization: Bearer <token>`)")
+        except (Unauthenticated, PermissionDenied) as exc:
+            context.abort(grpc.StatusCode[exc.grpc_status], str(exc))
         return Identity(entry.name, entry.roles, context.peer())
 
-    def _deny(self, context, code: grpc.StatusCode, method: str, who: str, message: str):
-        logger.warning(f"denied {method} ({code.name}) for token {who} from {context.peer()}")
-        context.abort(code, message)
+
+def check_caller(tokens: TokenStore, token: str | None, role: str | None, what: str, short: str, peer: str,
+                 how_to_send: str) -> TokenEntry:
+    """The token's entry if it may call `what` (which needs `role`); else Unauthenticated or PermissionDenied, logged.
+
+    `token`: None when none was sent, "" when the header was malformed; `short`: `what` as a message names it."""
+    def deny(error: Exception, who: str):
+        logger.warning(f"denied {what} ({error.grpc_status}) for token {who} from {peer}")
+        raise error
+
+    if not token:
+        deny(Unauthenticated(f"no token: {how_to_send}" if token is None
+                             else "malformed authorization: expected `Bearer <token>`"), "-")
+    entry: TokenEntry | None = tokens.identify(token)
+    if entry is None:
+        deny(Unauthenticated("invalid token: the server's tokens file lists no token with this hash"), "unknown")
+    if role is None:
+        deny(PermissionDenied(f"no role is defined for {what}"), entry.name)
+    if not entry.allows(role):
+        deny(PermissionDenied(f"token {entry.name!r} has role(s) {', '.join(sorted(entry.roles))}; {short} needs {role!r}"),
+             entry.name)
+    return entry
 
 
 def _wrap(handler: grpc.RpcMethodHandler, authorize) -> grpc.RpcMethodHandler:

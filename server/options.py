@@ -42,6 +42,15 @@ class ServerOptions:
     tls_cert: str | None = documented(None, "PEM certificate chain to serve TLS with (needs --tls-key).")
     tls_key: str | None = documented(None, "PEM private key of --tls-cert.")
     max_blob_mb: float = documented(4096.0, "Registry service: largest blob (adapter file) a push may upload, in MB.")
+    http_port: int | None = documented(None, "Also serve the OpenAI-compatible HTTP API on this port, on --host with the "
+                                             "same auth and TLS (0 picks a free one; unset = no HTTP).")
+    http_max_body_kb: int = documented(0, "Largest HTTP request body in KB (0 = what --max-prompt-bytes allows, "
+                                          "JSON-escaped).", minimum=0)
+    http_timeout_s: float = documented(30.0, "Seconds an HTTP client may take to send a request (head or body) or "
+                                             "to read the next piece of a stream before it is dropped.",
+                                       flag="http-timeout")
+    allow_path_adapters: bool = documented(False, "Let POST /v1/load_lora_adapter (admin) take a `lora_path`: a "
+                                                  "directory the server can read, pushed to the registry and loaded.")
 
     def validate(self) -> None:
         from .errors import BadRequest
@@ -66,8 +75,13 @@ class ServerOptions:
                 raise BadRequest(f"{flag} {path}: no such file")
         if not self.max_blob_mb > 0:
             raise BadRequest(f"--max-blob-mb must be more than 0, got {self.max_blob_mb}")
-        if not 0 <= self.port <= 65535:
-            raise BadRequest(f"--port {self.port}: must be between 0 and 65535")
+        for flag, port in (("--port", self.port), ("--http-port", self.http_port)):
+            if port is not None and not 0 <= port <= 65535:
+                raise BadRequest(f"{flag} {port}: must be between 0 and 65535")
+        if self.http_port and self.http_port == self.port:
+            raise BadRequest(f"--http-port {self.http_port}: the same as --port; gRPC and HTTP need a port each")
+        if not self.http_timeout_s > 0:
+            raise BadRequest(f"--http-timeout must be more than 0, got {self.http_timeout_s}")
 
     @property
     def handler_threads(self) -> int:

@@ -1,0 +1,110 @@
+"""The HTTP front as `reg serve` runs it: uvicorn on its own thread, beside gRPC, over the same InferenceService.
+
+`bind_http(options)` takes the port before the model loads (a busy port fails at once; port 0 picks a free
+one, `HttpFront.port` says which), `HttpFront.start()` serves on it, `drain()` turns /health and new
+completions to 503 while in-flight requests finish, `stop()` closes it. TLS uses --tls-cert/--tls-key, as gRPC.
+A client that connects and sends no request head within --http-timeout is dropped (uvicorn alone waits).
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import socket
+import threading
+import time
+
+import uvicorn
+from uvicorn.protocols.http.h11_impl import H11Protocol
+
+from registry.errors import Conflict
+
+from ..errors import BadRequest
+from ..options import ServerOptions
+from ..service import InferenceService
+from ..tokens import TokenStore
+from .app import HttpState, build_app
+
+logger = logging.getLogger(__name__)
+
+START_TIMEOUT_S = 60.0  # a backstop: uvicorn starts in milliseconds
+MAX_HEADER_BYTES = 64 * 2**10
+
+
+def bind_http(options: ServerOptions) -> socket.socket:
+    """A socket bound to --host:--http-port (not listening yet); a busy port or an unknown host is one line."""
+    host = options.host.strip("[]")
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host, options.http_port, type=socket.SOCK_STREAM,
+                                                             flags=socket.AI_PASSIVE)[0]
+    except socket.gaierror as e:
+        raise BadRequest(f"--host {options.host}: cannot resolve it ({e.strerror})") from None
+    sock = socket.socket(family, kind, proto)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind(address)
+    except OSError as e:
+        sock.close()
+        if e.errno in (errno.EADDRINUSE, errno.EACCES, errno.EADDRNOTAVAIL):
+            raise Conflict(f"cannot listen on {options.host}:{options.http_port}: {e.strerror}; stop what uses it or "
+                           f"choose another --http-port") from None
+        raise
+    return sock
+
+
+class _H11Protocol(H11Protocol):
+    """uvicorn's h11 protocol, dropping a connection that has not begun a request within the timeout."""
+
+    header_timeout_s = 30.0
+
+    def connection_made(self, transport) -> None:
+        super().connection_made(transport)
+        self.loop.call_later(self.header_timeout_s, self._drop_if_idle)
+
+    def _drop_if_idle(self) -> None:
+        if self.cycle is None and not self.transport.is_closing():
+            self.transport.close()
+
+
+class HttpFront:
+    def __init__(self, service: InferenceService, options: ServerOptions, tokens: TokenStore | None, sock: socket.socket):
+        self.app = build_app(service, options, tokens)
+        self.state: HttpState = self.app.state.loradock
+        self.sock = sock
+        self.port: int = sock.getsockname()[1]
+        protocol = type("H11Protocol", (_H11Protocol,), {"header_timeout_s": options.http_timeout_s})
+        config = uvicorn.Config(
+            self.app, http=protocol, lifespan="off", log_config=None, access_log=False, server_header=False,
+            ssl_certfile=options.tls_cert, ssl_keyfile=options.tls_key,
+            limit_concurrency=options.handler_threads + 64,  # beyond the queue limit: the service answers 429 first
+            h11_max_incomplete_event_size=MAX_HEADER_BYTES, timeout_graceful_shutdown=1,
+        )
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(target=self._run, name="loradock-http", daemon=True)
+        self.error: BaseException | None = None
+
+    def _run(self) -> None:
+        try:
+            self.server.run(sockets=[self.sock])
+        except BaseException as exc:  # noqa: BLE001 - reported by start()
+            self.error = exc
+
+    def start(self) -> "HttpFront":
+        self.thread.start()
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while not self.server.started:
+            if not self.thread.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError(f"the HTTP server did not start: {self.error!r}")
+            time.sleep(0.005)
+        return self
+
+    def drain(self) -> None:
+        """/health and new completions answer 503 from now on; requests in flight go on."""
+        self.state.draining = True
+
+    def stop(self) -> None:
+        self.drain()
+        self.server.should_exit = True
+        self.thread.join(timeout=30)
+        self.state.pool.shutdown(wait=False, cancel_futures=True)
+        self.sock.close()
