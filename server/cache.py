@@ -3,18 +3,23 @@
 Keys are resolved identities (`NAME:N`, or a merge key), never bare names, so a push or an alias
 move simply resolves to a new key on the next request. `acquire` returns a slot and holds a
 reference until `release`; only unpinned entries with no references are evicted.
+Listeners (`add_listener`, e.g. the server's Prometheus metrics) hear of every load and its time.
 """
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 from .errors import QueueFull
 from .limits import check_slot_memory
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -47,10 +52,27 @@ class AdapterCache:
         self._loading: dict[str, threading.Event] = {}
         self.entries: dict[str, CacheEntry] = {}
         self.hits = self.misses = self.evictions = 0
+        self.loads = self.load_failures = 0  # misses that placed an adapter in a slot, and those that raised
+        self._listeners: list[CacheListener] = []
+
+    def add_listener(self, listener: "CacheListener") -> None:
+        self._listeners.append(listener)
+
+    def remove_listener(self, listener: "CacheListener") -> None:
+        self._listeners.remove(listener)
+
+    def _tell_loaded(self, key: str, seconds: float) -> None:
+        """A listener's failure is logged, never raised into the request that loaded the adapter."""
+        for listener in self._listeners:
+            try:
+                listener.adapter_loaded(key, seconds)
+            except Exception:
+                logger.exception("adapter cache listener %r failed on loading %s", listener, key)
 
     @property
     def used_bytes(self) -> int:
-        return sum(e.nbytes for e in self.entries.values())
+        with self._lock:  # read from other threads too (stats, /metrics) while a load adds an entry
+            return sum(e.nbytes for e in self.entries.values())
 
     def acquire(self, key: str, load: Callable[[], object], pin: bool = False) -> CacheEntry:
         """The entry for `key`, loading it with `load()` (-> the engine's slot form, e.g. `LoraTensors`) on a miss; holds a reference."""
@@ -81,10 +103,16 @@ class AdapterCache:
                 entry = CacheEntry(key, slot, weights.nbytes, rank=weights.rank, pinned=pin, refs=1, requests=1,
                                    load_ms=(time.perf_counter() - started) * 1000)
                 self.entries[key] = entry
-                return entry
+                self.loads += 1
+        except BaseException:
+            with self._lock:
+                self.load_failures += 1
+            raise
         finally:
             with self._lock:
                 self._loading.pop(key).set()
+        self._tell_loaded(key, entry.load_ms / 1000)
+        return entry
 
     def release(self, key: str) -> None:
         with self._lock:
@@ -130,6 +158,12 @@ class AdapterCache:
             self.lora.shrink_to_fit()  # slots grown for a larger rank are given back
         del self.entries[entry.key]
         self.evictions += 1
+
+
+class CacheListener(Protocol):
+    """Told of each adapter placed in a slot, on the thread that loaded it (a request's): keep it quick."""
+
+    def adapter_loaded(self, key: str, seconds: float) -> None: ...
 
 
 def adapter_dir_for(cache_root: Path, manifest_digest: str) -> Path:

@@ -34,6 +34,7 @@ from .limits import (
     check_feedback, check_merge_rank, check_merge_request, check_prompt_size, check_request_ids, max_prompt_bytes,
     merged_rank,
 )
+from .metrics import ServerMetrics
 from .options import ServerOptions
 from .rollout_worker import RolloutWorker
 from .router import Choice, RolloutRouter
@@ -108,6 +109,7 @@ class InferenceService:
         self.rollout_worker = RolloutWorker(registry.new_connection(), self.router)  # its own connection
         self.started = time.time()
         self.adapter_files = registry.home / "cache" / "adapters"
+        self.metrics = ServerMetrics(self)  # Prometheus, over this service's stats (GET /metrics)
 
     def start(self) -> "InferenceService":
         self.rollout_worker.start()
@@ -133,8 +135,9 @@ class InferenceService:
         resolved: list[str] = []
         try:
             request, version, variant, key = self._prepare(req, resolved)
-        except LoradockError:
-            self.stats.record(resolved[-1] if resolved else UNRESOLVED, ok=False)
+        except LoradockError as exc:
+            self.stats.record(resolved[-1] if resolved else UNRESOLVED, ok=False, protocol=req.protocol,
+                              outcome=_status_name(exc).lower())
             raise
         try:
             return Generation(self.engine.submit(request), version, variant, deadline)
@@ -142,7 +145,8 @@ class InferenceService:
             if key:
                 self.cache.release(key)
             if isinstance(exc, LoradockError):
-                self.stats.record(version, ok=False)
+                self.stats.record(version, ok=False, variant=variant, protocol=req.protocol,
+                                  outcome=_status_name(exc).lower())
             raise
 
     def _prepare(self, req: GenerateRequest, resolved: list[str]) -> tuple[EngineRequest, str, str, str | None]:
@@ -169,17 +173,19 @@ class InferenceService:
                 if choice:
                     self.rollout_worker.record_outcome(choice, request_id, _status_name(exc))
                 raise
+        variant = choice.arm if choice else ""
+
         def on_finish(result: EngineResult) -> None:
             if key:
                 self.cache.release(key)
+            status = _status_name(result.error, result.finish_reason)
             self.stats.record(version, result.error is None, result.prompt_tokens, result.completion_tokens,
-                              result.total_ms, result.ttft_ms)
+                              result.total_ms, result.ttft_ms, variant=variant, protocol=req.protocol,
+                              outcome=status.lower())
             self._remember(result.request_id, version, choice)
             if choice:
-                self.rollout_worker.record_outcome(choice, result.request_id, _status_name(result.error, result.finish_reason),
-                                                   result)
-
-        variant = choice.arm if choice else ""
+                self.rollout_worker.record_outcome(choice, result.request_id, status, result)
+            self.metrics.observe_finished(result, req.protocol)  # never raises
         return EngineRequest(request_id, prompt_ids, sampling, slot, on_finish), version, variant, key
 
     def _sampling(self, p: SamplingParams) -> Sampling:

@@ -48,6 +48,7 @@ class GenerateRequest:
     merge_density: float = 0.0          # ties, dare_*, magnitude_prune: the fraction of values kept
     merge_majority_sign_method: str = ""  # ties, dare_ties: "" = total, or frequency
     request_id: str = ""                # echoed; generated when empty
+    protocol: str = "grpc"              # the front it came through (grpc or http): a label on its metrics
     timeout_s: float | None = None
     """How long the caller waits (its RPC deadline or HTTP timeout), from when the service gets the request; past
     it the request is cancelled, its batch slot freed, and `DeadlineExceeded` raised. None: no limit."""

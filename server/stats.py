@@ -3,6 +3,8 @@
 Only versions the server resolved get an entry (a request that failed before that counts in the one
 `unresolved` bucket), and at most `max_versions` entries are kept: the least recently used is dropped,
 so no sequence of requests grows this state (or the ServerStats reply) without bound.
+Each entry also counts its requests by (rollout arm, protocol, outcome): the `loradock_requests_total`
+series of `/metrics` (`server/metrics.py`) are read from here, so they always agree with ServerStats.
 """
 
 from __future__ import annotations
@@ -14,6 +16,11 @@ from dataclasses import dataclass, field
 WINDOW = 2048  # latest requests kept per version for percentiles
 MAX_VERSIONS = 256  # entries kept (LRU); each holds up to 2 x WINDOW latencies
 UNRESOLVED = "unresolved"  # requests that failed before an adapter version was resolved
+PROTOCOLS = ("grpc", "http")  # any other GenerateRequest.protocol counts as "other" (a bounded label set)
+
+
+def protocol_label(protocol: str) -> str:
+    return protocol if protocol in PROTOCOLS else "other"
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -33,6 +40,7 @@ class VersionStats:
     completion_tokens: int = 0
     latency_ms: deque = field(default_factory=lambda: deque(maxlen=WINDOW))
     ttft_ms: deque = field(default_factory=lambda: deque(maxlen=WINDOW))
+    outcomes: dict[tuple[str, str, str], int] = field(default_factory=dict)  # (variant, protocol, outcome) -> requests
 
 
 class Stats:
@@ -43,8 +51,13 @@ class Stats:
         self.total_requests = 0
 
     def record(self, version: str, ok: bool, prompt_tokens: int = 0, completion_tokens: int = 0,
-               total_ms: float | None = None, ttft_ms: float | None = None) -> None:
-        """Count one request against `version` (a resolved NAME:N, a merge key, "" for the base, or UNRESOLVED)."""
+               total_ms: float | None = None, ttft_ms: float | None = None, *, variant: str = "",
+               protocol: str = "grpc", outcome: str = "") -> None:
+        """Count one request against `version` (a resolved NAME:N, a merge key, "" for the base, or UNRESOLVED).
+
+        `variant`: the rollout arm that served it ("" for none); `outcome`: how it ended ("ok", "cancelled", or an
+        error's status name in lower case; "" = "ok" or "error" as `ok` says)."""
+        label = (variant, protocol_label(protocol), outcome or ("ok" if ok else "error"))
         with self._lock:
             key = version or "base"
             s = self.by_version.get(key)
@@ -55,6 +68,7 @@ class Stats:
             else:
                 self.by_version.move_to_end(key)
             s.requests += 1
+            s.outcomes[label] = s.outcomes.get(label, 0) + 1
             self.total_requests += 1
             if not ok:
                 s.errors += 1
@@ -66,7 +80,10 @@ class Stats:
             if ttft_ms is not None:
                 s.ttft_ms.append(ttft_ms)
 
-    def snapshot(self) -> dict[str, VersionStats]:
+    def snapshot(self, latencies: bool = True) -> dict[str, VersionStats]:
+        """A copy of every entry; `latencies=False` leaves the latency windows empty (a cheap read, for /metrics)."""
         with self._lock:
-            return {k: VersionStats(v.requests, v.errors, v.prompt_tokens, v.completion_tokens, deque(v.latency_ms), deque(v.ttft_ms))
+            return {k: VersionStats(v.requests, v.errors, v.prompt_tokens, v.completion_tokens,
+                                    deque(v.latency_ms if latencies else ()), deque(v.ttft_ms if latencies else ()),
+                                    dict(v.outcomes))
                     for k, v in self.by_version.items()}
