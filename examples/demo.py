@@ -4,7 +4,8 @@ Prepares the default base (SmolLM2-135M-Instruct, converted once from the llm-sm
 trains two small adapters from `examples/` (arithmetic with QLoRA, shouting with LoRA), each
 evaluated against the base and pushed with its lineage, points an alias, pulls the adapters back
 and loads them with plain PEFT to answer the same prompts side by side with the base, then starts
-the gRPC server and sends requests for several adapters at once, then rolls a second arith version
+the server and sends requests for several adapters at once over gRPC, and one through the official
+openai client to the same server's OpenAI-compatible HTTP API, then rolls a second arith version
 out to 10 % of the users (sticky), measures both arms with feedback and prints the report, and ends
 by exporting arith merged into its base and answering with plain transformers. It runs the real
 `reg` commands, printed as it goes.
@@ -71,10 +72,44 @@ def side_by_side(base_path: str, adapters: dict[str, Path], prompts: list[str]) 
     return rows
 
 
-def serve_and_ask(prompts: list[str], adapters: list[str], then=None) -> None:
-    """Start `reg serve` in the background, send requests for several adapters at once, `then(client)`, stop it with SIGTERM."""
-    import signal
+def free_ports(count: int) -> list[int]:
+    """`count` distinct free ports (all bound at once, so none is handed out twice)."""
     import socket
+
+    sockets = [socket.socket() for _ in range(count)]
+    try:
+        for s in sockets:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in sockets]
+    finally:
+        for s in sockets:
+            s.close()
+
+
+def ask_with_openai(http_port: int, adapter: str, question: str) -> str:
+    """One chat completion through the official openai client, on the server's HTTP API; returns the version that served it."""
+    from openai import OpenAI
+
+    base_url = f"http://127.0.0.1:{http_port}/v1"
+    print(f"$ python -c 'OpenAI(base_url=\"{base_url}\").chat.completions.create(model=\"{adapter}\", ...)'", flush=True)
+    client = OpenAI(base_url=base_url, api_key="none (auth is off on localhost)", max_retries=0)
+    try:
+        raw = client.chat.completions.with_raw_response.create(
+            model=adapter, messages=[{"role": "user", "content": question}], max_tokens=16, temperature=0)
+        completion = raw.parse()
+    finally:
+        client.close()
+    version = raw.headers.get("x-loradock-version") or "base"
+    variant = raw.headers.get("x-loradock-variant")
+    print(f"  openai client -> {version}{f' [{variant}]' if variant else ''} {question!r}: "
+          f"{completion.choices[0].message.content!r} ({completion.usage.completion_tokens} tokens, id {completion.id})")
+    return version
+
+
+def serve_and_ask(prompts: list[str], adapters: list[str], then=None) -> None:
+    """Start `reg serve` (gRPC and HTTP) in the background, send requests for several adapters at once over gRPC, one
+    through the openai client over HTTP, `then(client)`, stop it with SIGTERM."""
+    import signal
     import time
     from concurrent.futures import ThreadPoolExecutor
 
@@ -82,11 +117,10 @@ def serve_and_ask(prompts: list[str], adapters: list[str], then=None) -> None:
 
     from server.client import LoradockClient
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    print(f"$ reg serve --quant nf4 --port {port} &", flush=True)
-    proc = subprocess.Popen([REG, "serve", "--quant", "nf4", "--port", str(port), "--home", str(HOME)])
+    port, http_port = free_ports(2)
+    print(f"$ reg serve --quant nf4 --port {port} --http-port {http_port} &", flush=True)
+    proc = subprocess.Popen([REG, "serve", "--quant", "nf4", "--port", str(port), "--http-port", str(http_port),
+                             "--home", str(HOME)])
     client = LoradockClient(f"127.0.0.1:{port}", timeout=120)
     try:
         deadline = time.time() + 120
@@ -106,6 +140,7 @@ def serve_and_ask(prompts: list[str], adapters: list[str], then=None) -> None:
         for prompt, adapter, r in zip(prompts, adapters, results):
             served = r.adapter_version or "base"
             print(f"  {adapter or '(base)':<11} -> {served:<9} {prompt!r}: {r.text!r}")
+        ask_with_openai(http_port, "arith@prod", "What is 38 + 44?")
         stats = client.stats()
         print(f"server: {stats.total_requests} requests, cache {stats.cache.loaded} loaded / {stats.cache.misses} cold loads")
         if then is not None:

@@ -1,5 +1,6 @@
 """Load generators and benchmarks: `python -m load_tests run|prepare|bench`; `bench.py` compares multi-adapter serving
-with the bare base and PEFT, `bench_registry.py` measures the registry's push/pull/ls, `bench_training.py` fine-tuning."""
+with the bare base and PEFT, `bench_registry.py` measures the registry's push/pull/ls, `bench_training.py` fine-tuning,
+`bench_http.py` the HTTP API against gRPC on one server."""
 
 import os
 

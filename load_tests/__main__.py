@@ -2,6 +2,7 @@
 
     python -m load_tests run --target localhost:50051 --adapters arith,shout --concurrency 32 --duration 60
     python -m load_tests run --preset overload --target localhost:50051 --duration 30
+    python -m load_tests run --protocol http --target localhost:8000 --adapters arith,shout --concurrency 16
     python -m load_tests prepare --home ~/.loradock --count 16
 
 Exit codes follow `reg`'s (README "Exit codes"): 2 bad input, 3 adapter not found on the server,
@@ -48,6 +49,7 @@ def _opt(name: str, *flags: str):
 def run(
     target: Annotated[str, typer.Option("--target", "-t", envvar="LORADOCK_TARGET", help=HELP["target"])] = "localhost:50051",
     preset: Annotated[Optional[str], typer.Option(help="A named scenario: steady, many-adapters, overload, canary.")] = None,
+    protocol: Annotated[Optional[str], _opt("protocol", "--protocol")] = None,
     adapters: Annotated[Optional[str], _opt("adapters", "--adapters", "-a")] = None,
     concurrency: Annotated[Optional[int], _opt("concurrency", "--concurrency", "-c")] = None,
     duration: Annotated[Optional[float], _opt("duration", "--duration", "-d")] = None,

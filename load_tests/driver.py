@@ -9,30 +9,26 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-import grpc
-
 from registry.errors import InvalidInput, NotFound
 from registry.names import parse_ref
-from server.client import LoradockClient
 
 from . import report
 from .presets import get_preset, single_phase
+from .protocols import open_transport
 from .run import LoadGenerator, LoadOptions, ServerInfo, Unreachable
 from .workload import AdapterChoice, Workload, load_prompts, parse_adapters
 
 
-def connect(options: LoadOptions, ready_timeout: float = 5.0) -> tuple[LoradockClient, ServerInfo]:
-    client = LoradockClient(options.target, timeout=options.timeout)
+def connect(options: LoadOptions, ready_timeout: float = 5.0):
+    """(transport, ServerInfo): the protocol's transport, and what the server serves; Unreachable if it does not answer."""
+    transport = open_transport(options)
     try:
-        client.wait_ready(timeout=ready_timeout)
-        stats = client.stats()
-        names = sorted({a.name for a in client.list_adapters()})
+        server = transport.server_info(ready_timeout)
     except Exception as exc:
-        client.close()
-        reason = exc.details() if isinstance(exc, grpc.RpcError) else f"no answer within {ready_timeout:g} s"
-        raise Unreachable(f"--target {options.target!r}: cannot reach a loradock server there ({reason}); "
-                          "is `reg serve` running on that address?") from None
-    return client, ServerInfo(names, stats)
+        transport.close()
+        raise Unreachable(f"--target {options.target!r}: cannot reach a loradock server there over {transport.protocol} "
+                          f"({transport.failure(exc, ready_timeout)}); {transport.hint}") from None
+    return transport, server
 
 
 def check_adapters(choices: list[AdapterChoice], server: ServerInfo, target: str) -> None:
@@ -70,11 +66,11 @@ def run_load(options: LoadOptions, preset_name: str | None = None, console=None,
             (preset.drive if preset else single_phase)(gen, options, server, notes)
         except KeyboardInterrupt:
             interrupted = True
-        try:
-            after = client.stats()
-        except grpc.RpcError as exc:
-            after, notes["stats_after_error"] = None, f"{exc.code().name}: {exc.details()}"
-        result = report.build(options, preset_name, choices, gen, server.stats, after, notes, interrupted)
+        after, unanswered = client.stats()
+        if unanswered:
+            notes["stats_after_error"] = unanswered
+        result = report.build(options, preset_name, choices, gen, server.stats, after, notes, interrupted,
+                              alive_after=unanswered is None)
     finally:
         client.close()
     report.write(result, gen, options.out or default_out(preset_name))

@@ -3,7 +3,9 @@
 steady         32 clients, 8 adapters, closed loop.
 many-adapters  twice as many adapters in round-robin rotation as the server's cache holds: eviction and cold loads.
 overload       measure capacity (or take --capacity), then Poisson arrivals at 4x it: rejections must be
-               RESOURCE_EXHAUSTED and quick, admitted requests must all complete, the server must stay up.
+               RESOURCE_EXHAUSTED (HTTP 429) and quick, admitted requests must all complete, the server must stay
+               up. Capacity is measured with the server's max batch size of clients (over HTTP, which does not
+               report it: --concurrency).
 canary         a sticky 95/5 rollout between an adapter's two newest versions, raised live (5 -> 25 -> 50 %)
                through `reg rollout`, undone (`reg rollout clear`) at the end.
 """
@@ -71,9 +73,10 @@ def _take(options: LoadOptions, server: ServerInfo, count: int, preset: str) -> 
 
 
 def _cache_size(options: LoadOptions, server: ServerInfo) -> int:
-    size = options.cache_size or server.stats.cache.max_adapters
+    size = options.cache_size or (server.stats.cache.max_adapters if server.stats is not None else 0)
     if not size:
-        raise InvalidInput("--cache-size: the server's ServerStats does not report its adapter cache size; give it")
+        where = "ServerStats does not report" if server.stats is not None else "HTTP API does not report"
+        raise InvalidInput(f"--cache-size: the server's {where} its adapter cache size; give it")
     return size
 
 
@@ -117,7 +120,7 @@ def _overload(gen: LoadGenerator, options: LoadOptions, server: ServerInfo, note
     if options.capacity:
         capacity, source = options.capacity, "--capacity"
     else:
-        clients = stats.max_batch_size or options.concurrency
+        clients = (stats.max_batch_size if stats is not None else 0) or options.concurrency
         phase = gen.closed_loop("calibrate", clients, options.calibrate)
         done = sum(s.code == OK for s in gen.samples if s.phase == "calibrate")
         if not done:
@@ -126,12 +129,13 @@ def _overload(gen: LoadGenerator, options: LoadOptions, server: ServerInfo, note
         capacity, source = done / phase.duration_s, f"measured: {clients} closed-loop clients for {phase.duration_s:.1f} s"
         notes["warmup_phases"] = ["calibrate"]
     # The generator's limit must sit above what the server admits, or the server never sees the overload.
-    admits = stats.max_batch_size + stats.max_queue
+    admits = stats.max_batch_size + stats.max_queue if stats is not None else 0  # over HTTP: unknown, --max-in-flight rules
     in_flight = min(max(options.max_in_flight, admits + 16), OVERLOAD_MAX_IN_FLIGHT)
     rate = capacity * options.overload_factor
     notes["overload"] = {"capacity_rps": round(capacity, 3), "capacity_source": source, "factor": options.overload_factor,
                          "rate_rps": round(rate, 3), "max_in_flight": in_flight,
-                         "server_admits": {"max_batch_size": stats.max_batch_size, "max_queue": stats.max_queue}}
+                         "server_admits": {"max_batch_size": stats.max_batch_size, "max_queue": stats.max_queue}
+                         if stats is not None else None}
     gen.open_loop("overload", rate, options.duration, in_flight)
 
 

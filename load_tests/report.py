@@ -13,9 +13,8 @@ from google.protobuf.message import Message
 
 from server.stats import percentile
 
-from .run import OK, LoadGenerator, LoadOptions, Sample
+from .run import OK, LoadGenerator, LoadOptions, Sample, is_rejection
 
-REJECTED = "RESOURCE_EXHAUSTED"
 REJECTION_TARGET_MS = 50.0  # the issue's target for answering the excess under overload
 
 
@@ -27,13 +26,15 @@ def _pcts(values: list[float]) -> dict:
 def summarize(samples: list[Sample], elapsed_s: float) -> dict:
     """Counts, errors by status code, latency and TTFT percentiles of the successes, throughput."""
     ok = [s for s in samples if s.code == OK]
-    rejected = [s.latency_ms for s in samples if s.code == REJECTED]
+    rejected = [s.latency_ms for s in samples if is_rejection(s.code)]
     tokens = sum(s.completion_tokens for s in ok)
     return {
         "requests": len(samples), "ok": len(ok),
         "errors": dict(sorted(Counter(s.code for s in samples if s.code != OK).items())),
         "latency_ms": _pcts([s.latency_ms for s in ok]),
         "ttft_ms": _pcts([s.ttft_ms for s in ok if s.ttft_ms is not None]),
+        # client latency less the server's own total: what the transport and both ends' handlers add
+        "overhead_ms": _pcts([s.latency_ms - s.server_ms for s in ok if s.server_ms is not None]),
         "rejection_ms": _pcts(rejected),
         "requests_per_s": round(len(samples) / elapsed_s, 3) if elapsed_s else 0.0,
         "ok_per_s": round(len(ok) / elapsed_s, 3) if elapsed_s else 0.0,
@@ -65,7 +66,7 @@ def _stats_dict(stats) -> dict | None:
 
 
 def _stats_delta(before, after) -> dict | None:
-    if after is None:
+    if before is None or after is None:
         return None
     b, a = before.cache, after.cache
     return {"total_requests": after.total_requests - before.total_requests,
@@ -94,29 +95,33 @@ def _canary_analysis(samples: list[Sample], canary: dict) -> dict:
 
 
 def build(options: LoadOptions, preset: str | None, choices, gen: LoadGenerator, before, after, notes: dict,
-          interrupted: bool) -> dict:
+          interrupted: bool, alive_after: bool | None = None) -> dict:
+    """The report; `alive_after`: the server answered afterwards (default: `after`, its ServerStats, is there)."""
+    alive = after is not None if alive_after is None else alive_after
     warmup = set(notes.get("warmup_phases", []))
     measured = [s for s in gen.samples if s.phase not in warmup]
     phases = [p for p in gen.phases if p.name not in warmup]
     elapsed = sum(p.duration_s for p in phases)
     summary = summarize(measured, elapsed)
-    lost = sum(s.code not in (OK, REJECTED) for s in measured)
-    rejected = [s.latency_ms for s in measured if s.code == REJECTED]
+    lost = sum(s.code != OK and not is_rejection(s.code) for s in measured)
+    rejected = [s.latency_ms for s in measured if is_rejection(s.code)]
     delta = _stats_delta(before, after)
     report = {
         "tool": "python -m load_tests run",
         "at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "preset": preset,
+        "protocol": options.protocol,
         "options": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(options).items()},
         "adapters_requested": [c.ref for c in choices],
         "duration_s": round(elapsed, 3),
         "interrupted": interrupted,
         **summary,
         "not_sent": sum(p.not_sent for p in phases),
-        "ttft_source": "client (first streamed chunk with text)" if options.stream else "server (timing.ttft_ms)",
+        "ttft_source": "client (first streamed chunk with text)" if options.stream else
+        "server (timing.ttft_ms)" if options.protocol == "grpc" else "server (loradock.timing.ttft_ms, where given)",
         "error_examples": {code: next(s.detail for s in measured if s.code == code) for code in summary["errors"]},
         "checks": {
-            "server_alive_after": after is not None,
+            "server_alive_after": alive,
             "admitted": len(measured) - len(rejected),
             "admitted_completed": summary["ok"],
             "lost": lost,  # neither a response nor a clean RESOURCE_EXHAUSTED
@@ -137,7 +142,7 @@ def build(options: LoadOptions, preset: str | None, choices, gen: LoadGenerator,
         report["canary"] = _canary_analysis(measured, notes["canary"])
     if "overload" in notes:
         report["overload"] = {  # the issue's targets: reported here, judged by people (exit 1 only for crash or loss)
-            "crashes": 0 if after is not None else 1, "lost_admitted": lost, "rejected": len(rejected),
+            "crashes": 0 if alive else 1, "lost_admitted": lost, "rejected": len(rejected),
             "rejection_p99_ms": summary["rejection_ms"]["p99"] if rejected else None,
             "rejection_target_ms": REJECTION_TARGET_MS,
             "rejection_target_met": summary["rejection_ms"]["p99"] < REJECTION_TARGET_MS if rejected else None,
@@ -188,11 +193,11 @@ def plot_latency(gen: LoadGenerator, path: Path) -> None:
                    label=None if many else version, color="tab:blue" if many else None)
     if many:
         ax.scatter([], [], s=6, color="tab:blue", label=f"ok ({len(versions)} versions)")
-    for code, style in ((REJECTED, dict(marker="x", color="tab:orange")), (None, dict(marker="x", color="tab:red"))):
-        pts = [s for s in gen.samples if (s.code == code if code else s.code not in (OK, REJECTED))]
+    for rejections, style in ((True, dict(marker="x", color="tab:orange")), (False, dict(marker="x", color="tab:red"))):
+        pts = [s for s in gen.samples if s.code != OK and is_rejection(s.code) == rejections]
         if pts:
             ax.scatter([s.started_s for s in pts], [max(s.latency_ms, 1e-3) for s in pts], s=10,
-                       label=f"{code or 'other errors'} ({len(pts)})", **style)
+                       label=f"{rejected_label(gen.options.protocol) if rejections else 'other errors'} ({len(pts)})", **style)
     for phase in gen.phases[1:]:
         ax.axvline(phase.started_s, color="grey", linestyle="--", linewidth=.8)
     for mark in gen.marks:
@@ -214,6 +219,10 @@ def plot_latency(gen: LoadGenerator, path: Path) -> None:
 # --- the table ------------------------------------------------------------------------------
 
 
+def rejected_label(protocol: str) -> str:
+    return "HTTP 429" if protocol == "http" else "RESOURCE_EXHAUSTED"
+
+
 def render(report: dict, console) -> None:
     from rich.table import Table
 
@@ -224,7 +233,8 @@ def render(report: dict, console) -> None:
                 f"{ttft['p50']:.0f} {ttft['p90']:.0f} {ttft['p99']:.0f}", f"{s['requests_per_s']:.1f}",
                 f"{s['output_tokens_per_s']:.0f}", errors]
 
-    t = Table(title=f"load test{' (' + report['preset'] + ')' if report['preset'] else ''}: {report['duration_s']:.1f} s",
+    t = Table(title=f"load test{' (' + report['preset'] + ')' if report['preset'] else ''} over {report['protocol']}: "
+                    f"{report['duration_s']:.1f} s",
               box=None, header_style="bold", pad_edge=False, title_justify="left")
     for col in ("", "req", "ok", "latency ms\np50 p90 p99", "ttft ms\np50 p90 p99", "req/s", "out\ntok/s", "errors"):
         t.add_column(col, justify="left" if col in ("", "errors") else "right", no_wrap=col != "errors")
@@ -241,10 +251,12 @@ def render(report: dict, console) -> None:
         lines.append(f"not sent (generator at its in-flight limit): {report['not_sent']}")
     if checks["rejected"]:
         rej = report["rejection_ms"]
-        lines.append(f"rejected (RESOURCE_EXHAUSTED): {checks['rejected']}, answered in p50 {rej['p50']:.1f} / p99 "
+        lines.append(f"rejected ({rejected_label(report['protocol'])}): {checks['rejected']}, "
+                     f"answered in p50 {rej['p50']:.1f} / p99 "
                      f"{rej['p99']:.1f} / max {rej['max']:.1f} ms; under 50 ms: {checks['rejected_under_50ms']:.1%}")
     lines.append(f"admitted {checks['admitted']}, completed {checks['admitted_completed']}, lost {checks['lost']}; "
-                 f"server {'answered' if checks['server_alive_after'] else 'DID NOT ANSWER'} ServerStats afterwards")
+                 f"server {'answered' if checks['server_alive_after'] else 'DID NOT ANSWER'} "
+                 f"{'ServerStats' if report['protocol'] == 'grpc' else 'GET /health'} afterwards")
     delta = report["server"]["delta"]
     if delta:
         lines.append(f"server: +{delta['total_requests']} requests counted, cache +{delta['cache_hits']} hits "
@@ -260,7 +272,7 @@ def render(report: dict, console) -> None:
                          f"(target < {v['rejection_target_ms']:g} ms: {verdict})")
         else:
             lines.append("overload: nothing was rejected: the server queued the excess instead of answering "
-                         "RESOURCE_EXHAUSTED")
+                         + rejected_label(report["protocol"]))
     if "canary" in report:
         c = report["canary"]
         shares = ", ".join(f"{w['new_percent']}% -> " + (f"{w['new_share']:.1%}" if w["new_share"] is not None else "-")

@@ -1,4 +1,4 @@
-"""The load generator: drives a running server through `server.client.LoradockClient`.
+"""The load generator: drives a running server over gRPC or its OpenAI-compatible HTTP API (load_tests/protocols.py).
 
 Closed loop: `concurrency` clients, each sending its next request as soon as the last one answers.
 Open loop: Poisson arrivals at `rate` per second whatever the server does, with at most
@@ -6,8 +6,8 @@ Open loop: Poisson arrivals at `rate` per second whatever the server does, with 
 generator's own limit, so it never melts), never queued, so the arrival process stays honest.
 
 Every request becomes one `Sample` (status code, client-side latency, time to first token, which
-version and rollout arm served it). A whole run (target and adapters checked, the preset's phases,
-the report) is `load_tests.driver.run_load`.
+version and rollout arm served it), whichever protocol carried it. A whole run (target and adapters
+checked, the preset's phases, the report) is `load_tests.driver.run_load`.
 """
 
 from __future__ import annotations
@@ -20,18 +20,21 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-import grpc
-
 from registry.errors import InvalidInput, LoradockError
 from registry.fields import documented
-from server.client import LoradockClient
 from server.stats import percentile
 
 from .workload import MIXES, Workload, parse_adapters
 
 OK = "OK"
-CLIENT_ERROR = "CLIENT_ERROR"            # an exception that is not a gRPC status: a generator bug, reported not hidden
-INCOMPLETE_STREAM = "INCOMPLETE_STREAM"  # a stream that ended without its final `done` chunk
+CLIENT_ERROR = "CLIENT_ERROR"            # an exception that is no protocol error: a generator bug, reported not hidden
+INCOMPLETE_STREAM = "INCOMPLETE_STREAM"  # a stream that ended without its final `done` chunk (HTTP: `data: [DONE]`)
+REJECTED_CODES = ("RESOURCE_EXHAUSTED", "HTTP_429")  # the server's "queue full, come back later", per protocol
+PROTOCOLS = ("grpc", "http")
+
+
+def is_rejection(code: str) -> bool:
+    return code in REJECTED_CODES
 
 
 class Unreachable(LoradockError):
@@ -40,13 +43,17 @@ class Unreachable(LoradockError):
 
 @dataclass
 class LoadOptions:
-    target: str = documented("localhost:50051", "Server address host:port.")
+    target: str = documented("localhost:50051", "Server address host:port (with --protocol http: the HTTP port, "
+                                                "HOST:PORT or http(s)://HOST:PORT).")
+    protocol: str = documented("grpc", "grpc, or http: the same requests through the OpenAI-compatible API "
+                                       "(POST /v1/chat/completions).")
     adapters: str = documented("", "Adapters to mix, comma separated: NAME, NAME:N or NAME@ALIAS, each optionally =WEIGHT "
                              "(default: the preset picks from the server's list).")
     concurrency: int = documented(32, "Closed loop: clients sending back to back.")
     duration: float = documented(60.0, "Seconds to send requests for (requests in flight at the end are waited for).")
     rate: float | None = documented(None, "Open loop: Poisson arrivals per second (instead of a fixed concurrency).")
-    stream: bool = documented(False, "Use GenerateStream; time to first token is then measured client-side.")
+    stream: bool = documented(False, "Stream (GenerateStream, or SSE over HTTP); time to first token is then measured "
+                                     "client-side.")
     keys: int = documented(10_000, "Distinct routing keys drawn per request (0 = send none).")
     max_new_tokens: int = documented(32, "max_new_tokens per request (0 = the server's default).")
     mix: str = documented("random", "How adapters are picked: random (seeded, by weight) or round-robin.")
@@ -79,9 +86,14 @@ class LoadOptions:
                 raise InvalidInput(f"--{name.replace('_', '-')} {getattr(self, name)}: must be 0 or more")
         if self.mix not in MIXES:
             raise InvalidInput(f"--mix {self.mix!r}: use one of {', '.join(MIXES)}")
+        if self.protocol not in PROTOCOLS:
+            raise InvalidInput(f"--protocol {self.protocol!r}: use one of {', '.join(PROTOCOLS)}")
         if self.adapters:
             parse_adapters(self.adapters)
-        parse_target(self.target)
+        if self.protocol == "http":
+            http_base_url(self.target)
+        else:
+            parse_target(self.target)
 
 
 def parse_target(target: str) -> tuple[str, int]:
@@ -91,6 +103,17 @@ def parse_target(target: str) -> tuple[str, int]:
     return host, int(port)
 
 
+def http_base_url(target: str) -> str:
+    """`HOST:PORT`, `http://HOST:PORT` or `https://HOST:PORT` (a trailing /v1 is allowed) -> the origin URL."""
+    scheme, sep, rest = target.partition("://")
+    if not sep:
+        scheme, rest = "http", target
+    if scheme not in ("http", "https"):
+        raise InvalidInput(f"--target {target!r}: over HTTP give HOST:PORT or http(s)://HOST:PORT")
+    host, port = parse_target(rest.rstrip("/").removesuffix("/v1"))
+    return f"{scheme}://{host}:{port}"
+
+
 @dataclass
 class Sample:
     phase: str
@@ -98,8 +121,9 @@ class Sample:
     routing_key: str
     started_s: float             # since the run started
     latency_ms: float = 0.0      # client-side, send to final answer (or to the error)
-    code: str = OK               # OK, a grpc.StatusCode name, INCOMPLETE_STREAM or CLIENT_ERROR
+    code: str = OK               # OK, a grpc.StatusCode name, HTTP_<status>, INCOMPLETE_STREAM or CLIENT_ERROR
     ttft_ms: float | None = None  # streaming: client-side first chunk with text; else the server's timing.ttft_ms
+    server_ms: float | None = None  # the server's own timing.total_ms, where the protocol reports it
     version: str = ""
     variant: str = ""
     prompt_tokens: int = 0
@@ -130,8 +154,8 @@ class Mark:
 class LoadGenerator:
     """Sends requests from a workload and records a Sample for each; phases run one after another."""
 
-    def __init__(self, client: LoradockClient, workload: Workload, options: LoadOptions, live: bool = True, console=None):
-        self.client = client
+    def __init__(self, client, workload: Workload, options: LoadOptions, live: bool = True, console=None):
+        self.client = client  # a transport of load_tests/protocols.py
         self.workload = workload
         self.options = options
         self.live = live
@@ -151,27 +175,12 @@ class LoadGenerator:
 
     def send(self, phase: str) -> Sample:
         spec = self.workload.next()
-        kwargs = dict(adapter=spec.adapter, messages=[{"role": "user", "content": spec.prompt}],
-                      max_new_tokens=self.options.max_new_tokens, routing_key=spec.routing_key, timeout=self.options.timeout)
         with self._lock:
             self.in_flight += 1
         start = time.perf_counter()
         sample = Sample(phase, spec.adapter, spec.routing_key, start - self._t0)
         try:
-            if self.options.stream:
-                final = self._stream(sample, start, kwargs)
-                if final is None:
-                    sample.code = INCOMPLETE_STREAM
-                else:
-                    sample.version, sample.variant = final.adapter_version, final.variant
-                    sample.finish_reason = final.finish_reason
-                    sample.prompt_tokens, sample.completion_tokens = final.usage.prompt_tokens, final.usage.completion_tokens
-            else:
-                c = self.client.generate(**kwargs)
-                sample.version, sample.variant, sample.finish_reason = c.adapter_version, c.variant, c.finish_reason
-                sample.prompt_tokens, sample.completion_tokens, sample.ttft_ms = c.prompt_tokens, c.completion_tokens, c.ttft_ms
-        except grpc.RpcError as exc:
-            sample.code, sample.detail = exc.code().name, exc.details() or ""
+            self.client.send(sample, spec, start)  # protocol errors land in sample.code
         except Exception as exc:  # noqa: BLE001 - reported as CLIENT_ERROR, never swallowed silently
             sample.code, sample.detail = CLIENT_ERROR, f"{type(exc).__name__}: {exc}"
         sample.latency_ms = (time.perf_counter() - start) * 1000
@@ -179,15 +188,6 @@ class LoadGenerator:
             self.in_flight -= 1
             self.samples.append(sample)
         return sample
-
-    def _stream(self, sample: Sample, start: float, kwargs: dict):
-        final = None
-        for chunk in self.client.stream(**kwargs):
-            if chunk.done:
-                final = chunk
-            elif sample.ttft_ms is None and chunk.text:
-                sample.ttft_ms = (time.perf_counter() - start) * 1000
-        return final
 
     # --- phases ---------------------------------------------------------------------------
 
@@ -294,5 +294,5 @@ class LoadGenerator:
 @dataclass
 class ServerInfo:
     """What the generator learns from the server before it starts."""
-    adapters: list[str]          # names the server can serve (ListAdapters)
-    stats: object                # ServerStatsResponse
+    adapters: list[str]          # names the server can serve (ListAdapters, or GET /v1/models)
+    stats: object                # ServerStatsResponse; None over HTTP (its numbers are in /metrics instead)

@@ -1,4 +1,5 @@
-"""The load generator (`python -m load_tests`) against a real server on the tiny Llama, with adapters from `prepare`."""
+"""The load generator (`python -m load_tests`) against a real server on the tiny Llama, with adapters from `prepare`,
+over gRPC and over the OpenAI-compatible HTTP API of the same server."""
 
 from __future__ import annotations
 
@@ -41,12 +42,22 @@ def home(tmp_path_factory, tiny_base_dir) -> Path:
 
 
 @pytest.fixture(scope="module")
-def served(home):
-    """A server with 4 batch rows and a 2-adapter cache."""
-    server, service, target, reg = start_server(home)
-    yield target
+def serving(home):
+    """A server with 4 batch rows and a 2-adapter cache, gRPC and HTTP: (grpc target, http target)."""
+    server, service, target, reg = start_server(home, http_port=0)
+    yield target, f"127.0.0.1:{server.http_port}"
     shutdown(server, service, 0)
     reg.close()
+
+
+@pytest.fixture(scope="module")
+def served(serving):
+    return serving[0]
+
+
+@pytest.fixture(scope="module")
+def served_http(serving):
+    return serving[1]
 
 
 def run(capsys, *args: str) -> tuple[int, str, str]:
@@ -75,7 +86,8 @@ def assert_consistent(report: dict, out: Path, adapters: list[str]) -> None:
         rows = list(csv.DictReader(f))
     assert len(rows) == sum(p["requests"] for p in report["phases"])
     # The server counted exactly the requests we sent (rejections included): none vanished on the way.
-    assert report["server"]["delta"]["total_requests"] == len(rows)
+    if report["protocol"] == "grpc":  # (the HTTP API has no ServerStats)
+        assert report["server"]["delta"]["total_requests"] == len(rows)
     assert report["checks"]["server_alive_after"]
 
 
@@ -148,12 +160,17 @@ def test_many_adapters_preset_evicts_and_loads_cold(served, tmp_path, capsys):
     assert delta["cache_evictions"] > 0 and delta["cache_misses"] > 0
 
 
-def test_overload_rejects_the_excess_cleanly_and_completes_every_admitted_request(home, tmp_path, capsys):
-    """One batch row and one queue place: 4x the measured capacity must get RESOURCE_EXHAUSTED and nothing else."""
-    server, service, target, reg = start_server(home, max_batch_size=1, max_queue=1, max_adapters=8)
+@pytest.mark.parametrize("protocol, rejected", [("grpc", "RESOURCE_EXHAUSTED"), ("http", "HTTP_429")])
+def test_overload_rejects_the_excess_cleanly_and_completes_every_admitted_request(home, tmp_path, capsys, protocol, rejected):
+    """One batch row and one queue place: 4x the measured capacity must get RESOURCE_EXHAUSTED (429) and nothing else."""
+    server, service, target, reg = start_server(home, max_batch_size=1, max_queue=1, max_adapters=8, http_port=0)
+    if protocol == "http":
+        target = f"127.0.0.1:{server.http_port}"
     try:
-        code, out, err = run(capsys, "--target", target, "--preset", "overload", "--adapters", "load-00,load-01",
-                             "--calibrate", "1", "--duration", "2", "--max-new-tokens", "16", "--out", str(tmp_path))
+        code, out, err = run(capsys, "--target", target, "--protocol", protocol, "--preset", "overload", "--adapters",
+                             "load-00,load-01", "--calibrate", "1", "--duration", "2", "--max-new-tokens", "16",
+                             "--concurrency", "1",  # calibration clients over HTTP, which has no ServerStats.max_batch_size
+                             "--out", str(tmp_path))
     finally:
         shutdown(server, service, 0)
         reg.close()
@@ -162,12 +179,12 @@ def test_overload_rejects_the_excess_cleanly_and_completes_every_admitted_reques
     assert [p["name"] for p in report["phases"]] == ["calibrate", "overload"]
     assert report["phases"][0]["errors"] == {}
     assert_consistent(report, tmp_path, ["load-00", "load-01"])
-    assert set(report["errors"]) == {"RESOURCE_EXHAUSTED"} and report["errors"]["RESOURCE_EXHAUSTED"] > 0
+    assert set(report["errors"]) == {rejected} and report["errors"][rejected] > 0
     checks = report["checks"]
     assert checks["lost"] == 0 and checks["admitted_completed"] == checks["admitted"] > 0
     overload = report["notes"]["overload"]
     assert overload["rate_rps"] == pytest.approx(4 * overload["capacity_rps"], rel=1e-3)
-    assert "rejected (RESOURCE_EXHAUSTED)" in out
+    assert f"rejected ({'HTTP 429' if protocol == 'http' else rejected})" in out
 
 
 @pytest.mark.skipif(reg_command(["rollout", "--help"]).returncode != 0,
@@ -202,6 +219,51 @@ def test_bad_input_names_the_value_and_exits_non_zero(served, tmp_path, capsys, 
     assert not (tmp_path / "report.json").exists()
 
 
-def test_an_unreachable_target_is_named(tmp_path, capsys):
-    got, _, err = run(capsys, "--target", "127.0.0.1:9", "--adapters", "load-00", "--out", str(tmp_path))
-    assert got == 9 and "'127.0.0.1:9'" in err and "cannot reach" in err
+@pytest.mark.parametrize("protocol", ["grpc", "http"])
+def test_an_unreachable_target_is_named(tmp_path, capsys, protocol):
+    got, _, err = run(capsys, "--target", "127.0.0.1:9", "--protocol", protocol, "--adapters", "load-00",
+                      "--out", str(tmp_path))
+    assert got == 9 and "'127.0.0.1:9'" in err and f"cannot reach a loradock server there over {protocol}" in err
+
+
+# --- the same load over the OpenAI-compatible HTTP API -------------------------------------------
+
+
+def test_closed_loop_over_http_is_served_by_the_adapters_named(served, served_http, tmp_path, capsys):
+    adapters = ADAPTERS[:3]
+    code, out, err = run(capsys, "--target", f"http://{served_http}/v1", "--protocol", "http", "--adapters",
+                         ",".join(adapters), "--concurrency", "4", "--duration", "1.5", "--max-new-tokens", "4",
+                         "--keys", "50", "--out", str(tmp_path))
+    assert code == 0, err
+    report = load_report(tmp_path)
+    assert report["protocol"] == "http" and report["errors"] == {} and report["ok"] == report["requests"] > 0
+    assert set(report["by_adapter"]) == set(adapters)
+    assert set(report["by_version"]) == {f"{a}:1" for a in adapters}  # from X-Loradock-Version
+    assert sum(v["ok"] for v in report["by_version"].values()) == report["ok"]
+    assert report["output_tokens"] > 0 and report["ttft_ms"]["p50"] > 0  # usage and loradock.timing parsed
+    assert 0 < report["overhead_ms"]["p50"] < report["latency_ms"]["p50"]
+    assert report["checks"]["server_alive_after"] and report["server"]["delta"] is None  # no ServerStats over HTTP
+    assert "over http" in out and "GET /health" in out
+
+
+def test_streaming_over_http_reads_the_events_to_done(served_http, tmp_path, capsys):
+    code, _, err = run(capsys, "--target", served_http, "--protocol", "http", "--adapters", "load-02",
+                       "--concurrency", "2", "--duration", "1", "--max-new-tokens", "6", "--stream", "--out", str(tmp_path))
+    assert code == 0, err
+    report = load_report(tmp_path)
+    assert report["ok"] == report["requests"] > 0 and set(report["by_version"]) == {"load-02:1"}
+    assert report["ttft_source"].startswith("client") and report["output_tokens"] > 0  # include_usage
+    with (tmp_path / "samples.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert all(r["finish_reason"] and 0 < float(r["ttft_ms"]) <= float(r["latency_ms"]) for r in rows)
+
+
+@pytest.mark.parametrize("args, code, needle", [
+    (["--protocol", "smtp"], 2, "--protocol 'smtp'"),
+    (["--protocol", "http", "--target", "ftp://x:1"], 2, "--target 'ftp://x:1'"),
+    (["--protocol", "http", "--adapters", "nope"], 3, "adapter 'nope' is not served"),
+])
+def test_bad_protocol_input_is_named(served_http, tmp_path, capsys, args, code, needle):
+    got, _, err = run(capsys, "--target", served_http, "--adapters", "load-00", "--duration", "1",
+                      "--out", str(tmp_path), *args)
+    assert got == code and needle in err, err
