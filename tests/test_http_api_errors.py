@@ -88,6 +88,33 @@ def test_malformed_bodies_and_bodies_over_the_limit_are_refused(served):
     assert status == 404 and json.loads(body)["error"]["type"] == "not_found_error"
 
 
+def test_a_request_head_trickled_on_a_kept_alive_connection_is_cut_off(served):
+    """--http-timeout (1 s here) bounds a request head however slowly it comes, on a reused connection too."""
+    import time
+
+    with socket.create_connection(("127.0.0.1", served["http_port"]), timeout=60) as sock:
+        sock.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert sock.recv(65536).startswith(b"HTTP/1.1 200")  # one whole request: the connection is kept alive
+        sock.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n")
+        closed = False
+        for i in range(200):  # a header line every 0.2 s, for up to 40 s: far past the 1 s timeout
+            time.sleep(0.2)
+            try:
+                sock.sendall(f"X-Slow-{i}: 1\r\n".encode())
+                sock.setblocking(False)
+                try:
+                    closed = sock.recv(65536) == b""
+                except BlockingIOError:
+                    pass
+                finally:
+                    sock.setblocking(True)
+            except (BrokenPipeError, ConnectionResetError):
+                closed = True
+            if closed:
+                break
+    assert closed, "the server kept a connection whose request head never ended"
+
+
 def test_a_client_that_sends_its_body_too_slowly_is_cut_off(served):
     with socket.create_connection(("127.0.0.1", served["http_port"]), timeout=60) as sock:
         sock.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"

@@ -3,7 +3,8 @@
 `bind_http(options)` takes the port before the model loads (a busy port fails at once; port 0 picks a free
 one, `HttpFront.port` says which), `HttpFront.start()` serves on it, `drain()` turns /health and new
 completions to 503 while in-flight requests finish, `stop()` closes it. TLS uses --tls-cert/--tls-key, as gRPC.
-A client that connects and sends no request head within --http-timeout is dropped (uvicorn alone waits).
+A client that sends no complete request head within --http-timeout (on a new or a kept-alive connection) is
+dropped (uvicorn alone waits).
 """
 
 from __future__ import annotations
@@ -53,17 +54,34 @@ def bind_http(options: ServerOptions) -> socket.socket:
 
 
 class _H11Protocol(H11Protocol):
-    """uvicorn's h11 protocol, dropping a connection that has not begun a request within the timeout."""
+    """uvicorn's h11 protocol, dropping a connection whose next request head has not arrived within the timeout.
+
+    uvicorn bounds an idle keep-alive connection but not one that trickles a request head a byte at a time; the
+    timer is armed when a connection opens and again when bytes arrive between requests, and it drops the
+    connection if no new request (a complete head) began since it was armed.
+    """
 
     header_timeout_s = 30.0
+    _head_timer = None
 
     def connection_made(self, transport) -> None:
         super().connection_made(transport)
-        self.loop.call_later(self.header_timeout_s, self._drop_if_idle)
+        self._arm_head_timer()
 
-    def _drop_if_idle(self) -> None:
-        if self.cycle is None and not self.transport.is_closing():
-            self.transport.close()
+    def data_received(self, data: bytes) -> None:
+        if self._head_timer is None and (self.cycle is None or self.cycle.response_complete):
+            self._arm_head_timer()
+        super().data_received(data)
+
+    def _arm_head_timer(self) -> None:
+        waiting_after = self.cycle  # the request before the one whose head is awaited (None on a new connection)
+
+        def drop_if_no_new_request() -> None:
+            self._head_timer = None
+            if self.cycle is waiting_after and not self.transport.is_closing():
+                self.transport.close()
+
+        self._head_timer = self.loop.call_later(self.header_timeout_s, drop_if_no_new_request)
 
 
 class HttpFront:
