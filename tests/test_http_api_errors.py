@@ -263,3 +263,26 @@ def test_http_needs_the_same_listening_rules_as_grpc(tmp_path, tiny_base_dir):
         create_server(ServerOptions(base=TINY_BASE, quant="none", port=0, http_port=70000), reg)
     reg.close()
 
+
+
+def test_https_with_the_servers_certificate_options(tmp_path, tiny_base_dir):
+    """--tls-cert/--tls-key serve HTTPS on the HTTP port too: a client trusting the certificate completes, plain
+    HTTP to that port gets no answer."""
+    import ssl
+    import urllib.request
+
+    from remote_helpers import self_signed_cert
+
+    cert, key = self_signed_cert(tmp_path)
+    parts = start(tmp_path, tiny_base_dir, tls_cert=str(cert), tls_key=str(key))
+    try:
+        url = f"https://127.0.0.1:{parts['http_port']}"
+        request = urllib.request.Request(url + "/v1/completions", method="POST", headers={"Content-Type": "application/json"},
+                                         data=json.dumps({"model": "a0", "prompt": "hello", "max_tokens": 2}).encode())
+        with urllib.request.urlopen(request, timeout=60, context=ssl.create_default_context(cafile=str(cert))) as reply:
+            body = json.loads(reply.read())
+        assert reply.status == 200 and body["loradock"]["adapter_version"] == "a0:1" and body["choices"][0]["text"]
+        with pytest.raises(OSError):  # plaintext to the TLS port: the handshake fails, no answer
+            urllib.request.urlopen(f"http://127.0.0.1:{parts['http_port']}/health", timeout=30)
+    finally:
+        stop(parts)
