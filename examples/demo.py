@@ -72,20 +72,6 @@ def side_by_side(base_path: str, adapters: dict[str, Path], prompts: list[str]) 
     return rows
 
 
-def free_ports(count: int) -> list[int]:
-    """`count` distinct free ports (all bound at once, so none is handed out twice)."""
-    import socket
-
-    sockets = [socket.socket() for _ in range(count)]
-    try:
-        for s in sockets:
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in sockets]
-    finally:
-        for s in sockets:
-            s.close()
-
-
 def ask_with_openai(http_port: int, adapter: str, question: str) -> str:
     """One chat completion through the official openai client, on the server's HTTP API; returns the version that served it."""
     from openai import OpenAI
@@ -115,6 +101,7 @@ def serve_and_ask(prompts: list[str], adapters: list[str], then=None) -> None:
 
     import grpc
 
+    from load_tests import free_ports
     from server.client import LoradockClient
 
     port, http_port = free_ports(2)

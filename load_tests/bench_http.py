@@ -33,7 +33,6 @@ import dataclasses
 import json
 import os
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -79,22 +78,12 @@ def log(msg: str) -> None:
     print(f"[bench-http {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
 
 
-def free_ports(count: int) -> list[int]:
-    """`count` distinct free ports (all bound at once, so none is handed out twice)."""
-    sockets = [socket.socket() for _ in range(count)]
-    try:
-        for s in sockets:
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in sockets]
-    finally:
-        for s in sockets:
-            s.close()
-
-
 class Server:
     """`reg serve` with gRPC on one port and HTTP on another, in a child process; its log in a file."""
 
     def __init__(self, args, log_path: Path):
+        from load_tests import free_ports
+
         self.grpc_port, self.http_port = free_ports(2)
         self.log_path = log_path
         command = [sys.executable, "-c", "from cli.main import run; run()", "serve", "--base", args.base,
