@@ -1,7 +1,8 @@
-"""How `reg plan` shows a plan: memory by component per method, and each GPU type's recommendation.
+"""How `reg plan` shows a plan: memory by component per method, each GPU type's recommendation, and rent or own.
 
-The numbers come from trainer/plan.py (`plan(...)` returns a JSON-ready dict, which `--json` prints raw);
-this module only lays them out as rich tables.
+The numbers come from trainer/plan.py (`plan(...)` returns a JSON-ready dict, which `--json` prints raw)
+and, for `reg plan --break-even`, from trainer/costs.py (`rent_or_own`); this module only lays them out
+as rich tables.
 """
 
 from __future__ import annotations
@@ -66,3 +67,33 @@ def _first_single(recs: list[dict]) -> str:
 def _cheapest(recs: list[dict]) -> str:
     r = next((r for r in recs if r["usd_per_hour"] is not None), None)
     return "none" if r is None else f"{r['gpus_needed']}x {r['gpu']} ${r['usd_per_hour']:.2f}/h"
+
+
+def render_break_even(console: Console, result: dict) -> None:
+    """`reg plan --break-even`: the rent-or-own table, then its verdict."""
+    console.print(format_break_even_table(result))
+    console.print(result["verdict"])
+
+
+def format_break_even_table(result: dict):
+    """A rich Table of renting vs owning per week, where they break even, and the payback at this usage."""
+    r = result
+    hours, years = f"{r['weekly_hours']:g} h", f"{r['lifetime_years']:g}"
+    title = f"Rent or own {r['gpu'] or 'a machine'} at {hours}/week{' (the documented example)' if r['example'] else ''}"
+    table = Table(title=title, title_justify="left", show_header=False)
+    for justify in ("left", "right", "left"):
+        table.add_column(justify=justify)
+    source = "--rent" if r["rent_source"] == "--rent" else f"{r['gpu']}, {r['rent_source'] or 'GPU table'}"
+    table.add_row("rent/week", f"${r['rent_usd_per_week']:,.2f}", f"{hours} x ${r['rent_usd_per_hour']:.2f}/h ({source})")
+    upkeep = f" + ${r['upkeep_usd_per_week']:,.2f} upkeep" if r["upkeep_usd_per_week"] else ""
+    table.add_row("own/week", f"${r['own_usd_per_week']:,.2f}",
+                  f"${r['own_fixed_usd_per_week']:,.2f} fixed (${r['purchase_usd']:,.0f} over {years} years{upkeep}) "
+                  f"+ {hours} x ${r['running_usd_per_hour']:.2f}/h running")
+    threshold = r["break_even_hours_per_week"]
+    table.add_row("break-even", "-" if threshold is None else f"{threshold:.1f} h/week", "usage at which both cost the same")
+    weeks = r["payback_weeks"]
+    late = weeks is not None and r["payback_months"] > 12 * r["lifetime_years"]
+    table.add_row("payback", "never" if weeks is None else f"{weeks:.1f} weeks",
+                  "owning saves nothing at this usage" if weeks is None else
+                  f"{r['payback_months']:.1f} months{', past the ' + years + '-year lifetime' if late else ''}")
+    return table

@@ -49,13 +49,60 @@ def plan(
     batch: Annotated[int, typer.Option(help="Micro-batch size per GPU.")] = 1,
     gradient_checkpointing: Annotated[bool, typer.Option(help="Recompute activations in the backward pass.")] = True,
     gpus: Annotated[Optional[Path], typer.Option(help="GPU price table (YAML); default $LORADOCK_HOME/gpus.yaml if present, else the shipped one.")] = None,
+    break_even: Annotated[bool, typer.Option(
+        "--break-even",
+        help="Instead of memory: when owning a machine beats renting one (needs no model; alone: the RTX 4090 example).",
+    )] = False,
+    weekly_hours: Annotated[Optional[float], typer.Option(
+        help="With --break-even: hours of use a week, 0 to 168 (default 40).", show_default=False)] = None,
+    gpu: Annotated[Optional[str], typer.Option(
+        help="With --break-even: the GPU rented, by its name in the price table, whose price is the rent (default RTX 4090).",
+        show_default=False)] = None,
+    rent: Annotated[Optional[float], typer.Option(
+        help="With --break-even: the rent in USD per hour, instead of the table's price for --gpu.", show_default=False)] = None,
+    purchase: Annotated[Optional[float], typer.Option(
+        help="With --break-even: the owned machine's purchase price in USD (example: 3500; needed with --gpu or --rent).",
+        show_default=False)] = None,
+    running: Annotated[Optional[float], typer.Option(
+        help="With --break-even: the owned machine's running cost (power, hosting) in USD per hour of use "
+             "(example: 0.10; needed with --gpu or --rent).", show_default=False)] = None,
+    lifetime_years: Annotated[Optional[float], typer.Option(
+        help="With --break-even: years the purchase price is spread over, no resale value (default 3).",
+        show_default=False)] = None,
+    upkeep: Annotated[Optional[float], typer.Option(
+        help="With --break-even: the owned machine's fixed upkeep in USD per week, used or not (default 0).",
+        show_default=False)] = None,
     json_out: Json = False,
     home: Home = None,
 ) -> None:
-    """Estimate fine-tuning memory (weights, adapter, gradients, optimizer, activations), recommend GPUs, price them."""
+    """Estimate fine-tuning memory (weights, adapter, gradients, optimizer, activations), recommend GPUs, price them.
+
+    With --break-even, instead: renting vs owning a machine per week, the break-even usage and the payback.
+    """
     from trainer.plan import METHODS, plan as make_plan
     from trainer.plan_inputs import PlanError, load_gpu_table, shape_from_config
 
+    cost_flags = {"--weekly-hours": weekly_hours, "--gpu": gpu, "--rent": rent, "--purchase": purchase, "--running": running,
+                  "--lifetime-years": lifetime_years, "--upkeep": upkeep}
+    if break_even:
+        if params is not None or base is not None:
+            raise PlanError("--break-even compares costs and takes no model: drop --params/--base (or run `reg plan` twice)")
+        from trainer.costs import price_table, rent_or_own
+
+        table, source = price_table(gpus, home=home)
+        result = rent_or_own(table, gpu=gpu, weekly_hours=weekly_hours, purchase_usd=purchase, running_usd_per_hour=running,
+                             rent_usd_per_hour=rent, lifetime_years=lifetime_years, upkeep_usd_per_week=upkeep,
+                             price_source=source)
+        if json_out:
+            print_json(result)
+            return
+        from .plan_view import render_break_even
+
+        render_break_even(console, result)
+        return
+    stray = next((flag for flag, value in cost_flags.items() if value is not None), None)
+    if stray:
+        raise PlanError(f"{stray} is a --break-even option: add --break-even (or drop {stray})")
     if (params is None) == (base is None):
         raise PlanError("give exactly one of --params (e.g. 8B) or --base NAME")
     if method != "all" and method not in METHODS:
