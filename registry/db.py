@@ -313,6 +313,45 @@ def _m006_audit_log(db) -> None:
     db["audit_log"].create_index(["at"])
 
 
+def _m007_jobs(db) -> None:
+    # Fine-tuning jobs (registry/jobs/): the queue, each job's numbered events and checkpoints, the workers that
+    # claim jobs under a lease, and the files uploaded for them (content-addressed blobs). A run names its job.
+    db["jobs"].create(
+        {
+            "id": str, "adapter": str, "state": str, "config_json": str, "config_hash": str, "base_name": str,
+            "datasets_json": str, "priority": int, "resources_json": str, "submitter": str, "source": str,
+            "created_at": str, "started_at": str, "finished_at": str, "attempts": int, "max_attempts": int,
+            "worker_id": str, "lease_expires": float, "cancel_requested": int, "run_id": str, "result_version": str,
+            "error": str, "step": int, "total_steps": int, "metrics_json": str, "device": str, "device_count": int,
+            "device_seconds": float, "extra_json": str,
+        },
+        pk="id",
+        not_null={"adapter", "state", "config_json", "created_at"},
+    )
+    db["jobs"].create_index(["state", "priority", "created_at"])
+    db["job_events"].create(
+        {"job_id": str, "seq": int, "at": str, "level": str, "type": str, "message": str, "data_json": str},
+        pk=("job_id", "seq"),
+        foreign_keys=[("job_id", "jobs", "id")],
+    )
+    db["job_checkpoints"].create(
+        {"job_id": str, "step": int, "path": str, "metrics_json": str, "at": str},
+        pk=("job_id", "step"),
+        foreign_keys=[("job_id", "jobs", "id")],
+    )
+    db["workers"].create(
+        {"id": str, "host": str, "pid": int, "slots": int, "resources_json": str, "labels_json": str,
+         "started_at": str, "seen_at": float},
+        pk="id",
+    )
+    db["uploaded_files"].create(
+        {"id": str, "filename": str, "purpose": str, "bytes": int, "sha256": str, "lines": int, "owner": str,
+         "created_at": str},
+        pk="id",
+    )
+    db["runs"].add_column("job_id", str)
+
+
 MIGRATIONS: list[tuple[int, str, Callable]] = [
     (1, "initial schema", _m001_initial),
     (2, "evaluation pass/fail verdicts", _m002_evaluation_verdicts),
@@ -320,6 +359,7 @@ MIGRATIONS: list[tuple[int, str, Callable]] = [
     (4, "A/B rollouts: revisions, per-arm outcomes, feedback", _m004_rollouts),
     (5, "exports (reg export) linked to their source versions", _m005_exports),
     (6, "audit log of remote writes, by token name", _m006_audit_log),
+    (7, "fine-tuning jobs: queue, events, checkpoints, workers, uploaded files", _m007_jobs),
 ]
 
 

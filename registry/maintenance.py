@@ -84,7 +84,7 @@ class GcReport:
 
 def gc(registry: Registry, dry_run: bool = False, grace_s: float = DEFAULT_GC_GRACE_S,
        all_unreferenced: bool = False) -> GcReport:
-    """Remove blobs no live version references, and stale temp files.
+    """Remove blobs no live version, uploaded file or fine-tuning job references, and stale temp files.
 
     Blobs younger than `grace_s` are kept: a push in flight has written its blobs but not
     yet committed the version that references them. A database that records no version at all
@@ -101,6 +101,8 @@ def gc(registry: Registry, dry_run: bool = False, grace_s: float = DEFAULT_GC_GR
             row[0]
             for row in conn.execute(
                 "SELECT DISTINCT f.sha256 FROM files f JOIN versions v ON v.id = f.version_id WHERE v.deleted_at IS NULL"
+                " UNION SELECT sha256 FROM uploaded_files"
+                " UNION SELECT json_extract(d.value, '$.sha256') FROM jobs, json_each(jobs.datasets_json) d"
             )
         }
         cutoff = time.time() - grace_s
@@ -127,7 +129,8 @@ def gc(registry: Registry, dry_run: bool = False, grace_s: float = DEFAULT_GC_GR
 
 
 def _refuse_if_the_record_looks_lost(registry: Registry, conn) -> None:
-    if conn.execute("SELECT 1 FROM versions LIMIT 1").fetchone() is not None:
+    records = "SELECT 1 FROM versions UNION ALL SELECT 1 FROM jobs UNION ALL SELECT 1 FROM uploaded_files LIMIT 1"
+    if conn.execute(records).fetchone() is not None:
         return
     stored = sum(1 for _ in registry.blobs.iter_digests())
     if stored:

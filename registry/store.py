@@ -64,6 +64,13 @@ class Registry(BaseCatalog):
         """A/B rollouts of bare names between versions (`registry/rollouts.py`)."""
         return Rollouts(self)
 
+    @property
+    def jobs(self):
+        """Fine-tuning jobs: the queue, events, checkpoints, workers and uploaded files (`registry/jobs/`)."""
+        from .jobs import JobQueue
+
+        return JobQueue(self)
+
     def new_connection(self) -> "Registry":
         """Another handle on the same home with its own SQLite connection (for a background thread)."""
         return Registry(self.home)
@@ -356,19 +363,19 @@ class Registry(BaseCatalog):
     def record_run(
         self, run_id: str, adapter: str, config: dict, config_hash: str, base: Base, datasets: list[dict], seed: int,
         libraries: dict, hardware: dict, metrics: dict, started_at: str, finished_at: str, duration_s: float,
-        run_dir: str | None, status: str = "succeeded",
+        run_dir: str | None, status: str = "succeeded", job_id: str | None = None,
     ) -> None:
-        """Record a training run (its resolved config, data, base, environment and metric curves)."""
+        """Record a training run (its resolved config, data, base, environment and metric curves; the job that ran it)."""
         validate_name(adapter)
         with dbmod.transaction(self.conn) as conn:
             conn.execute(
                 "INSERT INTO runs (id, adapter, status, config_json, config_hash, base_name, base_digest, datasets_json,"
-                " seed, libraries_json, hardware_json, metrics_json, started_at, finished_at, duration_s, run_dir)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                " seed, libraries_json, hardware_json, metrics_json, started_at, finished_at, duration_s, run_dir, job_id)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     run_id, adapter, status, json.dumps(config, sort_keys=True), config_hash, base.name, base.weights_digest,
                     json.dumps(datasets), seed, json.dumps(libraries), json.dumps(hardware), json.dumps(metrics),
-                    started_at, finished_at, duration_s, run_dir,
+                    started_at, finished_at, duration_s, run_dir, job_id,
                 ),
             )
 

@@ -14,7 +14,7 @@ import json
 from dataclasses import dataclass, fields
 from pathlib import Path
 
-from registry.errors import InvalidInput, LoradockError
+from registry.errors import InvalidInput, LoradockError, shown
 from registry.fields import documented
 from registry.names import validate_name
 
@@ -24,6 +24,13 @@ ADAPTERS = ("lora", "qlora", "dora", "ia3", "prefix")
 SCHEDULERS = ("linear", "cosine", "constant", "constant_with_warmup", "cosine_with_restarts", "polynomial")
 OPTIMIZERS = ("adamw_torch", "adamw_8bit", "paged_adamw_8bit", "paged_adamw_32bit", "sgd", "adafactor")
 DATASET_TYPES = ("alpaca", "sharegpt", "chat", "completion")
+TRACKERS = ("mlflow", "wandb")
+WANDB_MODES = ("online", "offline", "disabled")
+# Where a run is reported, not what it trains: these keys are in the resolved config (so the lineage records them)
+# but not in its hash, so switching tracking on, off or elsewhere keeps a config's identity (`reg train --resume`
+# still finds its unfinished run) and hashes recorded before these keys existed still match.
+TRACKING_KEYS = ("report_to", "mlflow_tracking_uri", "mlflow_experiment_name", "mlflow_run_name", "wandb_project",
+                 "wandb_entity", "wandb_name", "wandb_mode")
 
 
 class ConfigError(InvalidInput):
@@ -90,6 +97,22 @@ class TrainConfig:
     early_stopping_patience: int | None = documented(None, "Stop after this many evaluations without validation-loss improvement.")
     seed: int = documented(42, "Seed for the split, the adapter's initialisation and the data order.")
     output_dir: str | None = documented(None, "Run directory (default: $LORADOCK_HOME/runs/<run id>).")
+    report_to: list[str] = documented(
+        help=f"Experiment tracking through transformers' integrations: a list of {', '.join(TRACKERS)} (or one name); "
+             "default none.", factory=list)
+    mlflow_tracking_uri: str | None = documented(
+        None, "MLflow tracking server (http(s)://...) or local file store (a directory, relative to the current one as "
+              "in MLflow, or a file: URI); default: $MLFLOW_TRACKING_URI, else MLflow's own default.")
+    mlflow_experiment_name: str | None = documented(
+        None, "MLflow experiment (created when missing); default: $MLFLOW_EXPERIMENT_NAME, else MLflow's Default.")
+    mlflow_run_name: str | None = documented(None, "MLflow run name (default: the loradock run id).")
+    wandb_project: str | None = documented(
+        None, "W&B project; default: $WANDB_PROJECT, else transformers' default (huggingface).")
+    wandb_entity: str | None = documented(None, "W&B team or user; default: $WANDB_ENTITY, else your W&B default entity.")
+    wandb_name: str | None = documented(None, "W&B run name (default: the loradock run id).")
+    wandb_mode: str | None = documented(
+        None, f"W&B mode: one of {', '.join(WANDB_MODES)}; default: $WANDB_MODE, else online. W&B files go under the "
+              "run directory (offline: all of them).")
     push: PushConfig = documented(help="Where the result goes: {name, alias, message}.", factory=PushConfig)
     evaluation: EvalConfig = documented(help="Held-out evaluation settings and pass/fail thresholds.", factory=EvalConfig)
 
@@ -98,14 +121,21 @@ class TrainConfig:
         return dataclasses.asdict(self)
 
     def config_hash(self) -> str:
-        canonical = json.dumps(self.resolved(), sort_keys=True, separators=(",", ":"))
-        return "sha256:" + hashlib.sha256(canonical.encode()).hexdigest()
+        """The hash of the resolved config without the tracking keys (see TRACKING_KEYS)."""
+        return resolved_config_hash(self.resolved())
 
     @property
     def quantization(self) -> str:
         if self.load_in_4bit:
             return "nf4"
         return "int8" if self.load_in_8bit else "none"
+
+
+def resolved_config_hash(resolved: dict) -> str:
+    """`TrainConfig.config_hash` of a resolved config (also a job's frozen one, whose datasets are blobs)."""
+    identity = {key: value for key, value in resolved.items() if key not in TRACKING_KEYS}
+    canonical = json.dumps(identity, sort_keys=True, separators=(",", ":"))
+    return "sha256:" + hashlib.sha256(canonical.encode()).hexdigest()
 
 
 # --- loading ---------------------------------------------------------------------------------
@@ -188,7 +218,15 @@ def _coerce(key: str, value, f: dataclasses.Field):
     if value is None:
         if "None" in kind:
             return None
+        if kind == "list[str]":
+            return []
         raise ConfigError(f"{key}: a value is required")
+    if kind == "list[str]":
+        if isinstance(value, str):
+            return [value]
+        if isinstance(value, list) and all(isinstance(v, str) for v in value):
+            return value
+        raise ConfigError(f"{key}: expected a name or a list of names, got {shown(value)}")
     if kind.startswith("bool |") or kind == "bool":
         if isinstance(value, bool):
             return value
@@ -264,6 +302,7 @@ def validate(c: TrainConfig) -> None:
            f"must be one of {', '.join(TASK_METRICS)}, got {c.evaluation.task_metric!r}")
     _check(c.evaluation.max_examples >= 0, "evaluation.max_examples", f"must be >= 0, got {c.evaluation.max_examples}")
     _check(c.evaluation.max_new_tokens > 0, "evaluation.max_new_tokens", f"must be positive, got {c.evaluation.max_new_tokens}")
+    _validate_tracking(c)
     general = c.evaluation.general_text
     _check(general is None or Path(general).is_file(), "evaluation.general_text", f"no such file {general!r}")
     try:
@@ -272,3 +311,17 @@ def validate(c: TrainConfig) -> None:
             validate_name(c.push.alias, "alias")
     except LoradockError as exc:
         raise ConfigError(f"push: {exc}") from None
+
+
+def _validate_tracking(c: TrainConfig) -> None:
+    """`report_to` names known trackers (one name becomes a list, repeats are dropped); `wandb_mode` is a W&B mode."""
+    if isinstance(c.report_to, str):
+        c.report_to = [c.report_to]
+    for name in c.report_to:
+        _check(name in TRACKERS, "report_to", f"must be {' or '.join(TRACKERS)} (one name or a list), got {shown(name)}")
+    c.report_to = list(dict.fromkeys(c.report_to))
+    _check(c.wandb_mode is None or c.wandb_mode in WANDB_MODES, "wandb_mode",
+           f"must be one of {', '.join(WANDB_MODES)}, got {shown(c.wandb_mode)}")
+    for key in TRACKING_KEYS[1:]:
+        value = getattr(c, key)
+        _check(value is None or value.strip() != "", key, "must not be empty (leave it out for the default)")

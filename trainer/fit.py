@@ -2,13 +2,14 @@
 
 Checkpoints go to `<run dir>/checkpoints` (resumable with `resume=True`), the loss curves to
 `<run dir>/curves.json` as they are logged. Evaluation, the run record and the push are train.py's.
+The config's `report_to` trackers (MLflow, W&B) log through transformers' integrations; see tracking.py.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from .config import TrainConfig
@@ -25,46 +26,61 @@ class Fitted:
     train_runtime_s: float | None
     seconds_per_step: float
     is_main: bool  # the world's process zero: the one that evaluates, records and pushes
+    tracking: dict = field(default_factory=dict)  # tracker -> its run's identity (tracking.TrackingCapture); {} untracked
 
 
 def fit(model, train_features: list, val_features: list, collator, config: TrainConfig, run_dir: Path, resume: bool,
-        progress: bool) -> Fitted:
-    """Train `model` on `train_features` (validation loss on `val_features`, if any), from the last checkpoint when resuming."""
+        progress: bool, callbacks: list = (), run_id: str | None = None) -> Fitted:
+    """Train `model` on `train_features` (validation loss on `val_features`, if any), from the last checkpoint when resuming.
+
+    `callbacks` are more `TrainerCallback`s (a job worker's event writer: `trainer/jobs/events.py`). `run_id` names the
+    tracking runs by default (the run directory's name when not given).
+    """
     from transformers import EarlyStoppingCallback, Trainer
     from transformers.trainer_callback import PrinterCallback
 
     from .callbacks import CurveRecorder, LossProgressBar
+    from .tracking import TrackingCapture, tracking_environment, training_run_name
 
     has_val = bool(val_features)
-    args, early_stop = training_arguments(config, run_dir, len(train_features), has_val)
-    curves = CurveRecorder()
-    callbacks = [curves]
-    if progress:
-        callbacks.append(LossProgressBar())
-    if early_stop:
-        callbacks.append(EarlyStoppingCallback(early_stopping_patience=config.early_stopping_patience))
-    trainer = Trainer(
-        model=model, args=args, train_dataset=_ListDataset(train_features), eval_dataset=_ListDataset(val_features) if has_val else None,
-        data_collator=collator, callbacks=callbacks,
-    )
-    trainer.remove_callback(PrinterCallback)  # our progress bar shows the losses
-    checkpoint = _last_checkpoint(run_dir / "checkpoints") if resume else None
-    if resume and checkpoint is None:
-        logger.info("no checkpoint saved yet in that run; starting it from step 0")
-    elif checkpoint is not None:
-        logger.info(f"continuing from {checkpoint.name}")
-        curves.load(run_dir / "curves.json")
-    train_started = time.time()
-    curves.path = run_dir / "curves.json"
-    output = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
-    train_seconds = time.time() - train_started
+    run_id = run_id or Path(run_dir).name
+    with tracking_environment(config, run_dir, run_id, resume) as report_to:
+        args, early_stop = training_arguments(config, run_dir, len(train_features), has_val, report_to,
+                                              training_run_name(config, run_id))
+        curves = CurveRecorder()
+        capture = TrackingCapture(report_to, run_dir) if report_to else None
+        callbacks = [curves, *callbacks, *([capture] if capture else [])]
+        if progress:
+            callbacks.append(LossProgressBar())
+        if early_stop:
+            callbacks.append(EarlyStoppingCallback(early_stopping_patience=config.early_stopping_patience))
+        trainer = Trainer(
+            model=model, args=args, train_dataset=_ListDataset(train_features),
+            eval_dataset=_ListDataset(val_features) if has_val else None, data_collator=collator, callbacks=callbacks,
+        )
+        trainer.remove_callback(PrinterCallback)  # our progress bar shows the losses
+        checkpoint = _last_checkpoint(run_dir / "checkpoints") if resume else None
+        if resume and checkpoint is None:
+            logger.info("no checkpoint saved yet in that run; starting it from step 0")
+        elif checkpoint is not None:
+            logger.info(f"continuing from {checkpoint.name}")
+            curves.load(run_dir / "curves.json")
+        train_started = time.time()
+        curves.path = run_dir / "curves.json"
+        output = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+        train_seconds = time.time() - train_started
     steps_run = max(1, trainer.state.global_step - (int(checkpoint.name.split("-")[-1]) if checkpoint else 0))
     return Fitted(trainer.model, curves, output.metrics.get("train_runtime"), train_seconds / steps_run,
-                  trainer.is_world_process_zero())
+                  trainer.is_world_process_zero(), capture.identities if capture else {})
 
 
-def training_arguments(config: TrainConfig, run_dir: Path, train_examples: int, has_val: bool):
-    """transformers' `TrainingArguments` for the config, and whether early stopping is on."""
+def training_arguments(config: TrainConfig, run_dir: Path, train_examples: int, has_val: bool, report_to: list[str] = (),
+                       run_name: str | None = None):
+    """transformers' `TrainingArguments` for the config, and whether early stopping is on.
+
+    `report_to`: the integrations to log to (tracking.tracking_environment sets their environment); `run_name`: the W&B
+    run's name.
+    """
     import torch
     from transformers import TrainingArguments
 
@@ -90,7 +106,8 @@ def training_arguments(config: TrainConfig, run_dir: Path, train_examples: int, 
         save_strategy="steps", save_steps=save_steps, save_total_limit=config.save_total_limit,
         load_best_model_at_end=early_stop, metric_for_best_model="eval_loss" if early_stop else None,
         greater_is_better=False if early_stop else None,
-        logging_steps=max(1, min(10, total_steps // 20)), report_to=[], seed=config.seed, data_seed=config.seed,
+        logging_steps=max(1, min(10, total_steps // 20)), report_to=list(report_to), run_name=run_name,
+        seed=config.seed, data_seed=config.seed,
         disable_tqdm=True, use_cpu=use_cpu, dataloader_num_workers=0, remove_unused_columns=False,
         save_only_model=False, ddp_find_unused_parameters=False,
     )

@@ -139,7 +139,10 @@ def _prepare(config: TrainConfig, registry: Registry, skip_bad_lines: bool) -> _
 
     from . import data as data_mod
 
+    from .tracking import check_trackers
+
     warnings: list[str] = []
+    check_trackers(config)
     base = registry.resolve_base(config.base_model)
     logger.info(f"base {base.name} ({base.weights_digest[:19]}), adapter {config.adapter}, quantization {config.quantization}")
     report, dedup, train_examples, val_examples = _read_datasets(config, skip_bad_lines, warnings)
@@ -191,6 +194,7 @@ def _with_peft(model, config: TrainConfig):
 def train(
     config: TrainConfig, registry: Registry, resume: bool = False, run_id: str | None = None,
     skip_bad_lines: bool = False, push: bool = True, progress: bool = True, config_path: Path | None = None,
+    callbacks: list = (), job_id: str | None = None,
 ) -> TrainResult:
     """Run the whole job; one-line status messages go to the `trainer.train` logger (the CLI shows them).
 
@@ -213,7 +217,8 @@ def train(
         if heartbeat is not None:
             _record_start(run_dir, run_id, config, config_path)
             heartbeat.start()
-        return _fit_evaluate_push(job, config, registry, run_id, run_dir, resume, push, progress and is_main, started)
+        return _fit_evaluate_push(job, config, registry, run_id, run_dir, resume, push, progress and is_main, started,
+                                  callbacks, job_id)
     except BaseException as exc:
         if heartbeat is not None:
             write_run_json(run_dir, status="interrupted" if isinstance(exc, KeyboardInterrupt) else "failed",
@@ -242,10 +247,11 @@ def _record_start(run_dir: Path, run_id: str, config: TrainConfig, config_path: 
 
 def _fit_evaluate_push(
     job: _Prepared, config: TrainConfig, registry: Registry, run_id: str, run_dir: Path, resume: bool, push: bool,
-    progress: bool, started: float,
+    progress: bool, started: float, callbacks: list = (), job_id: str | None = None,
 ) -> TrainResult:
     """Steps 4-7 once the run directory exists: fit, save and evaluate the adapter, push it, record the run."""
-    fitted = fit(job.model, job.train_features, job.val_features, job.collator, config, run_dir, resume, progress)
+    fitted = fit(job.model, job.train_features, job.val_features, job.collator, config, run_dir, resume, progress,
+                 callbacks, run_id=run_id)
     if not fitted.is_main:
         return TrainResult(run_id, run_dir, None, fitted.curves.as_dict(), None, time.time() - started,
                            fitted.seconds_per_step, peak_memory_mb())
@@ -253,11 +259,13 @@ def _fit_evaluate_push(
     evaluation = _evaluate(fitted.model, job, config, curve_data, progress)
     duration = time.time() - started
     metrics = {**curve_data, "seconds_per_step": fitted.seconds_per_step, "peak_memory_mb": peak_memory_mb(),
-               "trainable_parameters": job.trainable, "total_parameters": job.total, "loss_plot": str(plot_path)}
+               "trainable_parameters": job.trainable, "total_parameters": job.total, "loss_plot": str(plot_path),
+               **({"tracking": fitted.tracking} if fitted.tracking else {})}
     (run_dir / "metrics.json").write_text(json.dumps({"curves": metrics, "evaluation": evaluation}, indent=2, default=str))
     version_ref = None
     if push:
-        version_ref = _push_version(job, config, registry, run_id, run_dir, adapter_dir, metrics, evaluation, started, duration)
+        version_ref = _push_version(job, config, registry, run_id, run_dir, adapter_dir, metrics, evaluation, started, duration,
+                                    job_id)
     write_run_json(run_dir, status="succeeded", finished_at=utcnow(), version=version_ref, duration_s=duration)
     return TrainResult(run_id, run_dir, version_ref, curve_data, evaluation, duration, fitted.seconds_per_step,
                        peak_memory_mb(), job.warnings)
@@ -284,7 +292,7 @@ def _evaluate(model, job: _Prepared, config: TrainConfig, curve_data: dict, prog
 
 
 def _push_version(job: _Prepared, config: TrainConfig, registry: Registry, run_id: str, run_dir: Path, adapter_dir: Path,
-                  metrics: dict, evaluation: dict, started: float, duration: float) -> str:
+                  metrics: dict, evaluation: dict, started: float, duration: float, job_id: str | None = None) -> str:
     """Record the run's lineage, push the adapter as a new version, and record its evaluation; returns the version's ref."""
     files = job.report.files
     registry.record_run(
@@ -294,7 +302,7 @@ def _push_version(job: _Prepared, config: TrainConfig, registry: Registry, run_i
         seed=config.seed, libraries=library_versions(),
         hardware={**hardware(), "processes": int(os.environ.get("WORLD_SIZE", "1"))}, metrics=metrics,
         started_at=time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(started)), finished_at=utcnow(),
-        duration_s=duration, run_dir=str(run_dir),
+        duration_s=duration, run_dir=str(run_dir), job_id=job_id,
     )
     message = config.push.message or f"trained by {run_id}"
     result = registry.push(adapter_dir, config.push.name, base=job.base.name, message=message, alias=config.push.alias,

@@ -1,0 +1,278 @@
+"""`reg job ...` and `reg worker`: fine-tuning jobs through the queue (logic in `registry/jobs/` and `trainer/jobs/`)."""
+
+from __future__ import annotations
+
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from registry.errors import InvalidInput, shown
+
+from .common import Home, Json, _registry, app
+from .output import console, print_json, table
+
+job_app = typer.Typer(
+    help="Fine-tuning jobs: submit to the queue, list, show, follow events, cancel, resume, checkpoints.",
+    no_args_is_help=True,
+)
+app.add_typer(job_app, name="job")
+JobId = Annotated[str, typer.Argument(metavar="JOB_ID", help="The job (ftjob-..., see `reg job ls`).")]
+
+
+def _age(iso: str | None) -> str:
+    if not iso:
+        return "-"
+    seconds = (datetime.now(timezone.utc) - datetime.fromisoformat(iso)).total_seconds()
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{int(seconds // size)}{unit}"
+    return f"{int(seconds)}s"
+
+
+def _progress(job) -> str:
+    if not job.total_steps:
+        return "-"
+    return f"{job.step}/{job.total_steps} ({100 * job.step / job.total_steps:.0f}%)"
+
+
+def _cost(job) -> str:
+    cost = job.extra.get("cost") or {}
+    return f"${cost['usd']:.2f}" if cost.get("usd") is not None else "-"
+
+
+@job_app.command("submit")
+def job_submit(
+    config_path: Annotated[Path, typer.Argument(metavar="CONFIG", help="Training config (YAML, the keys `reg train` takes).")],
+    set_: Annotated[Optional[list[str]], typer.Option("--set", help="Override a config key: key=value (dotted for sections).")] = None,
+    priority: Annotated[int, typer.Option(help="Higher runs first; equal priorities run in submission order.")] = 0,
+    gpus: Annotated[int, typer.Option(help="GPUs the job needs (0: any worker, CPU or GPU).")] = 0,
+    num_processes: Annotated[int, typer.Option(help="Training processes (`accelerate launch --num_processes`).")] = 1,
+    max_attempts: Annotated[int, typer.Option(help="Attempts before a job whose worker keeps vanishing fails.")] = 3,
+    json_out: Json = False,
+    home: Home = None,
+) -> None:
+    """Check a training config and its datasets, freeze them, and queue the job; prints its id (ftjob-...)."""
+    from registry.jobs import SubmitRequest
+    from trainer.jobs.submit import submit
+
+    request = SubmitRequest(config_path=str(config_path), name=config_path.stem.lower().replace(" ", "-"),
+                            overrides=set_ or [], priority=priority, gpus=gpus, num_processes=num_processes,
+                            max_attempts=max_attempts, source="cli")
+    job = submit(_registry(home), request)
+    if json_out:
+        print_json(job.as_dict())
+        return
+    console.print(job.id)
+
+
+@job_app.command("ls")
+def job_ls(
+    state: Annotated[Optional[str], typer.Option(help="Only jobs in these states (comma-separated: queued,running,...).")] = None,
+    submitter: Annotated[Optional[str], typer.Option(help="Only jobs this user or token submitted.")] = None,
+    limit: Annotated[int, typer.Option(help="At most this many, newest first.")] = 100,
+    json_out: Json = False,
+    home: Home = None,
+) -> None:
+    """List jobs, newest first: id, adapter, state, progress, priority, who, age, device-hours and cost."""
+    jobs = _registry(home).jobs.list(state=state, submitter=submitter, limit=limit)
+    if json_out:
+        print_json([j.as_dict() for j in jobs])
+        return
+    if not jobs:
+        console.print("no jobs: `reg job submit CONFIG.yaml` queues one, `reg worker` runs them")
+        return
+    t = table("JOB", "ADAPTER", "STATE", "PROGRESS", "PRIORITY", "WHO", "AGE", "DEVICE-H", "COST")
+    for j in jobs:
+        t.add_row(j.id, j.adapter, j.state, _progress(j), str(j.priority), j.submitter, _age(j.created_at),
+                  f"{j.device_hours:.3f}", _cost(j))
+    console.print(t)
+
+
+@job_app.command("show")
+def job_show(job_id: JobId, json_out: Json = False, home: Home = None) -> None:
+    """A job: state, step/total, ETA, latest metrics, checkpoints, attempts, cost and the version it made."""
+    registry = _registry(home)
+    job = registry.jobs.get(job_id)
+    checkpoints = registry.jobs.checkpoints(job_id)
+    if json_out:
+        print_json({**job.as_dict(), "checkpoints": [c.__dict__ for c in checkpoints]})
+        return
+    eta = f", about {job.eta_s:.0f} s left" if job.eta_s is not None else ""
+    rows = [
+        ("job", f"{job.id} ({job.adapter} on {job.base}, from {job.source})"),
+        ("state", job.state + (" (cancellation requested)" if job.cancel_requested else "")),
+        ("progress", _progress(job) + eta),
+        ("priority", str(job.priority)),
+        ("submitted", f"{job.created_at} by {job.submitter}"),
+        ("started", job.started_at or "-"), ("finished", job.finished_at or "-"),
+        ("attempts", f"{job.attempts} of {job.max_attempts}" + (f", on worker {job.worker_id}" if job.worker_id else "")),
+        ("metrics", ", ".join(f"{k} {v:.4g}" for k, v in job.metrics.items()) or "-"),
+        ("checkpoints", ", ".join(str(c.step) + ("" if c.present else " (removed)") for c in checkpoints) or "-"),
+        ("device-hours", f"{job.device_hours:.4f} on {job.device or '-'}"
+                         + (f" x{job.device_count}" if job.device_count > 1 else "")),
+        ("cost", _cost(job)),
+        ("config", job.config_hash),
+        ("datasets", ", ".join(f"{d['name']} ({d['lines']} lines, sha256:{d['sha256'][:12]})" for d in job.datasets)),
+        ("run", job.run_id or "-"),
+        ("result", job.result_version or "-"),
+    ]
+    if job.error:
+        rows.append(("error", job.error))
+    width = max(len(k) for k, _ in rows)
+    for key, value in rows:
+        console.print(f"{key:<{width}}  {value}", highlight=False, markup=False)
+
+
+def _print_event(event) -> None:
+    console.print(f"{event.at[:19].replace('T', ' ')}  {event.level:<5}  {event.type:<10}  {event.message}",
+                  highlight=False, markup=False)
+
+
+@job_app.command("events")
+def job_events(
+    job_id: JobId,
+    follow: Annotated[bool, typer.Option("--follow", "-f", help="Keep printing new events until the job ends.")] = False,
+    after: Annotated[int, typer.Option(help="Only events numbered above this.")] = 0,
+    json_out: Json = False,
+    home: Home = None,
+) -> None:
+    """A job's events, oldest first: state changes, metrics every logging step, checkpoints, warnings."""
+    import json
+
+    from registry.jobs import TERMINAL
+
+    registry = _registry(home)
+    jobs, collected = registry.jobs, []
+
+    def emit(event) -> None:
+        if json_out and not follow:
+            collected.append(event.__dict__)
+        elif json_out:
+            print(json.dumps(event.__dict__), flush=True)  # one object a line while following
+        else:
+            _print_event(event)
+
+    if follow and not registry.is_local:  # the server streams each new event as it lands, until the job ends
+        for event in jobs.follow_events(job_id, after=after):
+            emit(event)
+        return
+    while True:
+        state = jobs.get(job_id).state  # read before the events: the last state change is itself an event
+        events = jobs.events(job_id, after=after)
+        for event in events:
+            emit(event)
+            after = event.seq
+        if events:
+            continue  # another page may be waiting
+        if not follow or state in TERMINAL:
+            break
+        time.sleep(0.5)
+    if json_out and not follow:
+        print_json(collected)
+
+
+@job_app.command("cancel")
+def job_cancel(job_id: JobId, home: Home = None) -> None:
+    """Cancel a job: a queued one at once, a running one within seconds (its checkpoints are kept)."""
+    job = _registry(home).jobs.cancel(job_id)
+    console.print(f"{job.id}: {'cancelled' if job.state == 'cancelled' else 'stopping (cancellation requested)'}")
+
+
+@job_app.command("resume")
+def job_resume(job_id: JobId, home: Home = None) -> None:
+    """Queue a failed or cancelled job again; it continues from its newest checkpoint."""
+    job = _registry(home).jobs.resume(job_id)
+    console.print(f"{job.id}: {job.state}")
+
+
+@job_app.command("checkpoints")
+def job_checkpoints(job_id: JobId, json_out: Json = False, home: Home = None) -> None:
+    """A job's checkpoints: step, metrics when it was saved, and whether its directory is still there."""
+    checkpoints = _registry(home).jobs.checkpoints(job_id)
+    if json_out:
+        print_json([c.__dict__ for c in checkpoints])
+        return
+    if not checkpoints:
+        console.print(f"{job_id} has saved no checkpoint yet")
+        return
+    t = table("STEP", "SAVED", "LOSS", "EVAL LOSS", "PRESENT", "PATH")
+    for c in checkpoints:
+        loss, eval_loss = c.metrics.get("loss"), c.metrics.get("eval_loss")
+        t.add_row(str(c.step), c.at[:19].replace("T", " "), f"{loss:.4f}" if loss is not None else "-",
+                  f"{eval_loss:.4f}" if eval_loss is not None else "-", "yes" if c.present else "removed", c.path)
+    console.print(t)
+
+
+@job_app.command("push-checkpoint")
+def job_push_checkpoint(
+    job_id: JobId,
+    step: Annotated[int, typer.Argument(help="The checkpoint's step (see `reg job checkpoints`).")],
+    alias: Annotated[Optional[str], typer.Option(help="Point this alias at the new version.")] = None,
+    home: Home = None,
+) -> None:
+    """Make a job's intermediate checkpoint a version of its adapter (to serve or compare it)."""
+    result = _registry(home).jobs.push_checkpoint(job_id, step, alias=alias)
+    console.print(str(result.version.ref) if hasattr(result.version, "ref") else str(result.version))
+
+
+def _labels(items: list[str]) -> dict:
+    labels = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise InvalidInput(f"--labels {shown(item)}: expected key=value")
+        labels[key.strip()] = value.strip()
+    return labels
+
+
+def _gpu_list(text: str) -> list[int]:
+    try:
+        gpus = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise InvalidInput(f"--gpus {shown(text)}: expected GPU indices, e.g. 0,1") from None
+    if not gpus or min(gpus) < 0 or len(set(gpus)) != len(gpus):
+        raise InvalidInput(f"--gpus {shown(text)}: expected distinct GPU indices >= 0, e.g. 0,1")
+    return gpus
+
+
+@app.command()
+def worker(
+    slots: Annotated[int, typer.Option(help="Jobs this worker runs at once.")] = 1,
+    gpus: Annotated[Optional[str], typer.Option(help="GPUs to run jobs on, e.g. 0,1 (default: --cpu).")] = None,
+    cpu: Annotated[bool, typer.Option("--cpu", help="Run jobs on the CPU (the default without --gpus).")] = False,
+    memory_gb: Annotated[Optional[float], typer.Option(help="Memory per device offered to jobs (default: what it has).")] = None,
+    labels: Annotated[Optional[list[str]], typer.Option("--labels", help="key=value describing this worker (repeatable).")] = None,
+    device_name: Annotated[Optional[str], typer.Option(
+        help="The device's name in the GPU price table, for job costs (default: the name the driver reports, or cpu).")] = None,
+    lease_s: Annotated[float, typer.Option(help="Seconds a claimed job stays ours without a heartbeat.")] = 30.0,
+    max_running_per_submitter: Annotated[Optional[int], typer.Option(
+        help="Claim no job of a submitter who already has this many running (all workers).")] = None,
+    max_jobs: Annotated[Optional[int], typer.Option(help="Exit after this many jobs ended.")] = None,
+    exit_when_idle: Annotated[bool, typer.Option(help="Exit once the queue holds nothing this worker can run.")] = False,
+    home: Home = None,
+) -> None:
+    """Run queued fine-tuning jobs on this machine: claim by priority, heartbeat, stream events, stop on cancel."""
+    from registry import Registry
+    from trainer.jobs.worker import Worker, WorkerOptions
+
+    from .common import _REMOTE
+
+    if _REMOTE.get("url"):
+        raise InvalidInput(f"`reg worker` runs the jobs of a local registry (--home), not of {_REMOTE['url']}: start it on "
+                           f"the registry's host")
+    if gpus and cpu:
+        raise InvalidInput("give --gpus LIST or --cpu, not both")
+    for name, value, low in (("--slots", slots, 1), ("--lease-s", lease_s, 1), ("--max-jobs", max_jobs or 1, 1),
+                             ("--max-running-per-submitter", max_running_per_submitter or 1, 1)):
+        if value < low:
+            raise InvalidInput(f"{name} {value}: expected at least {low}")
+    if memory_gb is not None and memory_gb <= 0:
+        raise InvalidInput(f"--memory-gb {memory_gb}: expected a positive number")
+    options = WorkerOptions(slots=slots, gpus=_gpu_list(gpus) if gpus else None, memory_gb=memory_gb,
+                            labels=_labels(labels or []), lease_s=lease_s, max_running_per_submitter=max_running_per_submitter,
+                            max_jobs=max_jobs, exit_when_idle=exit_when_idle, device_name=device_name)
+    ended = Worker(Registry(home), options).run()
+    console.print(f"worker stopped after {ended} job(s)")

@@ -1,0 +1,204 @@
+"""Checking a fine-tuning job before it is queued: the same checks `reg train` makes, and whether any worker fits it.
+
+`check_submission` refuses, with one line naming the key, file and line or value, a config with a bad key,
+a dataset with a bad line, a base that is not registered, or a job whose `reg plan` memory estimate fits
+no live worker; nothing is stored then. What passes becomes a `JobSpec`: the resolved config frozen with
+its datasets replaced by their blobs, so later edits of the YAML or the data change nothing. The CLI, the
+gRPC Jobs service and the OpenAI-compatible HTTP API all submit through `submit`.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from pathlib import Path
+
+import yaml
+
+from registry.errors import InvalidInput, LoradockError, shown
+from registry.jobs import Job, JobSpec, SubmitRequest
+from registry.jobs.queue import fit_problem
+from registry.jobs.records import DatasetFile
+from registry.names import validate_name
+
+MAX_PROCESSES = 64
+MAX_ATTEMPTS = 100
+
+
+class Unschedulable(LoradockError):
+    """A job that no live worker could ever run (its memory estimate or GPU count is beyond every one of them)."""
+
+    exit_code, grpc_status, http_status = 2, "FAILED_PRECONDITION", 400
+
+
+MAX_SUBMITTED_BYTES = 64 * 2**20  # config and datasets sent with one remote submission
+
+
+def submit(registry, request: SubmitRequest, submitter: str | None = None) -> Job:
+    """Check `request` and queue it; returns the queued job.
+
+    On a remote registry the request goes with its config and dataset files to the server, which checks it
+    with this same function against its own registry.
+    """
+    if not registry.is_local:
+        return registry.jobs.submit_request(with_files(request))
+    with tempfile.TemporaryDirectory(prefix="loradock-submit-") as tmp:
+        spec = check_submission(registry, request, Path(tmp))
+        return registry.jobs.submit(spec, submitter=submitter)
+
+
+def with_files(request: SubmitRequest) -> SubmitRequest:
+    """A request for a config file on this machine as one a server can check: the YAML's mapping and its datasets' bytes."""
+    from ..config import ConfigError
+
+    if not request.config_path:
+        return request
+    path = Path(request.config_path)
+    if not path.is_file():
+        raise ConfigError(f"config file {path} does not exist")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML ({exc})") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping of keys, got {type(raw).__name__}")
+    files, total = {}, 0
+    for i, entry in enumerate(raw.get("datasets") or []):
+        if not isinstance(entry, dict) or not isinstance(entry.get("path"), str):
+            raise ConfigError(f"datasets[{i}]: expected {{path, type}}, got {shown(entry)}")
+        local = (path.parent / entry["path"]).expanduser()
+        if not local.is_file():
+            raise ConfigError(f"datasets[{i}].path: dataset file not found: {entry['path']} (looked for {local.resolve()})")
+        total += local.stat().st_size
+        if total > MAX_SUBMITTED_BYTES:
+            raise InvalidInput(f"the datasets of {path} add up to more than {MAX_SUBMITTED_BYTES >> 20} MiB, the most one "
+                               f"remote submission carries; submit on the registry's host")
+        files[entry["path"]] = local.read_bytes()
+    return SubmitRequest(config=raw, name=request.name, overrides=request.overrides, files=files,
+                         priority=request.priority, gpus=request.gpus, num_processes=request.num_processes,
+                         max_attempts=request.max_attempts, source=request.source, extra=request.extra)
+
+
+def check_dataset(path: Path, dataset_type: str) -> int:
+    """Validate one JSONL dataset file line by line as the trainer reads it; returns its line count."""
+    from ..data import DatasetSpec, load_datasets
+
+    return load_datasets([DatasetSpec(str(path), dataset_type)]).files[0]["lines"]
+
+
+def check_submission(registry, request: SubmitRequest, workdir: Path) -> JobSpec:
+    """The checked `JobSpec` for `request` (files it carries are written under `workdir` to be read)."""
+    from ..config import ConfigError, load_config, resolved_config_hash
+    from ..data import DatasetSpec, load_datasets
+    from ..tracking import check_trackers
+
+    _check_numbers(request)
+    config_path = _config_file(request, workdir)
+    config = load_config(config_path, request.overrides)
+    if request.name and not _sets_push_name(request):
+        config.push.name = validate_name(request.name)
+    if config.output_dir:
+        raise ConfigError(f"output_dir {shown(config.output_dir)}: a job's run directory is chosen by its worker; remove the key")
+    check_trackers(config)
+    report = load_datasets([DatasetSpec(d.path, d.type) for d in config.datasets])
+    base = registry.get_base(config.base_model)
+    datasets = [DatasetFile(Path(d.path).name if request.config_path else _submitted_name(request, i), d.type,
+                            info["sha256"].removeprefix("sha256:"), Path(d.path).stat().st_size, info["lines"], Path(d.path))
+                for i, (d, info) in enumerate(zip(config.datasets, report.files))]
+    frozen = config.resolved()
+    for entry, ds in zip(frozen["datasets"], datasets):
+        entry["path"] = f"blob:{ds.sha256}"
+    resources = {"memory_bytes": _memory_estimate(config, base), "gpus": request.gpus,
+                 "num_processes": request.num_processes}
+    warnings = _check_fits_a_worker(registry, resources)
+    return JobSpec(adapter=config.push.name, config=frozen, config_hash=resolved_config_hash(frozen), base=base.name,
+                   datasets=datasets, priority=request.priority, resources=resources, max_attempts=request.max_attempts,
+                   source=request.source, extra={**request.extra, "config_name": request.name}, warnings=warnings)
+
+
+def _check_numbers(request: SubmitRequest) -> None:
+    if not isinstance(request.priority, int):
+        raise InvalidInput(f"priority {shown(request.priority)}: expected an integer")
+    if not 0 <= request.gpus <= MAX_PROCESSES:
+        raise InvalidInput(f"gpus {request.gpus}: expected 0 (any device) to {MAX_PROCESSES}")
+    if not 1 <= request.num_processes <= MAX_PROCESSES:
+        raise InvalidInput(f"num_processes {request.num_processes}: expected 1 to {MAX_PROCESSES}")
+    if not 1 <= request.max_attempts <= MAX_ATTEMPTS:
+        raise InvalidInput(f"max_attempts {request.max_attempts}: expected 1 to {MAX_ATTEMPTS}")
+
+
+def _config_file(request: SubmitRequest, workdir: Path) -> Path:
+    """The config to load: the caller's own file, or the submitted mapping written out beside its datasets."""
+    if request.config_path:
+        if request.files:
+            raise InvalidInput("a submission carries either a config path or a config with its files, not both")
+        return Path(request.config_path)
+    if not isinstance(request.config, dict):
+        raise InvalidInput(f"config: expected a mapping of training keys, got {type(request.config).__name__}")
+    config = json.loads(json.dumps(request.config))  # a copy, and plain JSON types only
+    datasets = config.get("datasets")
+    if not isinstance(datasets, list) or not datasets:
+        raise InvalidInput("datasets: a job needs at least one dataset ({path, type}) with its file")
+    for i, entry in enumerate(datasets):
+        if not isinstance(entry, dict) or not isinstance(entry.get("path"), str):
+            raise InvalidInput(f"datasets[{i}]: expected {{path, type}}, got {shown(entry)}")
+        if entry["path"] not in request.files:
+            raise InvalidInput(f"datasets[{i}].path {shown(entry['path'])}: its file was not sent with the job")
+        # never the submitted path (it names nothing on this machine), but its file name, so a refusal names the file
+        local = workdir / str(i) / _local_name(entry["path"], i)
+        local.parent.mkdir()
+        local.write_bytes(request.files[entry["path"]])
+        entry["path"] = str(local.relative_to(workdir))
+    path = workdir / "config.yaml"
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    return path
+
+
+def _sets_push_name(request: SubmitRequest) -> bool:
+    push = (request.config or {}).get("push") if request.config is not None else None
+    named_by_override = any(o.split("=", 1)[0].strip() == "push.name" for o in request.overrides)
+    if request.config_path:
+        raw = yaml.safe_load(Path(request.config_path).read_text()) or {}
+        push = raw.get("push") if isinstance(raw, dict) else None
+    return named_by_override or (isinstance(push, dict) and bool(push.get("name")))
+
+
+def _local_name(submitted: str, i: int) -> str:
+    """The submitted dataset path's file name, to write its bytes under (`dataset-I.jsonl` if it has no usable one)."""
+    name = Path(submitted).name
+    usable = name not in ("", ".", "..") and "\0" not in name and len(name.encode()) <= 200
+    return name if usable else f"dataset-{i}.jsonl"
+
+
+def _submitted_name(request: SubmitRequest, i: int) -> str:
+    return Path(str(request.config["datasets"][i]["path"])).name[:200]
+
+
+def _memory_estimate(config, base) -> int:
+    """`reg plan`'s peak-memory estimate for this config on this base, in bytes (0 where the planner cannot tell)."""
+    from ..plan import estimate
+    from ..plan_inputs import PlanError, shape_from_config
+
+    method = "qlora" if config.load_in_4bit else "lora"
+    try:
+        shape = shape_from_config(base.config, name=base.name)
+        return estimate(shape, method, rank=config.lora_r, seq=config.sequence_len, batch=config.micro_batch_size,
+                        gradient_checkpointing=config.gradient_checkpointing).total
+    except PlanError:
+        return 0
+
+
+def _check_fits_a_worker(registry, resources: dict) -> list[str]:
+    """Refuse a job no live worker could run; warn (and queue it) when no worker is running at all."""
+    workers = registry.jobs.live_workers()
+    if not workers:
+        return ["no worker is running: the job waits in the queue until one starts (`reg worker`)"]
+    problems = [(w, fit_problem(resources, w.resources)) for w in workers]
+    if all(problem for _, problem in problems):
+        worker, problem = problems[0]
+        raise Unschedulable(f"no live worker can run this job: {problem} (worker {worker.id}"
+                            + (f", and {len(workers) - 1} more" if len(workers) > 1 else "")
+                            + "); lower sequence_len or micro_batch_size, use load_in_4bit, or start a bigger worker")
+    return []
+
+
