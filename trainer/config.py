@@ -141,11 +141,10 @@ def resolved_config_hash(resolved: dict) -> str:
 # --- loading ---------------------------------------------------------------------------------
 
 
-def load_config(path: Path | str, overrides: list[str] | None = None) -> TrainConfig:
-    """Read a YAML config, apply `key=value` overrides, validate; raise `ConfigError` naming the key."""
+def read_config_file(path: Path) -> dict:
+    """The YAML mapping in a config file, unchecked; ConfigError for a missing file, bad YAML or not a mapping."""
     import yaml
 
-    path = Path(path)
     if not path.is_file():
         raise ConfigError(f"config file {path} does not exist")
     try:
@@ -154,6 +153,13 @@ def load_config(path: Path | str, overrides: list[str] | None = None) -> TrainCo
         raise ConfigError(f"{path}: not valid YAML ({exc})") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: expected a mapping of keys, got {type(raw).__name__}")
+    return raw
+
+
+def load_config(path: Path | str, overrides: list[str] | None = None) -> TrainConfig:
+    """Read a YAML config, apply `key=value` overrides, validate; raise `ConfigError` naming the key."""
+    path = Path(path)
+    raw = read_config_file(path)
     for item in overrides or []:
         _apply_override(raw, item)
     config = _build(TrainConfig, raw, prefix="")

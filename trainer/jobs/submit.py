@@ -49,19 +49,12 @@ def submit(registry, request: SubmitRequest, submitter: str | None = None) -> Jo
 
 def with_files(request: SubmitRequest) -> SubmitRequest:
     """A request for a config file on this machine as one a server can check: the YAML's mapping and its datasets' bytes."""
-    from ..config import ConfigError
+    from ..config import ConfigError, read_config_file
 
     if not request.config_path:
         return request
     path = Path(request.config_path)
-    if not path.is_file():
-        raise ConfigError(f"config file {path} does not exist")
-    try:
-        raw = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML ({exc})") from None
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{path}: expected a mapping of keys, got {type(raw).__name__}")
+    raw = read_config_file(path)
     files, total = {}, 0
     for i, entry in enumerate(raw.get("datasets") or []):
         if not isinstance(entry, dict) or not isinstance(entry.get("path"), str):
