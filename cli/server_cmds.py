@@ -60,8 +60,16 @@ def serve(
     if registry_only:
         if _REMOTE.get("url"):
             raise typer.BadParameter("--registry-only serves the registry of --home; it cannot serve a remote one")
-        raise typer.Exit(serve_registry_forever(options, Registry(home).home))
-    raise typer.Exit(serve_forever(options, _registry(home)))
+        raise typer.Exit(serve_registry_forever(options, Registry(home).home, job_hooks=_job_hooks()))
+    raise typer.Exit(serve_forever(options, _registry(home), job_hooks=_job_hooks()))
+
+
+def _job_hooks():
+    """The trainer's job checks, lent to the server so that it takes fine-tuning jobs (it imports no trainer)."""
+    from server.jobs_service import JobHooks
+    from trainer.jobs.submit import check_dataset, submit
+
+    return JobHooks(submit=submit, check_dataset=check_dataset)
 
 
 @app.command()

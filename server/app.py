@@ -19,6 +19,7 @@ from grpc_reflection.v1alpha import reflection
 from registry import Registry
 from registry.remote.rpc import pb as registry_pb, pb_grpc as registry_pb_grpc
 
+from .jobs_service import JobHooks, JobsService
 from .options import ServerOptions
 from .rpc import pb, pb_grpc
 
@@ -49,11 +50,13 @@ def load_service(options: ServerOptions, registry: Registry) -> InferenceService
     return InferenceService(registry, base, engine, options, options.quant).start()
 
 
-def create_server(options: ServerOptions, registry: Registry, service: InferenceService | None = None):
+def create_server(options: ServerOptions, registry: Registry, service: InferenceService | None = None,
+                  job_hooks: JobHooks | None = None):
     """A started gRPC server with Inference, health and reflection; returns (server, port, service).
 
-    It also serves the Registry service over `registry` when that is a local one, and with `options.http_port`
-    the HTTP API over the same service (`server.http`, its port `server.http_port`; None without HTTP).
+    It also serves the Registry and Jobs services over `registry` when that is a local one (jobs are taken only
+    with the trainer's `job_hooks`), and with `options.http_port` the HTTP API over the same services (`server.http`,
+    its port `server.http_port`; None without HTTP).
     """
     from .limits import max_request_bytes
     from .servicer import InferenceServicer
@@ -74,16 +77,18 @@ def create_server(options: ServerOptions, registry: Registry, service: Inference
     server = _grpc_server(options, tokens, max_receive)
     pb_grpc.add_InferenceServicer_to_server(InferenceServicer(service), server)
     names = [SERVICE_NAME]
+    server.jobs_service = None
     if serves_registry:
         _add_registry_service(server, registry.home, options)
         names.append(REGISTRY_SERVICE_NAME)
+        names.append(_add_jobs_service(server, registry.home, job_hooks))
     port = _start(server, options, names)
     server.http, server.http_port = None, None
     if http_socket is not None:
         from .http.front import HttpFront
 
         try:
-            server.http = HttpFront(service, options, tokens, http_socket).start()
+            server.http = HttpFront(service, options, tokens, http_socket, jobs=server.jobs_service).start()
         except BaseException:
             server.stop(grace=0)
             http_socket.close()
@@ -101,8 +106,8 @@ def _bind_http(options: ServerOptions):
     return bind_http(options)
 
 
-def create_registry_server(options: ServerOptions, home, on_chunk=None, on_sent=None):
-    """A started gRPC server with only the Registry service (no model loaded); returns (server, port, servicer).
+def create_registry_server(options: ServerOptions, home, on_chunk=None, on_sent=None, job_hooks: JobHooks | None = None):
+    """A started gRPC server with the Registry and Jobs services (no model loaded); returns (server, port, servicer).
 
     `on_chunk(digest, bytes_stored)` is called after every uploaded chunk is written, `on_sent(digest, bytes_sent)`
     after every downloaded chunk (tests pause transfers with them).
@@ -112,7 +117,7 @@ def create_registry_server(options: ServerOptions, home, on_chunk=None, on_sent=
     check_listen(options)
     server = _grpc_server(options, tokens)
     servicer = _add_registry_service(server, home, options, on_chunk=on_chunk, on_sent=on_sent)
-    port = _start(server, options, [REGISTRY_SERVICE_NAME])
+    port = _start(server, options, [REGISTRY_SERVICE_NAME, _add_jobs_service(server, home, job_hooks)])
     return server, port, servicer
 
 
@@ -123,6 +128,14 @@ def _add_registry_service(server: grpc.Server, home, options: ServerOptions, **h
     server.registry_servicer = RegistryServicer(home, options.max_blob_bytes, **hooks)
     registry_pb_grpc.add_RegistryServicer_to_server(server.registry_servicer, server)
     return server.registry_servicer
+
+
+def _add_jobs_service(server: grpc.Server, home, job_hooks: JobHooks | None) -> str:
+    """Serve the Jobs service of `home` on `server` (its `JobsService` kept as `server.jobs_service`); returns its name."""
+    from .jobs_servicer import add_jobs_service
+
+    server.jobs_service = JobsService(home, job_hooks)
+    return add_jobs_service(server, server.jobs_service)
 
 
 def _tokens(options: ServerOptions):
@@ -233,9 +246,9 @@ def shutdown(server, service: InferenceService, grace_s: float) -> None:
     server.stop(grace=1.0).wait()
 
 
-def serve_registry_forever(options: ServerOptions, home) -> int:
-    """`reg serve --registry-only`: the Registry service alone, until SIGTERM/SIGINT."""
-    server, port, _ = create_registry_server(options, home)
+def serve_registry_forever(options: ServerOptions, home, job_hooks: JobHooks | None = None) -> int:
+    """`reg serve --registry-only`: the Registry and Jobs services alone, until SIGTERM/SIGINT."""
+    server, port, _ = create_registry_server(options, home, job_hooks=job_hooks)
     auth = "tokens required" if server.tokens is not None else "no auth (localhost only)"
     logger.info(f"serving registry {home} on {options.host}:{port} ({'TLS' if options.tls_cert else 'plaintext'}, {auth})")
     stop = threading.Event()
@@ -248,8 +261,8 @@ def serve_registry_forever(options: ServerOptions, home) -> int:
     return 0
 
 
-def serve_forever(options: ServerOptions, registry: Registry) -> int:
-    server, port, service = create_server(options, registry)
+def serve_forever(options: ServerOptions, registry: Registry, job_hooks: JobHooks | None = None) -> int:
+    server, port, service = create_server(options, registry, job_hooks=job_hooks)
     http = f", HTTP (OpenAI API) on {options.host}:{server.http_port}" if server.http_port is not None else ""
     logger.info(f"serving {service.base.name} ({options.quant}) on {options.host}:{port} (gRPC){http}; "
                 f"SIGTERM drains for {options.grace_s:g} s")

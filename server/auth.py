@@ -53,6 +53,15 @@ ROLE_FOR_METHOD: dict[str, str] = {
     "/loradock.v1.Registry/Gc": "admin",
     "/loradock.v1.Registry/Verify": "admin",  # re-hashes every blob: not for every reader to trigger
     "/loradock.v1.Registry/Audit": "admin",
+    # Fine-tuning jobs: `train` submits, cancels and resumes its own (an admin anyone's: server/jobs_service.py).
+    "/loradock.v1.Jobs/SubmitJob": "train",
+    "/loradock.v1.Jobs/CancelJob": "train",
+    "/loradock.v1.Jobs/ResumeJob": "train",
+    "/loradock.v1.Jobs/PushCheckpoint": "train",
+    "/loradock.v1.Jobs/ListJobs": "read",
+    "/loradock.v1.Jobs/GetJob": "read",
+    "/loradock.v1.Jobs/JobEvents": "read",
+    "/loradock.v1.Jobs/ListCheckpoints": "read",
 }
 OPEN_PREFIXES = ("/grpc.health.v1.Health/", "/grpc.reflection.")
 # The HTTP API's routes (server/http/) -> the role each needs, by the same rules as the RPCs they mirror (a model
@@ -65,6 +74,17 @@ ROLE_FOR_ROUTE: dict[str, str] = {
     "GET /metrics": "infer",
     "POST /v1/load_lora_adapter": "admin",
     "POST /v1/unload_lora_adapter": "admin",
+    # OpenAI's files and fine-tuning API, by the rules of the Jobs RPCs.
+    "POST /v1/files": "train",
+    "GET /v1/files": "read",
+    "GET /v1/files/{file_id}": "read",
+    "GET /v1/files/{file_id}/content": "read",
+    "POST /v1/fine_tuning/jobs": "train",
+    "GET /v1/fine_tuning/jobs": "read",
+    "GET /v1/fine_tuning/jobs/{job_id}": "read",
+    "POST /v1/fine_tuning/jobs/{job_id}/cancel": "train",
+    "GET /v1/fine_tuning/jobs/{job_id}/events": "read",
+    "GET /v1/fine_tuning/jobs/{job_id}/checkpoints": "read",
 }
 OPEN_ROUTES = ("GET /health",)  # load balancers probe it; it reveals no adapters
 

@@ -16,7 +16,7 @@ from registry import Registry
 from registry.errors import Conflict, InvalidInput, PermissionDenied, Unauthenticated
 from server.auth import ROLE_FOR_METHOD
 from registry.remote.client import RemoteRegistry
-from registry.remote.rpc import pb as registry_pb, pb_grpc as registry_pb_grpc
+from registry.remote.rpc import jobs_pb, jobs_pb_grpc, pb as registry_pb, pb_grpc as registry_pb_grpc
 from server.rpc import pb, pb_grpc
 from server.tokens import ROLES, TokenStore, create_token, load_tokens_file
 
@@ -90,12 +90,24 @@ def _requests(adapter_dir) -> dict:
         "Registry/Gc": (registry_pb.GcRequest(dry_run=True, grace_s=3600), OK),
         "Registry/Verify": (registry_pb.RefRequest(ref="demo:1"), OK),
         "Registry/Audit": (registry_pb.AuditRequest(limit=5), OK),
+        # This server was built without the trainer's job checks (JobHooks): a permitted submission is refused after
+        # the role check, and there are no jobs to find.
+        "Jobs/SubmitJob": (lambda: iter([jobs_pb.SubmitJobRequest(submission=jobs_pb.JobSubmission())]),
+                           grpc.StatusCode.UNIMPLEMENTED),
+        "Jobs/ListJobs": (jobs_pb.ListJobsRequest(), OK),
+        "Jobs/GetJob": (jobs_pb.JobRequest(job_id="ftjob-none"), grpc.StatusCode.NOT_FOUND),
+        "Jobs/JobEvents": (jobs_pb.JobEventsRequest(job_id="ftjob-none"), grpc.StatusCode.NOT_FOUND),
+        "Jobs/ListCheckpoints": (jobs_pb.JobRequest(job_id="ftjob-none"), grpc.StatusCode.NOT_FOUND),
+        "Jobs/CancelJob": (jobs_pb.JobRequest(job_id="ftjob-none"), grpc.StatusCode.NOT_FOUND),
+        "Jobs/ResumeJob": (jobs_pb.JobRequest(job_id="ftjob-none"), grpc.StatusCode.NOT_FOUND),
+        "Jobs/PushCheckpoint": (jobs_pb.PushCheckpointRequest(job_id="ftjob-none", step=1), grpc.StatusCode.NOT_FOUND),
     }
 
 
 def _call(channel, method: str, request, token: str | None) -> grpc.StatusCode:
     service, name = method.split("/")
-    stub = (pb_grpc.InferenceStub if service == "Inference" else registry_pb_grpc.RegistryStub)(channel)
+    stub = {"Inference": pb_grpc.InferenceStub, "Registry": registry_pb_grpc.RegistryStub,
+            "Jobs": jobs_pb_grpc.JobsStub}[service](channel)
     metadata = [("authorization", f"Bearer {token}")] if token is not None else None
     try:
         reply = getattr(stub, name)(request() if callable(request) else request, metadata=metadata, timeout=60)
@@ -107,7 +119,7 @@ def _call(channel, method: str, request, token: str | None) -> grpc.StatusCode:
 
 
 def test_the_role_table_covers_every_rpc_of_every_service():
-    methods = {f"/{s.full_name}/{m.name}" for module in (pb, registry_pb)
+    methods = {f"/{s.full_name}/{m.name}" for module in (pb, registry_pb, jobs_pb)
                for s in module.DESCRIPTOR.services_by_name.values() for m in s.methods}
     assert methods == set(ROLE_FOR_METHOD)
     assert set(ROLE_FOR_METHOD.values()) <= set(ROLES)
@@ -130,7 +142,7 @@ def test_every_rpc_with_no_token_a_wrong_token_and_each_role(secured):
             got[method, caller] = _call(secured["channel"], method, request, token)
     wrong = {k: (got[k].name, want[k].name) for k in want if got[k] != want[k]}
     assert not wrong, wrong
-    assert len(got) == len(ROLE_FOR_METHOD) * len(callers) == 30 * 8
+    assert len(got) == len(ROLE_FOR_METHOD) * len(callers) == 38 * 9
 
 
 def test_health_and_reflection_need_no_token(secured):
@@ -218,7 +230,7 @@ def test_token_create_stores_only_a_hash_and_prints_the_token_once(tmp_path, cap
     with pytest.raises(InvalidInput, match="'read,write'"):
         create_token("bad", "read,write", path)
     code, _, err = run_reg(capsys, "token", "create", "x", "--roles", "root", "--file", str(path))
-    assert code == 2 and "use one or more of infer, read, push, admin" in err
+    assert code == 2 and "use one or more of infer, read, push, train, admin" in err
     code, out, _ = run_reg(capsys, "token", "ls", "--file", str(path), "--json")
     assert json.loads(out) == [{"name": "ci-pusher", "roles": ["push", "read"]}, {"name": "admin", "roles": ["admin"]}]
 

@@ -218,6 +218,16 @@ def test_every_route_with_no_token_a_wrong_token_and_each_role(secured):
         "GET /metrics": (None, 200),
         "POST /v1/load_lora_adapter": ({"lora_name": "a1:1"}, 200),
         "POST /v1/unload_lora_adapter": ({"lora_name": "a1:1"}, 200),
+        "POST /v1/files": (None, 400),
+        "GET /v1/files": (None, 200),
+        "GET /v1/files/{file_id}": (None, 404),
+        "GET /v1/files/{file_id}/content": (None, 404),
+        "POST /v1/fine_tuning/jobs": ({"model": "tiny-llama", "training_file": "file-x"}, 404),
+        "GET /v1/fine_tuning/jobs": (None, 200),
+        "GET /v1/fine_tuning/jobs/{job_id}": (None, 400),
+        "POST /v1/fine_tuning/jobs/{job_id}/cancel": (None, 400),
+        "GET /v1/fine_tuning/jobs/{job_id}/events": (None, 400),
+        "GET /v1/fine_tuning/jobs/{job_id}/checkpoints": (None, 400),
         "GET /health": (None, 200),
     }
     assert set(requests) == set(ROLE_FOR_ROUTE) | set(OPEN_ROUTES)

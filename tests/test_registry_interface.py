@@ -1,6 +1,7 @@
 """One registry interface (issue 13): the local `Registry` and the gRPC `RemoteRegistry` both implement every
-method of `registry.interface.RegistryAPI` (and `RolloutsAPI` for `.rollouts`), with the same signatures and,
-for the same history of calls, the same answers. A real SQLite home and a real Registry server on port 0."""
+method of `registry.interface.RegistryAPI` (and `RolloutsAPI` for `.rollouts`, `JobsAPI` for `.jobs`), with the same
+signatures and, for the same history of calls, the same answers. A real SQLite home and a real Registry server on
+port 0 (jobs' answers are compared in tests/test_jobs_remote.py, where the server takes jobs)."""
 
 from __future__ import annotations
 
@@ -14,9 +15,11 @@ from remote_helpers import registry_with_base, start_registry
 from registry import Registry
 from registry.bases import DEFAULT_BASE
 from registry.errors import InvalidInput
-from registry.interface import RegistryAPI, RolloutsAPI
+from registry.interface import JobsAPI, RegistryAPI, RolloutsAPI
+from registry.jobs import JobQueue
 from registry.rollouts import Arm, Rollouts
 from registry.remote.client import RemoteRegistry, RemoteRollouts
+from registry.remote.jobs import RemoteJobs
 
 
 def members(protocol: type) -> list[str]:
@@ -31,8 +34,8 @@ def parameters(function) -> list[tuple]:
 
 
 @pytest.mark.parametrize("protocol, implementations", [
-    (RegistryAPI, (Registry, RemoteRegistry)), (RolloutsAPI, (Rollouts, RemoteRollouts)),
-], ids=["registry", "rollouts"])
+    (RegistryAPI, (Registry, RemoteRegistry)), (RolloutsAPI, (Rollouts, RemoteRollouts)), (JobsAPI, (JobQueue, RemoteJobs)),
+], ids=["registry", "rollouts", "jobs"])
 def test_both_registries_implement_every_method_with_the_same_signature(protocol, implementations):
     assert members(protocol), "the protocol lists its methods"
     for name in members(protocol):
@@ -104,6 +107,7 @@ def exercise(reg, adapters, tmp_path) -> dict[str, object]:
     got["change_id"] = isinstance(rollouts.change_id(), int)
     got["all_current"] = plain(rollouts.all_current())
     got["clear"] = plain(rollouts.clear("demo"))
+    got["jobs"] = (type(reg.jobs).__name__ in ("JobQueue", "RemoteJobs"), reg.jobs.list())
     got["remove_version"] = plain(reg.remove_version("demo:1"))
     got["gc"] = plain(reg.gc(dry_run=True))
     got["verify"] = plain(reg.verify())
@@ -119,6 +123,7 @@ def test_a_local_and_a_remote_registry_answer_every_method_alike(both, make_adap
     local, remote = both
     assert isinstance(local, RegistryAPI) and isinstance(remote, RegistryAPI)
     assert isinstance(local.rollouts, RolloutsAPI) and isinstance(remote.rollouts, RolloutsAPI)
+    assert isinstance(local.jobs, JobsAPI) and isinstance(remote.jobs, JobsAPI)
     adapters = [make_adapter("lora", seed=1), make_adapter("lora", seed=2)]
     answers = exercise(local, adapters, tmp_path / "l"), exercise(remote, adapters, tmp_path / "r")
     local_only = {"add_base", "fetch_default_base"}  # registering a base reads files on the registry's host

@@ -1,7 +1,7 @@
 """`RemoteRegistry`: the registry API over gRPC, for `reg --registry grpc://host:port ...` and remote-backed servers.
 
 It implements `registry.interface.RegistryAPI`, as the local `Registry` does (resolve, push,
-pull, ls, show, diff, aliases, rm, gc, verify, rollouts...) and returns the same records, so every
+pull, ls, show, diff, aliases, rm, gc, verify, rollouts, jobs...) and returns the same records, so every
 command prints the same output whichever registry it talks to. A push hashes the directory locally,
 asks which blobs the server lacks, uploads only those (resuming an interrupted upload at the byte
 the server holds), then commits. A pull verifies every downloaded byte against its sha256.
@@ -34,6 +34,7 @@ from ..records import AdapterSummary, AliasEvent, FileRecord, PushResult, Versio
 from ..rollout_records import Arm, FeedbackRecord, Guard, Outcome, Revision
 from ..store import check_push_text, current_actor, default_home
 from . import ERROR_CLASS_KEY
+from .jobs import RemoteJobs
 from .messages import to_message, to_python, to_record
 from .rpc import pb, pb_grpc
 
@@ -237,6 +238,13 @@ class RemoteRegistry:
         if not hasattr(self, "_rollouts"):
             self._rollouts = RemoteRollouts(self)
         return self._rollouts
+
+    @property
+    def jobs(self) -> RemoteJobs:
+        """Fine-tuning jobs over the Jobs service (`registry/remote/jobs.py`)."""
+        if not hasattr(self, "_jobs"):
+            self._jobs = RemoteJobs(self)
+        return self._jobs
 
     # --- push ---------------------------------------------------------------------------
 

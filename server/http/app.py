@@ -1,7 +1,9 @@
 """The HTTP API's FastAPI app: routes, the auth dependency (one role table, `server/auth.py:ROLE_FOR_ROUTE`), health.
 
-`build_app(service, options, tokens)` is all a front needs; handlers are thin: read the body (bounded), call
-the service on a handler thread, shape the reply (`serving_*.py`). Errors leave through `errors.py`.
+`build_app(service, options, tokens, jobs)` is all a front needs; handlers are thin: read the body (bounded), call
+the service on a handler thread, shape the reply (`serving_*.py`; the files and fine-tuning routes are declared by
+`serving_fine_tuning.py`, over `jobs`). Errors leave through `errors.py`. `authorize` leaves the caller's
+`Identity` on `request.state.identity` for the handlers that record who asked (jobs, files).
 """
 
 from __future__ import annotations
@@ -13,13 +15,14 @@ from dataclasses import dataclass, field
 from fastapi import Depends, FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 
-from ..auth import OPEN_ROUTES, ROLE_FOR_ROUTE, check_caller
+from ..auth import OPEN_ROUTES, ROLE_FOR_ROUTE, Identity, check_caller
 from ..errors import ServerShuttingDown
+from ..jobs_service import JobsService
 from ..limits import max_request_bytes
 from ..options import ServerOptions
 from ..service import InferenceService
 from ..tokens import TokenStore
-from . import serving_adapters
+from . import serving_adapters, serving_fine_tuning
 from .body import parse_body
 from .errors import install_handlers
 from .protocol import FeedbackRequest, LoadAdapterRequest, UnloadAdapterRequest
@@ -30,13 +33,15 @@ JSON_ESCAPE_FACTOR = 6  # a prompt byte may arrive as a six-byte JSON escape (\u
 
 @dataclass
 class HttpState:
-    """What the handlers share: the service, the options, the tokens (None: auth off), the handler threads."""
+    """What the handlers share: the service, the options, the tokens (None: auth off), the handler threads, the jobs
+    (None: this server takes no fine-tuning jobs, and those routes answer 501)."""
 
     service: InferenceService
     options: ServerOptions
     tokens: TokenStore | None
     pool: ThreadPoolExecutor
     body_limit: int
+    jobs: JobsService | None = None
     draining: bool = False
     completions: CompletionServing = field(init=False)
 
@@ -58,9 +63,13 @@ def body_limit(options: ServerOptions, prompt_bytes: int) -> int:
 
 
 def authorize(request: Request) -> None:
-    """The route's role (ROLE_FOR_ROUTE) from `Authorization: Bearer <token>`; a dependency of every guarded route."""
+    """The route's role (ROLE_FOR_ROUTE) from `Authorization: Bearer <token>`; a dependency of every guarded route.
+
+    The caller is left on `request.state.identity`: its token's name and roles, or a nameless identity with auth off."""
     state: HttpState = request.app.state.loradock
     route = f"{request.method} {request.scope['route'].path}"
+    peer = f"{request.client.host}:{request.client.port}" if request.client else "-"
+    request.state.identity = Identity("", frozenset(), peer)
     if state.tokens is None or route in OPEN_ROUTES:
         return
     header = request.headers.get("authorization")
@@ -68,16 +77,19 @@ def authorize(request: Request) -> None:
     if header is not None:
         scheme, _, value = header.partition(" ")
         token = value.strip() if scheme.lower() == "bearer" else ""
-    peer = f"{request.client.host}:{request.client.port}" if request.client else "-"
-    check_caller(state.tokens, token, ROLE_FOR_ROUTE.get(route), route, route, peer, "send `Authorization: Bearer <token>`")
+    entry = check_caller(state.tokens, token, ROLE_FOR_ROUTE.get(route), route, route, peer,
+                         "send `Authorization: Bearer <token>`")
+    request.state.identity = Identity(entry.name, entry.roles, peer)
 
 
-def build_app(service: InferenceService, options: ServerOptions, tokens: TokenStore | None) -> FastAPI:
+def build_app(service: InferenceService, options: ServerOptions, tokens: TokenStore | None,
+              jobs: JobsService | None = None) -> FastAPI:
     app = FastAPI(title="loradock", docs_url=None, redoc_url=None, openapi_url=None, dependencies=[Depends(authorize)])
     state = app.state.loradock = HttpState(
         service, options, tokens, ThreadPoolExecutor(options.handler_threads, thread_name_prefix="loradock-http"),
-        body_limit(options, service.max_prompt_bytes))
+        body_limit(options, service.max_prompt_bytes), jobs)
     install_handlers(app)
+    serving_fine_tuning.add_routes(app)
     @app.post("/v1/completions")
     async def completions(request: Request):
         state.check_serving()

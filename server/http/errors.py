@@ -63,6 +63,10 @@ def validation_error(exc: ValidationError | RequestValidationError) -> BadReques
     """The first problem pydantic found, as one line naming the field and the value sent."""
     problem = exc.errors()[0]
     where = ".".join(str(part) for part in problem["loc"] if part != "body") or "body"
+    if problem.get("type") == "extra_forbidden":  # a strict body (a fine-tuning job's) names what it does not take
+        error = BadRequest(f"{where}: not supported by this server; leave it out")
+        error.param = where
+        return error
     value = "" if problem.get("type") == "missing" else f"={shown(problem.get('input'), 64)}"
     error = BadRequest(f"{where}{value}: {problem['msg']}")
     error.param = where

@@ -21,6 +21,7 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 from registry.errors import Conflict
 
 from ..errors import BadRequest
+from ..jobs_service import JobsService
 from ..options import ServerOptions
 from ..service import InferenceService
 from ..tokens import TokenStore
@@ -85,8 +86,9 @@ class _H11Protocol(H11Protocol):
 
 
 class HttpFront:
-    def __init__(self, service: InferenceService, options: ServerOptions, tokens: TokenStore | None, sock: socket.socket):
-        self.app = build_app(service, options, tokens)
+    def __init__(self, service: InferenceService, options: ServerOptions, tokens: TokenStore | None, sock: socket.socket,
+                 jobs: JobsService | None = None):
+        self.app = build_app(service, options, tokens, jobs)
         self.state: HttpState = self.app.state.loradock
         self.sock = sock
         self.port: int = sock.getsockname()[1]

@@ -1,13 +1,15 @@
-"""Regenerate both sets of gRPC stubs from proto/loradock/v1/ (`make proto`).
+"""Regenerate every gRPC stub from proto/loradock/v1/ (`make proto`).
 
-`inference.proto` -> `server/rpc/` (the inference server's), `registry.proto` -> `registry/remote/rpc/` (the
-registry's, so a registry client imports nothing of the server). protoc writes `from loradock.v1 import
-X_pb2`, which would need a top-level `loradock` package; the stubs live in those packages, so that import is
-rewritten to a relative one.
+`inference.proto` -> `server/rpc/` (the inference server's), `registry.proto` and `jobs.proto` -> `registry/remote/rpc/`
+(the registry's and its job queue's, so a registry client imports nothing of the server). protoc writes `from
+loradock.v1 import X_pb2` (a file's own messages, and those of a proto it imports), which would need a top-level
+`loradock` package; the stubs live in those packages, so that import is rewritten to a relative one, and a proto may
+import only one whose stubs land in the same folder.
 """
 
 from __future__ import annotations
 
+import re
 import sys
 import tempfile
 from pathlib import Path
@@ -18,7 +20,9 @@ PROTO_DIR = ROOT / "proto"
 STUBS = {
     "inference.proto": Path(__file__).resolve().parent,
     "registry.proto": ROOT / "registry" / "remote" / "rpc",
+    "jobs.proto": ROOT / "registry" / "remote" / "rpc",  # imports registry.proto (JsonObject, Version)
 }
+_STUB_IMPORT = re.compile(r"^from loradock\.v1 import (\w+)_pb2\b", re.MULTILINE)
 
 
 def generate(out_root: Path = ROOT) -> list[Path]:
@@ -39,12 +43,19 @@ def generate(out_root: Path = ROOT) -> list[Path]:
                 raise SystemExit(f"protoc failed on {proto} with exit code {code}")
             for name in (f"{stem}_pb2.py", f"{stem}_pb2.pyi", f"{stem}_pb2_grpc.py"):
                 text = (Path(tmp) / "loradock" / "v1" / name).read_text()
-                text = text.replace(f"from loradock.v1 import {stem}_pb2", f"from . import {stem}_pb2")
+                text = _STUB_IMPORT.sub(lambda m: _relative_import(proto, m.group(1)), text)
                 target = out_root / folder.relative_to(ROOT) / name
                 target.parent.mkdir(parents=True, exist_ok=True)
                 target.write_text(text)
                 written.append(target)
     return written
+
+
+def _relative_import(proto: str, imported_stem: str) -> str:
+    """`from . import X_pb2` for a stub of `proto` that imports X's; refused unless X's stubs sit in the same folder."""
+    if STUBS.get(f"{imported_stem}.proto") != STUBS[proto]:
+        raise SystemExit(f"{proto} imports {imported_stem}.proto, whose stubs are not checked in beside its own ({STUBS[proto]})")
+    return f"from . import {imported_stem}_pb2"
 
 
 if __name__ == "__main__":

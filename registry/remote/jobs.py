@@ -1,0 +1,132 @@
+"""`RemoteJobs`: `registry.jobs` of a remote registry, over the gRPC Jobs service (proto/loradock/v1/jobs.proto).
+
+It implements `registry.interface.JobsAPI` as the local `JobQueue` does and returns the same records (`Job`,
+`JobEvent`, `Checkpoint`, `PushResult`, through the one converter in `registry.remote.messages`), so `reg job ...`
+prints the same whichever registry it talks to. The server decides who the caller is from its token: the
+`actor` of `cancel`/`resume` is not sent. A submission (`submit_request`, called by `trainer.jobs.submit`) streams
+the config, then its datasets' bytes in chunks; the server checks and queues it, or refuses it in one line.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import grpc
+
+from ..errors import InvalidInput, TooLarge
+from ..jobs import Checkpoint, Job, JobEvent, SubmitRequest
+from ..jobs.queue import MAX_EVENTS_PAGE
+from ..records import PushResult
+from .messages import to_message, to_python, to_record
+from .rpc import jobs_pb, jobs_pb_grpc, pb
+
+# The datasets one remote submission carries, in all: the Jobs service's bound (trainer.jobs.submit.MAX_SUBMITTED_BYTES
+# refuses more before reading them; tests/test_jobs_remote.py checks the two agree).
+MAX_SUBMITTED_BYTES = 64 * 2**20
+MAX_SUBMITTED_FILES = 256
+MAX_CONFIG_BYTES = 2**20  # the first message (config, overrides, file names): far below every server's receive limit
+
+
+class RemoteJobs:
+    """The jobs of the registry `remote` (a `RemoteRegistry`) serves: list, show, events, cancel, resume, submit."""
+
+    def __init__(self, remote):
+        self.remote = remote
+        self.stub = jobs_pb_grpc.JobsStub(remote.channel)
+
+    def _call(self, method: str, request, timeout: float | None = -1.0):
+        try:
+            return getattr(self.stub, method)(request, metadata=self.remote.metadata,
+                                              timeout=self.remote.timeout if timeout == -1.0 else timeout)
+        except grpc.RpcError as exc:
+            raise self.remote._error(exc) from None
+
+    def _job(self, method: str, job_id: str) -> Job:
+        return to_record(Job, to_python(self._call(method, jobs_pb.JobRequest(job_id=job_id))))
+
+    # --- reading ----------------------------------------------------------------------------------
+
+    def list(self, state: str | None = None, submitter: str | None = None, limit: int | None = 100) -> list[Job]:
+        request = jobs_pb.ListJobsRequest(state=state or "", submitter=submitter or "", limit=limit or None)
+        return [to_record(Job, d) for d in to_python(self._call("ListJobs", request))]
+
+    def get(self, job_id: str) -> Job:
+        return self._job("GetJob", job_id)
+
+    def events(self, job_id: str, after: int = 0, limit: int = 1000) -> list[JobEvent]:
+        """The job's events numbered above `after`, oldest first (at most `limit`, and at most one page of 1000)."""
+        request = jobs_pb.JobEventsRequest(job_id=job_id, after=after, limit=max(0, min(int(limit), MAX_EVENTS_PAGE)))
+        return list(self._stream(request, self.remote.timeout))
+
+    def follow_events(self, job_id: str, after: int = 0) -> Iterator[JobEvent]:
+        """Every event numbered above `after`, then each new one as the server records it, until the job has ended."""
+        yield from self._stream(jobs_pb.JobEventsRequest(job_id=job_id, after=after, follow=True), None)
+
+    def _stream(self, request, timeout: float | None) -> Iterator[JobEvent]:
+        call = self.stub.JobEvents(request, metadata=self.remote.metadata, timeout=timeout)
+        try:
+            for message in call:
+                yield to_record(JobEvent, to_python(message))
+        except grpc.RpcError as exc:
+            raise self.remote._error(exc) from None
+        finally:
+            call.cancel()  # the caller stopped reading (Ctrl-C while following): end the stream on the server too
+
+    def checkpoints(self, job_id: str) -> list[Checkpoint]:
+        answer = to_python(self._call("ListCheckpoints", jobs_pb.JobRequest(job_id=job_id)))
+        return [to_record(Checkpoint, d) for d in answer]
+
+    # --- changing ---------------------------------------------------------------------------------
+
+    def cancel(self, job_id: str, actor: str | None = None) -> Job:
+        """Cancel the job; the server checks that the caller's token submitted it (or is an admin's)."""
+        return self._job("CancelJob", job_id)
+
+    def resume(self, job_id: str, actor: str | None = None) -> Job:
+        return self._job("ResumeJob", job_id)
+
+    def push_checkpoint(self, job_id: str, step: int, alias: str | None = None) -> PushResult:
+        request = jobs_pb.PushCheckpointRequest(job_id=job_id, step=step, alias=alias or "")
+        return to_record(PushResult, to_python(self._call("PushCheckpoint", request)))
+
+    # --- submitting -------------------------------------------------------------------------------
+
+    def submit_request(self, request: SubmitRequest) -> Job:
+        """Send a submission (the config's mapping and its datasets' bytes) to be checked and queued by the server."""
+        first = _submission(request)
+        chunk = self.remote.chunk_bytes
+
+        def messages():
+            yield jobs_pb.SubmitJobRequest(submission=first)
+            for path, data in request.files.items():
+                view = memoryview(data)
+                for start in range(0, len(view), chunk):
+                    yield jobs_pb.SubmitJobRequest(chunk=jobs_pb.FileChunk(path=path, data=bytes(view[start:start + chunk])))
+
+        # no deadline, as for blob uploads: sending 64 MiB and checking every line may take a while
+        return to_record(Job, to_python(self._call("SubmitJob", messages(), timeout=None)))
+
+
+def _submission(request: SubmitRequest) -> jobs_pb.JobSubmission:
+    """The first message of a submission, refused here (before anything is sent) when the server would refuse it."""
+    if request.config_path or not isinstance(request.config, dict):
+        raise InvalidInput("a remote submission carries the config's mapping and its files, not a path on this machine "
+                           "(trainer.jobs.submit.with_files makes one)")
+    if len(request.files) > MAX_SUBMITTED_FILES:
+        raise TooLarge(f"{len(request.files)} dataset files in one submission; at most {MAX_SUBMITTED_FILES}")
+    total = sum(len(data) for data in request.files.values())
+    if total > MAX_SUBMITTED_BYTES:
+        raise TooLarge(f"the datasets add up to {total:,} bytes, more than the {MAX_SUBMITTED_BYTES:,} one remote "
+                       f"submission carries; submit on the registry's host")
+    try:
+        config = to_message(request.config, pb.JsonObject)
+    except TypeError as exc:  # a YAML value JSON has no type for (a date, a set, binary)
+        raise InvalidInput(f"config: {str(exc)[:300]}; use strings and numbers") from None
+    first = jobs_pb.JobSubmission(
+        config=config, name=request.name, overrides=request.overrides, priority=request.priority, gpus=request.gpus,
+        num_processes=request.num_processes, max_attempts=request.max_attempts,
+        files=[jobs_pb.SubmittedFile(path=path, size=len(data)) for path, data in request.files.items()],
+    )
+    if first.ByteSize() > MAX_CONFIG_BYTES:
+        raise TooLarge(f"the config and its overrides are {first.ByteSize():,} bytes; at most {MAX_CONFIG_BYTES:,}")
+    return first

@@ -1,0 +1,226 @@
+from . import registry_pb2 as _registry_pb2
+from google.protobuf.internal import containers as _containers
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class JobDataset(_message.Message):
+    __slots__ = ("name", "type", "sha256", "bytes", "lines")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    TYPE_FIELD_NUMBER: _ClassVar[int]
+    SHA256_FIELD_NUMBER: _ClassVar[int]
+    BYTES_FIELD_NUMBER: _ClassVar[int]
+    LINES_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    type: str
+    sha256: str
+    bytes: int
+    lines: int
+    def __init__(self, name: _Optional[str] = ..., type: _Optional[str] = ..., sha256: _Optional[str] = ..., bytes: _Optional[int] = ..., lines: _Optional[int] = ...) -> None: ...
+
+class Job(_message.Message):
+    __slots__ = ("id", "adapter", "state", "config", "config_hash", "base", "datasets", "priority", "resources", "submitter", "source", "created_at", "started_at", "finished_at", "attempts", "max_attempts", "worker_id", "lease_expires", "cancel_requested", "run_id", "result_version", "error", "step", "total_steps", "metrics", "device", "device_count", "device_seconds", "extra", "progress", "eta_s", "device_hours", "cost")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    ADAPTER_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    CONFIG_FIELD_NUMBER: _ClassVar[int]
+    CONFIG_HASH_FIELD_NUMBER: _ClassVar[int]
+    BASE_FIELD_NUMBER: _ClassVar[int]
+    DATASETS_FIELD_NUMBER: _ClassVar[int]
+    PRIORITY_FIELD_NUMBER: _ClassVar[int]
+    RESOURCES_FIELD_NUMBER: _ClassVar[int]
+    SUBMITTER_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_FIELD_NUMBER: _ClassVar[int]
+    CREATED_AT_FIELD_NUMBER: _ClassVar[int]
+    STARTED_AT_FIELD_NUMBER: _ClassVar[int]
+    FINISHED_AT_FIELD_NUMBER: _ClassVar[int]
+    ATTEMPTS_FIELD_NUMBER: _ClassVar[int]
+    MAX_ATTEMPTS_FIELD_NUMBER: _ClassVar[int]
+    WORKER_ID_FIELD_NUMBER: _ClassVar[int]
+    LEASE_EXPIRES_FIELD_NUMBER: _ClassVar[int]
+    CANCEL_REQUESTED_FIELD_NUMBER: _ClassVar[int]
+    RUN_ID_FIELD_NUMBER: _ClassVar[int]
+    RESULT_VERSION_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    STEP_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_STEPS_FIELD_NUMBER: _ClassVar[int]
+    METRICS_FIELD_NUMBER: _ClassVar[int]
+    DEVICE_FIELD_NUMBER: _ClassVar[int]
+    DEVICE_COUNT_FIELD_NUMBER: _ClassVar[int]
+    DEVICE_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    EXTRA_FIELD_NUMBER: _ClassVar[int]
+    PROGRESS_FIELD_NUMBER: _ClassVar[int]
+    ETA_S_FIELD_NUMBER: _ClassVar[int]
+    DEVICE_HOURS_FIELD_NUMBER: _ClassVar[int]
+    COST_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    adapter: str
+    state: str
+    config: _registry_pb2.JsonObject
+    config_hash: str
+    base: str
+    datasets: _containers.RepeatedCompositeFieldContainer[JobDataset]
+    priority: int
+    resources: _registry_pb2.JsonObject
+    submitter: str
+    source: str
+    created_at: str
+    started_at: str
+    finished_at: str
+    attempts: int
+    max_attempts: int
+    worker_id: str
+    lease_expires: float
+    cancel_requested: bool
+    run_id: str
+    result_version: str
+    error: str
+    step: int
+    total_steps: int
+    metrics: _registry_pb2.JsonObject
+    device: str
+    device_count: int
+    device_seconds: float
+    extra: _registry_pb2.JsonObject
+    progress: float
+    eta_s: float
+    device_hours: float
+    cost: _registry_pb2.JsonObject
+    def __init__(self, id: _Optional[str] = ..., adapter: _Optional[str] = ..., state: _Optional[str] = ..., config: _Optional[_Union[_registry_pb2.JsonObject, _Mapping]] = ..., config_hash: _Optional[str] = ..., base: _Optional[str] = ..., datasets: _Optional[_Iterable[_Union[JobDataset, _Mapping]]] = ..., priority: _Optional[int] = ..., resources: _Optional[_Union[_registry_pb2.JsonObject, _Mapping]] = ..., submitter: _Optional[str] = ..., source: _Optional[str] = ..., created_at: _Optional[str] = ..., started_at: _Optional[str] = ..., finished_at: _Optional[str] = ..., attempts: _Optional[int] = ..., max_attempts: _Optional[int] = ..., worker_id: _Optional[str] = ..., lease_expires: _Optional[float] = ..., cancel_requested: _Optional[bool] = ..., run_id: _Optional[str] = ..., result_version: _Optional[str] = ..., error: _Optional[str] = ..., step: _Optional[int] = ..., total_steps: _Optional[int] = ..., metrics: _Optional[_Union[_registry_pb2.JsonObject, _Mapping]] = ..., device: _Optional[str] = ..., device_count: _Optional[int] = ..., device_seconds: _Optional[float] = ..., extra: _Optional[_Union[_registry_pb2.JsonObject, _Mapping]] = ..., progress: _Optional[float] = ..., eta_s: _Optional[float] = ..., device_hours: _Optional[float] = ..., cost: _Optional[_Union[_registry_pb2.JsonObject, _Mapping]] = ...) -> None: ...
+
+class JobEvent(_message.Message):
+    __slots__ = ("seq", "at", "level", "type", "message", "data")
+    SEQ_FIELD_NUMBER: _ClassVar[int]
+    AT_FIELD_NUMBER: _ClassVar[int]
+    LEVEL_FIELD_NUMBER: _ClassVar[int]
+    TYPE_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    seq: int
+    at: str
+    level: str
+    type: str
+    message: str
+    data: _registry_pb2.JsonObject
+    def __init__(self, seq: _Optional[int] = ..., at: _Optional[str] = ..., level: _Optional[str] = ..., type: _Optional[str] = ..., message: _Optional[str] = ..., data: _Optional[_Union[_registry_pb2.JsonObject, _Mapping]] = ...) -> None: ...
+
+class Checkpoint(_message.Message):
+    __slots__ = ("step", "path", "metrics", "at", "present")
+    STEP_FIELD_NUMBER: _ClassVar[int]
+    PATH_FIELD_NUMBER: _ClassVar[int]
+    METRICS_FIELD_NUMBER: _ClassVar[int]
+    AT_FIELD_NUMBER: _ClassVar[int]
+    PRESENT_FIELD_NUMBER: _ClassVar[int]
+    step: int
+    path: str
+    metrics: _registry_pb2.JsonObject
+    at: str
+    present: bool
+    def __init__(self, step: _Optional[int] = ..., path: _Optional[str] = ..., metrics: _Optional[_Union[_registry_pb2.JsonObject, _Mapping]] = ..., at: _Optional[str] = ..., present: _Optional[bool] = ...) -> None: ...
+
+class JobList(_message.Message):
+    __slots__ = ("jobs",)
+    JOBS_FIELD_NUMBER: _ClassVar[int]
+    jobs: _containers.RepeatedCompositeFieldContainer[Job]
+    def __init__(self, jobs: _Optional[_Iterable[_Union[Job, _Mapping]]] = ...) -> None: ...
+
+class CheckpointList(_message.Message):
+    __slots__ = ("checkpoints",)
+    CHECKPOINTS_FIELD_NUMBER: _ClassVar[int]
+    checkpoints: _containers.RepeatedCompositeFieldContainer[Checkpoint]
+    def __init__(self, checkpoints: _Optional[_Iterable[_Union[Checkpoint, _Mapping]]] = ...) -> None: ...
+
+class PushCheckpointResponse(_message.Message):
+    __slots__ = ("version", "created", "warnings")
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    CREATED_FIELD_NUMBER: _ClassVar[int]
+    WARNINGS_FIELD_NUMBER: _ClassVar[int]
+    version: _registry_pb2.Version
+    created: bool
+    warnings: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, version: _Optional[_Union[_registry_pb2.Version, _Mapping]] = ..., created: _Optional[bool] = ..., warnings: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class SubmittedFile(_message.Message):
+    __slots__ = ("path", "size")
+    PATH_FIELD_NUMBER: _ClassVar[int]
+    SIZE_FIELD_NUMBER: _ClassVar[int]
+    path: str
+    size: int
+    def __init__(self, path: _Optional[str] = ..., size: _Optional[int] = ...) -> None: ...
+
+class JobSubmission(_message.Message):
+    __slots__ = ("config", "name", "overrides", "priority", "gpus", "num_processes", "max_attempts", "files")
+    CONFIG_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    OVERRIDES_FIELD_NUMBER: _ClassVar[int]
+    PRIORITY_FIELD_NUMBER: _ClassVar[int]
+    GPUS_FIELD_NUMBER: _ClassVar[int]
+    NUM_PROCESSES_FIELD_NUMBER: _ClassVar[int]
+    MAX_ATTEMPTS_FIELD_NUMBER: _ClassVar[int]
+    FILES_FIELD_NUMBER: _ClassVar[int]
+    config: _registry_pb2.JsonObject
+    name: str
+    overrides: _containers.RepeatedScalarFieldContainer[str]
+    priority: int
+    gpus: int
+    num_processes: int
+    max_attempts: int
+    files: _containers.RepeatedCompositeFieldContainer[SubmittedFile]
+    def __init__(self, config: _Optional[_Union[_registry_pb2.JsonObject, _Mapping]] = ..., name: _Optional[str] = ..., overrides: _Optional[_Iterable[str]] = ..., priority: _Optional[int] = ..., gpus: _Optional[int] = ..., num_processes: _Optional[int] = ..., max_attempts: _Optional[int] = ..., files: _Optional[_Iterable[_Union[SubmittedFile, _Mapping]]] = ...) -> None: ...
+
+class FileChunk(_message.Message):
+    __slots__ = ("path", "data")
+    PATH_FIELD_NUMBER: _ClassVar[int]
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    path: str
+    data: bytes
+    def __init__(self, path: _Optional[str] = ..., data: _Optional[bytes] = ...) -> None: ...
+
+class SubmitJobRequest(_message.Message):
+    __slots__ = ("submission", "chunk")
+    SUBMISSION_FIELD_NUMBER: _ClassVar[int]
+    CHUNK_FIELD_NUMBER: _ClassVar[int]
+    submission: JobSubmission
+    chunk: FileChunk
+    def __init__(self, submission: _Optional[_Union[JobSubmission, _Mapping]] = ..., chunk: _Optional[_Union[FileChunk, _Mapping]] = ...) -> None: ...
+
+class ListJobsRequest(_message.Message):
+    __slots__ = ("state", "submitter", "limit")
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    SUBMITTER_FIELD_NUMBER: _ClassVar[int]
+    LIMIT_FIELD_NUMBER: _ClassVar[int]
+    state: str
+    submitter: str
+    limit: int
+    def __init__(self, state: _Optional[str] = ..., submitter: _Optional[str] = ..., limit: _Optional[int] = ...) -> None: ...
+
+class JobRequest(_message.Message):
+    __slots__ = ("job_id",)
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    job_id: str
+    def __init__(self, job_id: _Optional[str] = ...) -> None: ...
+
+class JobEventsRequest(_message.Message):
+    __slots__ = ("job_id", "after", "follow", "limit")
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    AFTER_FIELD_NUMBER: _ClassVar[int]
+    FOLLOW_FIELD_NUMBER: _ClassVar[int]
+    LIMIT_FIELD_NUMBER: _ClassVar[int]
+    job_id: str
+    after: int
+    follow: bool
+    limit: int
+    def __init__(self, job_id: _Optional[str] = ..., after: _Optional[int] = ..., follow: _Optional[bool] = ..., limit: _Optional[int] = ...) -> None: ...
+
+class PushCheckpointRequest(_message.Message):
+    __slots__ = ("job_id", "step", "alias")
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    STEP_FIELD_NUMBER: _ClassVar[int]
+    ALIAS_FIELD_NUMBER: _ClassVar[int]
+    job_id: str
+    step: int
+    alias: str
+    def __init__(self, job_id: _Optional[str] = ..., step: _Optional[int] = ..., alias: _Optional[str] = ...) -> None: ...
