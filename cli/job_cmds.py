@@ -254,15 +254,15 @@ def worker(
     exit_when_idle: Annotated[bool, typer.Option(help="Exit once the queue holds nothing this worker can run.")] = False,
     home: Home = None,
 ) -> None:
-    """Run queued fine-tuning jobs on this machine: claim by priority, heartbeat, stream events, stop on cancel."""
+    """Run queued fine-tuning jobs on this machine: claim by priority, heartbeat, stream events, stop on cancel.
+
+    With --registry URL (and a token with the `worker`, `read` and `push` roles) it runs that registry's jobs from
+    another machine: it trains in --home, whose registry must hold the jobs' bases, and pushes the versions there."""
     from registry import Registry
     from trainer.jobs.worker import Worker, WorkerOptions
 
-    from .common import _REMOTE
+    from .common import _REMOTE, _registry
 
-    if _REMOTE.get("url"):
-        raise InvalidInput(f"`reg worker` runs the jobs of a local registry (--home), not of {_REMOTE['url']}: start it on "
-                           f"the registry's host")
     if gpus and cpu:
         raise InvalidInput("give --gpus LIST or --cpu, not both")
     for name, value, low in (("--slots", slots, 1), ("--lease-s", lease_s, 1), ("--max-jobs", max_jobs or 1, 1),
@@ -274,5 +274,6 @@ def worker(
     options = WorkerOptions(slots=slots, gpus=_gpu_list(gpus) if gpus else None, memory_gb=memory_gb,
                             labels=_labels(labels or []), lease_s=lease_s, max_running_per_submitter=max_running_per_submitter,
                             max_jobs=max_jobs, exit_when_idle=exit_when_idle, device_name=device_name)
-    ended = Worker(Registry(home), options).run()
+    remote = _registry(home) if _REMOTE.get("url") else None
+    ended = Worker(Registry(home), options, remote=remote).run()
     console.print(f"worker stopped after {ended} job(s)")

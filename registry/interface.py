@@ -4,8 +4,10 @@ Two classes implement it: `registry.Registry` (SQLite + blob store under a home 
 `registry.remote.client.RemoteRegistry` (the same calls over gRPC to `reg serve`). Both return the same records, so a
 caller never asks which one it holds. An operation that needs the registry's own files (registering a base
 from a directory on this machine) is still a method of both: the remote one refuses it with `InvalidInput`.
-Everything else on `Registry` (its SQLite connection, blob store, training records) is local-only and not
-part of this interface; a caller that needs it asks for a `Registry`.
+A training run's lineage is recorded through either (`record_run`, `push(run_id=...)`, `record_evaluation`), so a
+worker that trains on one machine publishes to a remote registry what the trainer records locally. Everything
+else on `Registry` (its SQLite connection, blob store, exports) is local-only and not part of this interface; a
+caller that needs it asks for a `Registry`.
 
 tests/test_registry_interface.py calls every method below on both implementations.
 """
@@ -94,6 +96,17 @@ class RegistryAPI(Protocol):
     def set_alias(self, name: str, alias: str, number: int, actor: str | None = None) -> int | None: ...
     def remove_alias(self, name: str, alias: str, actor: str | None = None) -> int: ...
     def remove_version(self, ref: str, force: bool = False, actor: str | None = None) -> Version: ...
+
+    # lineage: a training run, then (push with its run_id) the version it made and that version's evaluations
+    def record_run(
+        self, run_id: str, adapter: str, config: dict, config_hash: str, base: Base, datasets: list[dict], seed: int,
+        libraries: dict, hardware: dict, metrics: dict, started_at: str, finished_at: str, duration_s: float,
+        run_dir: str | None, status: str = "succeeded", job_id: str | None = None,
+    ) -> None: ...
+    def record_evaluation(
+        self, version: Version, name: str, split: str, metrics: dict, base_metrics: dict | None = None,
+        run_id: str | None = None, passed: bool | None = None, failures: list[str] | None = None,
+    ) -> None: ...
 
     # maintenance
     def gc(self, dry_run: bool = False, grace_s: float | None = None, all_unreferenced: bool = False) -> GcReport: ...

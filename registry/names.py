@@ -9,11 +9,13 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from .errors import InvalidName, InvalidRef, shown
+from .errors import InvalidInput, InvalidName, InvalidRef, shown
 
 NAME_PATTERN = re.compile(r"[a-z0-9][a-z0-9._-]{0,63}")
 VERSION_PATTERN = re.compile(r"[0-9]{1,19}")  # ASCII digits only: str.isdigit() also accepts '１' and '²'
 MAX_VERSION = 2**63 - 1  # SQLite's largest INTEGER
+# A training run's id, as the trainer makes them (a job's run is named after the job): a plain name, never a path.
+RUN_ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,199}")
 NAME_RULE = "lower-case letters, digits, '.', '_' or '-', starting with a letter or digit, at most 64 characters, no '..'"
 
 
@@ -21,6 +23,14 @@ def validate_name(name: str, what: str = "adapter name") -> str:
     if not isinstance(name, str) or not NAME_PATTERN.fullmatch(name) or ".." in name:
         raise InvalidName(f"invalid {what} {shown(name)}: use {NAME_RULE}")
     return name
+
+
+def check_run_id(run_id: str, hint: str = "") -> str:
+    """`run_id` if it is a plain run name; else InvalidInput naming it (`hint`: where to find the right ones)."""
+    if not isinstance(run_id, str) or not RUN_ID_PATTERN.fullmatch(run_id) or run_id in (".", ".."):
+        raise InvalidInput(f"run id {shown(run_id)}: expected a plain name like arith-20250101-120000-ab12cd "
+                           f"(letters, digits, '.', '_' and '-'; at most 200){hint}")
+    return run_id
 
 
 def check_version_number(number: object, where: str = "version") -> int:

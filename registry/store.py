@@ -140,9 +140,11 @@ class Registry(BaseCatalog):
 
     def push_stored(
         self, files: list[FileRecord], name: str, base: str | None = None, message: str = "", alias: str | None = None,
-        allow_duplicate: bool = False, creator: str | None = None,
+        allow_duplicate: bool = False, creator: str | None = None, run_id: str | None = None,
     ) -> PushResult:
         """Commit a version from blobs already in the store (a remote push: the blobs were uploaded and verified first).
+
+        `run_id` names the recorded training run that made it (its lineage), as `push` takes it.
 
         The files get the same checks as a local push (layout, pickles, safetensors, fit to the base),
         read from the stored blobs; a blob that is not stored raises `BlobsMissing` naming it.
@@ -168,7 +170,7 @@ class Registry(BaseCatalog):
             raise type(exc)(message) from None
         base_record = self._base_for_adapter(info, base)
         check_fits_base(info, base_record.name, base_record.tensors, base_record.config)
-        return self._record_version(info, files, name, base_record, message, alias, allow_duplicate, None, creator)
+        return self._record_version(info, files, name, base_record, message, alias, allow_duplicate, run_id, creator)
 
     def _record_version(
         self, info: AdapterInfo, files: list[FileRecord], name: str, base_record: Base, message: str, alias: str | None,

@@ -81,7 +81,7 @@ def create_server(options: ServerOptions, registry: Registry, service: Inference
     if serves_registry:
         _add_registry_service(server, registry.home, options)
         names.append(REGISTRY_SERVICE_NAME)
-        names.append(_add_jobs_service(server, registry.home, job_hooks))
+        names.extend(_add_jobs_service(server, registry.home, job_hooks))
     port = _start(server, options, names)
     server.http, server.http_port = None, None
     if http_socket is not None:
@@ -117,7 +117,7 @@ def create_registry_server(options: ServerOptions, home, on_chunk=None, on_sent=
     check_listen(options)
     server = _grpc_server(options, tokens)
     servicer = _add_registry_service(server, home, options, on_chunk=on_chunk, on_sent=on_sent)
-    port = _start(server, options, [REGISTRY_SERVICE_NAME, _add_jobs_service(server, home, job_hooks)])
+    port = _start(server, options, [REGISTRY_SERVICE_NAME, *_add_jobs_service(server, home, job_hooks)])
     return server, port, servicer
 
 
@@ -130,8 +130,9 @@ def _add_registry_service(server: grpc.Server, home, options: ServerOptions, **h
     return server.registry_servicer
 
 
-def _add_jobs_service(server: grpc.Server, home, job_hooks: JobHooks | None) -> str:
-    """Serve the Jobs service of `home` on `server` (its `JobsService` kept as `server.jobs_service`); returns its name."""
+def _add_jobs_service(server: grpc.Server, home, job_hooks: JobHooks | None) -> list[str]:
+    """Serve the Jobs and JobWorkers services of `home` on `server` (its `JobsService` kept as `server.jobs_service`);
+    returns their names."""
     from .jobs_servicer import add_jobs_service
 
     server.jobs_service = JobsService(home, job_hooks)

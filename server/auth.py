@@ -49,6 +49,8 @@ ROLE_FOR_METHOD: dict[str, str] = {
     "/loradock.v1.Registry/RolloutChange": "push",
     "/loradock.v1.Registry/RolloutState": "read",
     "/loradock.v1.Registry/RolloutRecord": "push",  # an inference server's outcomes: not for every client to write
+    "/loradock.v1.Registry/RecordRun": "push",  # a remote worker's training run, published with the version it made
+    "/loradock.v1.Registry/RecordEvaluation": "push",
     "/loradock.v1.Registry/RemoveVersion": "admin",
     "/loradock.v1.Registry/Gc": "admin",
     "/loradock.v1.Registry/Verify": "admin",  # re-hashes every blob: not for every reader to trigger
@@ -62,6 +64,11 @@ ROLE_FOR_METHOD: dict[str, str] = {
     "/loradock.v1.Jobs/GetJob": "read",
     "/loradock.v1.Jobs/JobEvents": "read",
     "/loradock.v1.Jobs/ListCheckpoints": "read",
+    # The queue's worker side, for `reg worker --registry URL` on another machine (which also needs `read` to
+    # read its jobs and `push` to push their versions).
+    **{f"/loradock.v1.JobWorkers/{name}": "worker" for name in (
+        "RegisterWorker", "UnregisterWorker", "ClaimJob", "RenewLease", "JobsToStop", "FinishJob", "AddJobEvent",
+        "ReportProgress", "RecordCheckpoint", "SetJobRun", "DownloadJobData")},
 }
 OPEN_PREFIXES = ("/grpc.health.v1.Health/", "/grpc.reflection.")
 # The HTTP API's routes (server/http/) -> the role each needs, by the same rules as the RPCs they mirror (a model

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from registry import Registry, audit
-from registry.errors import LoradockError
+from registry.errors import Conflict, LoradockError
 from registry.jobs import Job, SubmitRequest, UploadedFile
 
 from .auth import Identity
@@ -26,6 +26,10 @@ class JobsUnavailable(LoradockError):
     """This server was started without the trainer's job checks, so it takes no jobs."""
 
     exit_code, grpc_status, http_status = 1, "UNIMPLEMENTED", 501
+
+
+class JobNotRunning(Conflict):
+    """A worker wrote about a job that is not running (it ended, or went back to the queue)."""
 
 
 @dataclass(frozen=True)
@@ -114,6 +118,17 @@ class JobsService:
         self._audit(caller, claimed, "job.push-checkpoint", result.version.ref, job=job_id, step=step,
                     created=result.created, alias=alias)
         return result
+
+    # --- the worker side (a `worker` caller: `reg worker --registry URL` on another machine) -------------------
+    # The queue holds the lease rules (claim, renew, finish check the worker holds the job); what a worker writes
+    # about a job besides (events, progress, checkpoints, its run) is taken only while the job runs.
+
+    def running(self, job_id: str) -> Job:
+        """The job, if it is running; else Conflict (a worker writes only about the jobs it runs)."""
+        job = self.registry.jobs.get(job_id)
+        if job.state != "running":
+            raise JobNotRunning(f"job {job_id} is {job.state}, not running: a worker writes only about a running job")
+        return job
 
     # --- files (OpenAI's /v1/files) -------------------------------------------------------------------
 

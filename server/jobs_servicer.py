@@ -16,28 +16,33 @@ import threading
 
 import grpc
 
-from registry.errors import InvalidInput, LoradockError, TooLarge, shown
-from registry.jobs import TERMINAL, SubmitRequest
+from registry.blobs import check_digest
+from registry.errors import InvalidInput, LoradockError, NotFound, TooLarge, shown
+from registry.jobs import TERMINAL, SubmitRequest, WorkerInfo
 from registry.jobs.queue import MAX_EVENTS_PAGE
 from registry.remote.jobs import MAX_SUBMITTED_BYTES, MAX_SUBMITTED_FILES
-from registry.remote.messages import to_message, to_python
-from registry.remote.rpc import jobs_pb, jobs_pb_grpc
+from registry.remote.messages import to_message, to_python, to_record
+from registry.remote.rpc import jobs_pb, jobs_pb_grpc, pb
 
 from .auth import Identity, current_identity
-from .jobs_service import JobsService
-from .registry_service import MAX_ANSWER_BYTES, MAX_CHUNK_BYTES, _claimed_actor
+from .jobs_service import JobNotRunning, JobsService
+from .registry_service import DOWNLOAD_CHUNK_BYTES, MAX_ANSWER_BYTES, MAX_CHUNK_BYTES, _claimed_actor
 from .status import abort_with
 
 logger = logging.getLogger(__name__)
 
 SERVICE_NAME = jobs_pb.DESCRIPTOR.services_by_name["Jobs"].full_name
+WORKERS_SERVICE_NAME = jobs_pb.DESCRIPTOR.services_by_name["JobWorkers"].full_name
+MIN_LEASE_S, MAX_LEASE_S = 1.0, 3600.0  # a remote worker's lease: a lost machine's jobs wait at most an hour
+MAX_EVENT_MESSAGE_CHARS = 4000  # a worker's event line; its data is bounded by the server's receive limit
 FOLLOW_POLL_S = 0.3  # how often a followed job's events are read from the database
 
 
-def add_jobs_service(server: grpc.Server, jobs: JobsService) -> str:
-    """Serve the Jobs service over `jobs` on `server`; returns the service's full name (for health and reflection)."""
+def add_jobs_service(server: grpc.Server, jobs: JobsService) -> list[str]:
+    """Serve the Jobs and JobWorkers services over `jobs` on `server`; returns their full names (health, reflection)."""
     jobs_pb_grpc.add_JobsServicer_to_server(JobsServicer(jobs, FOLLOW_POLL_S), server)
-    return SERVICE_NAME
+    jobs_pb_grpc.add_JobWorkersServicer_to_server(JobWorkersServicer(jobs), server)
+    return [SERVICE_NAME, WORKERS_SERVICE_NAME]
 
 
 def _answer(value, message_class):
@@ -175,3 +180,118 @@ class JobsServicer(jobs_pb_grpc.JobsServicer):
                 continue  # another page may be waiting
             if state in TERMINAL or ended.wait(self.poll_s):
                 return
+
+
+class JobWorkersServicer(jobs_pb_grpc.JobWorkersServicer):
+    """The queue's worker side for remote workers (role `worker`): each RPC is one `JobQueue` call of that name.
+
+    The queue itself refuses what is not the worker's (a renewal or an end of a job another worker holds answers
+    `lost` / `finished: false`, as it does locally); a job's events, progress, checkpoints and run are written only
+    while it runs."""
+
+    def __init__(self, jobs: JobsService):
+        self.jobs = jobs
+
+    def _do(self, context, fn, message_class=jobs_pb.WorkerAck):
+        try:
+            return to_message(fn(), message_class)
+        except LoradockError as exc:
+            abort_with(context, exc)
+
+    @property
+    def queue(self):
+        return self.jobs.registry.jobs
+
+    def RegisterWorker(self, request, context):
+        def register():
+            info = to_record(WorkerInfo, to_python(request))
+            if not 0 < len(info.id) <= 200 or info.slots < 1:
+                raise InvalidInput(f"worker id {shown(info.id)}, slots {info.slots}: a worker has an id of 1 to 200 "
+                                   f"characters and at least one slot")
+            self.queue.register_worker(info)
+            logger.info(f"worker {info.id} on {info.host} registered ({info.slots} slot(s), {context.peer()})")
+            return {}
+
+        return self._do(context, register)
+
+    def UnregisterWorker(self, request, context):
+        return self._do(context, lambda: self.queue.unregister_worker(request.worker_id) or {})
+
+    def ClaimJob(self, request, context):
+        def claim():
+            job = self.queue.claim(**_checked_lease(to_python(request)))
+            return {"job": job.as_dict() if job else None}
+
+        return self._do(context, claim, jobs_pb.ClaimJobResponse)
+
+    def RenewLease(self, request, context):
+        given = to_python(request)  # unset optional fields: None, as the queue takes them
+        return self._do(context, lambda: {"state": self.queue.renew(**_checked_lease(given))}, jobs_pb.RenewLeaseResponse)
+
+    def JobsToStop(self, request, context):
+        return self._do(context, lambda: self.queue.to_stop(list(request.job_ids), request.worker_id),
+                        jobs_pb.JobsToStopResponse)
+
+    def FinishJob(self, request, context):
+        def finish():
+            given = to_python(request)
+            if given["result_version"] is not None:
+                self.jobs.registry.resolve(given["result_version"])  # a success names a version this registry holds
+            return {"finished": self.queue.finish(**given)}
+
+        return self._do(context, finish, jobs_pb.FinishJobResponse)
+
+    def AddJobEvent(self, request, context):
+        def add():
+            self.jobs.running(request.job_id)
+            return {"seq": self.queue.add_event(request.job_id, request.level, request.type,
+                                                request.message[:MAX_EVENT_MESSAGE_CHARS], to_python(request.data))}
+
+        return self._do(context, add, jobs_pb.AddJobEventResponse)
+
+    def ReportProgress(self, request, context):
+        def report():
+            self.jobs.running(request.job_id)
+            self.queue.progress(request.job_id, request.step, request.total_steps, to_python(request.metrics))
+            return {}
+
+        return self._do(context, report)
+
+    def RecordCheckpoint(self, request, context):
+        def record():
+            self.jobs.running(request.job_id)
+            self.queue.record_checkpoint(request.job_id, request.step, request.path, to_python(request.metrics))
+            return {}
+
+        return self._do(context, record)
+
+    def DownloadJobData(self, request, context):
+        try:
+            job = self.jobs.running(request.job_id)
+            if job.worker_id != request.worker_id:
+                raise JobNotRunning(f"job {job.id} is held by worker {shown(job.worker_id)}, not {shown(request.worker_id)}")
+            digest = check_digest(request.digest)
+            if digest not in {d["sha256"] for d in job.datasets}:
+                raise NotFound(f"job {job.id} has no dataset sha256:{digest}")
+            fh = open(self.jobs.registry.blobs.path(digest), "rb")
+        except LoradockError as exc:
+            abort_with(context, exc)
+        with fh:
+            fh.seek(max(0, request.offset))
+            while chunk := fh.read(DOWNLOAD_CHUNK_BYTES):
+                yield pb.BlobChunk(data=chunk)
+
+    def SetJobRun(self, request, context):
+        def set_run():
+            self.jobs.running(request.job_id)
+            self.queue.set_run(request.job_id, request.run_id)
+            return {}
+
+        return self._do(context, set_run)
+
+
+def _checked_lease(given: dict) -> dict:
+    """`given`, if its lease is one a worker may hold (MIN_LEASE_S to MAX_LEASE_S); else InvalidInput naming it."""
+    if not MIN_LEASE_S <= given["lease_s"] <= MAX_LEASE_S:
+        raise InvalidInput(f"lease_s={given['lease_s']!r}: a worker's lease is {MIN_LEASE_S:g} to {MAX_LEASE_S:g} s")
+    return given

@@ -6,12 +6,20 @@ resumes there (the prefix is re-hashed from disk, never trusted). A version is c
 `Registry.push_stored` in one transaction, and only when every blob is stored. Every accepted
 write is appended to the audit log with the name of the token that made it. Answers are the typed messages of
 proto/loradock/v1/registry.proto, made from the local registry's records by `registry.remote.messages`.
+
+A training run made elsewhere (a remote fine-tuning worker) arrives as the trainer records it locally: RecordRun,
+CommitPush naming the run, RecordEvaluation of the version. Each is checked whole before anything is written (the
+base must be this registry's, with the same weights; the run must be of the adapter pushed; the version must be
+the one evaluated), then stored by the local registry's own `record_run` / `record_evaluation`.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
+import math
 import os
+import sqlite3
 import threading
 from collections import Counter
 from pathlib import Path
@@ -20,9 +28,20 @@ import grpc
 
 from registry import Registry, audit
 from registry.blobs import check_digest, hash_into
-from registry.errors import IntegrityError, InvalidInput, LoradockError, NotFound, TooLarge
+from registry.errors import (
+    BaseMismatch,
+    Conflict,
+    IntegrityError,
+    InvalidInput,
+    InvalidRef,
+    LoradockError,
+    NotFound,
+    TooLarge,
+    shown,
+)
 from registry.failures import from_os_error
-from registry.names import validate_name
+from registry.jobs.queue import check_job_id
+from registry.names import check_run_id, parse_ref, validate_name
 from registry.records import FileRecord
 from registry.remote.client import MAX_MESSAGE_BYTES
 from registry.remote.messages import to_message, to_python, to_record
@@ -40,6 +59,12 @@ UPLOAD_LOCK_WAIT_S = 30.0
 
 # The most one answer may hold: what a `RemoteRegistry` client accepts, less room for the envelope.
 MAX_ANSWER_BYTES = MAX_MESSAGE_BYTES - 64 * 1024
+# A run's lineage and a version's evaluations come back in one `reg show` answer (Describe), so each is bounded well
+# below it: a run of 100,000 logged steps' curves fits in the first.
+MAX_RUN_BYTES = 4 * 2**20
+MAX_EVALUATION_BYTES = 256 * 1024
+MAX_LABEL_CHARS = 200            # a run's hash, times and status; an evaluation's name and split
+MAX_RUN_DIR_CHARS = 4096
 
 
 def _answer(value, message_class):
@@ -228,16 +253,118 @@ class RegistryServicer(pb_grpc.RegistryServicer):
     def CommitPush(self, request, context):
         try:
             files = [FileRecord(f.path, f.size, f.sha256) for f in request.files]
+            run_id = self._run_of(request.run_id, validate_name(request.name)) if request.HasField("run_id") else None
             result = self.registry.push_stored(
                 files, request.name, base=request.base or None, message=request.message, alias=request.alias or None,
-                allow_duplicate=request.allow_duplicate, creator=self._actor(context, request.creator),
+                allow_duplicate=request.allow_duplicate, creator=self._actor(context, request.creator), run_id=run_id,
             )
             v = result.version
             self._audit(context, "push", v.ref, created=result.created, manifest_digest=v.manifest_digest,
-                        alias=request.alias or None, claimed_creator=request.creator)
+                        alias=request.alias or None, claimed_creator=request.creator, run_id=run_id)
         except LoradockError as exc:
             abort_with(context, exc)
         return pb.CommitPushResponse(version=_answer(v, pb.Version), created=result.created, warnings=result.warnings)
+
+    # --- lineage ----------------------------------------------------------------------------
+
+    def _run_of(self, run_id: str, adapter: str) -> str:
+        """`run_id` if this registry holds that run and it trained `adapter`; else NotFound or InvalidInput."""
+        check_run_id(run_id)
+        run = self.registry.run(run_id)
+        if run is None:
+            raise NotFound(f"no training run {run_id!r} is recorded on this registry; record the run first "
+                           f"(`record_run`), then push or evaluate with its id")
+        if run["adapter"] != adapter:
+            raise InvalidInput(f"run {run_id!r} trained adapter {run['adapter']!r}, not {adapter!r}; "
+                               f"a version names the run of its own adapter")
+        return run_id
+
+    def RecordRun(self, request, context):
+        try:
+            _check_size(f"run {shown(request.run_id)}'s lineage", request, MAX_RUN_BYTES)
+            run = self._run_arguments(request)
+            created = self._record_run(run)
+            recorded = self.registry.run(run["run_id"])
+            self._audit(context, "run.record", run["run_id"], adapter=run["adapter"], base=run["base"].name,
+                        config_hash=run["config_hash"], job_id=run["job_id"], created=created)
+            answer = _answer(recorded, pb.Run)
+        except LoradockError as exc:
+            abort_with(context, exc)
+        return pb.RecordRunResponse(run=answer, created=created)
+
+    def _run_arguments(self, request) -> dict:
+        """`Registry.record_run`'s arguments from a request, every value from outside checked (the base against ours)."""
+        run_id = check_run_id(request.run_id)
+        adapter = validate_name(request.adapter)
+        sent = to_python(request)
+        for key in ("config", "datasets", "libraries", "hardware", "metrics"):
+            if sent[key] is None:
+                raise InvalidInput(f"run {run_id!r}: no {key} was sent (send an empty one if there is none)")
+        for i, dataset in enumerate(sent["datasets"]):
+            if not isinstance(dataset, dict):
+                raise InvalidInput(f"run {run_id!r}: datasets[{i}] is {shown(dataset)}, not an object")
+        for key in ("config_hash", "base_name", "base_digest", "started_at", "finished_at", "status"):
+            _check_label(f"run {run_id!r}: {key}", sent[key])
+        if sent["run_dir"] is not None and len(sent["run_dir"]) > MAX_RUN_DIR_CHARS:
+            raise TooLarge(f"run {run_id!r}: run_dir is {len(sent['run_dir']):,} characters; at most {MAX_RUN_DIR_CHARS:,}")
+        if not math.isfinite(sent["duration_s"]) or sent["duration_s"] < 0:
+            raise InvalidInput(f"run {run_id!r}: duration_s {sent['duration_s']!r} must be a number of seconds >= 0")
+        if sent["job_id"] is not None:
+            check_job_id(sent["job_id"])
+        base = self.registry.get_base(sent["base_name"])
+        if base.weights_digest != sent["base_digest"]:
+            raise BaseMismatch(f"run {run_id!r} trained on base {base.name!r} with weights {shown(sent['base_digest'])}, "
+                               f"but this registry's {base.name!r} has weights {base.weights_digest}; register the base "
+                               f"the run trained on (under another name) and record the run against it")
+        return {**{k: v for k, v in sent.items() if k not in ("base_name", "base_digest")}, "adapter": adapter, "base": base}
+
+    def _record_run(self, run: dict) -> bool:
+        """Record `run`; False if the very same run is already recorded (a retried call), Conflict if another one is."""
+        existing = self.registry.run(run["run_id"])
+        if existing is None:
+            try:
+                self.registry.record_run(**run)
+                return True
+            except sqlite3.IntegrityError:  # recorded by another call since the look above
+                existing = self.registry.run(run["run_id"])
+                if existing is None:
+                    raise
+        stored = {**{k: v for k, v in run.items() if k not in ("run_id", "base")},
+                  "base_name": run["base"].name, "base_digest": run["base"].weights_digest}
+        differing = [k for k, v in stored.items() if _as_stored(existing[k]) != _as_stored(v)]
+        if differing:
+            raise Conflict(f"run {run['run_id']!r} is already recorded, with another {', '.join(differing)}; "
+                           f"a run id names one run: record this one under a new id")
+        return False
+
+    def RecordEvaluation(self, request, context):
+        try:
+            ref = request.ref
+            _check_size(f"the evaluation of {shown(ref)}", request, MAX_EVALUATION_BYTES)
+            parsed = parse_ref(ref)
+            if parsed.version is None:
+                raise InvalidRef(f"an evaluation names one version as NAME:N, not {shown(ref)}")
+            version = self.registry.resolve(parsed)
+            if request.manifest_digest != version.manifest_digest:
+                raise Conflict(f"{version.ref} has manifest {version.manifest_digest}, not "
+                               f"{shown(request.manifest_digest)}: the evaluation is of another version")
+            sent = to_python(request)
+            _check_label(f"the evaluation of {version.ref}: name", sent["name"])
+            _check_label(f"the evaluation of {version.ref}: split", sent["split"], allow_empty=True)
+            if sent["metrics"] is None:
+                raise InvalidInput(f"the evaluation of {version.ref}: no metrics were sent")
+            run_id = self._run_of(sent["run_id"], version.adapter) if sent["run_id"] is not None else None
+            self.registry.record_evaluation(version, sent["name"], sent["split"], sent["metrics"], sent["base_metrics"],
+                                            run_id=run_id, passed=sent["passed"], failures=sent["failures"])
+            conn = self.registry.conn
+            evaluation_id = conn.execute("SELECT last_insert_rowid()").fetchone()[0]  # this connection's insert
+            [recorded] = [e for e in self.registry.evaluations(version.id) if e["id"] == evaluation_id]
+            self._audit(context, "evaluation.record", version.ref, name=sent["name"], split=sent["split"],
+                        run_id=run_id, passed=sent["passed"])
+            answer = _answer(recorded, pb.Evaluation)
+        except LoradockError as exc:
+            abort_with(context, exc)
+        return answer
 
     # --- reading ----------------------------------------------------------------------------
 
@@ -366,6 +493,24 @@ class RegistryServicer(pb_grpc.RegistryServicer):
         except LoradockError as exc:
             abort_with(context, exc)
         return _answer(revision.to_dict(), pb.Revision)
+
+
+def _check_size(what: str, request, limit: int) -> None:
+    size = request.ByteSize()
+    if size > limit:
+        raise TooLarge(f"{what} is {size:,} bytes; at most {limit:,} are accepted (it is shown whole by `reg show`)")
+
+
+def _check_label(what: str, text: str, allow_empty: bool = False) -> None:
+    if not text and not allow_empty:
+        raise InvalidInput(f"{what} is empty")
+    if len(text) > MAX_LABEL_CHARS:
+        raise TooLarge(f"{what} is {len(text):,} characters ({shown(text, 60)}); at most {MAX_LABEL_CHARS}")
+
+
+def _as_stored(value) -> str:
+    """A run's value as the registry's JSON would hold it, to tell the same run sent again from another one."""
+    return json.dumps(value, sort_keys=True)
 
 
 def _claimed_actor(context) -> str:

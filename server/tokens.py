@@ -25,7 +25,7 @@ from pathlib import Path
 from registry.errors import Conflict, InvalidInput, NotFound
 from registry.names import validate_name
 
-ROLES = ("infer", "read", "push", "train", "admin")
+ROLES = ("infer", "read", "push", "train", "worker", "admin")
 ADMIN_ENV = "LORADOCK_ADMIN_TOKEN"
 TOKEN_PREFIX = "ldk_"
 HEADER = "# loradock tokens: sha256 hashes only, never tokens (`reg token create NAME --roles ROLES --file THIS`)\n"

@@ -90,6 +90,15 @@ def _requests(adapter_dir) -> dict:
         "Registry/Gc": (registry_pb.GcRequest(dry_run=True, grace_s=3600), OK),
         "Registry/Verify": (registry_pb.RefRequest(ref="demo:1"), OK),
         "Registry/Audit": (registry_pb.AuditRequest(limit=5), OK),
+        "Registry/RecordRun": (registry_pb.RecordRunRequest(
+            run_id="run-auth", adapter="demo", config=registry_pb.JsonObject(), config_hash="sha256:ab",
+            base_name="no-such-base", base_digest="sha256:cd", datasets=registry_pb.JsonList(),
+            libraries=registry_pb.JsonObject(), hardware=registry_pb.JsonObject(), metrics=registry_pb.JsonObject(),
+            started_at="2026-01-01T00:00:00", finished_at="2026-01-01T00:00:01", status="succeeded"),
+            grpc.StatusCode.NOT_FOUND),
+        "Registry/RecordEvaluation": (registry_pb.RecordEvaluationRequest(
+            ref="demo:99", manifest_digest="sha256:ab", name="heldout", split="val", metrics=registry_pb.JsonObject()),
+            grpc.StatusCode.NOT_FOUND),
         # This server was built without the trainer's job checks (JobHooks): a permitted submission is refused after
         # the role check, and there are no jobs to find.
         "Jobs/SubmitJob": (lambda: iter([jobs_pb.SubmitJobRequest(submission=jobs_pb.JobSubmission())]),
@@ -101,13 +110,26 @@ def _requests(adapter_dir) -> dict:
         "Jobs/CancelJob": (jobs_pb.JobRequest(job_id="ftjob-none"), grpc.StatusCode.NOT_FOUND),
         "Jobs/ResumeJob": (jobs_pb.JobRequest(job_id="ftjob-none"), grpc.StatusCode.NOT_FOUND),
         "Jobs/PushCheckpoint": (jobs_pb.PushCheckpointRequest(job_id="ftjob-none", step=1), grpc.StatusCode.NOT_FOUND),
+        "JobWorkers/RegisterWorker": (jobs_pb.WorkerInfo(id="auth-box", host="box", pid=1, slots=1), OK),
+        "JobWorkers/UnregisterWorker": (jobs_pb.WorkerRequest(worker_id="auth-box"), OK),
+        "JobWorkers/ClaimJob": (jobs_pb.ClaimJobRequest(worker_id="auth-box", lease_s=30), OK),  # nothing queued
+        "JobWorkers/RenewLease": (jobs_pb.RenewLeaseRequest(job_id="ftjob-none", worker_id="auth-box", lease_s=30), OK),
+        "JobWorkers/JobsToStop": (jobs_pb.JobsToStopRequest(worker_id="auth-box", job_ids=["ftjob-none"]), OK),
+        "JobWorkers/FinishJob": (jobs_pb.FinishJobRequest(job_id="ftjob-none", worker_id="auth-box", state="failed"), OK),
+        "JobWorkers/AddJobEvent": (jobs_pb.AddJobEventRequest(job_id="ftjob-none", level="info", type="message"),
+                                   grpc.StatusCode.NOT_FOUND),
+        "JobWorkers/ReportProgress": (jobs_pb.ReportProgressRequest(job_id="ftjob-none"), grpc.StatusCode.NOT_FOUND),
+        "JobWorkers/RecordCheckpoint": (jobs_pb.RecordCheckpointRequest(job_id="ftjob-none"), grpc.StatusCode.NOT_FOUND),
+        "JobWorkers/SetJobRun": (jobs_pb.SetJobRunRequest(job_id="ftjob-none", run_id="r"), grpc.StatusCode.NOT_FOUND),
+        "JobWorkers/DownloadJobData": (jobs_pb.JobDataRequest(job_id="ftjob-none", worker_id="auth-box", digest="0" * 64),
+                                       grpc.StatusCode.NOT_FOUND),
     }
 
 
 def _call(channel, method: str, request, token: str | None) -> grpc.StatusCode:
     service, name = method.split("/")
     stub = {"Inference": pb_grpc.InferenceStub, "Registry": registry_pb_grpc.RegistryStub,
-            "Jobs": jobs_pb_grpc.JobsStub}[service](channel)
+            "Jobs": jobs_pb_grpc.JobsStub, "JobWorkers": jobs_pb_grpc.JobWorkersStub}[service](channel)
     metadata = [("authorization", f"Bearer {token}")] if token is not None else None
     try:
         reply = getattr(stub, name)(request() if callable(request) else request, metadata=metadata, timeout=60)
@@ -142,7 +164,7 @@ def test_every_rpc_with_no_token_a_wrong_token_and_each_role(secured):
             got[method, caller] = _call(secured["channel"], method, request, token)
     wrong = {k: (got[k].name, want[k].name) for k in want if got[k] != want[k]}
     assert not wrong, wrong
-    assert len(got) == len(ROLE_FOR_METHOD) * len(callers) == 38 * 9
+    assert len(got) == len(ROLE_FOR_METHOD) * len(callers) == 51 * 10
 
 
 def test_health_and_reflection_need_no_token(secured):
@@ -230,7 +252,7 @@ def test_token_create_stores_only_a_hash_and_prints_the_token_once(tmp_path, cap
     with pytest.raises(InvalidInput, match="'read,write'"):
         create_token("bad", "read,write", path)
     code, _, err = run_reg(capsys, "token", "create", "x", "--roles", "root", "--file", str(path))
-    assert code == 2 and "use one or more of infer, read, push, train, admin" in err
+    assert code == 2 and "use one or more of infer, read, push, train, worker, admin" in err
     code, out, _ = run_reg(capsys, "token", "ls", "--file", str(path), "--json")
     assert json.loads(out) == [{"name": "ci-pusher", "roles": ["push", "read"]}, {"name": "admin", "roles": ["admin"]}]
 

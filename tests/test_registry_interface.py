@@ -80,7 +80,15 @@ def plain(value):
 def exercise(reg, adapters, tmp_path) -> dict[str, object]:
     """Every RegistryAPI / RolloutsAPI method called once, in an order that gives each something to do."""
     got: dict[str, object] = {}
-    got["push"] = [plain(reg.push(a, "demo", message=f"v{i}").version) for i, a in enumerate(adapters, 1)]
+    got["record_run"] = reg.record_run(
+        "demo-run-1", "demo", config={"lora_r": 4, "learning_rate": 2e-4}, config_hash="sha256:ab",
+        base=reg.get_base(TINY_BASE), datasets=[{"path": "d.jsonl", "counts": {"train": 9, "val": 1}}], seed=3,
+        libraries={"peft": "0.1"}, hardware={"device": "cpu"}, metrics={"train_loss": [[1, 2.5]]},
+        started_at="2026-01-01T00:00:00", finished_at="2026-01-01T00:00:09", duration_s=9.0, run_dir="/runs/demo-run-1")
+    got["push"] = [plain(reg.push(a, "demo", message=f"v{i}", run_id="demo-run-1" if i == 2 else None).version)
+                   for i, a in enumerate(adapters, 1)]
+    got["record_evaluation"] = reg.record_evaluation(reg.resolve("demo:2"), "heldout", "val", {"loss": 1.5},
+                                                     {"loss": 3.0}, run_id="demo-run-1", passed=False, failures=["loss"])
     got["resolve"] = plain(reg.resolve("demo:1"))
     got["pull"] = plain(reg.pull("demo:2", tmp_path / "pulled")[0])
     got["set_alias"] = reg.set_alias("demo", "prod", 1)
@@ -147,4 +155,4 @@ def test_a_misspelt_method_of_a_remote_registry_is_an_attribute_error(both):
     with pytest.raises(AttributeError):
         remote.resolv("demo")  # noqa: B018  (a typo, not "works on a local registry only")
     with pytest.raises(AttributeError):
-        remote.record_run  # noqa: B018  (local-only and not in RegistryAPI: callers ask for a `Registry`)
+        remote.record_export  # noqa: B018  (local-only and not in RegistryAPI: callers ask for a `Registry`)

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import shutil
 import socket
 import threading
@@ -21,10 +20,10 @@ from pathlib import Path
 
 from registry.db import utcnow
 from registry.errors import Conflict, InvalidInput, NotFound
+from registry.names import check_run_id
 
 HEARTBEAT_S = 30.0
 STALE_AFTER_S = 4 * HEARTBEAT_S  # a run on another host with no heartbeat for this long is abandoned
-RUN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,199}")
 LIVE_STATES = ("running",)
 
 _write_lock = threading.Lock()  # the heartbeat thread and the run itself both update run.json
@@ -165,8 +164,7 @@ def list_runs(runs_dir: Path) -> list[dict]:
 
 def run_dir_for(runs_dir: Path, run_id: str) -> Path:
     """The directory of run `run_id`, which must be a plain name of an existing directory inside `runs_dir`."""
-    if not RUN_ID.fullmatch(run_id) or run_id in (".", ".."):
-        raise InvalidInput(f"run id {run_id!r}: expected a plain name like arith-20250101-120000-ab12cd (see `reg runs ls`)")
+    check_run_id(run_id, " (see `reg runs ls`)")
     path = runs_dir / run_id
     if path.is_symlink() or not path.is_dir():
         raise NotFound(f"no run {run_id!r} in {runs_dir} (see `reg runs ls`)")

@@ -194,9 +194,12 @@ def _with_peft(model, config: TrainConfig):
 def train(
     config: TrainConfig, registry: Registry, resume: bool = False, run_id: str | None = None,
     skip_bad_lines: bool = False, push: bool = True, progress: bool = True, config_path: Path | None = None,
-    callbacks: list = (), job_id: str | None = None,
+    callbacks: list = (), job_id: str | None = None, publish=None,
 ) -> TrainResult:
     """Run the whole job; one-line status messages go to the `trainer.train` logger (the CLI shows them).
+
+    The version, its run's lineage and its evaluation go to `registry`, or to `publish` (another registry, such
+    as the remote one a job came from); the training itself uses `registry` (its base, its runs directory).
 
     Everything that can refuse the run (config, dataset files and lines, base, target modules) is
     checked before the run directory is made, so a refused run leaves nothing behind. A run that
@@ -218,7 +221,7 @@ def train(
             _record_start(run_dir, run_id, config, config_path)
             heartbeat.start()
         return _fit_evaluate_push(job, config, registry, run_id, run_dir, resume, push, progress and is_main, started,
-                                  callbacks, job_id)
+                                  callbacks, job_id, publish)
     except BaseException as exc:
         if heartbeat is not None:
             write_run_json(run_dir, status="interrupted" if isinstance(exc, KeyboardInterrupt) else "failed",
@@ -247,7 +250,7 @@ def _record_start(run_dir: Path, run_id: str, config: TrainConfig, config_path: 
 
 def _fit_evaluate_push(
     job: _Prepared, config: TrainConfig, registry: Registry, run_id: str, run_dir: Path, resume: bool, push: bool,
-    progress: bool, started: float, callbacks: list = (), job_id: str | None = None,
+    progress: bool, started: float, callbacks: list = (), job_id: str | None = None, publish=None,
 ) -> TrainResult:
     """Steps 4-7 once the run directory exists: fit, save and evaluate the adapter, push it, record the run."""
     fitted = fit(job.model, job.train_features, job.val_features, job.collator, config, run_dir, resume, progress,
@@ -264,8 +267,8 @@ def _fit_evaluate_push(
     (run_dir / "metrics.json").write_text(json.dumps({"curves": metrics, "evaluation": evaluation}, indent=2, default=str))
     version_ref = None
     if push:
-        version_ref = _push_version(job, config, registry, run_id, run_dir, adapter_dir, metrics, evaluation, started, duration,
-                                    job_id)
+        version_ref = _push_version(job, config, publish or registry, run_id, run_dir, adapter_dir, metrics, evaluation,
+                                    started, duration, job_id)
     write_run_json(run_dir, status="succeeded", finished_at=utcnow(), version=version_ref, duration_s=duration)
     return TrainResult(run_id, run_dir, version_ref, curve_data, evaluation, duration, fitted.seconds_per_step,
                        peak_memory_mb(), job.warnings)

@@ -1,8 +1,8 @@
 """`RemoteRegistry`: the registry API over gRPC, for `reg --registry grpc://host:port ...` and remote-backed servers.
 
 It implements `registry.interface.RegistryAPI`, as the local `Registry` does (resolve, push,
-pull, ls, show, diff, aliases, rm, gc, verify, rollouts, jobs...) and returns the same records, so every
-command prints the same output whichever registry it talks to. A push hashes the directory locally,
+pull, ls, show, diff, aliases, rm, gc, verify, rollouts, jobs, training runs and evaluations...) and returns the
+same records, so every command prints the same output whichever registry it talks to. A push hashes the directory locally,
 asks which blobs the server lacks, uploads only those (resuming an interrupted upload at the byte
 the server holds), then commits. A pull verifies every downloaded byte against its sha256.
 
@@ -24,12 +24,20 @@ from ..adapters import inspect_adapter_dir
 from ..bases import Base
 from ..blobs import hash_into, sha256_file
 from ..errors import (
-    BaseNotFound, Conflict, IntegrityError, InvalidInput, LoradockError, PermissionDenied, TooLarge, Unauthenticated,
-    class_for_status, error_class_named,
+    BaseNotFound,
+    Conflict,
+    IntegrityError,
+    InvalidInput,
+    LoradockError,
+    PermissionDenied,
+    TooLarge,
+    Unauthenticated,
+    class_for_status,
+    error_class_named,
 )
 from ..maintenance import DEFAULT_GC_GRACE_S, GcReport, VerifyReport
 from ..manifests import write_version_dir
-from ..names import Ref, validate_name
+from ..names import Ref, check_run_id, validate_name
 from ..records import AdapterSummary, AliasEvent, FileRecord, PushResult, Version
 from ..rollout_records import Arm, FeedbackRecord, Guard, Outcome, Revision
 from ..store import check_push_text, current_actor, default_home
@@ -41,6 +49,7 @@ from .rpc import pb, pb_grpc
 CHUNK_BYTES = 2**20
 MAX_MESSAGE_BYTES = 16 * 2**20
 UPLOAD_RETRIES = 5
+
 
 def parse_registry_url(url: str) -> tuple[str, bool]:
     """`grpc://host:port` -> ("host:port", tls=False); `grpcs://host:port` -> (..., tls=True)."""
@@ -257,7 +266,7 @@ class RemoteRegistry:
         if alias is not None:
             validate_name(alias, "alias")
         if run_id is not None:
-            raise InvalidInput("a training run's lineage is recorded by a local registry only; push its adapter directory instead")
+            check_run_id(run_id)  # the server checks that the run is recorded there, for this adapter
         check_push_text(message, creator or current_actor())
         info = inspect_adapter_dir(directory)  # a bad directory is refused before anything is sent
         files = []
@@ -268,6 +277,7 @@ class RemoteRegistry:
         request = pb.CommitPushRequest(
             name=name, files=[pb.FileEntry(path=f.path, size=f.size, sha256=f.sha256) for f in files], base=base or "",
             message=message, alias=alias or "", allow_duplicate=allow_duplicate, creator=creator or current_actor(),
+            run_id=run_id,
         )
         reply = self._call("CommitPush", request)
         self.last_push = {"bytes_sent": sent, "blobs_skipped": skipped}
@@ -311,6 +321,40 @@ class RemoteRegistry:
             raise self._error(exc) from None
         return reply.received_bytes
 
+    # --- lineage ------------------------------------------------------------------------
+
+    def record_run(
+        self, run_id: str, adapter: str, config: dict, config_hash: str, base: Base, datasets: list[dict], seed: int,
+        libraries: dict, hardware: dict, metrics: dict, started_at: str, finished_at: str, duration_s: float,
+        run_dir: str | None, status: str = "succeeded", job_id: str | None = None,
+    ) -> None:
+        """Record a training run made elsewhere (a remote worker); the registry refuses it unless it holds `base`'s weights.
+
+        Recording the same run again is a no-op (a retried call), another run under the same id a `Conflict`."""
+        check_run_id(run_id)
+        validate_name(adapter)
+        request = to_message({
+            "run_id": run_id, "adapter": adapter, "config": config, "config_hash": config_hash, "base_name": base.name,
+            "base_digest": base.weights_digest, "datasets": datasets, "seed": seed, "libraries": libraries,
+            "hardware": hardware, "metrics": metrics, "started_at": started_at, "finished_at": finished_at,
+            "duration_s": duration_s, "run_dir": run_dir, "status": status, "job_id": job_id,
+        }, pb.RecordRunRequest)
+        self._call("RecordRun", request)
+
+    def record_evaluation(
+        self, version: Version, name: str, split: str, metrics: dict, base_metrics: dict | None = None,
+        run_id: str | None = None, passed: bool | None = None, failures: list[str] | None = None,
+    ) -> None:
+        """Attach evaluation results to a version of this registry (named by its ref and checked by its manifest digest)."""
+        if run_id is not None:
+            check_run_id(run_id)
+        request = to_message({
+            "ref": version.ref, "manifest_digest": version.manifest_digest, "name": name, "split": split,
+            "metrics": metrics, "base_metrics": base_metrics, "run_id": run_id, "passed": passed,
+            "failures": list(failures or []),
+        }, pb.RecordEvaluationRequest)
+        self._call("RecordEvaluation", request)
+
     # --- pull ---------------------------------------------------------------------------
 
     def pull(self, ref: str | Ref, out: Path | str | None = None, force: bool = False) -> tuple[Version, Path]:
@@ -322,28 +366,42 @@ class RemoteRegistry:
         self.last_pull = {"bytes_received": 0}
 
         def download(f: FileRecord, dest: Path) -> None:
-            h, size = hashlib.sha256(), _resume_point(dest, f.size)
-            if size:
-                hash_into(dest, h)
-            try:
-                if size < f.size or f.size == 0:
-                    with open(dest, "ab") as fh:
-                        request = pb.DownloadBlobRequest(digest=f.sha256, offset=size)
-                        for chunk in self.stub.DownloadBlob(request, metadata=self.metadata, timeout=None):
-                            h.update(chunk.data)
-                            fh.write(chunk.data)
-                            size += len(chunk.data)
-                            self.last_pull["bytes_received"] += len(chunk.data)
-                        fh.flush()
-                        os.fsync(fh.fileno())
-            except grpc.RpcError as exc:
-                raise self._error(exc) from None
-            if size != f.size or h.hexdigest() != f.sha256:
-                dest.unlink(missing_ok=True)
-                raise IntegrityError(f"{version.ref} {f.path}: downloaded {size} bytes hashing to {h.hexdigest()}, "
-                                     f"expected {f.size} bytes with sha256:{f.sha256}")
+            self.fetch_blob(f.sha256, f.size, dest, f"{version.ref} {f.path}")
 
         return version, write_version_dir(version, out, force, download, home=self.home, resumable=True)
+
+    def fetch_blob(self, digest: str, size: int, dest: Path, what: str) -> None:
+        """Download blob `digest` (of `size` bytes, a live version's) to `dest`; see `download_verified`."""
+        self.download_verified(digest, size, dest, what, lambda offset: self.stub.DownloadBlob(
+            pb.DownloadBlobRequest(digest=digest, offset=offset), metadata=self.metadata, timeout=None))
+
+    def download_verified(self, digest: str, size: int, dest: Path, what: str, chunks) -> None:
+        """Write the blob `chunks(offset)` streams to `dest`, on from what `dest` already holds of it; verified by size
+        and sha256 (a mismatch removes `dest` and raises IntegrityError naming `what`)."""
+        h, have = hashlib.sha256(), _resume_point(dest, size)
+        if have:
+            hash_into(dest, h)
+        try:
+            if have < size or size == 0:
+                with open(dest, "ab") as fh:
+                    for chunk in chunks(have):
+                        h.update(chunk.data)
+                        fh.write(chunk.data)
+                        have += len(chunk.data)
+                        self.last_pull["bytes_received"] = self.last_pull.get("bytes_received", 0) + len(chunk.data)
+                    fh.flush()
+                    os.fsync(fh.fileno())
+        except grpc.RpcError as exc:
+            raise self._error(exc) from None
+        if have != size or h.hexdigest() != digest:
+            dest.unlink(missing_ok=True)
+            raise IntegrityError(f"{what}: downloaded {have} bytes hashing to {h.hexdigest()}, expected {size} bytes "
+                                 f"with sha256:{digest}")
+
+    def child_environment(self) -> dict[str, str]:
+        """The token and CA a child process needs to connect as this client does, as `reg`'s environment variables."""
+        _, token, tls_ca, *_ = self._connect_args
+        return {**({"LORADOCK_TOKEN": token} if token else {}), **({"LORADOCK_TLS_CA": str(tls_ca)} if tls_ca else {})}
 
 
 def _resume_point(dest: Path, expected_size: int) -> int:

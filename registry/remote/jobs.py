@@ -10,12 +10,13 @@ the config, then its datasets' bytes in chunks; the server checks and queues it,
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 
 import grpc
 
 from ..errors import InvalidInput, TooLarge
-from ..jobs import Checkpoint, Job, JobEvent, SubmitRequest
-from ..jobs.queue import MAX_EVENTS_PAGE
+from ..jobs import Checkpoint, Job, JobEvent, SubmitRequest, WorkerInfo
+from ..jobs.queue import DEFAULT_LEASE_S, MAX_EVENTS_PAGE
 from ..records import PushResult
 from .messages import to_message, to_python, to_record
 from .rpc import jobs_pb, jobs_pb_grpc, pb
@@ -28,18 +29,24 @@ MAX_CONFIG_BYTES = 2**20  # the first message (config, overrides, file names): f
 
 
 class RemoteJobs:
-    """The jobs of the registry `remote` (a `RemoteRegistry`) serves: list, show, events, cancel, resume, submit."""
+    """The jobs of the registry `remote` (a `RemoteRegistry`) serves: list, show, events, cancel, resume, submit;
+    and, for a remote worker, the queue's worker side (`JobQueue`'s calls of the same names and arguments)."""
 
     def __init__(self, remote):
         self.remote = remote
         self.stub = jobs_pb_grpc.JobsStub(remote.channel)
+        self.workers_stub = jobs_pb_grpc.JobWorkersStub(remote.channel)
 
-    def _call(self, method: str, request, timeout: float | None = -1.0):
+    def _call(self, method: str, request, timeout: float | None = -1.0, stub=None):
         try:
-            return getattr(self.stub, method)(request, metadata=self.remote.metadata,
-                                              timeout=self.remote.timeout if timeout == -1.0 else timeout)
+            return getattr(stub or self.stub, method)(request, metadata=self.remote.metadata,
+                                                      timeout=self.remote.timeout if timeout == -1.0 else timeout)
         except grpc.RpcError as exc:
             raise self.remote._error(exc) from None
+
+    def _work(self, method: str, request_class, **fields):
+        """A JobWorkers RPC with `fields` as its request; its answer as plain Python."""
+        return to_python(self._call(method, to_message(fields, request_class), stub=self.workers_stub))
 
     def _job(self, method: str, job_id: str) -> Job:
         return to_record(Job, to_python(self._call(method, jobs_pb.JobRequest(job_id=job_id))))
@@ -88,6 +95,59 @@ class RemoteJobs:
     def push_checkpoint(self, job_id: str, step: int, alias: str | None = None) -> PushResult:
         request = jobs_pb.PushCheckpointRequest(job_id=job_id, step=step, alias=alias or "")
         return to_record(PushResult, to_python(self._call("PushCheckpoint", request)))
+
+    # --- the worker side: JobQueue's calls, over the JobWorkers service (role `worker`) ----------------------
+
+    def register_worker(self, worker: WorkerInfo) -> None:
+        self._call("RegisterWorker", to_message(worker, jobs_pb.WorkerInfo), stub=self.workers_stub)
+
+    def unregister_worker(self, worker_id: str) -> None:
+        self._work("UnregisterWorker", jobs_pb.WorkerRequest, worker_id=worker_id)
+
+    def claim(self, worker_id: str, free: dict, lease_s: float = DEFAULT_LEASE_S,
+              max_running_per_submitter: int | None = None) -> Job | None:
+        answer = self._work("ClaimJob", jobs_pb.ClaimJobRequest, worker_id=worker_id, free=free, lease_s=lease_s,
+                            max_running_per_submitter=max_running_per_submitter)
+        return to_record(Job, answer["job"]) if answer["job"] else None
+
+    def renew(self, job_id: str, worker_id: str, lease_s: float = DEFAULT_LEASE_S, device_seconds: float | None = None,
+              cost: dict | None = None) -> str:
+        return self._work("RenewLease", jobs_pb.RenewLeaseRequest, job_id=job_id, worker_id=worker_id, lease_s=lease_s,
+                          device_seconds=device_seconds, cost=cost)["state"]
+
+    def to_stop(self, job_ids: list[str], worker_id: str) -> dict[str, str]:
+        if not job_ids:
+            return {}
+        return self._work("JobsToStop", jobs_pb.JobsToStopRequest, worker_id=worker_id, job_ids=job_ids)
+
+    def finish(self, job_id: str, worker_id: str, state: str, result_version: str | None = None, error: str | None = None,
+               device_seconds: float | None = None, cost: dict | None = None) -> bool:
+        return self._work("FinishJob", jobs_pb.FinishJobRequest, job_id=job_id, worker_id=worker_id, state=state,
+                          result_version=result_version, error=error, device_seconds=device_seconds, cost=cost)["finished"]
+
+    def progress(self, job_id: str, step: int, total_steps: int, metrics: dict) -> None:
+        self._work("ReportProgress", jobs_pb.ReportProgressRequest, job_id=job_id, step=step, total_steps=total_steps,
+                   metrics=metrics)
+
+    def record_checkpoint(self, job_id: str, step: int, path: str, metrics: dict) -> None:
+        self._work("RecordCheckpoint", jobs_pb.RecordCheckpointRequest, job_id=job_id, step=step, path=path,
+                   metrics=metrics)
+
+    def add_event(self, job_id: str, level: str, type: str, message: str, data: dict | None = None) -> int:
+        return self._work("AddJobEvent", jobs_pb.AddJobEventRequest, job_id=job_id, level=level, type=type,
+                          message=message, data=data or {})["seq"]
+
+    def set_run(self, job_id: str, run_id: str) -> None:
+        self._work("SetJobRun", jobs_pb.SetJobRunRequest, job_id=job_id, run_id=run_id)
+
+    def fetch_dataset(self, job_id: str, worker_id: str, dataset: dict, dest: Path) -> None:
+        """Download one of the datasets of a job this worker holds (a `Job.datasets` entry) to `dest`, verified."""
+        def chunks(offset: int):
+            request = jobs_pb.JobDataRequest(job_id=job_id, worker_id=worker_id, digest=dataset["sha256"], offset=offset)
+            return self.workers_stub.DownloadJobData(request, metadata=self.remote.metadata, timeout=None)
+
+        self.remote.download_verified(dataset["sha256"], dataset["bytes"], dest,
+                                      f"dataset {dataset['name']} of job {job_id}", chunks)
 
     # --- submitting -------------------------------------------------------------------------------
 

@@ -1,10 +1,15 @@
-"""`python -m trainer.jobs.run --home HOME --result FILE JOB_ID`: one attempt of a job, in the worker's child process.
+"""`python -m trainer.jobs.run --home HOME --result FILE [--registry URL] JOB_ID`: one attempt of a job, in the
+worker's child process.
 
 It materialises the job's frozen config and its datasets (from their blobs, verified) under
 `<home>/jobs/<job id>/`, then runs `trainer.train.train` -- the loop `reg train` runs -- with the job's
 event writer, resuming the job's run from its newest checkpoint when an earlier attempt left one. What
 happened goes to FILE as JSON (`version` or `error`) for the worker. Under `accelerate launch` every
 process runs this; the first one writes events, pushes and reports. It exits when its worker is gone.
+
+With `--registry URL` the job is that remote registry's (a worker on another machine, token in
+$LORADOCK_TOKEN): its datasets are downloaded, its events written there, and the version is pushed there
+with the run's lineage; the training itself runs in HOME, whose registry must hold the job's base.
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ import argparse
 import json
 import logging
 import os
+import socket
 import sys
 import threading
 import time
@@ -26,14 +32,19 @@ from registry.errors import LoradockError
 logger = logging.getLogger(__name__)
 
 
-def materialise(registry: Registry, job) -> Path:
-    """The job's config file, its datasets beside it, under `<home>/jobs/<id>/`; returns the config's path."""
+def materialise(registry: Registry, job, remote=None) -> Path:
+    """The job's config file, its datasets beside it, under `<home>/jobs/<id>/`; returns the config's path.
+
+    The datasets come from `registry`'s blobs, or downloaded (and verified) from `remote`, for the worker that
+    holds the job there."""
     job_dir = registry.home / "jobs" / job.id
     (job_dir / "data").mkdir(parents=True, exist_ok=True)
     config = json.loads(json.dumps(job.config))
     for i, (entry, ds) in enumerate(zip(config["datasets"], job.datasets)):
         dest = job_dir / "data" / f"{i}-{Path(ds['name']).name or 'dataset.jsonl'}"
-        if not dest.exists():
+        if remote is not None:  # goes on from a download an earlier attempt cut off, and verifies the whole file
+            remote.jobs.fetch_dataset(job.id, job.worker_id, ds, dest)
+        elif not dest.exists():
             registry.blobs.copy_out(ds["sha256"], dest, f"dataset {ds['name']} of job {job.id}")
         entry["path"] = str(dest)
     path = job_dir / "config.yaml"
@@ -41,22 +52,41 @@ def materialise(registry: Registry, job) -> Path:
     return path
 
 
-def run_attempt(registry: Registry, job_id: str) -> str | None:
-    """Train the job once (resuming its run if one exists); returns the version ref it pushed."""
+def run_attempt(registry: Registry, job_id: str, remote=None) -> str | None:
+    """Train the job once (resuming its run if one exists); returns the version ref it pushed.
+
+    `remote`: the `RemoteRegistry` whose job it is (a worker on another machine); else `registry`'s own."""
     from ..config import load_config
     from ..train import train
     from .events import JobEvents
 
-    job = registry.jobs.get(job_id)
-    config = load_config(materialise(registry, job))
+    queue = (remote or registry).jobs
+    job = queue.get(job_id)
+    if remote is not None:
+        _check_base_here(registry, job)
+    config = load_config(materialise(registry, job, remote))
     run_id = job.id
     is_main = int(os.environ.get("RANK", "0")) == 0
-    if is_main:
-        registry.jobs.set_run(job.id, run_id)
     resume = (registry.runs_dir / run_id / "run.json").exists()
-    result = train(config, registry, resume=resume, run_id=run_id, progress=False, callbacks=[JobEvents(registry.jobs, job.id)],
-                   job_id=job.id)
+    if is_main:
+        queue.set_run(job.id, run_id)
+        if not resume and queue.checkpoints(job.id):
+            queue.add_event(job.id, "warn", "message", f"no checkpoint of an earlier attempt is on this machine "
+                            f"({socket.gethostname()}): this attempt trains from step 0")
+    result = train(config, registry, resume=resume, run_id=run_id, progress=False, callbacks=[JobEvents(queue, job.id)],
+                   job_id=job.id, publish=remote)
     return result.version_ref
+
+
+def _check_base_here(registry: Registry, job) -> None:
+    """A remote job's base must be in this machine's registry too (as the same files), to train on."""
+    from registry.errors import BaseNotFound
+
+    try:
+        registry.get_base(job.base)
+    except BaseNotFound:
+        raise BaseNotFound(f"base {job.base!r} of job {job.id} is not in this worker's registry ({registry.home}): "
+                           f"add it here (`reg base fetch`, or `reg base add PATH --name {job.base}`)") from None
 
 
 def _exit_with_parent() -> None:
@@ -83,13 +113,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("job_id")
     parser.add_argument("--home", required=True, help="The registry home the job is in.")
     parser.add_argument("--result", required=True, help="Where to write what happened (JSON).")
+    parser.add_argument("--registry", help="The remote registry whose job it is (token: $LORADOCK_TOKEN).")
     args = parser.parse_args(argv)
     _exit_with_parent()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     is_main = int(os.environ.get("RANK", "0")) == 0
     registry = Registry(args.home)
+    remote = None
     try:
-        outcome = {"version": run_attempt(registry, args.job_id)}
+        if args.registry:
+            from registry.remote.client import RemoteRegistry
+
+            remote = RemoteRegistry(args.registry, token=os.environ.get("LORADOCK_TOKEN"),
+                                    tls_ca=os.environ.get("LORADOCK_TLS_CA"), home=args.home)
+        outcome = {"version": run_attempt(registry, args.job_id, remote)}
         code = 0
     except LoradockError as exc:
         outcome, code = {"error": " ".join(str(exc).split())}, 1

@@ -22,8 +22,9 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from registry.errors import DeadlineExceeded, Unavailable
 from registry.jobs import Job, WorkerInfo
-from registry.jobs.queue import DEFAULT_LEASE_S
+from registry.jobs.queue import DEFAULT_LEASE_S, check_job_id
 
 logger = logging.getLogger(__name__)
 
@@ -81,11 +82,16 @@ def machine_resources(gpus: list[int] | None, memory_gb: float | None) -> dict:
 
 
 class Worker:
-    """One worker process: `Worker(registry, options).run()` until stopped."""
+    """One worker process: `Worker(registry, options).run()` until stopped.
 
-    def __init__(self, registry, options: WorkerOptions, worker_id: str | None = None):
+    `registry` is the local registry this machine trains in (its home holds the jobs' directories, the runs and
+    the bases). `remote`, a `RemoteRegistry`, is the registry whose queue the worker serves when that is another
+    machine's: the jobs are claimed, tended and ended there, and their versions pushed there with their lineage."""
+
+    def __init__(self, registry, options: WorkerOptions, worker_id: str | None = None, remote=None):
         self.registry = registry
-        self.queue = registry.jobs
+        self.remote = remote
+        self.queue = (remote or registry).jobs
         self.options = options
         self.id = worker_id or f"{socket.gethostname()}-{os.getpid()}"
         self.resources = machine_resources(options.gpus, options.memory_gb)
@@ -94,6 +100,7 @@ class Worker:
         self.running: dict[str, _Running] = {}
         self.ended = 0
         self.stopping = False
+        self.unreachable_since: float | None = None
         self._prices = None  # (GPU price table, where it came from), read once
 
     def run(self) -> int:
@@ -106,15 +113,31 @@ class Worker:
                     f"({self.resources['memory_bytes'] / GIB:.1f} GiB), lease {self.options.lease_s:g} s")
         try:
             while not self.stopping:
-                self._tend()
-                claimed = self._claim_if_free()
+                try:
+                    self._tend()
+                    claimed = self._claim_if_free()
+                except (Unavailable, DeadlineExceeded) as exc:  # a remote registry out of reach: its jobs keep training
+                    self._unreachable(exc)
+                    claimed = False
+                else:
+                    self.unreachable_since = None
                 if self._done(claimed):
                     break
                 time.sleep(0.05 if claimed else self.options.poll_s)
         finally:
             self._hand_back()
-            self.queue.unregister_worker(self.id)
+            try:
+                self.queue.unregister_worker(self.id)
+            except (Unavailable, DeadlineExceeded):
+                pass  # the registry forgets a silent worker by itself
         return self.ended
+
+    def _unreachable(self, exc: Exception) -> None:
+        """Warn once per outage; the children go on (a lease that lapses meanwhile is found `lost` on the next renewal)."""
+        if self.unreachable_since is None:
+            self.unreachable_since = time.monotonic()
+            logger.warning(f"worker {self.id}: the registry is out of reach ({exc}); retrying every "
+                           f"{self.options.poll_s:g} s, the running jobs go on")
 
     def _stop(self, signum, frame) -> None:
         logger.info(f"worker {self.id}: stopping ({signal.Signals(signum).name}); its jobs go back to the queue")
@@ -141,11 +164,11 @@ class Worker:
         return True
 
     def _start(self, job: Job, gpus: list[int]) -> None:
-        job_dir = self.registry.home / "jobs" / job.id
+        job_dir = self.registry.home / "jobs" / check_job_id(job.id)  # a remote registry's id names a directory here
         job_dir.mkdir(parents=True, exist_ok=True)
         result_path, log_path = job_dir / f"attempt-{job.attempts}.json", job_dir / f"attempt-{job.attempts}.log"
         result_path.unlink(missing_ok=True)
-        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", **(self.remote.child_environment() if self.remote else {})}
         if gpus:
             env["CUDA_VISIBLE_DEVICES"] = ",".join(map(str, gpus))
         elif self.resources["device"] == "cpu":
@@ -161,6 +184,8 @@ class Worker:
     def _command(self, job: Job, result_path: Path, env: dict) -> list[str]:
         """The child's command: `python -m trainer.jobs.run`, under `accelerate launch` for several processes."""
         run = ["-m", "trainer.jobs.run", "--home", str(self.registry.home), "--result", str(result_path), job.id]
+        if self.remote is not None:  # its token and CA travel in the environment, not on a command line
+            run += ["--registry", self.remote.url]
         processes = int(job.resources.get("num_processes") or 1)
         if processes <= 1:
             return [sys.executable, *run]
@@ -179,8 +204,9 @@ class Worker:
         for job_id, r in list(self.running.items()):
             code = r.proc.poll()
             if code is not None:
-                self._ended(r, code)
+                self._ended(r, code)  # raises while a remote registry is out of reach: recorded at a later poll
                 del self.running[job_id]
+                self.ended += 1
         for job_id, why in self.queue.to_stop(list(self.running), self.id).items():
             self._stop_job(self.running[job_id], why, now)
         for r in self.running.values():
@@ -204,7 +230,6 @@ class Worker:
             r.proc.kill()
 
     def _ended(self, r: _Running, code: int) -> None:
-        self.ended += 1
         if r.lost:
             return
         outcome = _read_json(r.result_path)
@@ -231,8 +256,12 @@ class Worker:
                 r.proc.kill()
                 r.proc.wait()
             seconds = self._device_seconds(r, time.monotonic())
-            self.queue.finish(r.job.id, self.id, "queued", error=f"worker {self.id} stopped", device_seconds=seconds,
-                              cost=self._cost(seconds))
+            try:
+                self.queue.finish(r.job.id, self.id, "queued", error=f"worker {self.id} stopped", device_seconds=seconds,
+                                  cost=self._cost(seconds))
+            except (Unavailable, DeadlineExceeded) as exc:
+                logger.warning(f"worker {self.id}: could not hand {r.job.id} back ({exc}); it returns to the queue "
+                               f"when its lease lapses")
         self.running.clear()
 
     def _device_seconds(self, r: _Running, now: float) -> float:

@@ -224,3 +224,181 @@ class PushCheckpointRequest(_message.Message):
     step: int
     alias: str
     def __init__(self, job_id: _Optional[str] = ..., step: _Optional[int] = ..., alias: _Optional[str] = ...) -> None: ...
+
+class WorkerInfo(_message.Message):
+    __slots__ = ("id", "host", "pid", "slots", "resources", "labels", "started_at", "seen_at")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    HOST_FIELD_NUMBER: _ClassVar[int]
+    PID_FIELD_NUMBER: _ClassVar[int]
+    SLOTS_FIELD_NUMBER: _ClassVar[int]
+    RESOURCES_FIELD_NUMBER: _ClassVar[int]
+    LABELS_FIELD_NUMBER: _ClassVar[int]
+    STARTED_AT_FIELD_NUMBER: _ClassVar[int]
+    SEEN_AT_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    host: str
+    pid: int
+    slots: int
+    resources: _registry_pb2.JsonObject
+    labels: _registry_pb2.JsonObject
+    started_at: str
+    seen_at: float
+    def __init__(self, id: _Optional[str] = ..., host: _Optional[str] = ..., pid: _Optional[int] = ..., slots: _Optional[int] = ..., resources: _Optional[_Union[_registry_pb2.JsonObject, _Mapping]] = ..., labels: _Optional[_Union[_registry_pb2.JsonObject, _Mapping]] = ..., started_at: _Optional[str] = ..., seen_at: _Optional[float] = ...) -> None: ...
+
+class WorkerAck(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class WorkerRequest(_message.Message):
+    __slots__ = ("worker_id",)
+    WORKER_ID_FIELD_NUMBER: _ClassVar[int]
+    worker_id: str
+    def __init__(self, worker_id: _Optional[str] = ...) -> None: ...
+
+class ClaimJobRequest(_message.Message):
+    __slots__ = ("worker_id", "free", "lease_s", "max_running_per_submitter")
+    WORKER_ID_FIELD_NUMBER: _ClassVar[int]
+    FREE_FIELD_NUMBER: _ClassVar[int]
+    LEASE_S_FIELD_NUMBER: _ClassVar[int]
+    MAX_RUNNING_PER_SUBMITTER_FIELD_NUMBER: _ClassVar[int]
+    worker_id: str
+    free: _registry_pb2.JsonObject
+    lease_s: float
+    max_running_per_submitter: int
+    def __init__(self, worker_id: _Optional[str] = ..., free: _Optional[_Union[_registry_pb2.JsonObject, _Mapping]] = ..., lease_s: _Optional[float] = ..., max_running_per_submitter: _Optional[int] = ...) -> None: ...
+
+class ClaimJobResponse(_message.Message):
+    __slots__ = ("job",)
+    JOB_FIELD_NUMBER: _ClassVar[int]
+    job: Job
+    def __init__(self, job: _Optional[_Union[Job, _Mapping]] = ...) -> None: ...
+
+class RenewLeaseRequest(_message.Message):
+    __slots__ = ("job_id", "worker_id", "lease_s", "device_seconds", "cost")
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    WORKER_ID_FIELD_NUMBER: _ClassVar[int]
+    LEASE_S_FIELD_NUMBER: _ClassVar[int]
+    DEVICE_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    COST_FIELD_NUMBER: _ClassVar[int]
+    job_id: str
+    worker_id: str
+    lease_s: float
+    device_seconds: float
+    cost: _registry_pb2.JsonObject
+    def __init__(self, job_id: _Optional[str] = ..., worker_id: _Optional[str] = ..., lease_s: _Optional[float] = ..., device_seconds: _Optional[float] = ..., cost: _Optional[_Union[_registry_pb2.JsonObject, _Mapping]] = ...) -> None: ...
+
+class RenewLeaseResponse(_message.Message):
+    __slots__ = ("state",)
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    state: str
+    def __init__(self, state: _Optional[str] = ...) -> None: ...
+
+class JobsToStopRequest(_message.Message):
+    __slots__ = ("worker_id", "job_ids")
+    WORKER_ID_FIELD_NUMBER: _ClassVar[int]
+    JOB_IDS_FIELD_NUMBER: _ClassVar[int]
+    worker_id: str
+    job_ids: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, worker_id: _Optional[str] = ..., job_ids: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class StopEntry(_message.Message):
+    __slots__ = ("key", "value")
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    VALUE_FIELD_NUMBER: _ClassVar[int]
+    key: str
+    value: str
+    def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+
+class JobsToStopResponse(_message.Message):
+    __slots__ = ("stop",)
+    STOP_FIELD_NUMBER: _ClassVar[int]
+    stop: _containers.RepeatedCompositeFieldContainer[StopEntry]
+    def __init__(self, stop: _Optional[_Iterable[_Union[StopEntry, _Mapping]]] = ...) -> None: ...
+
+class FinishJobRequest(_message.Message):
+    __slots__ = ("job_id", "worker_id", "state", "result_version", "error", "device_seconds", "cost")
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    WORKER_ID_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    RESULT_VERSION_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    DEVICE_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    COST_FIELD_NUMBER: _ClassVar[int]
+    job_id: str
+    worker_id: str
+    state: str
+    result_version: str
+    error: str
+    device_seconds: float
+    cost: _registry_pb2.JsonObject
+    def __init__(self, job_id: _Optional[str] = ..., worker_id: _Optional[str] = ..., state: _Optional[str] = ..., result_version: _Optional[str] = ..., error: _Optional[str] = ..., device_seconds: _Optional[float] = ..., cost: _Optional[_Union[_registry_pb2.JsonObject, _Mapping]] = ...) -> None: ...
+
+class FinishJobResponse(_message.Message):
+    __slots__ = ("finished",)
+    FINISHED_FIELD_NUMBER: _ClassVar[int]
+    finished: bool
+    def __init__(self, finished: _Optional[bool] = ...) -> None: ...
+
+class AddJobEventRequest(_message.Message):
+    __slots__ = ("job_id", "level", "type", "message", "data")
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    LEVEL_FIELD_NUMBER: _ClassVar[int]
+    TYPE_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    job_id: str
+    level: str
+    type: str
+    message: str
+    data: _registry_pb2.JsonObject
+    def __init__(self, job_id: _Optional[str] = ..., level: _Optional[str] = ..., type: _Optional[str] = ..., message: _Optional[str] = ..., data: _Optional[_Union[_registry_pb2.JsonObject, _Mapping]] = ...) -> None: ...
+
+class AddJobEventResponse(_message.Message):
+    __slots__ = ("seq",)
+    SEQ_FIELD_NUMBER: _ClassVar[int]
+    seq: int
+    def __init__(self, seq: _Optional[int] = ...) -> None: ...
+
+class ReportProgressRequest(_message.Message):
+    __slots__ = ("job_id", "step", "total_steps", "metrics")
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    STEP_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_STEPS_FIELD_NUMBER: _ClassVar[int]
+    METRICS_FIELD_NUMBER: _ClassVar[int]
+    job_id: str
+    step: int
+    total_steps: int
+    metrics: _registry_pb2.JsonObject
+    def __init__(self, job_id: _Optional[str] = ..., step: _Optional[int] = ..., total_steps: _Optional[int] = ..., metrics: _Optional[_Union[_registry_pb2.JsonObject, _Mapping]] = ...) -> None: ...
+
+class RecordCheckpointRequest(_message.Message):
+    __slots__ = ("job_id", "step", "path", "metrics")
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    STEP_FIELD_NUMBER: _ClassVar[int]
+    PATH_FIELD_NUMBER: _ClassVar[int]
+    METRICS_FIELD_NUMBER: _ClassVar[int]
+    job_id: str
+    step: int
+    path: str
+    metrics: _registry_pb2.JsonObject
+    def __init__(self, job_id: _Optional[str] = ..., step: _Optional[int] = ..., path: _Optional[str] = ..., metrics: _Optional[_Union[_registry_pb2.JsonObject, _Mapping]] = ...) -> None: ...
+
+class SetJobRunRequest(_message.Message):
+    __slots__ = ("job_id", "run_id")
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    RUN_ID_FIELD_NUMBER: _ClassVar[int]
+    job_id: str
+    run_id: str
+    def __init__(self, job_id: _Optional[str] = ..., run_id: _Optional[str] = ...) -> None: ...
+
+class JobDataRequest(_message.Message):
+    __slots__ = ("job_id", "worker_id", "digest", "offset")
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    WORKER_ID_FIELD_NUMBER: _ClassVar[int]
+    DIGEST_FIELD_NUMBER: _ClassVar[int]
+    OFFSET_FIELD_NUMBER: _ClassVar[int]
+    job_id: str
+    worker_id: str
+    digest: str
+    offset: int
+    def __init__(self, job_id: _Optional[str] = ..., worker_id: _Optional[str] = ..., digest: _Optional[str] = ..., offset: _Optional[int] = ...) -> None: ...

@@ -4,6 +4,7 @@ import grpc
 import warnings
 
 from . import jobs_pb2 as loradock_dot_v1_dot_jobs__pb2
+from . import registry_pb2 as loradock_dot_v1_dot_registry__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
 GRPC_VERSION = grpc.__version__
@@ -390,6 +391,514 @@ class Jobs:
             '/loradock.v1.Jobs/PushCheckpoint',
             loradock_dot_v1_dot_jobs__pb2.PushCheckpointRequest.SerializeToString,
             loradock_dot_v1_dot_jobs__pb2.PushCheckpointResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+
+class JobWorkersStub:
+    """registry.jobs.JobQueue's worker side, call for call (the same names and arguments).
+    """
+
+    def __init__(self, channel):
+        """Constructor.
+
+        Args:
+            channel: A grpc.Channel.
+        """
+        self.RegisterWorker = channel.unary_unary(
+                '/loradock.v1.JobWorkers/RegisterWorker',
+                request_serializer=loradock_dot_v1_dot_jobs__pb2.WorkerInfo.SerializeToString,
+                response_deserializer=loradock_dot_v1_dot_jobs__pb2.WorkerAck.FromString,
+                _registered_method=True)
+        self.UnregisterWorker = channel.unary_unary(
+                '/loradock.v1.JobWorkers/UnregisterWorker',
+                request_serializer=loradock_dot_v1_dot_jobs__pb2.WorkerRequest.SerializeToString,
+                response_deserializer=loradock_dot_v1_dot_jobs__pb2.WorkerAck.FromString,
+                _registered_method=True)
+        self.ClaimJob = channel.unary_unary(
+                '/loradock.v1.JobWorkers/ClaimJob',
+                request_serializer=loradock_dot_v1_dot_jobs__pb2.ClaimJobRequest.SerializeToString,
+                response_deserializer=loradock_dot_v1_dot_jobs__pb2.ClaimJobResponse.FromString,
+                _registered_method=True)
+        self.RenewLease = channel.unary_unary(
+                '/loradock.v1.JobWorkers/RenewLease',
+                request_serializer=loradock_dot_v1_dot_jobs__pb2.RenewLeaseRequest.SerializeToString,
+                response_deserializer=loradock_dot_v1_dot_jobs__pb2.RenewLeaseResponse.FromString,
+                _registered_method=True)
+        self.JobsToStop = channel.unary_unary(
+                '/loradock.v1.JobWorkers/JobsToStop',
+                request_serializer=loradock_dot_v1_dot_jobs__pb2.JobsToStopRequest.SerializeToString,
+                response_deserializer=loradock_dot_v1_dot_jobs__pb2.JobsToStopResponse.FromString,
+                _registered_method=True)
+        self.FinishJob = channel.unary_unary(
+                '/loradock.v1.JobWorkers/FinishJob',
+                request_serializer=loradock_dot_v1_dot_jobs__pb2.FinishJobRequest.SerializeToString,
+                response_deserializer=loradock_dot_v1_dot_jobs__pb2.FinishJobResponse.FromString,
+                _registered_method=True)
+        self.AddJobEvent = channel.unary_unary(
+                '/loradock.v1.JobWorkers/AddJobEvent',
+                request_serializer=loradock_dot_v1_dot_jobs__pb2.AddJobEventRequest.SerializeToString,
+                response_deserializer=loradock_dot_v1_dot_jobs__pb2.AddJobEventResponse.FromString,
+                _registered_method=True)
+        self.ReportProgress = channel.unary_unary(
+                '/loradock.v1.JobWorkers/ReportProgress',
+                request_serializer=loradock_dot_v1_dot_jobs__pb2.ReportProgressRequest.SerializeToString,
+                response_deserializer=loradock_dot_v1_dot_jobs__pb2.WorkerAck.FromString,
+                _registered_method=True)
+        self.RecordCheckpoint = channel.unary_unary(
+                '/loradock.v1.JobWorkers/RecordCheckpoint',
+                request_serializer=loradock_dot_v1_dot_jobs__pb2.RecordCheckpointRequest.SerializeToString,
+                response_deserializer=loradock_dot_v1_dot_jobs__pb2.WorkerAck.FromString,
+                _registered_method=True)
+        self.SetJobRun = channel.unary_unary(
+                '/loradock.v1.JobWorkers/SetJobRun',
+                request_serializer=loradock_dot_v1_dot_jobs__pb2.SetJobRunRequest.SerializeToString,
+                response_deserializer=loradock_dot_v1_dot_jobs__pb2.WorkerAck.FromString,
+                _registered_method=True)
+        self.DownloadJobData = channel.unary_stream(
+                '/loradock.v1.JobWorkers/DownloadJobData',
+                request_serializer=loradock_dot_v1_dot_jobs__pb2.JobDataRequest.SerializeToString,
+                response_deserializer=loradock_dot_v1_dot_registry__pb2.BlobChunk.FromString,
+                _registered_method=True)
+
+
+class JobWorkersServicer:
+    """registry.jobs.JobQueue's worker side, call for call (the same names and arguments).
+    """
+
+    def RegisterWorker(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UnregisterWorker(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ClaimJob(self, request, context):
+        """The highest-priority queued job that fits `free`, now running under this worker's lease; none: no job field.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RenewLease(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def JobsToStop(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def FinishJob(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def AddJobEvent(self, request, context):
+        """A running job's event, progress (a metrics event and its step), checkpoint and run: the job must be running.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ReportProgress(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RecordCheckpoint(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SetJobRun(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DownloadJobData(self, request, context):
+        """A dataset of a job the worker holds, from `offset` (the Registry's DownloadBlob serves only versions' blobs).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+
+def add_JobWorkersServicer_to_server(servicer, server):
+    rpc_method_handlers = {
+            'RegisterWorker': grpc.unary_unary_rpc_method_handler(
+                    servicer.RegisterWorker,
+                    request_deserializer=loradock_dot_v1_dot_jobs__pb2.WorkerInfo.FromString,
+                    response_serializer=loradock_dot_v1_dot_jobs__pb2.WorkerAck.SerializeToString,
+            ),
+            'UnregisterWorker': grpc.unary_unary_rpc_method_handler(
+                    servicer.UnregisterWorker,
+                    request_deserializer=loradock_dot_v1_dot_jobs__pb2.WorkerRequest.FromString,
+                    response_serializer=loradock_dot_v1_dot_jobs__pb2.WorkerAck.SerializeToString,
+            ),
+            'ClaimJob': grpc.unary_unary_rpc_method_handler(
+                    servicer.ClaimJob,
+                    request_deserializer=loradock_dot_v1_dot_jobs__pb2.ClaimJobRequest.FromString,
+                    response_serializer=loradock_dot_v1_dot_jobs__pb2.ClaimJobResponse.SerializeToString,
+            ),
+            'RenewLease': grpc.unary_unary_rpc_method_handler(
+                    servicer.RenewLease,
+                    request_deserializer=loradock_dot_v1_dot_jobs__pb2.RenewLeaseRequest.FromString,
+                    response_serializer=loradock_dot_v1_dot_jobs__pb2.RenewLeaseResponse.SerializeToString,
+            ),
+            'JobsToStop': grpc.unary_unary_rpc_method_handler(
+                    servicer.JobsToStop,
+                    request_deserializer=loradock_dot_v1_dot_jobs__pb2.JobsToStopRequest.FromString,
+                    response_serializer=loradock_dot_v1_dot_jobs__pb2.JobsToStopResponse.SerializeToString,
+            ),
+            'FinishJob': grpc.unary_unary_rpc_method_handler(
+                    servicer.FinishJob,
+                    request_deserializer=loradock_dot_v1_dot_jobs__pb2.FinishJobRequest.FromString,
+                    response_serializer=loradock_dot_v1_dot_jobs__pb2.FinishJobResponse.SerializeToString,
+            ),
+            'AddJobEvent': grpc.unary_unary_rpc_method_handler(
+                    servicer.AddJobEvent,
+                    request_deserializer=loradock_dot_v1_dot_jobs__pb2.AddJobEventRequest.FromString,
+                    response_serializer=loradock_dot_v1_dot_jobs__pb2.AddJobEventResponse.SerializeToString,
+            ),
+            'ReportProgress': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReportProgress,
+                    request_deserializer=loradock_dot_v1_dot_jobs__pb2.ReportProgressRequest.FromString,
+                    response_serializer=loradock_dot_v1_dot_jobs__pb2.WorkerAck.SerializeToString,
+            ),
+            'RecordCheckpoint': grpc.unary_unary_rpc_method_handler(
+                    servicer.RecordCheckpoint,
+                    request_deserializer=loradock_dot_v1_dot_jobs__pb2.RecordCheckpointRequest.FromString,
+                    response_serializer=loradock_dot_v1_dot_jobs__pb2.WorkerAck.SerializeToString,
+            ),
+            'SetJobRun': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetJobRun,
+                    request_deserializer=loradock_dot_v1_dot_jobs__pb2.SetJobRunRequest.FromString,
+                    response_serializer=loradock_dot_v1_dot_jobs__pb2.WorkerAck.SerializeToString,
+            ),
+            'DownloadJobData': grpc.unary_stream_rpc_method_handler(
+                    servicer.DownloadJobData,
+                    request_deserializer=loradock_dot_v1_dot_jobs__pb2.JobDataRequest.FromString,
+                    response_serializer=loradock_dot_v1_dot_registry__pb2.BlobChunk.SerializeToString,
+            ),
+    }
+    generic_handler = grpc.method_handlers_generic_handler(
+            'loradock.v1.JobWorkers', rpc_method_handlers)
+    server.add_generic_rpc_handlers((generic_handler,))
+    server.add_registered_method_handlers('loradock.v1.JobWorkers', rpc_method_handlers)
+
+
+ # This class is part of an EXPERIMENTAL API.
+class JobWorkers:
+    """registry.jobs.JobQueue's worker side, call for call (the same names and arguments).
+    """
+
+    @staticmethod
+    def RegisterWorker(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/loradock.v1.JobWorkers/RegisterWorker',
+            loradock_dot_v1_dot_jobs__pb2.WorkerInfo.SerializeToString,
+            loradock_dot_v1_dot_jobs__pb2.WorkerAck.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UnregisterWorker(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/loradock.v1.JobWorkers/UnregisterWorker',
+            loradock_dot_v1_dot_jobs__pb2.WorkerRequest.SerializeToString,
+            loradock_dot_v1_dot_jobs__pb2.WorkerAck.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ClaimJob(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/loradock.v1.JobWorkers/ClaimJob',
+            loradock_dot_v1_dot_jobs__pb2.ClaimJobRequest.SerializeToString,
+            loradock_dot_v1_dot_jobs__pb2.ClaimJobResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RenewLease(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/loradock.v1.JobWorkers/RenewLease',
+            loradock_dot_v1_dot_jobs__pb2.RenewLeaseRequest.SerializeToString,
+            loradock_dot_v1_dot_jobs__pb2.RenewLeaseResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def JobsToStop(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/loradock.v1.JobWorkers/JobsToStop',
+            loradock_dot_v1_dot_jobs__pb2.JobsToStopRequest.SerializeToString,
+            loradock_dot_v1_dot_jobs__pb2.JobsToStopResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def FinishJob(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/loradock.v1.JobWorkers/FinishJob',
+            loradock_dot_v1_dot_jobs__pb2.FinishJobRequest.SerializeToString,
+            loradock_dot_v1_dot_jobs__pb2.FinishJobResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AddJobEvent(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/loradock.v1.JobWorkers/AddJobEvent',
+            loradock_dot_v1_dot_jobs__pb2.AddJobEventRequest.SerializeToString,
+            loradock_dot_v1_dot_jobs__pb2.AddJobEventResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReportProgress(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/loradock.v1.JobWorkers/ReportProgress',
+            loradock_dot_v1_dot_jobs__pb2.ReportProgressRequest.SerializeToString,
+            loradock_dot_v1_dot_jobs__pb2.WorkerAck.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RecordCheckpoint(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/loradock.v1.JobWorkers/RecordCheckpoint',
+            loradock_dot_v1_dot_jobs__pb2.RecordCheckpointRequest.SerializeToString,
+            loradock_dot_v1_dot_jobs__pb2.WorkerAck.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetJobRun(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/loradock.v1.JobWorkers/SetJobRun',
+            loradock_dot_v1_dot_jobs__pb2.SetJobRunRequest.SerializeToString,
+            loradock_dot_v1_dot_jobs__pb2.WorkerAck.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DownloadJobData(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/loradock.v1.JobWorkers/DownloadJobData',
+            loradock_dot_v1_dot_jobs__pb2.JobDataRequest.SerializeToString,
+            loradock_dot_v1_dot_registry__pb2.BlobChunk.FromString,
             options,
             channel_credentials,
             insecure,

@@ -236,7 +236,7 @@ class Base(_message.Message):
     def __init__(self, name: _Optional[str] = ..., source: _Optional[str] = ..., path: _Optional[str] = ..., hub_id: _Optional[str] = ..., weights_digest: _Optional[str] = ..., architecture: _Optional[str] = ..., config: _Optional[_Union[JsonObject, _Mapping]] = ..., tensors: _Optional[_Iterable[_Union[TensorShape, _Mapping]]] = ..., num_parameters: _Optional[int] = ..., size_bytes: _Optional[int] = ..., created_at: _Optional[str] = ...) -> None: ...
 
 class Run(_message.Message):
-    __slots__ = ("id", "adapter", "status", "config_hash", "base_name", "base_digest", "seed", "started_at", "finished_at", "duration_s", "run_dir", "config", "datasets", "libraries", "hardware", "metrics")
+    __slots__ = ("id", "adapter", "status", "config_hash", "base_name", "base_digest", "seed", "started_at", "finished_at", "duration_s", "run_dir", "job_id", "config", "datasets", "libraries", "hardware", "metrics")
     ID_FIELD_NUMBER: _ClassVar[int]
     ADAPTER_FIELD_NUMBER: _ClassVar[int]
     STATUS_FIELD_NUMBER: _ClassVar[int]
@@ -248,6 +248,7 @@ class Run(_message.Message):
     FINISHED_AT_FIELD_NUMBER: _ClassVar[int]
     DURATION_S_FIELD_NUMBER: _ClassVar[int]
     RUN_DIR_FIELD_NUMBER: _ClassVar[int]
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
     CONFIG_FIELD_NUMBER: _ClassVar[int]
     DATASETS_FIELD_NUMBER: _ClassVar[int]
     LIBRARIES_FIELD_NUMBER: _ClassVar[int]
@@ -264,12 +265,13 @@ class Run(_message.Message):
     finished_at: str
     duration_s: float
     run_dir: str
+    job_id: str
     config: JsonValue
     datasets: JsonValue
     libraries: JsonValue
     hardware: JsonValue
     metrics: JsonValue
-    def __init__(self, id: _Optional[str] = ..., adapter: _Optional[str] = ..., status: _Optional[str] = ..., config_hash: _Optional[str] = ..., base_name: _Optional[str] = ..., base_digest: _Optional[str] = ..., seed: _Optional[int] = ..., started_at: _Optional[str] = ..., finished_at: _Optional[str] = ..., duration_s: _Optional[float] = ..., run_dir: _Optional[str] = ..., config: _Optional[_Union[JsonValue, _Mapping]] = ..., datasets: _Optional[_Union[JsonValue, _Mapping]] = ..., libraries: _Optional[_Union[JsonValue, _Mapping]] = ..., hardware: _Optional[_Union[JsonValue, _Mapping]] = ..., metrics: _Optional[_Union[JsonValue, _Mapping]] = ...) -> None: ...
+    def __init__(self, id: _Optional[str] = ..., adapter: _Optional[str] = ..., status: _Optional[str] = ..., config_hash: _Optional[str] = ..., base_name: _Optional[str] = ..., base_digest: _Optional[str] = ..., seed: _Optional[int] = ..., started_at: _Optional[str] = ..., finished_at: _Optional[str] = ..., duration_s: _Optional[float] = ..., run_dir: _Optional[str] = ..., job_id: _Optional[str] = ..., config: _Optional[_Union[JsonValue, _Mapping]] = ..., datasets: _Optional[_Union[JsonValue, _Mapping]] = ..., libraries: _Optional[_Union[JsonValue, _Mapping]] = ..., hardware: _Optional[_Union[JsonValue, _Mapping]] = ..., metrics: _Optional[_Union[JsonValue, _Mapping]] = ...) -> None: ...
 
 class Evaluation(_message.Message):
     __slots__ = ("id", "version_id", "run_id", "name", "split", "created_at", "passed", "metrics", "base_metrics", "failures")
@@ -822,7 +824,7 @@ class FileEntry(_message.Message):
     def __init__(self, path: _Optional[str] = ..., size: _Optional[int] = ..., sha256: _Optional[str] = ...) -> None: ...
 
 class CommitPushRequest(_message.Message):
-    __slots__ = ("name", "files", "base", "message", "alias", "allow_duplicate", "creator")
+    __slots__ = ("name", "files", "base", "message", "alias", "allow_duplicate", "creator", "run_id")
     NAME_FIELD_NUMBER: _ClassVar[int]
     FILES_FIELD_NUMBER: _ClassVar[int]
     BASE_FIELD_NUMBER: _ClassVar[int]
@@ -830,6 +832,7 @@ class CommitPushRequest(_message.Message):
     ALIAS_FIELD_NUMBER: _ClassVar[int]
     ALLOW_DUPLICATE_FIELD_NUMBER: _ClassVar[int]
     CREATOR_FIELD_NUMBER: _ClassVar[int]
+    RUN_ID_FIELD_NUMBER: _ClassVar[int]
     name: str
     files: _containers.RepeatedCompositeFieldContainer[FileEntry]
     base: str
@@ -837,7 +840,8 @@ class CommitPushRequest(_message.Message):
     alias: str
     allow_duplicate: bool
     creator: str
-    def __init__(self, name: _Optional[str] = ..., files: _Optional[_Iterable[_Union[FileEntry, _Mapping]]] = ..., base: _Optional[str] = ..., message: _Optional[str] = ..., alias: _Optional[str] = ..., allow_duplicate: _Optional[bool] = ..., creator: _Optional[str] = ...) -> None: ...
+    run_id: str
+    def __init__(self, name: _Optional[str] = ..., files: _Optional[_Iterable[_Union[FileEntry, _Mapping]]] = ..., base: _Optional[str] = ..., message: _Optional[str] = ..., alias: _Optional[str] = ..., allow_duplicate: _Optional[bool] = ..., creator: _Optional[str] = ..., run_id: _Optional[str] = ...) -> None: ...
 
 class CommitPushResponse(_message.Message):
     __slots__ = ("version", "created", "warnings")
@@ -966,3 +970,71 @@ class RolloutChangeRequest(_message.Message):
     version: int
     reason: str
     def __init__(self, name: _Optional[str] = ..., action: _Optional[str] = ..., arms: _Optional[_Iterable[_Union[Arm, _Mapping]]] = ..., sticky: _Optional[bool] = ..., guard: _Optional[_Union[Guard, _Mapping]] = ..., version: _Optional[int] = ..., reason: _Optional[str] = ...) -> None: ...
+
+class RecordRunRequest(_message.Message):
+    __slots__ = ("run_id", "adapter", "config", "config_hash", "base_name", "base_digest", "datasets", "seed", "libraries", "hardware", "metrics", "started_at", "finished_at", "duration_s", "run_dir", "status", "job_id")
+    RUN_ID_FIELD_NUMBER: _ClassVar[int]
+    ADAPTER_FIELD_NUMBER: _ClassVar[int]
+    CONFIG_FIELD_NUMBER: _ClassVar[int]
+    CONFIG_HASH_FIELD_NUMBER: _ClassVar[int]
+    BASE_NAME_FIELD_NUMBER: _ClassVar[int]
+    BASE_DIGEST_FIELD_NUMBER: _ClassVar[int]
+    DATASETS_FIELD_NUMBER: _ClassVar[int]
+    SEED_FIELD_NUMBER: _ClassVar[int]
+    LIBRARIES_FIELD_NUMBER: _ClassVar[int]
+    HARDWARE_FIELD_NUMBER: _ClassVar[int]
+    METRICS_FIELD_NUMBER: _ClassVar[int]
+    STARTED_AT_FIELD_NUMBER: _ClassVar[int]
+    FINISHED_AT_FIELD_NUMBER: _ClassVar[int]
+    DURATION_S_FIELD_NUMBER: _ClassVar[int]
+    RUN_DIR_FIELD_NUMBER: _ClassVar[int]
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    run_id: str
+    adapter: str
+    config: JsonObject
+    config_hash: str
+    base_name: str
+    base_digest: str
+    datasets: JsonList
+    seed: int
+    libraries: JsonObject
+    hardware: JsonObject
+    metrics: JsonObject
+    started_at: str
+    finished_at: str
+    duration_s: float
+    run_dir: str
+    status: str
+    job_id: str
+    def __init__(self, run_id: _Optional[str] = ..., adapter: _Optional[str] = ..., config: _Optional[_Union[JsonObject, _Mapping]] = ..., config_hash: _Optional[str] = ..., base_name: _Optional[str] = ..., base_digest: _Optional[str] = ..., datasets: _Optional[_Union[JsonList, _Mapping]] = ..., seed: _Optional[int] = ..., libraries: _Optional[_Union[JsonObject, _Mapping]] = ..., hardware: _Optional[_Union[JsonObject, _Mapping]] = ..., metrics: _Optional[_Union[JsonObject, _Mapping]] = ..., started_at: _Optional[str] = ..., finished_at: _Optional[str] = ..., duration_s: _Optional[float] = ..., run_dir: _Optional[str] = ..., status: _Optional[str] = ..., job_id: _Optional[str] = ...) -> None: ...
+
+class RecordRunResponse(_message.Message):
+    __slots__ = ("run", "created")
+    RUN_FIELD_NUMBER: _ClassVar[int]
+    CREATED_FIELD_NUMBER: _ClassVar[int]
+    run: Run
+    created: bool
+    def __init__(self, run: _Optional[_Union[Run, _Mapping]] = ..., created: _Optional[bool] = ...) -> None: ...
+
+class RecordEvaluationRequest(_message.Message):
+    __slots__ = ("ref", "manifest_digest", "name", "split", "metrics", "base_metrics", "run_id", "passed", "failures")
+    REF_FIELD_NUMBER: _ClassVar[int]
+    MANIFEST_DIGEST_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    SPLIT_FIELD_NUMBER: _ClassVar[int]
+    METRICS_FIELD_NUMBER: _ClassVar[int]
+    BASE_METRICS_FIELD_NUMBER: _ClassVar[int]
+    RUN_ID_FIELD_NUMBER: _ClassVar[int]
+    PASSED_FIELD_NUMBER: _ClassVar[int]
+    FAILURES_FIELD_NUMBER: _ClassVar[int]
+    ref: str
+    manifest_digest: str
+    name: str
+    split: str
+    metrics: JsonObject
+    base_metrics: JsonObject
+    run_id: str
+    passed: bool
+    failures: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, ref: _Optional[str] = ..., manifest_digest: _Optional[str] = ..., name: _Optional[str] = ..., split: _Optional[str] = ..., metrics: _Optional[_Union[JsonObject, _Mapping]] = ..., base_metrics: _Optional[_Union[JsonObject, _Mapping]] = ..., run_id: _Optional[str] = ..., passed: _Optional[bool] = ..., failures: _Optional[_Iterable[str]] = ...) -> None: ...

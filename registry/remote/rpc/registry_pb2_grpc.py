@@ -149,6 +149,16 @@ class RegistryStub:
                 request_serializer=loradock_dot_v1_dot_registry__pb2.RolloutRecordRequest.SerializeToString,
                 response_deserializer=loradock_dot_v1_dot_registry__pb2.RolloutRecordResponse.FromString,
                 _registered_method=True)
+        self.RecordRun = channel.unary_unary(
+                '/loradock.v1.Registry/RecordRun',
+                request_serializer=loradock_dot_v1_dot_registry__pb2.RecordRunRequest.SerializeToString,
+                response_deserializer=loradock_dot_v1_dot_registry__pb2.RecordRunResponse.FromString,
+                _registered_method=True)
+        self.RecordEvaluation = channel.unary_unary(
+                '/loradock.v1.Registry/RecordEvaluation',
+                request_serializer=loradock_dot_v1_dot_registry__pb2.RecordEvaluationRequest.SerializeToString,
+                response_deserializer=loradock_dot_v1_dot_registry__pb2.Evaluation.FromString,
+                _registered_method=True)
 
 
 class RegistryServicer:
@@ -294,6 +304,20 @@ class RegistryServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def RecordRun(self, request, context):
+        """A training run's lineage, made elsewhere (a remote fine-tuning worker), in the order the trainer records it:
+        RecordRun, then CommitPush with its run_id, then RecordEvaluation of the version pushed.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RecordEvaluation(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_RegistryServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -411,6 +435,16 @@ def add_RegistryServicer_to_server(servicer, server):
                     servicer.RolloutRecord,
                     request_deserializer=loradock_dot_v1_dot_registry__pb2.RolloutRecordRequest.FromString,
                     response_serializer=loradock_dot_v1_dot_registry__pb2.RolloutRecordResponse.SerializeToString,
+            ),
+            'RecordRun': grpc.unary_unary_rpc_method_handler(
+                    servicer.RecordRun,
+                    request_deserializer=loradock_dot_v1_dot_registry__pb2.RecordRunRequest.FromString,
+                    response_serializer=loradock_dot_v1_dot_registry__pb2.RecordRunResponse.SerializeToString,
+            ),
+            'RecordEvaluation': grpc.unary_unary_rpc_method_handler(
+                    servicer.RecordEvaluation,
+                    request_deserializer=loradock_dot_v1_dot_registry__pb2.RecordEvaluationRequest.FromString,
+                    response_serializer=loradock_dot_v1_dot_registry__pb2.Evaluation.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -1034,6 +1068,60 @@ class Registry:
             '/loradock.v1.Registry/RolloutRecord',
             loradock_dot_v1_dot_registry__pb2.RolloutRecordRequest.SerializeToString,
             loradock_dot_v1_dot_registry__pb2.RolloutRecordResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RecordRun(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/loradock.v1.Registry/RecordRun',
+            loradock_dot_v1_dot_registry__pb2.RecordRunRequest.SerializeToString,
+            loradock_dot_v1_dot_registry__pb2.RecordRunResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RecordEvaluation(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/loradock.v1.Registry/RecordEvaluation',
+            loradock_dot_v1_dot_registry__pb2.RecordEvaluationRequest.SerializeToString,
+            loradock_dot_v1_dot_registry__pb2.Evaluation.FromString,
             options,
             channel_credentials,
             insecure,
