@@ -115,7 +115,8 @@ def job_show(job_id: JobId, json_out: Json = False, home: Home = None) -> None:
                          + (f" x{job.device_count}" if job.device_count > 1 else "")),
         ("cost", _cost(job)),
         ("config", job.config_hash),
-        ("datasets", ", ".join(f"{d['name']} ({d['lines']} lines, sha256:{d['sha256'][:12]})" for d in job.datasets)),
+        ("datasets", ", ".join(f"{d['name']} ({d['lines']} lines, {'held out, ' if d['split'] == 'test' else ''}"
+                               f"sha256:{d['sha256'][:12]})" for d in job.datasets)),
         ("run", job.run_id or "-"),
         ("result", job.result_version or "-"),
     ]

@@ -174,6 +174,23 @@ def test_a_job_is_queued_listed_retrieved_followed_and_cancelled(served):
         client.fine_tuning.jobs.cancel(job.id)
 
 
+def test_a_validation_file_is_the_held_out_data(served):
+    """validation_file becomes the config's `test_datasets`: frozen as its own blob, marked held out, shown back."""
+    client = served["client"]
+    train = upload(client)
+    held_out = upload(client, TRAIN_JSONL[: TRAIN_JSONL.index(b"\n") + 1], name="valid.jsonl")
+    job = create_job(client, train.id, validation_file=held_out.id, suffix="with-valid")
+    assert (job.training_file, job.validation_file) == (train.id, held_out.id)
+    queued = served["reg"].jobs.get(job.id)
+    assert [(d["name"], d["split"], d["lines"]) for d in queued.datasets] == [
+        (train.id, "train", len(EXAMPLES)), (held_out.id, "test", 1)]
+    assert queued.config["test_datasets"] == [{"path": f"blob:{queued.datasets[1]['sha256']}", "type": "chat"}]
+    with pytest.raises(openai.BadRequestError, match="is the training file") as e:
+        create_job(client, train.id, validation_file=train.id)
+    assert e.value.param == "validation_file"
+    client.fine_tuning.jobs.cancel(job.id)
+
+
 def test_jobs_come_in_pages_newest_first(served):
     client = served["client"]
     f = upload(client)
@@ -219,7 +236,7 @@ def test_hyperparameters_suffix_seed_and_wandb_map_onto_the_training_config(serv
      "hyperparameters.learning_rate_multiplier"),
     (dict(hyperparameters={"n_epochs": 1}, method={"type": "supervised", "supervised": {"hyperparameters": {}}}),
      openai.BadRequestError, "hyperparameters"),
-    (dict(validation_file="file-x"), openai.BadRequestError, "validation_file"),
+    (dict(validation_file="file-x"), openai.NotFoundError, "validation_file"),
     (dict(extra_body={"priority": 3}), openai.BadRequestError, "priority"),
     (dict(integrations=[{"type": "mlflow", "mlflow": {}}]), openai.BadRequestError, "integrations.0.mlflow"),
     (dict(integrations=[{"type": "comet"}]), openai.BadRequestError, "integrations[0].type"),

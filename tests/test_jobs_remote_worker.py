@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 from conftest import TINY_BASE, run_reg, snapshot
-from test_jobs_remote import write_config
+from test_jobs_remote import ARITH, write_config
 
 from registry import Registry
 from registry.errors import Conflict, InvalidInput, NotFound
@@ -131,7 +131,12 @@ def test_a_token_without_the_worker_role_claims_nothing(served, capsys, tmp_path
 
 @pytest.mark.integration
 def test_a_remote_worker_trains_a_job_and_pushes_the_version_with_its_lineage(served, capsys, tmp_path, worker_home):
-    job_id = submit(capsys, served, write_config(tmp_path / "client"))
+    """The job also holds out a file of its own (`test_datasets`): it travels, is frozen and materialised as the
+    training file is, and the run's lineage records it as held out."""
+    (tmp_path / "client").mkdir()
+    (tmp_path / "client" / "held.jsonl").write_text("\n".join(ARITH.read_text().splitlines()[100:108]) + "\n")
+    job_id = submit(capsys, served, write_config(tmp_path / "client", test_datasets=[{"path": "held.jsonl",
+                                                                                      "type": "alpaca"}]))
     log = tmp_path / "worker.log"
     worker = start_remote_worker(served, worker_home, "gpu-box", log, "--max-jobs", "1")
     assert worker.wait(WAIT_S) == 0, log_tail(log)
@@ -142,7 +147,9 @@ def test_a_remote_worker_trains_a_job_and_pushes_the_version_with_its_lineage(se
     version = registry.resolve("remote-job:1")
     run = registry.run(version.run_id)
     assert run["job_id"] == job_id and run["config"]["lora_r"] == job.config["lora_r"]
-    assert [d["sha256"] for d in run["datasets"]] == [f"sha256:{d['sha256']}" for d in job.datasets]
+    assert [d["sha256"] for d in run["datasets"][:2]] == [f"sha256:{d['sha256']}" for d in job.datasets]
+    assert [d["split"] for d in job.datasets] == ["train", "test"] and run["datasets"][1]["split"] == "test"
+    assert run["datasets"][-1]["counts"]["val"] == 8
     description = registry.describe("remote-job:1")
     assert [e["name"] for e in description["evaluations"]] == ["heldout"]
     kinds = [e.type for e in registry.jobs.events(job_id)]

@@ -59,7 +59,8 @@ def _job() -> Job:
     return Job(
         id="ftjob-abc123", adapter="demo", state="running", config={"lora_r": 16, "lora_dropout": 0.0, "datasets": [
             {"path": "blob:ab", "type": "alpaca"}], "push": {"name": "demo", "alias": None}}, config_hash="sha256:cd",
-        base="tiny-llama", datasets=[{"name": "d.jsonl", "type": "alpaca", "sha256": "ab", "bytes": 10, "lines": 2}],
+        base="tiny-llama", datasets=[{"name": "d.jsonl", "type": "alpaca", "sha256": "ab", "bytes": 10, "lines": 2,
+                                      "split": "train"}],
         priority=-3, resources={"memory_bytes": 2**33, "gpus": 0, "num_processes": 1}, submitter="ci", source="grpc",
         created_at="2025-01-01T00:00:00+00:00", started_at="2025-01-01T00:00:01+00:00", finished_at=None, attempts=1,
         max_attempts=3, worker_id="w1", lease_expires=1.7e9 + 0.25, cancel_requested=False, run_id=None,

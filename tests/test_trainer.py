@@ -130,6 +130,40 @@ def test_train_pushes_an_evaluated_version_with_full_lineage(tmp_path, tiny_base
         assert needle in shown, needle
 
 
+def test_test_datasets_are_the_held_out_split_and_train_on_nothing(tmp_path, tiny_base_dir, home, capsys):
+    """With `test_datasets`, every training example trains, the held-out split is the test file's (deduplicated),
+    the lineage records the file as held out, and the split is rebuilt from the lineage for `reg export`."""
+    from trainer.heldout import held_out_examples
+
+    lines = ARITH.read_text().splitlines()
+    train, held_out = tmp_path / "train.jsonl", tmp_path / "held-out.jsonl"
+    train.write_text("\n".join(lines[:48]) + "\n")
+    held_out.write_text("\n".join(lines[60:70] + lines[60:62]) + "\n")  # 10 examples, 2 of them twice
+    path = write_config(tmp_path, tiny_base_dir, name="tiny-held-out", datasets=[{"path": "train.jsonl", "type": "alpaca"}],
+                        test_datasets=[{"path": "held-out.jsonl", "type": "alpaca"}], max_steps=2, eval_steps=2,
+                        save_steps=2)
+    assert load_config(path).test_datasets[0].path == str(held_out.resolve())  # relative to the config, as datasets
+    assert main(["train", str(path)]) == 0, capsys.readouterr().err
+    reg = Registry(home)
+    info = reg.describe("tiny-held-out:1")
+    files = info["run"]["datasets"]
+    assert [(Path(f["path"]).name, f.get("split")) for f in files[:2]] == [("train.jsonl", None), ("held-out.jsonl", "test")]
+    counts = files[-1]["counts"]
+    assert (counts["train"], counts["val"]) == (48 - counts["exact_duplicates"] - counts["near_duplicates"], 10)
+    assert info["evaluations"][0]["metrics"]["examples"] == 10  # evaluated on the held-out file
+    examples, _ = held_out_examples(reg, reg.resolve("tiny-held-out:1"))
+    assert sorted(e.source.rsplit(":", 1)[0] for e in examples) == [str(held_out.resolve())] * 10
+
+
+def test_a_bad_test_datasets_entry_is_named_by_its_key(tmp_path, tiny_base_dir):
+    path = write_config(tmp_path, tiny_base_dir, test_datasets=[{"path": "x.jsonl", "type": "csv"}])
+    with pytest.raises(ConfigError, match=r"test_datasets\[0\]\.type"):
+        load_config(path)
+    path = write_config(tmp_path, tiny_base_dir, test_datasets="held-out.jsonl")
+    with pytest.raises(ConfigError, match="test_datasets"):
+        load_config(path)
+
+
 @pytest.mark.parametrize("adapter", ["qlora", "dora", "ia3", "prefix"])
 def test_every_adapter_kind_trains_and_pushes(tmp_path, tiny_base_dir, home, adapter):
     from trainer.train import train

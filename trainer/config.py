@@ -24,6 +24,7 @@ ADAPTERS = ("lora", "qlora", "dora", "ia3", "prefix")
 SCHEDULERS = ("linear", "cosine", "constant", "constant_with_warmup", "cosine_with_restarts", "polynomial")
 OPTIMIZERS = ("adamw_torch", "adamw_8bit", "paged_adamw_8bit", "paged_adamw_32bit", "sgd", "adafactor")
 DATASET_TYPES = ("alpaca", "sharegpt", "chat", "completion")
+DATASET_KEYS = ("datasets", "test_datasets")  # the training data, then the held-out data (Axolotl's keys)
 TRACKERS = ("mlflow", "wandb")
 WANDB_MODES = ("online", "offline", "disabled")
 # Where a run is reported, not what it trains: these keys are in the resolved config (so the lineage records them)
@@ -77,6 +78,9 @@ class TrainConfig:
     num_virtual_tokens: int = documented(16, "Prefix tuning: number of virtual tokens.")
     datasets: list[DatasetConfig] = documented(help="Training data: a list of {path, type}.", factory=list)
     val_set_size: float = documented(0.1, "Held-out split: a fraction in (0, 1) or a count of examples; 0 disables it.")
+    test_datasets: list[DatasetConfig] = documented(
+        help="Held-out data: a list of {path, type}; when given, it is the held-out split (val_set_size is not used).",
+        factory=list)
     sequence_len: int = documented(512, "Maximum tokens per example (longer ones are truncated from the right).")
     micro_batch_size: int = documented(8, "Examples per forward pass.")
     gradient_accumulation_steps: int = documented(1, "Forward passes per optimizer step.")
@@ -131,6 +135,18 @@ class TrainConfig:
         return "int8" if self.load_in_8bit else "none"
 
 
+def dataset_entries(raw: dict) -> list[tuple[str, object]]:
+    """(`datasets[0]`-style key, entry) for each dataset of a config's mapping: the training data, then the held-out
+    data (`test_datasets`), the order in which a job lists its files."""
+    entries = []
+    for key in DATASET_KEYS:
+        value = raw.get(key) or []
+        if not isinstance(value, list):
+            raise ConfigError(f"{key}: expected a list of {{path, type}}, got {shown(value)}")
+        entries += [(f"{key}[{i}]", entry) for i, entry in enumerate(value)]
+    return entries
+
+
 def resolved_config_hash(resolved: dict) -> str:
     """`TrainConfig.config_hash` of a resolved config (also a job's frozen one, whose datasets are blobs)."""
     identity = {key: value for key, value in resolved.items() if key not in TRACKING_KEYS}
@@ -164,7 +180,7 @@ def load_config(path: Path | str, overrides: list[str] | None = None) -> TrainCo
         _apply_override(raw, item)
     config = _build(TrainConfig, raw, prefix="")
     # Paths are relative to the config file, so a config and its data move together.
-    for ds in config.datasets:
+    for ds in config.datasets + config.test_datasets:
         if not Path(ds.path).is_absolute():
             ds.path = str((path.parent / ds.path).resolve())
     if config.evaluation.general_text and not Path(config.evaluation.general_text).is_absolute():
@@ -198,7 +214,7 @@ def _build(cls, raw: dict, prefix: str):
     values = {}
     for name, value in raw.items():
         key = prefix + name
-        if name == "datasets":
+        if name in DATASET_KEYS:
             if not isinstance(value, list):
                 raise ConfigError(f"{key}: expected a list of {{path, type}}, got {value!r}")
             values[name] = [_build(DatasetConfig, _mapping(v, f"{key}[{i}]"), f"{key}[{i}].") for i, v in enumerate(value)]
@@ -283,9 +299,10 @@ def validate(c: TrainConfig) -> None:
         _check(c.lora_target_modules == "all-linear", "lora_target_modules", f"expected a list or all-linear, got {c.lora_target_modules!r}")
     _check(c.num_virtual_tokens > 0, "num_virtual_tokens", f"must be positive, got {c.num_virtual_tokens}")
     _check(bool(c.datasets), "datasets", "at least one {path, type} is required")
-    for i, ds in enumerate(c.datasets):
-        _check(bool(ds.path), f"datasets[{i}].path", "is required")
-        _check(ds.type in DATASET_TYPES, f"datasets[{i}].type", f"must be one of {', '.join(DATASET_TYPES)}, got {ds.type!r}")
+    for key in DATASET_KEYS:
+        for i, ds in enumerate(getattr(c, key)):
+            _check(bool(ds.path), f"{key}[{i}].path", "is required")
+            _check(ds.type in DATASET_TYPES, f"{key}[{i}].type", f"must be one of {', '.join(DATASET_TYPES)}, got {ds.type!r}")
     _check(c.val_set_size >= 0 and (c.val_set_size < 1 or float(c.val_set_size).is_integer()), "val_set_size",
            f"must be a fraction in [0, 1) or a whole count, got {c.val_set_size}")
     _check(16 <= c.sequence_len <= 1_000_000, "sequence_len", f"must be between 16 and 1000000, got {c.sequence_len}")
@@ -303,7 +320,8 @@ def validate(c: TrainConfig) -> None:
         _check(value is None or value > 0, key, f"must be positive, got {value}")
     _check(c.save_total_limit > 0, "save_total_limit", f"must be positive, got {c.save_total_limit}")
     if c.early_stopping_patience is not None:
-        _check(c.val_set_size > 0, "early_stopping_patience", "needs a validation split (val_set_size > 0)")
+        _check(c.val_set_size > 0 or bool(c.test_datasets), "early_stopping_patience",
+               "needs a validation split (val_set_size > 0, or test_datasets)")
     _check(c.evaluation.task_metric in TASK_METRICS, "evaluation.task_metric",
            f"must be one of {', '.join(TASK_METRICS)}, got {c.evaluation.task_metric!r}")
     _check(c.evaluation.max_examples >= 0, "evaluation.max_examples", f"must be >= 0, got {c.evaluation.max_examples}")

@@ -317,6 +317,25 @@ def dedup_and_split(examples: list[Example], val_set_size: float | int, seed: in
     return dedup, train, val
 
 
+def split_datasets(report: LoadReport, test: LoadReport | None, val_set_size: float | int,
+                   seed: int) -> tuple[DedupReport, list[Example], list[Example]]:
+    """(dedup report, train, val) of the training files' `report` and, when the config gives `test_datasets`, their
+    `test` report: then every training example trains and the held-out split is the test files' (deduplicated),
+    else `dedup_and_split`'s seeded split. Training and `trainer/heldout.py` both call this."""
+    if test is None:
+        return dedup_and_split(report.examples, val_set_size, seed)
+    dedup = deduplicate(report.examples, seed=seed)
+    return dedup, list(dedup.kept), deduplicate(test.examples, seed=seed).kept
+
+
+def with_test_files(report: LoadReport, test: LoadReport | None) -> LoadReport:
+    """The training files' report with the held-out files' appended (marked `split: test`), as lineage records them."""
+    if test is None:
+        return report
+    return LoadReport(report.examples, [*report.files, *({**f, "split": "test"} for f in test.files)],
+                      [*report.bad_lines, *test.bad_lines])
+
+
 def split_examples(examples: list[Example], val_set_size: float | int, seed: int) -> tuple[list[Example], list[Example]]:
     """(train, val): a held-out split fixed by `seed`; both keep file order. A fraction in (0, 1) or a count."""
     n = len(examples)

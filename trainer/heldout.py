@@ -1,7 +1,7 @@
 """A version's held-out examples, rebuilt from its training run's lineage.
 
 The trainer never stores the held-out split itself: it is fixed by the run's recorded config
-(dataset files, `val_set_size`, `seed`) and the data pipeline. Rebuilding it gives the same
+(dataset files, `val_set_size` or `test_datasets`, `seed`) and the data pipeline. Rebuilding it gives the same
 examples, provided the dataset files are still where the run read them and still hash to the
 recorded sha256. `reg export` uses them as fidelity probes.
 """
@@ -11,7 +11,7 @@ from __future__ import annotations
 from registry import Registry
 from registry.records import Version
 
-from .data import DataError, DatasetSpec, Example, dedup_and_split, load_datasets
+from .data import DataError, DatasetSpec, Example, load_datasets, split_datasets, with_test_files
 
 
 def held_out_examples(registry: Registry, version: Version) -> tuple[list[Example], str]:
@@ -20,18 +20,22 @@ def held_out_examples(registry: Registry, version: Version) -> tuple[list[Exampl
     if run is None:
         return [], f"{version.ref} has no training run recorded"
     config = run.get("config") or {}
-    if not config.get("val_set_size") or not config.get("datasets"):
+    held_out = config.get("test_datasets") or []
+    if not (config.get("val_set_size") or held_out) or not config.get("datasets"):
         return [], f"run {run['id']} of {version.ref} had no held-out split"
-    specs = [DatasetSpec(d["path"], d["type"]) for d in config["datasets"]]
+
+    def load(datasets):  # skipping bad lines: the run stopped on them or skipped them
+        return load_datasets([DatasetSpec(d["path"], d["type"]) for d in datasets], skip_bad_lines=True)
+
     try:
-        report = load_datasets(specs, skip_bad_lines=True)  # the run stopped on bad lines or skipped them
+        report, test = load(config["datasets"]), load(held_out) if held_out else None
     except DataError as exc:
         return [], f"the data of run {run['id']} cannot be read again ({exc})"
     recorded = {d["path"]: d.get("sha256") for d in run.get("datasets") or [] if d.get("sha256")}
-    changed = [f["path"] for f in report.files if recorded.get(f["path"]) not in (None, f["sha256"])]
+    changed = [f["path"] for f in with_test_files(report, test).files if recorded.get(f["path"]) not in (None, f["sha256"])]
     if changed:
         return [], f"dataset {', '.join(changed)} changed since run {run['id']}"
-    _, _, val = dedup_and_split(report.examples, config["val_set_size"], config["seed"])
+    _, _, val = split_datasets(report, test, config.get("val_set_size", 0), config["seed"])
     return val, f"held-out split of run {run['id']} ({version.ref})"
 
 

@@ -168,14 +168,20 @@ def _prepare(config: TrainConfig, registry: Registry, skip_bad_lines: bool) -> _
 
 
 def _read_datasets(config: TrainConfig, skip_bad_lines: bool, warnings: list[str]):
-    """The examples, validated and deduplicated, split by seed; the held-out split never reaches the Trainer."""
+    """The examples, validated and deduplicated, split by seed (or held out in `test_datasets`); the held-out split
+    never reaches the Trainer."""
     from . import data as data_mod
 
-    specs = [data_mod.DatasetSpec(d.path, d.type) for d in config.datasets]
-    report = data_mod.load_datasets(specs, skip_bad_lines=skip_bad_lines)
+    def load(datasets):
+        return data_mod.load_datasets([data_mod.DatasetSpec(d.path, d.type) for d in datasets], skip_bad_lines)
+
+    train_report = load(config.datasets)
+    test_report = load(config.test_datasets) if config.test_datasets else None
+    report = data_mod.with_test_files(train_report, test_report)
     if report.bad_lines:
         warnings.append(f"skipped {len(report.bad_lines)} bad lines (first: {report.bad_lines[0]})")
-    dedup, train_examples, val_examples = data_mod.dedup_and_split(report.examples, config.val_set_size, config.seed)
+    dedup, train_examples, val_examples = data_mod.split_datasets(train_report, test_report, config.val_set_size,
+                                                                  config.seed)
     return report, dedup, train_examples, val_examples
 
 

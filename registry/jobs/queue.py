@@ -84,8 +84,8 @@ class JobQueue:
                 digest, _ = self.registry.blobs.ingest(ds.path)
                 if digest != ds.sha256:
                     raise Conflict(f"dataset {ds.name} changed while it was being submitted; submit again")
-        datasets = [{"name": d.name, "type": d.type, "sha256": d.sha256, "bytes": d.bytes, "lines": d.lines}
-                    for d in spec.datasets]
+        datasets = [{"name": d.name, "type": d.type, "sha256": d.sha256, "bytes": d.bytes, "lines": d.lines,
+                     "split": d.split} for d in spec.datasets]
         job_id, now = new_job_id(), dbmod.utcnow()
         with dbmod.transaction(self.conn) as conn:
             conn.execute(

@@ -30,6 +30,7 @@ class DatasetFile:
     sha256: str  # 64 hex digits: the blob
     bytes: int
     lines: int
+    split: str = "train"  # or "test": a held-out file (the config's `test_datasets`, OpenAI's validation_file)
     path: Path | None = None  # where the submitter's copy is, until `submit` has stored it
 
 
@@ -109,6 +110,7 @@ class Job:
         for key in ("config", "datasets", "resources", "metrics", "extra"):
             data[key] = json.loads(data.pop(f"{key}_json") or ("[]" if key == "datasets" else "{}"))
         data["base"] = data.pop("base_name")
+        data["datasets"] = [{**d, "split": d.get("split", "train")} for d in data["datasets"]]  # jobs from before splits
         data["cancel_requested"] = bool(data["cancel_requested"])
         for key in ("step", "total_steps", "attempts", "device_count"):
             data[key] = data[key] or 0

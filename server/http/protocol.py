@@ -253,11 +253,13 @@ class FineTuningJobRequest(_Strict):
     integrations: list[Integration] | None = None
 
 
-def job_submit_request(body: FineTuningJobRequest, training_bytes: bytes) -> SubmitRequest:
-    """The job queue's SubmitRequest for an OpenAI job body: its config (trainer/config.py keys) and its one dataset.
+def job_submit_request(body: FineTuningJobRequest, training_bytes: bytes, validation_bytes: bytes | None = None
+                       ) -> SubmitRequest:
+    """The job queue's SubmitRequest for an OpenAI job body: its config (trainer/config.py keys) and its datasets.
 
     `model` is the registered base, `training_file` the dataset (its bytes sent with the job, as a remote submission
-    sends them), `suffix` the adapter name (default `<model>-ft`), the hyperparameters `num_epochs`,
+    sends them), `validation_file` the held-out data (`test_datasets`; without it the trainer holds out a seeded
+    10 % of the training file), `suffix` the adapter name (default `<model>-ft`), the hyperparameters `num_epochs`,
     `micro_batch_size` and `learning_rate` (= 2e-4 x the multiplier); "auto" or none leaves the trainer's default.
     The OpenAI fields are kept in the job's `extra["openai"]`, which the job object is shaped from.
     """
@@ -265,6 +267,13 @@ def job_submit_request(body: FineTuningJobRequest, training_bytes: bytes) -> Sub
     adapter = _suffix_name(body.suffix) if body.suffix is not None else default_adapter_name(body.model)
     config: dict[str, Any] = {"base_model": body.model, "datasets": [{"path": body.training_file, "type": DATASET_TYPE}],
                               "push": {"name": adapter}, **job_settings(body)}
+    files = {body.training_file: training_bytes}
+    if body.validation_file is not None:
+        if body.validation_file == body.training_file:
+            raise bad_param("validation_file", f"validation_file={shown(body.validation_file)} is the training file: "
+                                               "held-out data must be other examples (or leave it out for a split)")
+        config["test_datasets"] = [{"path": body.validation_file, "type": DATASET_TYPE}]
+        files[body.validation_file] = validation_bytes
     if body.seed is not None:
         if not 0 <= body.seed <= MAX_SEED:
             raise bad_param("seed", f"seed={body.seed}: allowed 0..{MAX_SEED}")
@@ -275,10 +284,10 @@ def job_submit_request(body: FineTuningJobRequest, training_bytes: bytes) -> Sub
         config["report_to"] = ["wandb"]
         config.update({f"wandb_{key}": value for key, value in (("project", wandb.project), ("entity", wandb.entity),
                                                                 ("name", wandb.name)) if value is not None})
-    openai = {"training_file": body.training_file, "suffix": body.suffix, "metadata": _metadata(body.metadata),
-              "integrations": integrations, "hyperparameters": _requested_hyperparameters(body).model_dump()}
-    return SubmitRequest(config=config, files={body.training_file: training_bytes}, source="openai",
-                         extra={"openai": openai})
+    openai = {"training_file": body.training_file, "validation_file": body.validation_file, "suffix": body.suffix,
+              "metadata": _metadata(body.metadata), "integrations": integrations,
+              "hyperparameters": _requested_hyperparameters(body).model_dump()}
+    return SubmitRequest(config=config, files=files, source="openai", extra={"openai": openai})
 
 
 def _suffix_name(suffix: str) -> str:
@@ -333,10 +342,6 @@ def _hyperparameters_param(body: FineTuningJobRequest) -> str:
 
 
 def _refuse_unsupported_job_fields(body: FineTuningJobRequest) -> None:
-    if body.validation_file is not None:
-        raise bad_param("validation_file", f"validation_file={shown(body.validation_file)}: not supported: the trainer "
-                                           "validates on a held-out split of the training file (val_set_size, 10 % by "
-                                           "default, fixed by the seed); leave validation_file out")
     method = body.method
     if method is not None:
         if method.type != "supervised":

@@ -241,19 +241,25 @@ async def list_checkpoints(request: Request, job_id: str, after: str | None = No
 
 def submit_job(jobs: JobsService, body: FineTuningJobRequest, caller: Identity) -> dict:
     """Queue the job for `body` (its training file's bytes travel with it); the queued job as OpenAI's object."""
-    try:
-        record = jobs.get_file(body.training_file)
-    except NotFound as exc:
-        raise _naming("training_file", exc) from None
-    if record.purpose != FILE_PURPOSE:
-        raise bad_param("training_file", f"training_file={shown(record.id)} has purpose {record.purpose!r}, not "
-                                         f"{FILE_PURPOSE!r}")
-    request = job_submit_request(body, jobs.file_bytes(record.id))
+    record = _fine_tune_file(jobs, "training_file", body.training_file)
+    validation = _fine_tune_file(jobs, "validation_file", body.validation_file) if body.validation_file else None
+    request = job_submit_request(body, jobs.file_bytes(record.id), jobs.file_bytes(validation.id) if validation else None)
     try:
         job = jobs.submit(request, caller)
     except BaseNotFound as exc:
         raise _naming("model", exc) from None
     return job_object(job, jobs)
+
+
+def _fine_tune_file(jobs: JobsService, param: str, file_id: str) -> UploadedFile:
+    """The uploaded file a job body names in `param`; 404 or 400 naming `param` if it is none, or not for fine-tuning."""
+    try:
+        record = jobs.get_file(file_id)
+    except NotFound as exc:
+        raise _naming(param, exc) from None
+    if record.purpose != FILE_PURPOSE:
+        raise bad_param(param, f"{param}={shown(record.id)} has purpose {record.purpose!r}, not {FILE_PURPOSE!r}")
+    return record
 
 
 def _naming(param: str, exc: LoradockError) -> LoradockError:
@@ -276,6 +282,11 @@ def job_page(jobs: JobsService, after: str | None, limit: int, metadata: dict[st
     return _list([job_object(j, jobs) for j in page], has_more)
 
 
+def _held_out_name(job: Job) -> str | None:
+    """A job submitted another way with held-out data (`test_datasets`): its first held-out file's name."""
+    return next((d["name"] for d in job.datasets if d.get("split") == "test"), None)
+
+
 def job_object(job: Job, jobs: JobsService) -> dict:
     """OpenAI's `fine_tuning.job` for a job of the queue (one submitted another way shows its first dataset's name)."""
     asked = job.extra.get("openai", {})
@@ -287,7 +298,7 @@ def job_object(job: Job, jobs: JobsService) -> dict:
         "object": "fine_tuning.job", "id": job.id, "created_at": epoch(job.created_at), "finished_at": epoch(job.finished_at),
         "model": job.base, "fine_tuned_model": job.result_version, "organization_id": ORGANIZATION, "status": job.state,
         "training_file": asked.get("training_file") or (job.datasets[0]["name"] if job.datasets else ""),
-        "validation_file": None, "hyperparameters": hyperparameters,
+        "validation_file": asked.get("validation_file") or _held_out_name(job), "hyperparameters": hyperparameters,
         "method": {"type": "supervised", "supervised": {"hyperparameters": hyperparameters}},
         "result_files": [], "seed": job.config.get("seed"), "trained_tokens": trained_tokens(job, jobs), "error": error,
         "estimated_finish": int(time.time() + eta) if eta is not None else None,

@@ -40,7 +40,7 @@ def materialise(registry: Registry, job, remote=None) -> Path:
     job_dir = registry.home / "jobs" / job.id
     (job_dir / "data").mkdir(parents=True, exist_ok=True)
     config = json.loads(json.dumps(job.config))
-    for i, (entry, ds) in enumerate(zip(config["datasets"], job.datasets)):
+    for i, (entry, ds) in enumerate(zip(config["datasets"] + config.get("test_datasets", []), job.datasets)):
         dest = job_dir / "data" / f"{i}-{Path(ds['name']).name or 'dataset.jsonl'}"
         if remote is not None:  # goes on from a download an earlier attempt cut off, and verifies the whole file
             remote.jobs.fetch_dataset(job.id, job.worker_id, ds, dest)

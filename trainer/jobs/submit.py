@@ -49,19 +49,19 @@ def submit(registry, request: SubmitRequest, submitter: str | None = None) -> Jo
 
 def with_files(request: SubmitRequest) -> SubmitRequest:
     """A request for a config file on this machine as one a server can check: the YAML's mapping and its datasets' bytes."""
-    from ..config import ConfigError, read_config_file
+    from ..config import ConfigError, dataset_entries, read_config_file
 
     if not request.config_path:
         return request
     path = Path(request.config_path)
     raw = read_config_file(path)
     files, total = {}, 0
-    for i, entry in enumerate(raw.get("datasets") or []):
+    for key, entry in dataset_entries(raw):
         if not isinstance(entry, dict) or not isinstance(entry.get("path"), str):
-            raise ConfigError(f"datasets[{i}]: expected {{path, type}}, got {shown(entry)}")
+            raise ConfigError(f"{key}: expected {{path, type}}, got {shown(entry)}")
         local = (path.parent / entry["path"]).expanduser()
         if not local.is_file():
-            raise ConfigError(f"datasets[{i}].path: dataset file not found: {entry['path']} (looked for {local.resolve()})")
+            raise ConfigError(f"{key}.path: dataset file not found: {entry['path']} (looked for {local.resolve()})")
         total += local.stat().st_size
         if total > MAX_SUBMITTED_BYTES:
             raise InvalidInput(f"the datasets of {path} add up to more than {MAX_SUBMITTED_BYTES >> 20} MiB, the most one "
@@ -93,13 +93,15 @@ def check_submission(registry, request: SubmitRequest, workdir: Path) -> JobSpec
     if config.output_dir:
         raise ConfigError(f"output_dir {shown(config.output_dir)}: a job's run directory is chosen by its worker; remove the key")
     check_trackers(config)
-    report = load_datasets([DatasetSpec(d.path, d.type) for d in config.datasets])
+    entries = [("train", d) for d in config.datasets] + [("test", d) for d in config.test_datasets]
+    report = load_datasets([DatasetSpec(d.path, d.type) for _, d in entries])
     base = registry.get_base(config.base_model)
     datasets = [DatasetFile(Path(d.path).name if request.config_path else _submitted_name(request, i), d.type,
-                            info["sha256"].removeprefix("sha256:"), Path(d.path).stat().st_size, info["lines"], Path(d.path))
-                for i, (d, info) in enumerate(zip(config.datasets, report.files))]
+                            info["sha256"].removeprefix("sha256:"), Path(d.path).stat().st_size, info["lines"], split,
+                            Path(d.path))
+                for i, ((split, d), info) in enumerate(zip(entries, report.files))]
     frozen = config.resolved()
-    for entry, ds in zip(frozen["datasets"], datasets):
+    for entry, ds in zip(frozen["datasets"] + frozen["test_datasets"], datasets):
         entry["path"] = f"blob:{ds.sha256}"
     resources = {"memory_bytes": _memory_estimate(config, base), "gpus": request.gpus,
                  "num_processes": request.num_processes}
@@ -122,6 +124,8 @@ def _check_numbers(request: SubmitRequest) -> None:
 
 def _config_file(request: SubmitRequest, workdir: Path) -> Path:
     """The config to load: the caller's own file, or the submitted mapping written out beside its datasets."""
+    from ..config import dataset_entries
+
     if request.config_path:
         if request.files:
             raise InvalidInput("a submission carries either a config path or a config with its files, not both")
@@ -132,11 +136,11 @@ def _config_file(request: SubmitRequest, workdir: Path) -> Path:
     datasets = config.get("datasets")
     if not isinstance(datasets, list) or not datasets:
         raise InvalidInput("datasets: a job needs at least one dataset ({path, type}) with its file")
-    for i, entry in enumerate(datasets):
+    for i, (key, entry) in enumerate(dataset_entries(config)):
         if not isinstance(entry, dict) or not isinstance(entry.get("path"), str):
-            raise InvalidInput(f"datasets[{i}]: expected {{path, type}}, got {shown(entry)}")
+            raise InvalidInput(f"{key}: expected {{path, type}}, got {shown(entry)}")
         if entry["path"] not in request.files:
-            raise InvalidInput(f"datasets[{i}].path {shown(entry['path'])}: its file was not sent with the job")
+            raise InvalidInput(f"{key}.path {shown(entry['path'])}: its file was not sent with the job")
         # never the submitted path (it names nothing on this machine), but its file name, so a refusal names the file
         local = workdir / str(i) / _local_name(entry["path"], i)
         local.parent.mkdir()
@@ -148,11 +152,11 @@ def _config_file(request: SubmitRequest, workdir: Path) -> Path:
 
 
 def _sets_push_name(request: SubmitRequest) -> bool:
-    push = (request.config or {}).get("push") if request.config is not None else None
+    from ..config import read_config_file
+
+    raw = read_config_file(Path(request.config_path)) if request.config_path else request.config or {}
+    push = raw.get("push")
     named_by_override = any(o.split("=", 1)[0].strip() == "push.name" for o in request.overrides)
-    if request.config_path:
-        raw = yaml.safe_load(Path(request.config_path).read_text()) or {}
-        push = raw.get("push") if isinstance(raw, dict) else None
     return named_by_override or (isinstance(push, dict) and bool(push.get("name")))
 
 
@@ -164,7 +168,10 @@ def _local_name(submitted: str, i: int) -> str:
 
 
 def _submitted_name(request: SubmitRequest, i: int) -> str:
-    return Path(str(request.config["datasets"][i]["path"])).name[:200]
+    """The file name the submitter gave its `i`-th dataset (training data first, then held-out data)."""
+    from ..config import dataset_entries
+
+    return Path(str(dataset_entries(request.config)[i][1]["path"])).name[:200]
 
 
 def _memory_estimate(config, base) -> int:

@@ -8,18 +8,20 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class JobDataset(_message.Message):
-    __slots__ = ("name", "type", "sha256", "bytes", "lines")
+    __slots__ = ("name", "type", "sha256", "bytes", "lines", "split")
     NAME_FIELD_NUMBER: _ClassVar[int]
     TYPE_FIELD_NUMBER: _ClassVar[int]
     SHA256_FIELD_NUMBER: _ClassVar[int]
     BYTES_FIELD_NUMBER: _ClassVar[int]
     LINES_FIELD_NUMBER: _ClassVar[int]
+    SPLIT_FIELD_NUMBER: _ClassVar[int]
     name: str
     type: str
     sha256: str
     bytes: int
     lines: int
-    def __init__(self, name: _Optional[str] = ..., type: _Optional[str] = ..., sha256: _Optional[str] = ..., bytes: _Optional[int] = ..., lines: _Optional[int] = ...) -> None: ...
+    split: str
+    def __init__(self, name: _Optional[str] = ..., type: _Optional[str] = ..., sha256: _Optional[str] = ..., bytes: _Optional[int] = ..., lines: _Optional[int] = ..., split: _Optional[str] = ...) -> None: ...
 
 class Job(_message.Message):
     __slots__ = ("id", "adapter", "state", "config", "config_hash", "base", "datasets", "priority", "resources", "submitter", "source", "created_at", "started_at", "finished_at", "attempts", "max_attempts", "worker_id", "lease_expires", "cancel_requested", "run_id", "result_version", "error", "step", "total_steps", "metrics", "device", "device_count", "device_seconds", "extra", "progress", "eta_s", "device_hours", "cost")
