@@ -92,6 +92,10 @@ class JobsService:
     def list(self, state: str | None = None, submitter: str | None = None, limit: int | None = 100) -> list[Job]:
         return self.registry.jobs.list(state=state, submitter=submitter, limit=limit)
 
+    def page(self, after: str | None, limit: int, keep=None) -> tuple[list[Job], bool]:
+        """A page of jobs newest first after job `after`, those `keep(job)` accepts; and whether more follow."""
+        return self.registry.jobs.page(after, limit, keep)
+
     def get(self, job_id: str) -> Job:
         return self.registry.jobs.get(job_id)
 

@@ -19,6 +19,7 @@ import yaml
 
 from conftest import TINY_BASE, run_reg
 from registry import Registry
+from registry.errors import NotFound
 
 ROOT = Path(__file__).resolve().parent.parent
 ARITH = ROOT / "examples" / "arith.jsonl"
@@ -147,6 +148,24 @@ def test_claims_follow_priority_then_age_and_respect_a_per_submitter_limit(tmp_p
     assert not registry.jobs.finish(ids["a2"], "w1", "failed")  # only a running job held by the worker ends
     assert registry.jobs.claim("w2", free, max_running_per_submitter=1).id == ids["a3"]  # FIFO within priority 9
     assert registry.jobs.renew(ids["a3"], "w1") == "lost" and registry.jobs.renew(ids["a3"], "w2") == "running"
+
+
+def test_a_page_of_jobs_reads_a_batch_at_a_time_and_continues_after_its_cursor(tmp_path, registry, capsys):
+    ids = [submit(capsys, write_config(tmp_path, name=f"p{i}"), "--priority", str(i % 2)) for i in range(7)]
+    newest_first = [j.id for j in registry.jobs.list(limit=None)]
+    assert sorted(newest_first) == sorted(ids)
+    odd = lambda job: job.priority == 1  # noqa: E731 - ids[1], ids[3], ids[5]
+    seen, after = [], None
+    while True:
+        page, more = registry.jobs.page(after, 2, odd, batch=2)
+        seen += [j.id for j in page]
+        if not more:
+            break
+        after = page[-1].id
+    assert seen == [i for i in newest_first if i in (ids[1], ids[3], ids[5])]
+    assert registry.jobs.page(newest_first[-1], 5) == ([], False)
+    with pytest.raises(NotFound):
+        registry.jobs.page("ftjob-0000", 5)
 
 
 @pytest.mark.integration

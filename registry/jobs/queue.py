@@ -126,6 +126,25 @@ class JobQueue:
             sql += f" LIMIT {int(limit)}"
         return [Job.from_row(r) for r in self.conn.execute(sql, args)]
 
+    def page(self, after: str | None, limit: int, keep=None, batch: int = 200) -> tuple[list[Job], bool]:
+        """Up to `limit` jobs newest first, from the one after job `after` (the first: None), that `keep(job)` accepts;
+        and whether more follow. Read `batch` rows at a time, so a page costs the rows it passes over, never all."""
+        where, args = "", []
+        if after is not None:
+            cursor = self.get(after)
+            where, args = " WHERE created_at < ? OR (created_at = ? AND id > ?)", [cursor.created_at, cursor.created_at,
+                                                                                    cursor.id]
+        sql = f"SELECT * FROM jobs{where} ORDER BY created_at DESC, id LIMIT ? OFFSET ?"
+        found: list[Job] = []
+        offset = 0
+        while len(found) <= limit:
+            rows = self.conn.execute(sql, [*args, batch, offset]).fetchall()
+            found += [job for job in map(Job.from_row, rows) if keep is None or keep(job)]
+            if len(rows) < batch:
+                break
+            offset += batch
+        return found[:limit], len(found) > limit
+
     def events(self, job_id: str, after: int = 0, limit: int = MAX_EVENTS_PAGE) -> list[JobEvent]:
         """The job's events numbered above `after`, oldest first (at most `limit`)."""
         self.get(job_id)

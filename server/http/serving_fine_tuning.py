@@ -30,7 +30,7 @@ from typing import Literal
 from fastapi import FastAPI, Query, Request
 from fastapi.responses import Response
 
-from registry.errors import BaseNotFound, LoradockError, NotFound, TooLarge, shown
+from registry.errors import BaseNotFound, InvalidInput, LoradockError, NotFound, TooLarge, shown
 from registry.jobs import Checkpoint, Job, JobEvent, UploadedFile
 from registry.jobs.queue import MAX_EVENTS_PAGE
 
@@ -276,9 +276,13 @@ def cancel(jobs: JobsService, job_id: str, caller: Identity) -> dict:
 
 def job_page(jobs: JobsService, after: str | None, limit: int, metadata: dict[str, str]) -> dict:
     """Jobs newest first, those whose metadata has every `metadata[key]=value` asked for, a page after job `after`."""
-    found = [j for j in jobs.list(limit=None)
-             if all((j.extra.get("openai", {}).get("metadata") or {}).get(k) == v for k, v in metadata.items())]
-    page, has_more = _page(found, [j.id for j in found], after, limit, "job")
+    def asked_for(job: Job) -> bool:
+        return all((job.extra.get("openai", {}).get("metadata") or {}).get(k) == v for k, v in metadata.items())
+
+    try:
+        page, has_more = jobs.page(after, limit, asked_for)
+    except (NotFound, InvalidInput):
+        raise bad_param("after", f"after={shown(after)}: no job with this id in the list") from None
     return _list([job_object(j, jobs) for j in page], has_more)
 
 
