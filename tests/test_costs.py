@@ -35,10 +35,21 @@ def test_job_cost_prices_device_hours_from_the_table():
     assert job_cost(0, "T4", TABLE)["usd"] == 0.0
 
 
-@pytest.mark.parametrize("device", ["cpu", "cuda", "A100", "NVIDIA A100-SXM4-80GB", ""])
+@pytest.mark.parametrize("device", ["cpu", "cuda", "A100", "NVIDIA A100-SXM4-40GB", "NVIDIA H100 PCIe", ""])
 def test_job_cost_of_a_device_not_in_the_table_is_none_not_a_crash(device):
     cost = job_cost(3, device, TABLE)
     assert cost["usd_per_hour"] is None and cost["usd"] is None and cost["device_hours"] == 3.0
+
+
+@pytest.mark.parametrize("driver, entry", [
+    ("NVIDIA A100-SXM4-80GB", "A100 80GB"), ("NVIDIA A100-PCIE-40GB", "A100 40GB"), ("NVIDIA H100 80GB HBM3", "H100 80GB"),
+    ("NVIDIA H200", "H200"), ("NVIDIA GeForce RTX 4090", "RTX 4090"), ("NVIDIA L4", "L4"), ("NVIDIA L40S", "L40S"),
+    ("NVIDIA A10G", "A10G"), ("NVIDIA H100 PCIe", None), ("Tesla T4", None),
+])
+def test_the_name_a_gpu_driver_reports_finds_its_table_entry(driver, entry):
+    """A worker prices its jobs by the name torch reports for its GPU; every word of the entry must be in it."""
+    found = gpu_price(driver, load_gpu_table(PACKAGED_GPU_TABLE))
+    assert (found.name if found else None) == entry
 
 
 def test_job_cost_from_the_table_in_force_names_it(home):

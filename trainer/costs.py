@@ -27,6 +27,7 @@ an A100 80GB bought for $15,000 and run at $0.25/h against $1.79/h breaks even a
 from __future__ import annotations
 
 import math
+import re
 
 from registry.errors import shown
 
@@ -48,9 +49,22 @@ DEFAULT_LIFETIME_YEARS = 3.0
 
 
 def gpu_price(device: str, gpus: list[GpuType]) -> GpuType | None:
-    """The table entry named `device` (exact name, case-insensitive, outer spaces ignored), or None (e.g. 'cpu')."""
+    """The table entry for `device`, or None (e.g. 'cpu', an unlisted GPU).
+
+    An exact name (case-insensitive, outer spaces ignored) wins; else the entry whose every word is a word of the
+    name the driver reports ('NVIDIA A100-SXM4-80GB' is 'A100 80GB', 'NVIDIA GeForce RTX 4090' is 'RTX 4090'),
+    the one with the most words if several are."""
     wanted = device.strip().casefold()
-    return next((gpu for gpu in gpus if gpu.name.strip().casefold() == wanted), None)
+    exact = next((gpu for gpu in gpus if gpu.name.strip().casefold() == wanted), None)
+    if exact is not None:
+        return exact
+    words = _words(device)
+    matches = [gpu for gpu in gpus if _words(gpu.name) and _words(gpu.name) <= words]
+    return max(matches, key=lambda gpu: len(_words(gpu.name)), default=None)
+
+
+def _words(name: str) -> set[str]:
+    return set(re.split(r"[\s_-]+", name.strip().casefold())) - {""}
 
 
 def price_table(path=None, home=None) -> tuple[list[GpuType], str]:
