@@ -110,7 +110,8 @@ def job_show(job_id: JobId, json_out: Json = False, home: Home = None) -> None:
         ("started", job.started_at or "-"), ("finished", job.finished_at or "-"),
         ("attempts", f"{job.attempts} of {job.max_attempts}" + (f", on worker {job.worker_id}" if job.worker_id else "")),
         ("metrics", ", ".join(f"{k} {v:.4g}" for k, v in job.metrics.items()) or "-"),
-        ("checkpoints", ", ".join(str(c.step) + ("" if c.present else " (removed)") for c in checkpoints) or "-"),
+        ("checkpoints", ", ".join(str(c.step) + ("" if c.present or c.files else " (removed)") for c in checkpoints)
+         or "-"),
         ("device-hours", f"{job.device_hours:.4f} on {job.device or '-'}"
                          + (f" x{job.device_count}" if job.device_count > 1 else "")),
         ("cost", _cost(job)),
@@ -203,8 +204,13 @@ def job_checkpoints(job_id: JobId, json_out: Json = False, home: Home = None) ->
     for c in checkpoints:
         loss, eval_loss = c.metrics.get("loss"), c.metrics.get("eval_loss")
         t.add_row(str(c.step), c.at[:19].replace("T", " "), f"{loss:.4f}" if loss is not None else "-",
-                  f"{eval_loss:.4f}" if eval_loss is not None else "-", "yes" if c.present else "removed", c.path)
+                  f"{eval_loss:.4f}" if eval_loss is not None else "-", _where(c), c.path)
     console.print(t)
+
+
+def _where(checkpoint) -> str:
+    """Where a checkpoint's files are: on the registry's host, stored in the registry (a remote worker's), or gone."""
+    return "yes" if checkpoint.present else "stored" if checkpoint.files else "removed"
 
 
 @job_app.command("push-checkpoint")

@@ -7,7 +7,9 @@ JOBS copies of examples/arith.yaml (fewer steps and evaluation examples), and re
 events: how long `submit` took, how long each job waited from submit to `running` (the worker polls
 every second, so this is mostly the poll interval), and how many events per second the running jobs
 wrote. Then JOBS processes append events to one job as fast as they can: the queue's write capacity
-with that many concurrent writers, and the latency of one append (a write transaction in SQLite).
+with that many concurrent writers, and the latency of one append (a write transaction in SQLite); and
+the same over the wire, as remote workers (`reg --registry URL worker`) write through the JobWorkers
+service of a registry server on this machine (`--remote-only`: that part alone).
 """
 
 from __future__ import annotations
@@ -89,10 +91,12 @@ def run_jobs(home: Path, jobs: int, steps: int) -> dict:
     }
 
 
-def _append(home: str, job_id: str, count: int, out) -> None:
+def _append(home: str, job_id: str, count: int, out, url: str | None = None) -> None:
+    """Append `count` events to the job: to the registry at `home`, or over the wire to the one served at `url`."""
     from registry import Registry
+    from registry.remote.client import RemoteRegistry
 
-    jobs = Registry(home).jobs
+    jobs = (RemoteRegistry(url, home=home) if url else Registry(home)).jobs
     latencies = []
     for i in range(count):
         started = time.perf_counter()
@@ -122,6 +126,45 @@ def write_capacity(home: Path, writers: int, per_writer: int) -> dict:
             "append_ms": {"p50": 1000 * latencies[len(latencies) // 2], "p99": 1000 * latencies[int(len(latencies) * 0.99)]}}
 
 
+def remote_write_capacity(home: Path, writers: int, per_writer: int) -> dict:
+    """As `write_capacity`, but as remote workers write: each process appends over the JobWorkers service of a
+    registry server on this machine (a job must be running to take events, so one is submitted and claimed)."""
+    from registry import Registry
+    from registry.jobs import SubmitRequest, WorkerInfo
+    from server.app import create_registry_server
+    from server.jobs_service import JobHooks
+    from server.options import ServerOptions
+    from trainer.jobs.submit import check_dataset, submit
+
+    registry = Registry(home)
+    registry.fetch_default_base()
+    job = submit(registry, SubmitRequest(config_path=str(ROOT / "examples" / "arith.yaml"), name="remote-bench"))
+    free = {"device": "cpu", "device_name": "cpu", "memory_bytes": 1 << 40, "gpus": []}
+    registry.jobs.register_worker(WorkerInfo("bench-remote", "localhost", os.getpid(), 1, free))
+    claimed = registry.jobs.claim("bench-remote", free, lease_s=3600)
+    assert claimed is not None and claimed.id == job.id, "another job was queued in this home"
+    server, port, _ = create_registry_server(ServerOptions(port=0), home,
+                                             job_hooks=JobHooks(submit=submit, check_dataset=check_dataset))
+    try:
+        url = f"grpc://127.0.0.1:{port}"
+        context = multiprocessing.get_context("spawn")
+        out = context.Queue()
+        procs = [context.Process(target=_append, args=(str(home / f"client-{i}"), job.id, per_writer, out, url))
+                 for i in range(writers)]
+        started = time.perf_counter()
+        for p in procs:
+            p.start()
+        latencies = sorted(x for _ in procs for x in out.get())
+        for p in procs:
+            p.join()
+        elapsed = time.perf_counter() - started
+    finally:
+        registry.jobs.finish(job.id, "bench-remote", "cancelled")
+        server.stop(0)
+    return {"writers": writers, "events": len(latencies), "elapsed_s": elapsed, "events_per_s": len(latencies) / elapsed,
+            "append_ms": {"p50": 1000 * latencies[len(latencies) // 2], "p99": 1000 * latencies[int(len(latencies) * 0.99)]}}
+
+
 def main(argv: list[str] | None = None) -> int:
     from load_tests import use_offline_hub
 
@@ -132,9 +175,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=20, help="Training steps per job.")
     parser.add_argument("--appends", type=int, default=500, help="Events each writer appends in the capacity test.")
     parser.add_argument("--json", type=Path, help="Write the results here as JSON.")
+    parser.add_argument("--remote-only", action="store_true",
+                        help="Only the write capacity over the wire (as remote workers write events), no training.")
     args = parser.parse_args(argv)
     home = args.home or Path(tempfile.mkdtemp(prefix="loradock-bench-jobs-"))
-    results = {"queue": run_jobs(home, args.jobs, args.steps), "capacity": write_capacity(home, args.jobs, args.appends)}
+    results = {} if args.remote_only else {"queue": run_jobs(home, args.jobs, args.steps),
+                                           "capacity": write_capacity(home, args.jobs, args.appends)}
+    results["remote_capacity"] = remote_write_capacity(home, args.jobs, args.appends)
     text = json.dumps(results, indent=2)
     print(text)
     if args.json:

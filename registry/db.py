@@ -352,6 +352,10 @@ def _m007_jobs(db) -> None:
     db["runs"].add_column("job_id", str)
 
 
+def _m008_stored_checkpoints(db) -> None:
+    db["job_checkpoints"].add_column("files_json", str)  # a remote worker's checkpoint, stored as blobs here
+
+
 MIGRATIONS: list[tuple[int, str, Callable]] = [
     (1, "initial schema", _m001_initial),
     (2, "evaluation pass/fail verdicts", _m002_evaluation_verdicts),
@@ -360,6 +364,7 @@ MIGRATIONS: list[tuple[int, str, Callable]] = [
     (5, "exports (reg export) linked to their source versions", _m005_exports),
     (6, "audit log of remote writes, by token name", _m006_audit_log),
     (7, "fine-tuning jobs: queue, events, checkpoints, workers, uploaded files", _m007_jobs),
+    (8, "job checkpoints stored as blobs (remote workers)", _m008_stored_checkpoints),
 ]
 
 

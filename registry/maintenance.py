@@ -103,6 +103,8 @@ def gc(registry: Registry, dry_run: bool = False, grace_s: float = DEFAULT_GC_GR
                 "SELECT DISTINCT f.sha256 FROM files f JOIN versions v ON v.id = f.version_id WHERE v.deleted_at IS NULL"
                 " UNION SELECT sha256 FROM uploaded_files"
                 " UNION SELECT json_extract(d.value, '$.sha256') FROM jobs, json_each(jobs.datasets_json) d"
+                " UNION SELECT json_extract(f.value, '$.sha256') FROM job_checkpoints c, json_each(c.files_json) f"
+                " WHERE c.files_json IS NOT NULL"
             )
         }
         cutoff = time.time() - grace_s

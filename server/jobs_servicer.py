@@ -260,7 +260,8 @@ class JobWorkersServicer(jobs_pb_grpc.JobWorkersServicer):
     def RecordCheckpoint(self, request, context):
         def record():
             self.jobs.running(request.job_id)
-            self.queue.record_checkpoint(request.job_id, request.step, request.path, to_python(request.metrics))
+            given = to_python(request)
+            self.queue.record_checkpoint(request.job_id, request.step, request.path, given["metrics"], given["files"])
             return {}
 
         return self._do(context, record)
@@ -271,8 +272,9 @@ class JobWorkersServicer(jobs_pb_grpc.JobWorkersServicer):
             if job.worker_id != request.worker_id:
                 raise JobNotRunning(f"job {job.id} is held by worker {shown(job.worker_id)}, not {shown(request.worker_id)}")
             digest = check_digest(request.digest)
-            if digest not in {d["sha256"] for d in job.datasets}:
-                raise NotFound(f"job {job.id} has no dataset sha256:{digest}")
+            stored = {f["sha256"] for c in self.queue.checkpoints(job.id) for f in c.files}
+            if digest not in {d["sha256"] for d in job.datasets} | stored:
+                raise NotFound(f"job {job.id} has no dataset or stored checkpoint file sha256:{digest}")
             fh = open(self.jobs.registry.blobs.path(digest), "rb")
         except LoradockError as exc:
             abort_with(context, exc)

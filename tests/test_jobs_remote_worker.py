@@ -163,6 +163,50 @@ def test_a_remote_worker_trains_a_job_and_pushes_the_version_with_its_lineage(se
 
 
 @pytest.mark.integration
+def test_a_machine_gone_mid_run_another_resumes_from_the_checkpoint_it_stored(served, capsys, tmp_path, worker_home,
+                                                                              tiny_base_dir):
+    """Worker A (its own home) is SIGKILLed mid-run; worker B, with another home that never saw the job, downloads
+    the newest checkpoint A stored in the registry and finishes: one continuous loss curve, the same step count."""
+    import shutil
+    import signal
+
+    job_id = submit(capsys, served, write_config(tmp_path / "client", name="long-job", max_steps=40, save_steps=5,
+                                                 eval_steps=20, val_set_size=8, micro_batch_size=2))
+    registry = served["registry"]
+    first_log = tmp_path / "a.log"
+    first = start_remote_worker(served, worker_home, "gpu-box", first_log)
+    _wait(lambda: any(c.step >= 10 and c.files for c in registry.jobs.checkpoints(job_id)), "a stored checkpoint at step 10",
+          first, first_log)
+    first.send_signal(signal.SIGKILL)
+    first.wait()
+    shutil.rmtree(worker_home)  # the machine is gone, its disk with it
+    stored_at = max(c.step for c in registry.jobs.checkpoints(job_id) if c.files)
+    assert all(registry.blobs.has(f["sha256"]) for c in registry.jobs.checkpoints(job_id) for f in c.files)
+    other_home = tmp_path / "machine-b"
+    Registry(other_home).add_base(str(tiny_base_dir), TINY_BASE)
+    second_log = tmp_path / "b.log"
+    second = start_remote_worker(served, other_home, "gpu-box", second_log, "--max-jobs", "1")
+    assert second.wait(WAIT_S) == 0, log_tail(second_log)
+    job = registry.jobs.get(job_id)
+    assert (job.state, job.attempts, job.step) == ("succeeded", 2, 40), job.error
+    events = registry.jobs.events(job_id)
+    assert any(f"resumes from checkpoint {stored_at}, downloaded from the registry" in e.message for e in events)
+    starts = [e.data["start_step"] for e in events if "start_step" in e.data]
+    assert starts[0] == 0 and starts[1] == stored_at
+    run = registry.run(registry.resolve(job.result_version).run_id)
+    steps = [s for s, _ in run["metrics"]["train_loss"]]
+    assert steps == sorted(set(steps)) and steps[-1] == 40  # one continuous curve, no repeated steps
+    assert not registry.jobs.checkpoints(job_id)[0].present  # machine A's checkpoint: only its stored blobs are left
+    code, out, _ = run_reg(capsys, "job", "checkpoints", job_id, "--home", str(registry.home))
+    assert code == 0 and "stored" in out
+    pushed = served["remote"]["submitter"].jobs.push_checkpoint(job_id, stored_at)  # served from the stored blobs
+    assert pushed.created and pushed.version.ref == "long-job:2"
+    before = {c.step: c.files for c in registry.jobs.checkpoints(job_id)}
+    registry.gc(grace_s=0)  # the stored checkpoints' blobs are kept
+    assert all(registry.blobs.has(f["sha256"]) for files in before.values() for f in files)
+
+
+@pytest.mark.integration
 def test_cancelling_a_job_a_remote_worker_runs_stops_its_training(served, capsys, tmp_path, worker_home):
     job_id = submit(capsys, served, write_config(tmp_path / "client", name="long-job", max_steps=400, save_steps=2,
                                                  eval_steps=200, micro_batch_size=2))

@@ -19,8 +19,10 @@ import time
 from pathlib import Path
 
 from .. import db as dbmod
-from ..errors import Conflict, InvalidInput, NotFound, PermissionDenied, shown
+from ..errors import BlobsMissing, Conflict, InvalidInput, NotFound, PermissionDenied, shown
 from ..home import current_actor
+from ..manifests import check_file_list
+from ..records import FileRecord
 from .records import EVENT_LEVELS, EVENT_TYPES, TERMINAL, Checkpoint, Job, JobEvent, JobSpec, UploadedFile, WorkerInfo
 
 DEFAULT_LEASE_S = 30.0
@@ -155,8 +157,8 @@ class JobQueue:
     def checkpoints(self, job_id: str) -> list[Checkpoint]:
         self.get(job_id)
         rows = self.conn.execute("SELECT * FROM job_checkpoints WHERE job_id=? ORDER BY step", (job_id,))
-        return [Checkpoint(r["step"], r["path"], json.loads(r["metrics_json"] or "{}"), r["at"], Path(r["path"]).is_dir())
-                for r in rows]
+        return [Checkpoint(r["step"], r["path"], json.loads(r["metrics_json"] or "{}"), r["at"], Path(r["path"]).is_dir(),
+                           json.loads(r["files_json"] or "[]")) for r in rows]
 
     # --- what submitters do ---------------------------------------------------------------------
 
@@ -195,16 +197,22 @@ class JobQueue:
         if not found:
             steps = ", ".join(str(c.step) for c in self.checkpoints(job_id)) or "none yet"
             raise NotFound(f"job {job_id} has no checkpoint at step {step} (its checkpoints: {steps})")
+        message = f"checkpoint at step {step} of job {job_id}"
+        adapter_files = ("adapter_config.json", "adapter_model.safetensors")  # not the optimizer's pickles
+        stored = [FileRecord(f["path"], f["size"], f["sha256"]) for f in found[0].files if f["path"] in adapter_files]
+        if not found[0].present and len(stored) == len(adapter_files):  # a remote worker's, stored here as blobs
+            return self.registry.push_stored(stored, job.adapter, base=job.base, alias=alias, allow_duplicate=True,
+                                             message=message)
         if not found[0].present:
             raise NotFound(f"checkpoint {step} of job {job_id} was removed by the trainer (save_total_limit); "
                            f"push a newer one (see `reg job checkpoints {job_id}`)")
         source, staging = Path(found[0].path), self.registry.home / "tmp" / f"checkpoint-{job_id}-{step}-{os.getpid()}"
         staging.mkdir(parents=True, exist_ok=True)
         try:
-            for name in ("adapter_config.json", "adapter_model.safetensors"):  # not the optimizer's pickles
+            for name in adapter_files:
                 shutil.copyfile(source / name, staging / name)
             return self.registry.push(staging, job.adapter, base=job.base, alias=alias, allow_duplicate=True,
-                                      message=f"checkpoint at step {step} of job {job_id}")
+                                      message=message)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
 
@@ -313,10 +321,18 @@ class JobQueue:
             self._event(conn, job_id, "info", "metrics", f"step {step}/{total_steps}: {shown_metrics}",
                         {"step": step, "total_steps": total_steps, **metrics})
 
-    def record_checkpoint(self, job_id: str, step: int, path: str, metrics: dict) -> None:
+    def record_checkpoint(self, job_id: str, step: int, path: str, metrics: dict, files: list[dict] | None = None) -> None:
+        """A checkpoint saved at `path`; `files` (path, size, sha256), when its files are stored as blobs here too."""
+        if files:
+            check_file_list([FileRecord(f["path"], f["size"], f["sha256"]) for f in files], InvalidInput,
+                            f"checkpoint {step} of job {job_id}")
+            missing = [f["path"] for f in files if not self.registry.blobs.has(f["sha256"])]
+            if missing:
+                raise BlobsMissing(f"checkpoint {step} of job {job_id}: {', '.join(missing)} not uploaded")
         with dbmod.transaction(self.conn) as conn:
-            conn.execute("INSERT OR REPLACE INTO job_checkpoints (job_id, step, path, metrics_json, at) VALUES (?, ?, ?, ?, ?)",
-                         (job_id, step, path, json.dumps(metrics), dbmod.utcnow()))
+            conn.execute("INSERT OR REPLACE INTO job_checkpoints (job_id, step, path, metrics_json, at, files_json)"
+                         " VALUES (?, ?, ?, ?, ?, ?)", (job_id, step, path, json.dumps(metrics), dbmod.utcnow(),
+                                                        json.dumps(files) if files else None))
             self._event(conn, job_id, "info", "checkpoint", f"checkpoint at step {step}", {"step": step, **metrics})
 
     def add_event(self, job_id: str, level: str, type: str, message: str, data: dict | None = None) -> int:

@@ -166,6 +166,7 @@ class Checkpoint:
     metrics: dict
     at: str
     present: bool  # the directory is still there (the trainer keeps the newest `save_total_limit`)
+    files: list[dict] = field(default_factory=list)  # path, size, sha256: stored as blobs (a remote worker's)
 
 
 @dataclass

@@ -9,6 +9,7 @@ the config, then its datasets' bytes in chunks; the server checks and queues it,
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,7 +18,8 @@ import grpc
 from ..errors import InvalidInput, TooLarge
 from ..jobs import Checkpoint, Job, JobEvent, SubmitRequest, WorkerInfo
 from ..jobs.queue import DEFAULT_LEASE_S, MAX_EVENTS_PAGE
-from ..records import PushResult
+from ..blobs import sha256_file
+from ..records import FileRecord, PushResult
 from .messages import to_message, to_python, to_record
 from .rpc import jobs_pb, jobs_pb_grpc, pb
 
@@ -129,9 +131,16 @@ class RemoteJobs:
         self._work("ReportProgress", jobs_pb.ReportProgressRequest, job_id=job_id, step=step, total_steps=total_steps,
                    metrics=metrics)
 
-    def record_checkpoint(self, job_id: str, step: int, path: str, metrics: dict) -> None:
+    def record_checkpoint(self, job_id: str, step: int, path: str, metrics: dict, files: list[dict] | None = None) -> None:
         self._work("RecordCheckpoint", jobs_pb.RecordCheckpointRequest, job_id=job_id, step=step, path=path,
-                   metrics=metrics)
+                   metrics=metrics, files=files or [])
+
+    def upload_checkpoint(self, directory: Path) -> list[dict]:
+        """Upload the files of a checkpoint directory the registry lacks; their (path, size, sha256), to record it."""
+        files = [FileRecord(p.name, p.stat().st_size, sha256_file(p)) for p in sorted(Path(directory).iterdir())
+                 if p.is_file()]
+        self.remote._upload_missing(Path(directory), files)
+        return [dataclasses.asdict(f) for f in files]
 
     def add_event(self, job_id: str, level: str, type: str, message: str, data: dict | None = None) -> int:
         return self._work("AddJobEvent", jobs_pb.AddJobEventRequest, job_id=job_id, level=level, type=type,
@@ -140,14 +149,13 @@ class RemoteJobs:
     def set_run(self, job_id: str, run_id: str) -> None:
         self._work("SetJobRun", jobs_pb.SetJobRunRequest, job_id=job_id, run_id=run_id)
 
-    def fetch_dataset(self, job_id: str, worker_id: str, dataset: dict, dest: Path) -> None:
-        """Download one of the datasets of a job this worker holds (a `Job.datasets` entry) to `dest`, verified."""
+    def fetch_job_file(self, job_id: str, worker_id: str, digest: str, size: int, dest: Path, what: str) -> None:
+        """Download a dataset or stored checkpoint file of a job this worker holds to `dest`, verified."""
         def chunks(offset: int):
-            request = jobs_pb.JobDataRequest(job_id=job_id, worker_id=worker_id, digest=dataset["sha256"], offset=offset)
+            request = jobs_pb.JobDataRequest(job_id=job_id, worker_id=worker_id, digest=digest, offset=offset)
             return self.workers_stub.DownloadJobData(request, metadata=self.remote.metadata, timeout=None)
 
-        self.remote.download_verified(dataset["sha256"], dataset["bytes"], dest,
-                                      f"dataset {dataset['name']} of job {job_id}", chunks)
+        self.remote.download_verified(digest, size, dest, what, chunks)
 
     # --- submitting -------------------------------------------------------------------------------
 

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import logging
+import shutil
 from pathlib import Path
 
 from transformers import TrainerCallback
 
 logger = logging.getLogger(__name__)
+
+STORED_CURVES = "loradock-curves.json"  # the run's curves.json, stored with a remote worker's checkpoint
 
 # What a metrics event carries, by transformers' log key -> ours.
 LOGGED = {"loss": "loss", "learning_rate": "learning_rate", "grad_norm": "grad_norm", "eval_loss": "eval_loss",
@@ -17,9 +20,12 @@ LOGGED = {"loss": "loss", "learning_rate": "learning_rate", "grad_norm": "grad_n
 class JobEvents(TrainerCallback):
     """Metrics every logging step, a checkpoint event (and record) at every save; only on the main process."""
 
-    def __init__(self, queue, job_id: str):
+    def __init__(self, queue, job_id: str, store_checkpoints: bool = False):
+        """`store_checkpoints`: upload each checkpoint's files to the registry (`queue` is a `RemoteJobs`), so that
+        a worker on another machine can resume the job from it."""
         self.queue = queue
         self.job_id = job_id
+        self.store_checkpoints = store_checkpoints
         self.latest: dict = {}
 
     def on_train_begin(self, args, state, control, **kwargs):
@@ -39,4 +45,12 @@ class JobEvents(TrainerCallback):
         if state.is_world_process_zero:
             path = Path(args.output_dir) / f"checkpoint-{state.global_step}"
             kept = {k: v for k, v in self.latest.items() if k in ("loss", "eval_loss", "epoch")}
-            self.queue.record_checkpoint(self.job_id, state.global_step, str(path.resolve()), kept)
+            files = self._store(path) if self.store_checkpoints else None
+            self.queue.record_checkpoint(self.job_id, state.global_step, str(path.resolve()), kept, files)
+
+    def _store(self, path: Path) -> list[dict]:
+        """Upload the checkpoint's files, with the run's loss curves so far (for one continuous curve on resume)."""
+        curves = path.parent.parent / "curves.json"  # <run>/checkpoints/checkpoint-N -> <run>/curves.json
+        if curves.is_file():
+            shutil.copyfile(curves, path / STORED_CURVES)
+        return self.queue.upload_checkpoint(path)

@@ -43,13 +43,45 @@ def materialise(registry: Registry, job, remote=None) -> Path:
     for i, (entry, ds) in enumerate(zip(config["datasets"] + config.get("test_datasets", []), job.datasets)):
         dest = job_dir / "data" / f"{i}-{Path(ds['name']).name or 'dataset.jsonl'}"
         if remote is not None:  # goes on from a download an earlier attempt cut off, and verifies the whole file
-            remote.jobs.fetch_dataset(job.id, job.worker_id, ds, dest)
+            remote.jobs.fetch_job_file(job.id, job.worker_id, ds["sha256"], ds["bytes"], dest,
+                                       f"dataset {ds['name']} of job {job.id}")
         elif not dest.exists():
             registry.blobs.copy_out(ds["sha256"], dest, f"dataset {ds['name']} of job {job.id}")
         entry["path"] = str(dest)
     path = job_dir / "config.yaml"
     path.write_text(yaml.safe_dump(config, sort_keys=False))
     return path
+
+
+def prepare_remote_attempt(registry: Registry, job, remote) -> None:
+    """Before a remote job's training process starts (in the worker, once): its datasets, and, when this machine
+    has no run of the job yet, the newest checkpoint an earlier attempt stored in the registry, set out as the run
+    to resume (`<home>/runs/<job id>/checkpoint-N/`)."""
+    from registry.errors import InvalidInput
+    from registry.paths import check_file_name
+
+    from ..runs import write_run_json
+    from .events import STORED_CURVES
+
+    materialise(registry, job, remote)
+    run_dir = registry.runs_dir / job.id
+    stored = [c for c in remote.jobs.checkpoints(job.id) if c.files]
+    if (run_dir / "run.json").exists() or not stored:
+        return  # this machine's own checkpoints, or none to resume from
+    newest = max(stored, key=lambda c: c.step)
+    checkpoints = run_dir / "checkpoints"  # where trainer.fit looks (the Trainer's output_dir)
+    dest, staging = checkpoints / f"checkpoint-{newest.step}", checkpoints / f".checkpoint-{newest.step}.partial"
+    staging.mkdir(parents=True, exist_ok=True)
+    for f in newest.files:
+        name = check_file_name(f["path"], InvalidInput, f"checkpoint {newest.step} of job {job.id}")
+        remote.jobs.fetch_job_file(job.id, job.worker_id, f["sha256"], f["size"], staging / name,
+                                   f"checkpoint {newest.step} of job {job.id}: {name}")
+    if (staging / STORED_CURVES).is_file():
+        (staging / STORED_CURVES).rename(run_dir / "curves.json")
+    staging.rename(dest)
+    write_run_json(run_dir, run_id=job.id, status="interrupted", resumed_from_registry=newest.step)
+    remote.jobs.add_event(job.id, "info", "message", f"attempt {job.attempts} resumes from checkpoint {newest.step}, "
+                          f"downloaded from the registry to {socket.gethostname()}", {"step": newest.step})
 
 
 def run_attempt(registry: Registry, job_id: str, remote=None) -> str | None:
@@ -72,9 +104,10 @@ def run_attempt(registry: Registry, job_id: str, remote=None) -> str | None:
         queue.set_run(job.id, run_id)
         if not resume and queue.checkpoints(job.id):
             queue.add_event(job.id, "warn", "message", f"no checkpoint of an earlier attempt is on this machine "
-                            f"({socket.gethostname()}): this attempt trains from step 0")
-    result = train(config, registry, resume=resume, run_id=run_id, progress=False, callbacks=[JobEvents(queue, job.id)],
-                   job_id=job.id, publish=remote)
+                            f"({socket.gethostname()}) or stored in the registry: this attempt trains from step 0")
+    events = JobEvents(queue, job.id, store_checkpoints=remote is not None)
+    result = train(config, registry, resume=resume, run_id=run_id, progress=False, callbacks=[events], job_id=job.id,
+                   publish=remote)
     return result.version_ref
 
 

@@ -22,7 +22,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from registry.errors import DeadlineExceeded, Unavailable
+from registry.errors import DeadlineExceeded, LoradockError, Unavailable
 from registry.jobs import Job, WorkerInfo
 from registry.jobs.queue import DEFAULT_LEASE_S, check_job_id
 
@@ -166,6 +166,8 @@ class Worker:
     def _start(self, job: Job, gpus: list[int]) -> None:
         job_dir = self.registry.home / "jobs" / check_job_id(job.id)  # a remote registry's id names a directory here
         job_dir.mkdir(parents=True, exist_ok=True)
+        if self.remote is not None and not self._prepare_remote(job):
+            return
         result_path, log_path = job_dir / f"attempt-{job.attempts}.json", job_dir / f"attempt-{job.attempts}.log"
         result_path.unlink(missing_ok=True)
         env = {**os.environ, "PYTHONUNBUFFERED": "1", **(self.remote.child_environment() if self.remote else {})}
@@ -180,6 +182,22 @@ class Worker:
         self.queue.add_event(job.id, "info", "message", f"attempt {job.attempts}: training process {proc.pid}, log {log_path}",
                              {"pid": proc.pid, "log": str(log_path), "gpus": gpus})
         logger.info(f"worker {self.id}: running {job.id} ({job.adapter}, attempt {job.attempts})")
+
+    def _prepare_remote(self, job: Job) -> bool:
+        """Download a remote job's datasets (and a checkpoint to resume from) here, once, before its processes start;
+        False (the job failed, saying why) if that cannot be done."""
+        from .run import prepare_remote_attempt
+
+        try:
+            prepare_remote_attempt(self.registry, job, self.remote)
+            return True
+        except (Unavailable, DeadlineExceeded):
+            raise  # the registry is out of reach: the loop retries; the lease lapses and the job is requeued
+        except LoradockError as exc:
+            self.queue.finish(job.id, self.id, "failed", error=f"attempt {job.attempts} on {socket.gethostname()} could "
+                              f"not fetch the job's files: {exc}")
+            self.ended += 1
+            return False
 
     def _command(self, job: Job, result_path: Path, env: dict) -> list[str]:
         """The child's command: `python -m trainer.jobs.run`, under `accelerate launch` for several processes."""

@@ -110,18 +110,20 @@ class JobEvent(_message.Message):
     def __init__(self, seq: _Optional[int] = ..., at: _Optional[str] = ..., level: _Optional[str] = ..., type: _Optional[str] = ..., message: _Optional[str] = ..., data: _Optional[_Union[_registry_pb2.JsonObject, _Mapping]] = ...) -> None: ...
 
 class Checkpoint(_message.Message):
-    __slots__ = ("step", "path", "metrics", "at", "present")
+    __slots__ = ("step", "path", "metrics", "at", "present", "files")
     STEP_FIELD_NUMBER: _ClassVar[int]
     PATH_FIELD_NUMBER: _ClassVar[int]
     METRICS_FIELD_NUMBER: _ClassVar[int]
     AT_FIELD_NUMBER: _ClassVar[int]
     PRESENT_FIELD_NUMBER: _ClassVar[int]
+    FILES_FIELD_NUMBER: _ClassVar[int]
     step: int
     path: str
     metrics: _registry_pb2.JsonObject
     at: str
     present: bool
-    def __init__(self, step: _Optional[int] = ..., path: _Optional[str] = ..., metrics: _Optional[_Union[_registry_pb2.JsonObject, _Mapping]] = ..., at: _Optional[str] = ..., present: _Optional[bool] = ...) -> None: ...
+    files: _containers.RepeatedCompositeFieldContainer[_registry_pb2.FileEntry]
+    def __init__(self, step: _Optional[int] = ..., path: _Optional[str] = ..., metrics: _Optional[_Union[_registry_pb2.JsonObject, _Mapping]] = ..., at: _Optional[str] = ..., present: _Optional[bool] = ..., files: _Optional[_Iterable[_Union[_registry_pb2.FileEntry, _Mapping]]] = ...) -> None: ...
 
 class JobList(_message.Message):
     __slots__ = ("jobs",)
@@ -374,16 +376,18 @@ class ReportProgressRequest(_message.Message):
     def __init__(self, job_id: _Optional[str] = ..., step: _Optional[int] = ..., total_steps: _Optional[int] = ..., metrics: _Optional[_Union[_registry_pb2.JsonObject, _Mapping]] = ...) -> None: ...
 
 class RecordCheckpointRequest(_message.Message):
-    __slots__ = ("job_id", "step", "path", "metrics")
+    __slots__ = ("job_id", "step", "path", "metrics", "files")
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     STEP_FIELD_NUMBER: _ClassVar[int]
     PATH_FIELD_NUMBER: _ClassVar[int]
     METRICS_FIELD_NUMBER: _ClassVar[int]
+    FILES_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     step: int
     path: str
     metrics: _registry_pb2.JsonObject
-    def __init__(self, job_id: _Optional[str] = ..., step: _Optional[int] = ..., path: _Optional[str] = ..., metrics: _Optional[_Union[_registry_pb2.JsonObject, _Mapping]] = ...) -> None: ...
+    files: _containers.RepeatedCompositeFieldContainer[_registry_pb2.FileEntry]
+    def __init__(self, job_id: _Optional[str] = ..., step: _Optional[int] = ..., path: _Optional[str] = ..., metrics: _Optional[_Union[_registry_pb2.JsonObject, _Mapping]] = ..., files: _Optional[_Iterable[_Union[_registry_pb2.FileEntry, _Mapping]]] = ...) -> None: ...
 
 class SetJobRunRequest(_message.Message):
     __slots__ = ("job_id", "run_id")

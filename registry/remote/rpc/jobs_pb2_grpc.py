@@ -536,7 +536,8 @@ class JobWorkersServicer:
         raise NotImplementedError('Method not implemented!')
 
     def DownloadJobData(self, request, context):
-        """A dataset of a job the worker holds, from `offset` (the Registry's DownloadBlob serves only versions' blobs).
+        """A dataset or stored checkpoint file of a job the worker holds, from `offset` (the Registry's DownloadBlob
+        serves only versions' blobs).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
