@@ -8,6 +8,7 @@ in its own home, and pushes the version to the served registry with the run's li
 
 from __future__ import annotations
 
+import hashlib
 import os
 import subprocess
 import sys
@@ -114,6 +115,30 @@ def test_the_worker_side_keeps_the_queue_s_rules_over_the_wire(served, capsys, t
     assert served["registry"].jobs.live_workers() == []
 
 
+def test_stored_checkpoints_are_kept_for_the_newest_save_total_limit(served, capsys, tmp_path):
+    """A remote worker's checkpoints are uploaded (UploadBlob) and recorded; like the trainer's directories, only the
+    newest `save_total_limit` (here 2) keep their stored files, and `reg gc` then removes the older blobs."""
+    job_id = submit(capsys, served, write_config(tmp_path / "client"))
+    queue, registry = served["remote"]["gpu-box"].jobs, served["registry"]
+    queue.register_worker(WorkerInfo("box-1", "box", 1, 1, CPU))
+    assert queue.claim("box-1", CPU, lease_s=30).id == job_id
+    for step in (1, 2, 3):
+        directory = tmp_path / f"checkpoint-{step}"
+        directory.mkdir()
+        (directory / "trainer_state.json").write_text(f'{{"global_step": {step}}}')
+        queue.record_checkpoint(job_id, step, str(directory), {"loss": 1.0 / step}, queue.upload_checkpoint(directory))
+    checkpoints = registry.jobs.checkpoints(job_id)
+    assert [(c.step, len(c.files)) for c in checkpoints] == [(1, 0), (2, 1), (3, 1)]
+    digests = {c.step: c.files[0]["sha256"] for c in checkpoints if c.files}
+    dropped = hashlib.sha256(b'{"global_step": 1}').hexdigest()
+    assert registry.blobs.has(dropped)
+    registry.gc(grace_s=0)
+    assert all(registry.blobs.has(d) for d in digests.values()) and not registry.blobs.has(dropped)
+    with pytest.raises(InvalidInput, match="checkpoint 4"):  # a file list from outside is checked like a version's
+        queue.record_checkpoint(job_id, 4, "/x", {}, [{"path": "../escape", "size": 1, "sha256": "0" * 64}])
+    assert [c.step for c in registry.jobs.checkpoints(job_id)] == [1, 2, 3]
+
+
 def test_a_token_without_the_worker_role_claims_nothing(served, capsys, tmp_path, worker_home):
     job_id = submit(capsys, served, write_config(tmp_path / "client"))
     before = snapshot(served["registry"].home)
@@ -196,10 +221,13 @@ def test_a_machine_gone_mid_run_another_resumes_from_the_checkpoint_it_stored(se
     run = registry.run(registry.resolve(job.result_version).run_id)
     steps = [s for s, _ in run["metrics"]["train_loss"]]
     assert steps == sorted(set(steps)) and steps[-1] == 40  # one continuous curve, no repeated steps
-    assert not registry.jobs.checkpoints(job_id)[0].present  # machine A's checkpoint: only its stored blobs are left
+    shutil.rmtree(other_home)  # machine B goes too: the registry's stored copies are all that is left
+    checkpoints = registry.jobs.checkpoints(job_id)
+    assert [c.step for c in checkpoints if c.files] == [35, 40]  # the newest save_total_limit keep their files
+    assert not any(c.present for c in checkpoints)
     code, out, _ = run_reg(capsys, "job", "checkpoints", job_id, "--home", str(registry.home))
     assert code == 0 and "stored" in out
-    pushed = served["remote"]["submitter"].jobs.push_checkpoint(job_id, stored_at)  # served from the stored blobs
+    pushed = served["remote"]["submitter"].jobs.push_checkpoint(job_id, 40)  # made from the stored blobs
     assert pushed.created and pushed.version.ref == "long-job:2"
     before = {c.step: c.files for c in registry.jobs.checkpoints(job_id)}
     registry.gc(grace_s=0)  # the stored checkpoints' blobs are kept

@@ -322,7 +322,10 @@ class JobQueue:
                         {"step": step, "total_steps": total_steps, **metrics})
 
     def record_checkpoint(self, job_id: str, step: int, path: str, metrics: dict, files: list[dict] | None = None) -> None:
-        """A checkpoint saved at `path`; `files` (path, size, sha256), when its files are stored as blobs here too."""
+        """A checkpoint saved at `path`; `files` (path, size, sha256), when its files are stored as blobs here too.
+
+        Stored files are kept for the newest `save_total_limit` checkpoints of the job, as the trainer keeps their
+        directories; older ones lose theirs (their blobs go at the next `reg gc`)."""
         if files:
             check_file_list([FileRecord(f["path"], f["size"], f["sha256"]) for f in files], InvalidInput,
                             f"checkpoint {step} of job {job_id}")
@@ -333,6 +336,12 @@ class JobQueue:
             conn.execute("INSERT OR REPLACE INTO job_checkpoints (job_id, step, path, metrics_json, at, files_json)"
                          " VALUES (?, ?, ?, ?, ?, ?)", (job_id, step, path, json.dumps(metrics), dbmod.utcnow(),
                                                         json.dumps(files) if files else None))
+            if files:
+                config = json.loads(conn.execute("SELECT config_json FROM jobs WHERE id=?", (job_id,)).fetchone()[0])
+                keep = max(1, int(config.get("save_total_limit") or 2))
+                conn.execute("UPDATE job_checkpoints SET files_json=NULL WHERE job_id=? AND files_json IS NOT NULL AND step"
+                             " NOT IN (SELECT step FROM job_checkpoints WHERE job_id=? AND files_json IS NOT NULL"
+                             " ORDER BY step DESC LIMIT ?)", (job_id, job_id, keep))
             self._event(conn, job_id, "info", "checkpoint", f"checkpoint at step {step}", {"step": step, **metrics})
 
     def add_event(self, job_id: str, level: str, type: str, message: str, data: dict | None = None) -> int:
