@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.loradock-installed
 
-.PHONY: setup demo test test-fast bench proto clean
+.PHONY: setup demo test test-fast bench proto clean browser
 
 setup: $(STAMP)
 
@@ -21,8 +21,17 @@ $(STAMP): pyproject.toml Makefile
 demo: setup
 	$(PY) examples/demo.py
 
-test: setup
+test: setup browser
 	$(PY) -m pytest
+
+# The portal's browser tests drive Debian's chromium and chromedriver: installed here when missing and we are root
+# (apt); otherwise those tests are skipped, and say why.
+browser:
+	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || { \
+	  [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
+	  apt-get update -qq >/dev/null 2>&1 && \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null 2>&1; } || \
+	  echo "make: could not install chromium and chromium-driver: the portal's browser tests will be skipped"
 
 # The inner loop: no default-base runs, no child processes, no long jobs (`make test` runs everything).
 test-fast: setup

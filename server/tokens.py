@@ -117,11 +117,14 @@ class TokenStore:
 
     def identify(self, token: str) -> TokenEntry | None:
         """The entry whose hash matches `token`, compared in constant time against every entry."""
+        return self.by_hash(token_hash(token))
+
+    def by_hash(self, digest: str) -> TokenEntry | None:
+        """The entry with this token hash (a signed portal session names its token so: revoking the token ends it)."""
         try:
             self._reload()
         except InvalidInput:
             pass  # a half-written tokens file: keep serving with the entries read last
-        digest = token_hash(token)
         found = None
         for entry in [*self._entries, *([self._admin] if self._admin else [])]:
             if hmac.compare_digest(entry.sha256, digest) and found is None:

@@ -20,6 +20,7 @@ from ..errors import ServerShuttingDown
 from ..jobs_service import JobsService
 from ..limits import max_request_bytes
 from ..options import ServerOptions
+from ..portal.app import PREFIX as PORTAL_PREFIX, build_portal
 from ..service import InferenceService
 from ..tokens import TokenStore
 from . import serving_adapters, serving_fine_tuning
@@ -123,6 +124,9 @@ def build_app(service: InferenceService, options: ServerOptions, tokens: TokenSt
     async def metrics(request: Request):
         content, content_type = await state.call(service.metrics.exposition, request.headers.get("accept", ""))
         return Response(content, media_type=content_type)
+
+    # The portal (server/portal/): its own app, its own sign-in (a session cookie, not a bearer header).
+    app.mount(PORTAL_PREFIX, build_portal(service.registry, tokens, secure_cookies=bool(options.tls_cert)))
 
     @app.get("/health")
     async def health():

@@ -1,0 +1,154 @@
+"""The portal's app: `build_portal(registry, tokens)` -> a FastAPI app the HTTP front mounts at `/ui`.
+
+Pages are server-rendered (Jinja2, autoescaped) and read through the one registry interface (`RegistryAPI`), so
+the portal shows the same records `reg ls` / `reg show` print, locally or from a remote registry. Handlers are
+plain functions, run on FastAPI's thread pool (registry reads block). A page needs a signed-in session (see
+`sessions.py`) whose token has the role the page names; without one the browser is sent to sign in. Errors are the
+error table's: the status it gives, and the one-line message the CLI prints.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from urllib.parse import parse_qs, quote
+
+from fastapi import FastAPI, Request
+from fastapi.responses import HTMLResponse, RedirectResponse
+from fastapi.staticfiles import StaticFiles
+from fastapi.templating import Jinja2Templates
+
+from registry.errors import InvalidInput, LoradockError, PermissionDenied, TooLarge, Unauthenticated
+
+from ..tokens import TokenStore
+from .charts import loss_chart
+from .sessions import SESSION_COOKIE, SESSION_MAX_AGE_S, SIGN_IN_COOKIE, SIGN_IN_MAX_AGE_S, Session, Sessions
+
+HERE = Path(__file__).resolve().parent
+MAX_FORM_BYTES = 16 * 1024  # a sign-in or action form: a token and a few fields
+PREFIX = "/ui"
+
+
+class SignInNeeded(Exception):
+    """The request has no valid session: the browser is sent to the sign-in page, and back here afterwards."""
+
+
+def build_portal(registry, tokens: TokenStore | None, secure_cookies: bool = False) -> FastAPI:
+    """The portal over `registry` (a `RegistryAPI`, local or remote) for the callers `tokens` admits (None: auth off)."""
+    app = FastAPI(title="loradock portal", docs_url=None, redoc_url=None, openapi_url=None)
+    sessions = Sessions(tokens)
+    templates = Jinja2Templates(directory=str(HERE / "templates"))
+    app.mount("/static", StaticFiles(directory=str(HERE / "static")), name="static")
+
+    def render(request: Request, template: str, session: Session | None, status: int = 200, **context) -> HTMLResponse:
+        return templates.TemplateResponse(request, template, {"session": session, "auth_on": sessions.auth_on,
+                                                              "prefix": PREFIX, **context}, status_code=status)
+
+    def session_for(request: Request, role: str) -> Session:
+        """The request's session if its token has `role`; SignInNeeded or PermissionDenied otherwise."""
+        peer = f"{request.client.host}:{request.client.port}" if request.client else "-"
+        session = sessions.read(request.cookies.get(SESSION_COOKIE), peer)
+        if session is None:
+            raise SignInNeeded()
+        roles = session.identity.roles
+        if "admin" not in roles and role not in roles:
+            raise PermissionDenied(f"token {session.identity.token_name!r} has role(s) {', '.join(sorted(roles))}; "
+                                   f"this page needs {role!r}")
+        return session
+
+    @app.exception_handler(SignInNeeded)
+    async def to_sign_in(request: Request, exc: SignInNeeded):
+        target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+        return RedirectResponse(f"{PREFIX}/sign-in?next={quote(target)}", status_code=303)
+
+    @app.exception_handler(LoradockError)
+    async def error_page(request: Request, exc: LoradockError):
+        message = " ".join(str(exc).split())
+        return render(request, "error.html", None, status=exc.http_status, message=message, title=type(exc).__name__)
+
+    @app.get("/", include_in_schema=False)
+    def home():
+        return RedirectResponse(f"{PREFIX}/adapters", status_code=303)
+
+    # --- signing in and out ---------------------------------------------------------------------------------
+
+    @app.get("/sign-in", response_class=HTMLResponse)
+    def sign_in_form(request: Request, next: str = f"{PREFIX}/adapters", error: str | None = None):
+        cookie, nonce = sessions.sign_in_form()
+        response = render(request, "sign_in.html", None, title="Sign in", next=_local(next), nonce=nonce, error=error,
+                          status=401 if error else 200)
+        response.set_cookie(SIGN_IN_COOKIE, cookie, max_age=SIGN_IN_MAX_AGE_S, httponly=True, samesite="strict",
+                            secure=secure_cookies, path=PREFIX)
+        return response
+
+    @app.post("/sign-in")
+    async def sign_in(request: Request):
+        form = await _form(request)
+        if not sessions.check_sign_in_form(request.cookies.get(SIGN_IN_COOKIE), form.get("csrf", "")):
+            raise PermissionDenied("the sign-in form expired or did not come from this portal; open it again")
+        target = _local(form.get("next", ""))
+        try:
+            cookie = sessions.sign_in(form.get("token", "")) if sessions.auth_on else ""
+        except Unauthenticated as exc:
+            return sign_in_form(request, next=target, error=str(exc))
+        response = RedirectResponse(target, status_code=303)
+        response.set_cookie(SESSION_COOKIE, cookie, max_age=SESSION_MAX_AGE_S, httponly=True, samesite="strict",
+                            secure=secure_cookies, path=PREFIX)
+        response.delete_cookie(SIGN_IN_COOKIE, path=PREFIX)
+        return response
+
+    @app.post("/sign-out")
+    async def sign_out(request: Request):
+        session = session_for(request, "read")
+        if not Sessions.check_csrf(session, (await _form(request)).get("csrf")):
+            raise PermissionDenied("that form did not come from this session; reload the page and try again")
+        response = RedirectResponse(f"{PREFIX}/sign-in", status_code=303)
+        response.delete_cookie(SESSION_COOKIE, path=PREFIX)
+        return response
+
+    # --- adapters and versions ------------------------------------------------------------------------------
+
+    @app.get("/adapters", response_class=HTMLResponse)
+    def adapters(request: Request, q: str = ""):
+        session = session_for(request, "read")
+        listed = [a for a in registry.list_adapters() if q.strip().lower() in a.name]
+        return render(request, "adapters.html", session, title="Adapters", adapters=listed, q=q)
+
+    @app.get("/adapters/{name}", response_class=HTMLResponse)
+    def adapter(request: Request, name: str):
+        session = session_for(request, "read")
+        versions = registry.list_versions(name)
+        aliases = registry.aliases(name)
+        by_version: dict[int, list[str]] = {}
+        for alias, number in sorted(aliases.items()):
+            by_version.setdefault(number, []).append(alias)
+        return render(request, "adapter.html", session, title=f"Adapter {name}", name=name, versions=versions,
+                      aliases=by_version)
+
+    @app.get("/versions/{ref}", response_class=HTMLResponse)
+    def version(request: Request, ref: str):
+        session = session_for(request, "read")
+        described = registry.describe(ref)
+        run = described["run"]
+        chart = loss_chart((run or {}).get("metrics") or {})
+        return render(request, "version.html", session, title=f"Version {described['version']['ref']}",
+                      d=described, v=described["version"], run=run, chart=chart)
+
+    return app
+
+
+async def _form(request: Request) -> dict[str, str]:
+    """An urlencoded form of at most MAX_FORM_BYTES, one value per field."""
+    if "application/x-www-form-urlencoded" not in request.headers.get("content-type", ""):
+        raise InvalidInput("expected a form (application/x-www-form-urlencoded)")
+    body = b""
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > MAX_FORM_BYTES:
+            raise TooLarge(f"the form is over {MAX_FORM_BYTES:,} bytes")
+    return {key: values[0] for key, values in parse_qs(body.decode("utf-8", "replace")).items()}
+
+
+def _local(target: str) -> str:
+    """A page of the portal to go to after signing in (never another site: no open redirect)."""
+    return target if target.startswith(f"{PREFIX}/") and not target.startswith("//") and "\\" not in target \
+        else f"{PREFIX}/adapters"

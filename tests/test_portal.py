@@ -1,0 +1,199 @@
+"""The portal at /ui: a real server on a real port, a trained tiny version, and a real headless Chromium.
+
+The HTTP-level tests pin the session rules (signed HttpOnly SameSite cookie, CSRF on every form, no open
+redirect, a revoked token ends its session); the browser tests sign in, read the adapters and a version's
+lineage and evaluation, and save a screenshot of each page at 1280x800 into docs/screenshots/.
+"""
+
+from __future__ import annotations
+
+import html
+import os
+import re
+import shutil
+from pathlib import Path
+
+import httpx
+import pytest
+import yaml
+from conftest import TINY_BASE
+
+from registry import Registry
+from registry.errors import NotFound
+from server.app import create_server, shutdown
+from server.options import ServerOptions
+from server.tokens import create_token
+
+ROOT = Path(__file__).resolve().parent.parent
+ARITH = ROOT / "examples" / "arith.jsonl"
+SCREENSHOTS = ROOT / "docs" / "screenshots"
+
+
+@pytest.fixture(scope="module")
+def portal(tmp_path_factory, tiny_base_dir):
+    """A server with the HTTP port on, tokens required, over a registry holding one trained version (tiny-arith:1)."""
+    from trainer.config import load_config
+    from trainer.train import train
+
+    tmp = tmp_path_factory.mktemp("portal")
+    registry = Registry(tmp / "home")
+    registry.add_base(str(tiny_base_dir), TINY_BASE)
+    config = {
+        "base_model": TINY_BASE, "adapter": "lora", "lora_r": 4, "lora_alpha": 8, "lora_dropout": 0.0,
+        "datasets": [{"path": str(ARITH), "type": "alpaca"}], "val_set_size": 8, "sequence_len": 48, "micro_batch_size": 4,
+        "max_steps": 4, "eval_steps": 2, "save_steps": 4, "learning_rate": 0.002, "seed": 3, "push": {"name": "tiny-arith"},
+        "evaluation": {"max_examples": 4, "max_new_tokens": 2, "max_general_ppl_ratio": None},
+    }
+    (tmp / "tiny-arith.yaml").write_text(yaml.safe_dump(config))
+    train(load_config(tmp / "tiny-arith.yaml"), registry, progress=False)
+    registry.set_alias("tiny-arith", "prod", 1)
+    tokens_file = tmp / "tokens.yaml"
+    tokens = {name: create_token(name, roles, tokens_file) for name, roles in (("reader", "read"), ("pusher", "push"))}
+    options = ServerOptions(base=TINY_BASE, quant="none", port=0, http_port=0, auth_tokens=str(tokens_file))
+    server, _, service = create_server(options, registry)
+    yield {"url": f"http://127.0.0.1:{server.http_port}", "tokens": tokens, "tokens_file": tokens_file,
+           "registry": registry}
+    shutdown(server, service, 0)
+    registry.close()
+
+
+def sign_in(client: httpx.Client, token: str, next_page: str = "/ui/adapters") -> httpx.Response:
+    form = client.get("/ui/sign-in")
+    nonce = re.search(r'name="csrf" value="([^"]+)"', form.text).group(1)
+    return client.post("/ui/sign-in", data={"token": token, "csrf": nonce, "next": next_page})
+
+
+# --- sessions, over plain HTTP ------------------------------------------------------------------------------------
+
+
+def test_a_page_without_a_session_sends_the_browser_to_sign_in_and_back(portal):
+    with httpx.Client(base_url=portal["url"]) as client:
+        reply = client.get("/ui/versions/tiny-arith:1")
+        assert reply.status_code == 303 and reply.headers["location"] == "/ui/sign-in?next=/ui/versions/tiny-arith%3A1"
+        signed_in = sign_in(client, portal["tokens"]["reader"], "/ui/versions/tiny-arith:1")
+        assert signed_in.status_code == 303 and signed_in.headers["location"] == "/ui/versions/tiny-arith:1"
+        cookie = signed_in.headers["set-cookie"]
+        assert "loradock_session=" in cookie and "HttpOnly" in cookie and "SameSite=strict" in cookie
+        assert portal["tokens"]["reader"] not in cookie  # the cookie names the token by its hash, never the token
+        assert client.get("/ui/versions/tiny-arith:1").status_code == 200
+
+
+def test_a_wrong_token_a_forged_form_and_a_foreign_redirect_are_refused(portal):
+    with httpx.Client(base_url=portal["url"]) as client:
+        wrong = sign_in(client, "ldk_not-a-token")
+        assert wrong.status_code == 401 and "error: that token is not one this server accepts" in wrong.text
+        assert "loradock_session" not in wrong.headers.get("set-cookie", "")
+    with httpx.Client(base_url=portal["url"]) as client:  # no sign-in form was opened: no matching nonce
+        forged = client.post("/ui/sign-in", data={"token": portal["tokens"]["reader"], "csrf": "guess"})
+        assert forged.status_code == 403 and "did not come from this portal" in forged.text
+    with httpx.Client(base_url=portal["url"]) as client:
+        away = sign_in(client, portal["tokens"]["reader"], "//evil.example/steal")
+        assert away.headers["location"] == "/ui/adapters"
+
+
+def test_signing_out_needs_the_session_s_csrf_token_and_a_removed_token_ends_its_session(portal, tmp_path):
+    with httpx.Client(base_url=portal["url"]) as client:
+        sign_in(client, portal["tokens"]["reader"])
+        assert client.post("/ui/sign-out", data={"csrf": "forged"}).status_code == 403
+        page = client.get("/ui/adapters")
+        csrf = re.search(r'name="csrf" value="([^"]+)"', page.text).group(1)
+        assert client.post("/ui/sign-out", data={"csrf": csrf}).status_code == 303
+        assert client.get("/ui/adapters").status_code == 303
+    with httpx.Client(base_url=portal["url"]) as client:
+        sign_in(client, portal["tokens"]["reader"])
+        assert client.get("/ui/adapters").status_code == 200
+        saved = portal["tokens_file"].read_text()
+        try:
+            entries = yaml.safe_load(saved)
+            entries["tokens"] = [t for t in entries["tokens"] if t["name"] != "reader"]
+            portal["tokens_file"].write_text(yaml.safe_dump(entries))
+            os.utime(portal["tokens_file"], (1, 1))  # a new stamp, whatever the clock's resolution
+            assert client.get("/ui/adapters").status_code == 303  # the token is gone: so is its session
+        finally:
+            portal["tokens_file"].write_text(saved)
+
+
+def test_a_token_without_read_sees_the_refusal_the_cli_would_print(portal):
+    with httpx.Client(base_url=portal["url"]) as client:
+        sign_in(client, portal["tokens"]["pusher"])
+        page = client.get("/ui/adapters")
+        assert page.status_code == 403
+        assert "error: token 'pusher' has role(s) push; this page needs 'read'" in html.unescape(page.text)
+        missing = client.get("/ui/versions/tiny-arith:99")
+        assert missing.status_code == 403  # no read role: not even whether it exists
+
+
+def test_an_unknown_version_is_the_cli_s_one_line_error(portal):
+    with httpx.Client(base_url=portal["url"]) as client:
+        sign_in(client, portal["tokens"]["reader"])
+        page = client.get("/ui/versions/tiny-arith:99")
+        with pytest.raises(NotFound) as refused:
+            portal["registry"].resolve("tiny-arith:99")
+        assert page.status_code == 404 and f"error: {refused.value}</p>" in html.unescape(page.text)
+
+
+# --- in a real browser ---------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def browser():
+    """Headless Chromium through chromedriver (Debian's packages; `make test` installs them)."""
+    chromium, driver = shutil.which("chromium"), shutil.which("chromedriver")
+    if not chromium or not driver:
+        pytest.skip("BROWSER TESTS SKIPPED: chromium and chromedriver are not installed "
+                    "(apt-get install chromium chromium-driver; `make test` does it as root)")
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = chromium
+    for flag in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1280,800"):
+        options.add_argument(flag)
+    session = webdriver.Chrome(service=Service(driver), options=options)
+    session.set_page_load_timeout(120)
+    yield session
+    session.quit()
+
+
+def screenshot(browser, name: str) -> None:
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    browser.save_screenshot(str(SCREENSHOTS / f"{name}.png"))
+
+
+def labelled_fields_only(browser) -> None:
+    """Every form field of the page has a label (accessibility basics), and the page a title and one h1."""
+    from selenium.webdriver.common.by import By
+
+    for field in browser.find_elements(By.CSS_SELECTOR, "input:not([type=hidden]), select, textarea"):
+        assert browser.find_elements(By.CSS_SELECTOR, f"label[for='{field.get_attribute('id')}']"), field.get_attribute("name")
+    assert browser.title.endswith("· loradock") and len(browser.find_elements(By.TAG_NAME, "h1")) == 1
+
+
+def test_in_a_browser_sign_in_then_read_the_adapters_and_a_version_s_lineage(portal, browser):
+    from selenium.webdriver.common.by import By
+
+    browser.get(f"{portal['url']}/ui/adapters")
+    assert browser.title == "Sign in · loradock"  # sent to sign in first
+    labelled_fields_only(browser)
+    screenshot(browser, "sign-in")
+    browser.find_element(By.ID, "token").send_keys(portal["tokens"]["reader"])
+    browser.find_element(By.CSS_SELECTOR, "form.card button").click()
+    assert browser.title == "Adapters · loradock"
+    labelled_fields_only(browser)
+    rows = [r.text for r in browser.find_elements(By.CSS_SELECTOR, "tbody tr")]
+    assert len(rows) == 1 and rows[0].startswith("tiny-arith 1 tiny-arith:1 prod → 1")
+    screenshot(browser, "adapters")
+
+    browser.find_element(By.LINK_TEXT, "tiny-arith:1").click()
+    assert browser.title == "Version tiny-arith:1 · loradock"
+    version = portal["registry"].resolve("tiny-arith:1")
+    run = portal["registry"].run(version.run_id)
+    text = browser.find_element(By.TAG_NAME, "main").text
+    for needle in (version.manifest_digest, version.base_digest, run["config_hash"], run["datasets"][0]["sha256"],
+                   *(f.sha256 for f in version.files)):
+        assert needle in text, needle
+    evaluation = browser.find_element(By.CSS_SELECTOR, "table.eval")
+    assert "heldout/val" in evaluation.text and "loss" in evaluation.text
+    lines = browser.find_elements(By.CSS_SELECTOR, "figure.chart polyline")
+    assert {line.get_attribute("class") for line in lines} == {"train_loss", "val_loss"}
+    screenshot(browser, "version")
