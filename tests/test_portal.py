@@ -47,14 +47,31 @@ def portal(tmp_path_factory, tiny_base_dir):
     (tmp / "tiny-arith.yaml").write_text(yaml.safe_dump(config))
     train(load_config(tmp / "tiny-arith.yaml"), registry, progress=False)
     registry.set_alias("tiny-arith", "prod", 1)
+    job_id = _a_job_through_the_queue(registry, tmp / "tiny-arith.yaml")
     tokens_file = tmp / "tokens.yaml"
     tokens = {name: create_token(name, roles, tokens_file) for name, roles in (("reader", "read"), ("pusher", "push"))}
     options = ServerOptions(base=TINY_BASE, quant="none", port=0, http_port=0, auth_tokens=str(tokens_file))
     server, _, service = create_server(options, registry)
     yield {"url": f"http://127.0.0.1:{server.http_port}", "tokens": tokens, "tokens_file": tokens_file,
-           "registry": registry}
+           "registry": registry, "job_id": job_id}
     shutdown(server, service, 0)
     registry.close()
+
+
+def _a_job_through_the_queue(registry: Registry, config: Path) -> str:
+    """A job submitted and run to the end through the real queue, as a worker drives it (no training needed to show it):
+    two logged steps, a checkpoint, then succeeded with tiny-arith:1 as its result."""
+    from registry.jobs import SubmitRequest
+    from trainer.jobs.submit import submit
+
+    job = submit(registry, SubmitRequest(config_path=str(config)))
+    cpu = {"device": "cpu", "device_name": "cpu", "memory_bytes": 64 << 30, "gpus": []}
+    assert registry.jobs.claim("portal-worker", cpu).id == job.id
+    registry.jobs.progress(job.id, 1, 2, {"loss": 2.5, "learning_rate": 0.002})
+    registry.jobs.progress(job.id, 2, 2, {"loss": 1.75, "eval_loss": 1.9})
+    registry.jobs.record_checkpoint(job.id, 2, "/gone/checkpoint-2", {"loss": 1.75})
+    assert registry.jobs.finish(job.id, "portal-worker", "succeeded", result_version="tiny-arith:1", device_seconds=7.0)
+    return job.id
 
 
 def sign_in(client: httpx.Client, token: str, next_page: str = "/ui/adapters") -> httpx.Response:
@@ -197,3 +214,31 @@ def test_in_a_browser_sign_in_then_read_the_adapters_and_a_version_s_lineage(por
     lines = browser.find_elements(By.CSS_SELECTOR, "figure.chart polyline")
     assert {line.get_attribute("class") for line in lines} == {"train_loss", "val_loss"}
     screenshot(browser, "version")
+
+
+def test_in_a_browser_the_jobs_queue_and_a_job_s_progress_events_and_result(portal, browser):
+    from selenium.webdriver.common.by import By
+
+    browser.get(f"{portal['url']}/ui/jobs")
+    if browser.title == "Sign in · loradock":
+        browser.find_element(By.ID, "token").send_keys(portal["tokens"]["reader"])
+        browser.find_element(By.CSS_SELECTOR, "form.card button").click()
+    assert browser.title == "Fine-tuning jobs · loradock"
+    labelled_fields_only(browser)
+    [row] = browser.find_elements(By.CSS_SELECTOR, "tbody tr")
+    assert portal["job_id"] in row.text and "succeeded" in row.text and "2/2" in row.text and "tiny-arith:1" in row.text
+    assert not browser.find_elements(By.CSS_SELECTOR, "meta[http-equiv=refresh]")  # nothing runs: no reloading
+    screenshot(browser, "jobs")
+
+    browser.find_element(By.LINK_TEXT, portal["job_id"]).click()
+    assert browser.title == f"Job {portal['job_id']} · loradock"
+    text = browser.find_element(By.TAG_NAME, "main").text
+    assert "step 2 of 2" in text and "stored in the registry" not in text and "removed" in text
+    events = [r.text for r in browser.find_elements(By.CSS_SELECTOR, "table.events tbody tr")]
+    assert len(events) == len(portal["registry"].jobs.events(portal["job_id"]))
+    assert "succeeded: tiny-arith:1" in events[0]  # newest first
+    assert {p.get_attribute("class") for p in browser.find_elements(By.CSS_SELECTOR, "figure.chart polyline")} == {
+        "train_loss", "val_loss"}
+    screenshot(browser, "job")
+    browser.find_element(By.LINK_TEXT, "tiny-arith:1").click()
+    assert browser.title == "Version tiny-arith:1 · loradock"

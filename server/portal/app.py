@@ -18,12 +18,17 @@ from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 
 from registry.errors import InvalidInput, LoradockError, PermissionDenied, TooLarge, Unauthenticated
+from registry.jobs import STATES, TERMINAL
+from registry.jobs.queue import MAX_EVENTS_PAGE
 
 from ..tokens import TokenStore
 from .charts import loss_chart
 from .sessions import SESSION_COOKIE, SESSION_MAX_AGE_S, SIGN_IN_COOKIE, SIGN_IN_MAX_AGE_S, Session, Sessions
 
 HERE = Path(__file__).resolve().parent
+JOBS_SHOWN = 200  # the newest jobs on the jobs page
+EVENTS_SHOWN = 500  # the newest events on a job's page (its loss chart is drawn from them)
+REFRESH_S = 5  # a page showing a job that has not ended reloads itself (no JavaScript needed)
 MAX_FORM_BYTES = 16 * 1024  # a sign-in or action form: a token and a few fields
 PREFIX = "/ui"
 
@@ -133,7 +138,39 @@ def build_portal(registry, tokens: TokenStore | None, secure_cookies: bool = Fal
         return render(request, "version.html", session, title=f"Version {described['version']['ref']}",
                       d=described, v=described["version"], run=run, chart=chart)
 
+    # --- fine-tuning jobs -----------------------------------------------------------------------------------
+
+    @app.get("/jobs", response_class=HTMLResponse)
+    def jobs(request: Request, state: str = ""):
+        session = session_for(request, "read")
+        listed = registry.jobs.list(state=state or None, limit=JOBS_SHOWN)
+        live = any(j.state not in TERMINAL for j in listed)
+        return render(request, "jobs.html", session, title="Fine-tuning jobs", jobs=listed, state=state,
+                      states=STATES, refresh_s=REFRESH_S if live else None)
+
+    @app.get("/jobs/{job_id}", response_class=HTMLResponse)
+    def job(request: Request, job_id: str):
+        session = session_for(request, "read")
+        found = registry.jobs.get(job_id)
+        events = registry.jobs.events(job_id, after=max(0, _last_seq(registry, job_id) - EVENTS_SHOWN))
+        curves = {"train_loss": [[e.data["step"], e.data["loss"]] for e in events if e.type == "metrics" and "loss" in e.data],
+                  "val_loss": [[e.data["step"], e.data["eval_loss"]] for e in events
+                               if e.type == "metrics" and "eval_loss" in e.data]}
+        return render(request, "job.html", session, title=f"Job {found.id}", job=found, events=list(reversed(events)),
+                      checkpoints=registry.jobs.checkpoints(job_id), chart=loss_chart(curves),
+                      refresh_s=None if found.state in TERMINAL else REFRESH_S)
+
     return app
+
+
+def _last_seq(registry, job_id: str) -> int:
+    """The number of the job's newest event (events are numbered 1, 2, 3... per job), read a page at a time."""
+    seq = 0
+    while page := registry.jobs.events(job_id, after=seq):
+        seq = page[-1].seq
+        if len(page) < MAX_EVENTS_PAGE:
+            break
+    return seq
 
 
 async def _form(request: Request) -> dict[str, str]:
