@@ -49,7 +49,8 @@ def portal(tmp_path_factory, tiny_base_dir):
     registry.set_alias("tiny-arith", "prod", 1)
     job_id = _a_job_through_the_queue(registry, tmp / "tiny-arith.yaml")
     tokens_file = tmp / "tokens.yaml"
-    tokens = {name: create_token(name, roles, tokens_file) for name, roles in (("reader", "read"), ("pusher", "push"))}
+    tokens = {name: create_token(name, roles, tokens_file) for name, roles in (
+        ("reader", "read"), ("pusher", "push"), ("trainer", "train,read"), ("rival", "train,read"))}
     options = ServerOptions(base=TINY_BASE, quant="none", port=0, http_port=0, auth_tokens=str(tokens_file))
     server, _, service = create_server(options, registry)
     yield {"url": f"http://127.0.0.1:{server.http_port}", "tokens": tokens, "tokens_file": tokens_file,
@@ -242,3 +243,42 @@ def test_in_a_browser_the_jobs_queue_and_a_job_s_progress_events_and_result(port
     screenshot(browser, "job")
     browser.find_element(By.LINK_TEXT, "tiny-arith:1").click()
     assert browser.title == "Version tiny-arith:1 · loradock"
+
+
+def _queued_job_of(registry: Registry, submitter: str) -> str:
+    from registry.jobs import SubmitRequest
+    from trainer.jobs.submit import submit
+
+    config = next(Path(registry.home).parent.glob("tiny-arith.yaml"))
+    return submit(registry, SubmitRequest(config_path=str(config), name="queued-one"), submitter).id
+
+
+def test_job_buttons_follow_the_token_s_roles_and_ownership_and_forged_posts_get_403(portal):
+    job_id = _queued_job_of(portal["registry"], "trainer")
+    page_of = f"/ui/jobs/{job_id}"
+    for who in ("reader", "rival"):  # no train role / not its job: no buttons, and posting anyway is refused
+        with httpx.Client(base_url=portal["url"]) as client:
+            sign_in(client, portal["tokens"][who])
+            page = client.get(page_of)
+            assert page.status_code == 200 and "Cancel job" not in page.text
+            csrf = re.search(r'name="csrf" value="([^"]+)"', page.text).group(1)  # its own session's (sign-out form)
+            forged = client.post(f"{page_of}/cancel", data={"csrf": csrf})
+            assert forged.status_code == 403, who
+            expected = "this page needs 'train'" if who == "reader" else "was submitted by 'trainer', not 'rival'"
+            assert expected in html.unescape(forged.text), who
+    assert portal["registry"].jobs.get(job_id).state == "queued"
+    with httpx.Client(base_url=portal["url"]) as client:
+        sign_in(client, portal["tokens"]["trainer"])
+        page = client.get(page_of)
+        assert "Cancel job" in page.text
+        assert client.post(f"{page_of}/cancel", data={"csrf": "not-this-session-s"}).status_code == 403
+        csrf = re.search(r'name="csrf" value="([^"]+)"', page.text).group(1)
+        done = client.post(f"{page_of}/cancel", data={"csrf": csrf})
+        assert done.status_code == 303 and portal["registry"].jobs.get(job_id).state == "cancelled"
+        page = client.get(page_of)
+        assert "Resume from its newest checkpoint" in page.text and "Cancel job" not in page.text
+        assert client.post(f"{page_of}/resume", data={"csrf": csrf}).status_code == 303
+        assert portal["registry"].jobs.get(job_id).state == "queued"
+    entries = [(e["token"], e["action"], e["actor"]) for e in portal["registry"].audit_entries() if e["target"] == job_id]
+    assert ("trainer", "job.cancel", "portal") in entries and ("trainer", "job.resume", "portal") in entries
+    portal["registry"].jobs.cancel(job_id)  # leave the queue as the other tests expect it

@@ -16,11 +16,13 @@ from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, RedirectResponse
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
+from starlette.concurrency import run_in_threadpool
 
 from registry.errors import InvalidInput, LoradockError, PermissionDenied, TooLarge, Unauthenticated
 from registry.jobs import STATES, TERMINAL
 from registry.jobs.queue import MAX_EVENTS_PAGE
 
+from ..jobs_service import JobsService, JobsUnavailable
 from ..tokens import TokenStore
 from .charts import loss_chart
 from .sessions import SESSION_COOKIE, SESSION_MAX_AGE_S, SIGN_IN_COOKIE, SIGN_IN_MAX_AGE_S, Session, Sessions
@@ -37,8 +39,12 @@ class SignInNeeded(Exception):
     """The request has no valid session: the browser is sent to the sign-in page, and back here afterwards."""
 
 
-def build_portal(registry, tokens: TokenStore | None, secure_cookies: bool = False) -> FastAPI:
-    """The portal over `registry` (a `RegistryAPI`, local or remote) for the callers `tokens` admits (None: auth off)."""
+def build_portal(registry, tokens: TokenStore | None, jobs: JobsService | None = None,
+                 secure_cookies: bool = False) -> FastAPI:
+    """The portal over `registry` (a `RegistryAPI`, local or remote) for the callers `tokens` admits (None: auth off).
+
+    `jobs`: the server's `JobsService`, through which the portal's job actions go (the rules the gRPC and HTTP
+    fronts follow: a `train` caller changes its own jobs, an admin anyone's); None: no job actions."""
     app = FastAPI(title="loradock portal", docs_url=None, redoc_url=None, openapi_url=None)
     sessions = Sessions(tokens)
     templates = Jinja2Templates(directory=str(HERE / "templates"))
@@ -113,13 +119,13 @@ def build_portal(registry, tokens: TokenStore | None, secure_cookies: bool = Fal
     # --- adapters and versions ------------------------------------------------------------------------------
 
     @app.get("/adapters", response_class=HTMLResponse)
-    def adapters(request: Request, q: str = ""):
+    def adapters_page(request: Request, q: str = ""):
         session = session_for(request, "read")
         listed = [a for a in registry.list_adapters() if q.strip().lower() in a.name]
         return render(request, "adapters.html", session, title="Adapters", adapters=listed, q=q)
 
     @app.get("/adapters/{name}", response_class=HTMLResponse)
-    def adapter(request: Request, name: str):
+    def adapter_page(request: Request, name: str):
         session = session_for(request, "read")
         versions = registry.list_versions(name)
         aliases = registry.aliases(name)
@@ -130,7 +136,7 @@ def build_portal(registry, tokens: TokenStore | None, secure_cookies: bool = Fal
                       aliases=by_version)
 
     @app.get("/versions/{ref}", response_class=HTMLResponse)
-    def version(request: Request, ref: str):
+    def version_page(request: Request, ref: str):
         session = session_for(request, "read")
         described = registry.describe(ref)
         run = described["run"]
@@ -141,15 +147,39 @@ def build_portal(registry, tokens: TokenStore | None, secure_cookies: bool = Fal
     # --- fine-tuning jobs -----------------------------------------------------------------------------------
 
     @app.get("/jobs", response_class=HTMLResponse)
-    def jobs(request: Request, state: str = ""):
+    def jobs_page(request: Request, state: str = ""):
         session = session_for(request, "read")
         listed = registry.jobs.list(state=state or None, limit=JOBS_SHOWN)
         live = any(j.state not in TERMINAL for j in listed)
         return render(request, "jobs.html", session, title="Fine-tuning jobs", jobs=listed, state=state,
                       states=STATES, refresh_s=REFRESH_S if live else None)
 
+    def may_change(session: Session, found) -> bool:
+        """Whether to show the job's buttons: the caller could cancel or resume it (JobsService decides on POST)."""
+        who = session.identity
+        return jobs is not None and ("admin" in who.roles or ("train" in who.roles and (
+            not sessions.auth_on or found.submitter == who.token_name)))
+
+    async def job_action(request: Request, job_id: str, action: str):
+        session = session_for(request, "train")
+        if not Sessions.check_csrf(session, (await _form(request)).get("csrf")):
+            raise PermissionDenied("that form did not come from this session; reload the page and try again")
+        if jobs is None:
+            raise JobsUnavailable("this server takes no job actions (it serves a remote registry): use `reg job`")
+        change = jobs.cancel if action == "cancel" else jobs.resume
+        await run_in_threadpool(change, job_id, session.identity, "portal")
+        return RedirectResponse(f"{PREFIX}/jobs/{quote(job_id)}", status_code=303)
+
+    @app.post("/jobs/{job_id}/cancel")
+    async def cancel_job(request: Request, job_id: str):
+        return await job_action(request, job_id, "cancel")
+
+    @app.post("/jobs/{job_id}/resume")
+    async def resume_job(request: Request, job_id: str):
+        return await job_action(request, job_id, "resume")
+
     @app.get("/jobs/{job_id}", response_class=HTMLResponse)
-    def job(request: Request, job_id: str):
+    def job_page(request: Request, job_id: str):
         session = session_for(request, "read")
         found = registry.jobs.get(job_id)
         events = registry.jobs.events(job_id, after=max(0, _last_seq(registry, job_id) - EVENTS_SHOWN))
@@ -158,7 +188,8 @@ def build_portal(registry, tokens: TokenStore | None, secure_cookies: bool = Fal
                                if e.type == "metrics" and "eval_loss" in e.data]}
         return render(request, "job.html", session, title=f"Job {found.id}", job=found, events=list(reversed(events)),
                       checkpoints=registry.jobs.checkpoints(job_id), chart=loss_chart(curves),
-                      refresh_s=None if found.state in TERMINAL else REFRESH_S)
+                      refresh_s=None if found.state in TERMINAL else REFRESH_S, may_change=may_change(session, found),
+                      resumable=found.state in ("failed", "cancelled"))
 
     return app
 
