@@ -67,9 +67,10 @@ def serve(
 def _job_hooks():
     """The trainer's job checks, lent to the server so that it takes fine-tuning jobs (it imports no trainer)."""
     from server.jobs_service import JobHooks
+    from trainer.config import form_fields
     from trainer.jobs.submit import check_dataset, submit
 
-    return JobHooks(submit=submit, check_dataset=check_dataset)
+    return JobHooks(submit=submit, check_dataset=check_dataset, config_fields=form_fields)
 
 
 @app.command()

@@ -34,11 +34,13 @@ class JobNotRunning(Conflict):
 
 @dataclass(frozen=True)
 class JobHooks:
-    """What the trainer lends the server: `submit(registry, request, submitter) -> Job` (trainer/jobs/submit.py)
-    and `check_dataset(path, type) -> lines` (the trainer's line-by-line validation; raises naming file:line)."""
+    """What the trainer lends the server: `submit(registry, request, submitter) -> Job` (trainer/jobs/submit.py),
+    `check_dataset(path, type) -> lines` (the trainer's line-by-line validation; raises naming file:line) and
+    `config_fields(names)`, the config schema's help and defaults for a form."""
 
     submit: Callable[[Registry, SubmitRequest, str | None], Job]
     check_dataset: Callable[[Path, str], int]
+    config_fields: Callable[[list[str]], list[dict]] | None = None  # trainer.config.form_fields: the portal's form
 
 
 class JobsService:
@@ -56,6 +58,13 @@ class JobsService:
         if registry is None:
             registry = self._local.registry = Registry(self.home)
         return registry
+
+    def config_fields(self, names: list[str]) -> list[dict]:
+        """The training config keys `names` with their types, defaults and help, from the trainer's one schema."""
+        hooks = self._hooks()
+        if hooks.config_fields is None:
+            raise JobsUnavailable("this server was started without the trainer's config schema; use `reg job submit`")
+        return hooks.config_fields(names)
 
     def _hooks(self) -> JobHooks:
         if self.hooks is None:

@@ -21,6 +21,7 @@ from conftest import TINY_BASE
 from registry import Registry
 from registry.errors import NotFound
 from server.app import create_server, shutdown
+from server.jobs_service import JobHooks
 from server.options import ServerOptions
 from server.tokens import create_token
 
@@ -32,7 +33,8 @@ SCREENSHOTS = ROOT / "docs" / "screenshots"
 @pytest.fixture(scope="module")
 def portal(tmp_path_factory, tiny_base_dir):
     """A server with the HTTP port on, tokens required, over a registry holding one trained version (tiny-arith:1)."""
-    from trainer.config import load_config
+    from trainer.config import form_fields, load_config
+    from trainer.jobs.submit import check_dataset, submit
     from trainer.train import train
 
     tmp = tmp_path_factory.mktemp("portal")
@@ -52,9 +54,10 @@ def portal(tmp_path_factory, tiny_base_dir):
     tokens = {name: create_token(name, roles, tokens_file) for name, roles in (
         ("reader", "read"), ("pusher", "push"), ("trainer", "train,read"), ("rival", "train,read"))}
     options = ServerOptions(base=TINY_BASE, quant="none", port=0, http_port=0, auth_tokens=str(tokens_file))
-    server, _, service = create_server(options, registry)
+    hooks = JobHooks(submit=submit, check_dataset=check_dataset, config_fields=form_fields)
+    server, _, service = create_server(options, registry, job_hooks=hooks)
     yield {"url": f"http://127.0.0.1:{server.http_port}", "tokens": tokens, "tokens_file": tokens_file,
-           "registry": registry, "job_id": job_id}
+           "registry": registry, "job_id": job_id, "tmp": tmp}
     shutdown(server, service, 0)
     registry.close()
 
@@ -282,3 +285,91 @@ def test_job_buttons_follow_the_token_s_roles_and_ownership_and_forged_posts_get
     entries = [(e["token"], e["action"], e["actor"]) for e in portal["registry"].audit_entries() if e["target"] == job_id]
     assert ("trainer", "job.cancel", "portal") in entries and ("trainer", "job.resume", "portal") in entries
     portal["registry"].jobs.cancel(job_id)  # leave the queue as the other tests expect it
+
+
+def _new_job_form(client: httpx.Client) -> str:
+    page = client.get("/ui/jobs/new")
+    assert page.status_code == 200, page.text
+    return re.search(r'name="csrf" value="([^"]+)"', page.text).group(1)
+
+
+def test_the_new_job_form_shows_the_trainer_s_defaults_and_help_and_queues_a_checked_job(portal):
+    from trainer.config import TrainConfig
+
+    with httpx.Client(base_url=portal["url"]) as client:
+        sign_in(client, portal["tokens"]["trainer"])
+        page = client.get("/ui/jobs/new").text
+        assert 'placeholder="16"' in page and html.escape("LoRA rank.") in page  # lora_r: the schema's default and help
+        assert f"Default: {TrainConfig().learning_rate}" in page
+        before = len(portal["registry"].jobs.list(limit=None))
+        bad = ARITH.read_text().splitlines()[:20]
+        bad[6] = '{"instruction": "no output"}'
+        refused = client.post("/ui/jobs/new", data={"csrf": _new_job_form(client), "base_model": TINY_BASE,
+                                                    "name": "from-form", "dataset_type": "alpaca", "lora_r": "8"},
+                              files={"dataset": ("mine.jsonl", "\n".join(bad).encode())})
+        assert refused.status_code == 400 and "mine.jsonl:7" in html.unescape(refused.text), refused.text[-600:]
+        assert len(portal["registry"].jobs.list(limit=None)) == before  # a refused form stores nothing
+        wrong = client.post("/ui/jobs/new", data={"csrf": _new_job_form(client), "base_model": TINY_BASE, "name": "x",
+                                                  "lora_r": "many"}, files={"dataset": ("d.jsonl", ARITH.read_bytes())})
+        assert wrong.status_code == 400 and "lora_r" in wrong.text
+        done = client.post("/ui/jobs/new", data={"csrf": _new_job_form(client), "base_model": TINY_BASE, "name": "from-form",
+                                                 "dataset_type": "alpaca", "lora_r": "8", "max_steps": "2"},
+                           files={"dataset": ("mine.jsonl", ARITH.read_bytes())})
+        assert done.status_code == 303 and done.headers["location"].startswith("/ui/jobs/ftjob-")
+    job = portal["registry"].jobs.get(done.headers["location"].rsplit("/", 1)[-1])
+    assert (job.state, job.adapter, job.submitter, job.source) == ("queued", "from-form", "trainer", "portal")
+    assert job.config["lora_r"] == 8 and job.config["max_steps"] == 2 and job.datasets[0]["name"] == "mine.jsonl"
+    portal["registry"].jobs.cancel(job.id)
+    with httpx.Client(base_url=portal["url"]) as client:
+        sign_in(client, portal["tokens"]["reader"])
+        assert client.get("/ui/jobs/new").status_code == 403
+        assert "New job" not in client.get("/ui/jobs").text
+
+
+def test_in_a_browser_submit_a_job_with_a_dataset_and_watch_it_succeed(portal, browser, tmp_path):
+    import subprocess
+    import sys
+    import time
+
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import Select
+
+    browser.delete_all_cookies()
+    browser.get(f"{portal['url']}/ui/jobs/new")
+    browser.find_element(By.ID, "token").send_keys(portal["tokens"]["trainer"])
+    browser.find_element(By.CSS_SELECTOR, "form.card button").click()
+    assert browser.title == "New fine-tuning job · loradock"
+    labelled_fields_only(browser)
+    dataset = tmp_path / "arith-40.jsonl"
+    dataset.write_text("\n".join(ARITH.read_text().splitlines()[:40]) + "\n")
+    browser.find_element(By.ID, "dataset").send_keys(str(dataset))
+    Select(browser.find_element(By.ID, "dataset_type")).select_by_visible_text("alpaca")
+    browser.find_element(By.ID, "name").send_keys("browser-job")
+    for key, value in (("lora_r", "4"), ("max_steps", "2"), ("sequence_len", "48"), ("micro_batch_size", "4"),
+                       ("val_set_size", "8")):
+        browser.find_element(By.ID, key).send_keys(value)
+    browser.execute_script("window.scrollTo(0, 0)")
+    screenshot(browser, "job-new")
+    browser.find_element(By.CSS_SELECTOR, "form.card button[type=submit]").click()
+    assert browser.title.startswith("Job ftjob-")
+    job_id = browser.title.split()[1]
+    assert "queued" in browser.find_element(By.CSS_SELECTOR, ".lead").text
+    log = tmp_path / "worker.log"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    worker = subprocess.Popen([str(Path(sys.executable).parent / "reg"), "worker", "--max-jobs", "1", "--lease-s", "3",
+                               "--home", str(portal["registry"].home)], env=env, stdout=open(log, "ab"),
+                              stderr=subprocess.STDOUT)
+    try:
+        assert worker.wait(600) == 0, log.read_text()[-3000:]  # a backstop, never a measure of speed
+    finally:
+        if worker.poll() is None:
+            worker.kill()
+    job = portal["registry"].jobs.get(job_id)
+    assert job.state == "succeeded", job.error
+    deadline = time.monotonic() + 120  # a backstop: the page reloads itself every 5 s while the job has not ended
+    while "succeeded" not in browser.find_element(By.CSS_SELECTOR, ".lead").text and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert "succeeded" in browser.find_element(By.CSS_SELECTOR, ".lead").text
+    browser.find_element(By.LINK_TEXT, job.result_version).click()
+    assert browser.title == f"Version {job.result_version} · loradock"
+    assert job_id in browser.find_element(By.TAG_NAME, "main").text  # the version's lineage names the job

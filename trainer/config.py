@@ -135,6 +135,22 @@ class TrainConfig:
         return "int8" if self.load_in_8bit else "none"
 
 
+def form_fields(names: list[str]) -> list[dict]:
+    """The config keys `names` (`datasets.type`: a dataset entry's key) as a form shows them: name, type, default
+    and help from the one schema above, and the allowed values where there is a closed list (the portal's form)."""
+    known = {**{f.name: f for f in fields(TrainConfig)}, **{f"datasets.{f.name}": f for f in fields(DatasetConfig)}}
+    choices = {"adapter": list(ADAPTERS), "lr_scheduler": list(SCHEDULERS), "optimizer": list(OPTIMIZERS),
+               "datasets.type": list(DATASET_TYPES)}
+    out = []
+    for name in names:
+        f = known[name]
+        default = f.default if f.default is not dataclasses.MISSING else None
+        kind = {int: "int", float: "float", bool: "bool"}.get(type(default), "str")
+        out.append({"name": name, "type": kind, "default": default, "help": f.metadata.get("help", ""),
+                    "choices": choices.get(name)})
+    return out
+
+
 def dataset_entries(raw: dict) -> list[tuple[str, object]]:
     """(`datasets[0]`-style key, entry) for each dataset of a config's mapping: the training data, then the held-out
     data (`test_datasets`), the order in which a job lists its files."""

@@ -108,7 +108,7 @@ class FormPart:
 
 async def read_form(request: Request, timeout_s: float) -> dict[str, FormPart]:
     """A multipart/form-data body by field name, read whole within the upload limits."""
-    boundary = _boundary(request.headers.get("content-type", ""))
+    boundary = form_boundary(request.headers.get("content-type", ""), "POST /v1/files (fields `file` and `purpose`)")
     try:
         raw = await read_body(request, MAX_UPLOAD_BYTES + MAX_FORM_OVERHEAD, timeout_s)
     except TooLarge:
@@ -117,17 +117,17 @@ async def read_form(request: Request, timeout_s: float) -> dict[str, FormPart]:
     return parse_form(raw, boundary)
 
 
-def _boundary(content_type: str) -> bytes:
+def form_boundary(content_type: str, what: str) -> bytes:
+    """The boundary of a multipart/form-data body; BadRequest naming `what` takes one otherwise."""
     header = email.message.Message()
     header["content-type"] = content_type
     boundary = header.get_param("boundary")
     if header.get_content_type() != "multipart/form-data" or not isinstance(boundary, str) or not 0 < len(boundary) <= 70:
-        raise BadRequest(f"Content-Type {shown(content_type, 80)}: POST /v1/files takes multipart/form-data with a "
-                         f"boundary (fields `file` and `purpose`)")
+        raise BadRequest(f"Content-Type {shown(content_type, 80)}: {what} takes multipart/form-data with a boundary")
     return boundary.encode("latin-1", "replace")
 
 
-def parse_form(raw: bytes, boundary: bytes) -> dict[str, FormPart]:
+def parse_form(raw: bytes, boundary: bytes, max_parts: int = MAX_FORM_PARTS) -> dict[str, FormPart]:
     """The parts of a multipart body (RFC 7578), split at `--boundary` lines; each part's bytes exactly as sent."""
     marker, parts = b"--" + boundary, {}
     start = raw.find(marker)  # what precedes the first boundary is a preamble (RFC 2046): ignored
@@ -140,8 +140,8 @@ def parse_form(raw: bytes, boundary: bytes) -> dict[str, FormPart]:
         following = raw.find(b"\r\n" + marker, headers_end + 4) if headers_end >= 0 else -1
         if following < 0:
             break
-        if len(parts) >= MAX_FORM_PARTS:
-            raise BadRequest(f"multipart body: more than {MAX_FORM_PARTS} parts (POST /v1/files takes `file` and `purpose`)")
+        if len(parts) >= max_parts:
+            raise BadRequest(f"multipart body: more than {max_parts} parts")
         headers = BytesHeaderParser(policy=email.policy.HTTP).parsebytes(raw[line_end + 2:headers_end + 4])
         name = headers.get_param("name", header="content-disposition")
         if headers.get_content_disposition() != "form-data" or not isinstance(name, str) or not name:

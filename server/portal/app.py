@@ -19,9 +19,11 @@ from fastapi.templating import Jinja2Templates
 from starlette.concurrency import run_in_threadpool
 
 from registry.errors import InvalidInput, LoradockError, PermissionDenied, TooLarge, Unauthenticated
-from registry.jobs import STATES, TERMINAL
+from registry.jobs import STATES, TERMINAL, SubmitRequest
 from registry.jobs.queue import MAX_EVENTS_PAGE
 
+from ..http.body import read_body
+from ..http.serving_fine_tuning import MAX_FORM_OVERHEAD, MAX_UPLOAD_BYTES, form_boundary, parse_form
 from ..jobs_service import JobsService, JobsUnavailable
 from ..tokens import TokenStore
 from .charts import loss_chart
@@ -31,6 +33,10 @@ HERE = Path(__file__).resolve().parent
 JOBS_SHOWN = 200  # the newest jobs on the jobs page
 EVENTS_SHOWN = 500  # the newest events on a job's page (its loss chart is drawn from them)
 REFRESH_S = 5  # a page showing a job that has not ended reloads itself (no JavaScript needed)
+UPLOAD_TIMEOUT_S = 300.0  # a New-job form with its dataset (at most MAX_UPLOAD_BYTES) must arrive within this
+# The training config keys the New-job form sets (each shown with the trainer's own default and help).
+FORM_KEYS = ["adapter", "lora_r", "lora_alpha", "learning_rate", "num_epochs", "max_steps", "sequence_len",
+             "micro_batch_size", "val_set_size", "seed"]
 MAX_FORM_BYTES = 16 * 1024  # a sign-in or action form: a token and a few fields
 PREFIX = "/ui"
 
@@ -151,8 +157,46 @@ def build_portal(registry, tokens: TokenStore | None, jobs: JobsService | None =
         session = session_for(request, "read")
         listed = registry.jobs.list(state=state or None, limit=JOBS_SHOWN)
         live = any(j.state not in TERMINAL for j in listed)
+        roles = session.identity.roles
         return render(request, "jobs.html", session, title="Fine-tuning jobs", jobs=listed, state=state,
-                      states=STATES, refresh_s=REFRESH_S if live else None)
+                      states=STATES, refresh_s=REFRESH_S if live else None,
+                      may_submit=jobs is not None and bool({"train", "admin"} & roles))
+
+    def new_job_form(request: Request, session: Session, values: dict, error: str | None = None) -> HTMLResponse:
+        if jobs is None:
+            raise JobsUnavailable("this server takes no fine-tuning jobs (it serves a remote registry): use `reg job`")
+        [dataset_type, *fields] = jobs.config_fields(["datasets.type", *FORM_KEYS])
+        return render(request, "job_new.html", session, title="New fine-tuning job", fields=fields,
+                      dataset_type=dataset_type, bases=[b.name for b in registry.list_bases()], values=values,
+                      error=error, status=400 if error else 200)
+
+    @app.get("/jobs/new", response_class=HTMLResponse)
+    def new_job_page(request: Request):
+        return new_job_form(request, session_for(request, "train"), {})
+
+    @app.post("/jobs/new")
+    async def new_job(request: Request):
+        session = session_for(request, "train")
+        boundary = form_boundary(request.headers.get("content-type", ""), "the New-job form")
+        parts = parse_form(await read_body(request, MAX_UPLOAD_BYTES + MAX_FORM_OVERHEAD, UPLOAD_TIMEOUT_S), boundary,
+                           max_parts=len(FORM_KEYS) + 8)
+        values = {name: part.content.decode("utf-8", "replace").strip() for name, part in parts.items()
+                  if part.filename is None}
+        if not Sessions.check_csrf(session, values.get("csrf")):
+            raise PermissionDenied("that form did not come from this session; reload the page and try again")
+        upload = parts.get("dataset")
+        if upload is None or not upload.filename or not upload.content:
+            return new_job_form(request, session, values, "dataset: choose a JSONL file to train on")
+        filename = upload.filename.replace("\\", "/").rsplit("/", 1)[-1].strip()[:200] or "dataset.jsonl"
+        config = {"base_model": values.get("base_model", ""), "push": {"name": values.get("name") or None},
+                  "datasets": [{"path": filename, "type": values.get("dataset_type") or "alpaca"}]}
+        overrides = [f"{key}={values[key]}" for key in FORM_KEYS if values.get(key)]
+        submission = SubmitRequest(config=config, overrides=overrides, files={filename: upload.content}, source="portal")
+        try:
+            job = await run_in_threadpool(jobs.submit, submission, session.identity, "portal")
+        except LoradockError as exc:  # the trainer's one-line refusal (a bad key, value or dataset line): nothing stored
+            return new_job_form(request, session, values, " ".join(str(exc).split()))
+        return RedirectResponse(f"{PREFIX}/jobs/{quote(job.id)}", status_code=303)
 
     def may_change(session: Session, found) -> bool:
         """Whether to show the job's buttons: the caller could cancel or resume it (JobsService decides on POST)."""
