@@ -52,7 +52,8 @@ def portal(tmp_path_factory, tiny_base_dir):
     job_id = _a_job_through_the_queue(registry, tmp / "tiny-arith.yaml")
     tokens_file = tmp / "tokens.yaml"
     tokens = {name: create_token(name, roles, tokens_file) for name, roles in (
-        ("reader", "read"), ("pusher", "push"), ("trainer", "train,read"), ("rival", "train,read"))}
+        ("reader", "read"), ("pusher", "push"), ("trainer", "train,read"), ("rival", "train,read"),
+        ("releaser", "read,push"), ("client", "infer"))}
     options = ServerOptions(base=TINY_BASE, quant="none", port=0, http_port=0, auth_tokens=str(tokens_file))
     hooks = JobHooks(submit=submit, check_dataset=check_dataset, config_fields=form_fields)
     server, _, service = create_server(options, registry, job_hooks=hooks)
@@ -181,6 +182,17 @@ def screenshot(browser, name: str) -> None:
     browser.save_screenshot(str(SCREENSHOTS / f"{name}.png"))
 
 
+def navigate(browser, element) -> None:
+    """Click `element` (a link or a form's button) and wait for the next page to replace this one (a backstop)."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    page = browser.find_element(By.TAG_NAME, "html")
+    element.click()
+    WebDriverWait(browser, 120).until(expected_conditions.staleness_of(page))
+
+
 def labelled_fields_only(browser) -> None:
     """Every form field of the page has a label (accessibility basics), and the page a title and one h1."""
     from selenium.webdriver.common.by import By
@@ -198,14 +210,14 @@ def test_in_a_browser_sign_in_then_read_the_adapters_and_a_version_s_lineage(por
     labelled_fields_only(browser)
     screenshot(browser, "sign-in")
     browser.find_element(By.ID, "token").send_keys(portal["tokens"]["reader"])
-    browser.find_element(By.CSS_SELECTOR, "form.card button").click()
+    navigate(browser, browser.find_element(By.CSS_SELECTOR, "form.card button"))
     assert browser.title == "Adapters · loradock"
     labelled_fields_only(browser)
     rows = [r.text for r in browser.find_elements(By.CSS_SELECTOR, "tbody tr")]
     assert len(rows) == 1 and rows[0].startswith("tiny-arith 1 tiny-arith:1 prod → 1")
     screenshot(browser, "adapters")
 
-    browser.find_element(By.LINK_TEXT, "tiny-arith:1").click()
+    navigate(browser, browser.find_element(By.LINK_TEXT, "tiny-arith:1"))
     assert browser.title == "Version tiny-arith:1 · loradock"
     version = portal["registry"].resolve("tiny-arith:1")
     run = portal["registry"].run(version.run_id)
@@ -226,7 +238,7 @@ def test_in_a_browser_the_jobs_queue_and_a_job_s_progress_events_and_result(port
     browser.get(f"{portal['url']}/ui/jobs")
     if browser.title == "Sign in · loradock":
         browser.find_element(By.ID, "token").send_keys(portal["tokens"]["reader"])
-        browser.find_element(By.CSS_SELECTOR, "form.card button").click()
+        navigate(browser, browser.find_element(By.CSS_SELECTOR, "form.card button"))
     assert browser.title == "Fine-tuning jobs · loradock"
     labelled_fields_only(browser)
     [row] = browser.find_elements(By.CSS_SELECTOR, "tbody tr")
@@ -234,7 +246,7 @@ def test_in_a_browser_the_jobs_queue_and_a_job_s_progress_events_and_result(port
     assert not browser.find_elements(By.CSS_SELECTOR, "meta[http-equiv=refresh]")  # nothing runs: no reloading
     screenshot(browser, "jobs")
 
-    browser.find_element(By.LINK_TEXT, portal["job_id"]).click()
+    navigate(browser, browser.find_element(By.LINK_TEXT, portal["job_id"]))
     assert browser.title == f"Job {portal['job_id']} · loradock"
     text = browser.find_element(By.TAG_NAME, "main").text
     assert "step 2 of 2" in text and "stored in the registry" not in text and "removed" in text
@@ -244,7 +256,7 @@ def test_in_a_browser_the_jobs_queue_and_a_job_s_progress_events_and_result(port
     assert {p.get_attribute("class") for p in browser.find_elements(By.CSS_SELECTOR, "figure.chart polyline")} == {
         "train_loss", "val_loss"}
     screenshot(browser, "job")
-    browser.find_element(By.LINK_TEXT, "tiny-arith:1").click()
+    navigate(browser, browser.find_element(By.LINK_TEXT, "tiny-arith:1"))
     assert browser.title == "Version tiny-arith:1 · loradock"
 
 
@@ -329,7 +341,6 @@ def test_the_new_job_form_shows_the_trainer_s_defaults_and_help_and_queues_a_che
 def test_in_a_browser_submit_a_job_with_a_dataset_and_watch_it_succeed(portal, browser, tmp_path):
     import subprocess
     import sys
-    import time
 
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import Select
@@ -337,7 +348,7 @@ def test_in_a_browser_submit_a_job_with_a_dataset_and_watch_it_succeed(portal, b
     browser.delete_all_cookies()
     browser.get(f"{portal['url']}/ui/jobs/new")
     browser.find_element(By.ID, "token").send_keys(portal["tokens"]["trainer"])
-    browser.find_element(By.CSS_SELECTOR, "form.card button").click()
+    navigate(browser, browser.find_element(By.CSS_SELECTOR, "form.card button"))
     assert browser.title == "New fine-tuning job · loradock"
     labelled_fields_only(browser)
     dataset = tmp_path / "arith-40.jsonl"
@@ -350,7 +361,7 @@ def test_in_a_browser_submit_a_job_with_a_dataset_and_watch_it_succeed(portal, b
         browser.find_element(By.ID, key).send_keys(value)
     browser.execute_script("window.scrollTo(0, 0)")
     screenshot(browser, "job-new")
-    browser.find_element(By.CSS_SELECTOR, "form.card button[type=submit]").click()
+    navigate(browser, browser.find_element(By.CSS_SELECTOR, "form.card button[type=submit]"))
     assert browser.title.startswith("Job ftjob-")
     job_id = browser.title.split()[1]
     assert "queued" in browser.find_element(By.CSS_SELECTOR, ".lead").text
@@ -366,10 +377,83 @@ def test_in_a_browser_submit_a_job_with_a_dataset_and_watch_it_succeed(portal, b
             worker.kill()
     job = portal["registry"].jobs.get(job_id)
     assert job.state == "succeeded", job.error
-    deadline = time.monotonic() + 120  # a backstop: the page reloads itself every 5 s while the job has not ended
-    while "succeeded" not in browser.find_element(By.CSS_SELECTOR, ".lead").text and time.monotonic() < deadline:
-        time.sleep(0.5)
-    assert "succeeded" in browser.find_element(By.CSS_SELECTOR, ".lead").text
-    browser.find_element(By.LINK_TEXT, job.result_version).click()
+    from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    # the page reloads itself every 5 s while the job has not ended (120 s: a backstop)
+    WebDriverWait(browser, 120, ignored_exceptions=[NoSuchElementException, StaleElementReferenceException]).until(
+        lambda b: "succeeded" in b.find_element(By.CSS_SELECTOR, ".lead").text)
+    navigate(browser, browser.find_element(By.LINK_TEXT, job.result_version))
     assert browser.title == f"Version {job.result_version} · loradock"
     assert job_id in browser.find_element(By.TAG_NAME, "main").text  # the version's lineage names the job
+
+
+def test_a_rollout_from_the_version_page_its_report_and_a_promote(portal, browser, tmp_path):
+    """90/10 from version 2's page, keyed requests over the HTTP API, the report counts them; then promote. A reader
+    sees no forms and its forged POST gets 403; a change without a reason is refused and changes nothing."""
+    import time
+
+    from selenium.webdriver.common.by import By
+
+    registry = portal["registry"]
+    _, pulled = registry.pull("tiny-arith:1", tmp_path / "v1")
+    second = registry.push(pulled, "tiny-arith", base=TINY_BASE, message="a second version", allow_duplicate=True)
+    assert second.version.ref == "tiny-arith:2"
+    with httpx.Client(base_url=portal["url"]) as client:
+        sign_in(client, portal["tokens"]["reader"])
+        page = client.get("/ui/rollouts/tiny-arith")
+        assert page.status_code == 200 and "Set the split" not in page.text
+        csrf = re.search(r'name="csrf" value="([^"]+)"', page.text).group(1)
+        forged = client.post("/ui/rollouts/tiny-arith", data={"csrf": csrf, "action": "clear", "reason": "x"})
+        assert forged.status_code == 403 and "this page needs 'push'" in html.unescape(forged.text)
+    with httpx.Client(base_url=portal["url"]) as client:
+        sign_in(client, portal["tokens"]["releaser"])
+        page = client.get("/ui/rollouts/tiny-arith?canary=2")
+        assert 'value="1=90, 2=10"' in page.text
+        csrf = re.search(r'name="csrf" value="([^"]+)"', page.text).group(1)
+        unexplained = client.post("/ui/rollouts/tiny-arith", data={"csrf": csrf, "action": "set", "arms": "1=90, 2=10"})
+        assert unexplained.status_code == 400 and "reason: say why" in unexplained.text
+        overweight = client.post("/ui/rollouts/tiny-arith", data={"csrf": csrf, "action": "set", "arms": "1=95, 2=10",
+                                                                  "reason": "canary"})
+        assert overweight.status_code == 400 and "100" in overweight.text
+        assert registry.rollouts.show("tiny-arith")["history"] == []
+
+    browser.delete_all_cookies()
+    browser.get(f"{portal['url']}/ui/versions/tiny-arith:2")
+    browser.find_element(By.ID, "token").send_keys(portal["tokens"]["releaser"])
+    navigate(browser, browser.find_element(By.CSS_SELECTOR, "form.card button"))
+    navigate(browser, browser.find_element(By.LINK_TEXT, "Roll out to 10 %"))
+    assert browser.title == "Rollout of tiny-arith · loradock"
+    labelled_fields_only(browser)
+    assert browser.find_element(By.ID, "arms").get_attribute("value") == "1=90, 2=10"
+    browser.find_element(By.ID, "set-reason").send_keys("canary of version 2")
+    navigate(browser, browser.find_element(By.XPATH, "//button[text()='Set the split']"))
+    current = registry.rollouts.show("tiny-arith")["current"]
+    assert [(a["version"], a["weight"]) for a in current["arms"]] == [(1, 90), (2, 10)] and current["sticky"]
+    assert current["actor"] == "releaser" and current["reason"] == "canary of version 2"
+
+    headers = {"Authorization": f"Bearer {portal['tokens']['client']}"}
+    backstop, sent = time.monotonic() + 120, 0  # the server picks the split up, then records outcomes, each within a poll
+    with httpx.Client(base_url=portal["url"], headers=headers, timeout=60) as api:
+        while not sum(a["requests"] for a in registry.rollouts.report("tiny-arith")["arms"]) >= 10:
+            assert time.monotonic() < backstop, "the report never counted the requests"
+            for _ in range(5):
+                reply = api.post("/v1/completions", json={"model": "tiny-arith", "prompt": "1+1=", "max_tokens": 2},
+                                 headers={"x-routing-key": f"user-{sent}"})
+                assert reply.status_code == 200, reply.text
+                sent += 1
+            time.sleep(0.2)
+    browser.refresh()
+    counted = [int(cell.text) for cell in browser.find_elements(By.CSS_SELECTOR, "main table:first-of-type tbody td:nth-child(4)")]
+    assert sum(counted) >= 10  # the report's requests column
+    screenshot(browser, "rollout")
+
+    from selenium.webdriver.support.ui import Select
+
+    Select(browser.find_element(By.ID, "version")).select_by_value("2")
+    browser.find_element(By.ID, "promote-reason").send_keys("canary looked fine")
+    navigate(browser, browser.find_element(By.XPATH, "//button[text()='Promote']"))
+    current = registry.rollouts.show("tiny-arith")["current"]
+    assert [(a["version"], a["weight"]) for a in current["arms"]] == [(2, 100)] and current["action"] == "promote"
+    history = [row.text for row in browser.find_elements(By.XPATH, "//h2[text()='History']/following-sibling::table//tbody/tr")]
+    assert history[0].startswith("2 promote") and "releaser" in history[0] and "canary looked fine" in history[0]

@@ -21,6 +21,8 @@ from starlette.concurrency import run_in_threadpool
 from registry.errors import InvalidInput, LoradockError, PermissionDenied, TooLarge, Unauthenticated
 from registry.jobs import STATES, TERMINAL, SubmitRequest
 from registry.jobs.queue import MAX_EVENTS_PAGE
+from registry.names import check_version_number
+from registry.rollout_records import parse_arm
 
 from ..http.body import read_body
 from ..http.serving_fine_tuning import MAX_FORM_OVERHEAD, MAX_UPLOAD_BYTES, form_boundary, parse_form
@@ -148,7 +150,48 @@ def build_portal(registry, tokens: TokenStore | None, jobs: JobsService | None =
         run = described["run"]
         chart = loss_chart((run or {}).get("metrics") or {})
         return render(request, "version.html", session, title=f"Version {described['version']['ref']}",
-                      d=described, v=described["version"], run=run, chart=chart)
+                      d=described, v=described["version"], run=run, chart=chart,
+                      may_roll_out=bool({"push", "admin"} & session.identity.roles))
+
+    # --- rollouts ---------------------------------------------------------------------------------------------
+
+    @app.get("/rollouts", response_class=HTMLResponse)
+    def rollouts_page(request: Request):
+        session = session_for(request, "read")
+        current = registry.rollouts.all_current()
+        return render(request, "rollouts.html", session, title="Rollouts", adapters=registry.list_adapters(),
+                      current=current)
+
+    def rollout_page(request: Request, session: Session, name: str, canary: int | None = None,
+                     error: str | None = None, values: dict | None = None) -> HTMLResponse:
+        shown = registry.rollouts.show(name)
+        live = [v.number for v in registry.list_versions(name)]
+        arms = ""
+        if canary is not None and canary in live:
+            older = [n for n in live if n < canary]
+            arms = f"{max(older)}=90, {canary}=10" if older else f"{canary}=100"
+        elif shown["current"]:
+            arms = ", ".join(f"{a['version']}={a['weight']}" for a in shown["current"]["arms"])
+        roles = session.identity.roles
+        return render(request, "rollout.html", session, title=f"Rollout of {name}", name=name, show=shown,
+                      report=registry.rollouts.report(name), live=live, arms=arms, error=error, values=values or {},
+                      may_change=bool({"push", "admin"} & roles), status=400 if error else 200)
+
+    @app.get("/rollouts/{name}", response_class=HTMLResponse)
+    def rollout_view(request: Request, name: str, canary: int | None = None):
+        return rollout_page(request, session_for(request, "read"), name, canary)
+
+    @app.post("/rollouts/{name}")
+    async def rollout_change(request: Request, name: str):
+        session = session_for(request, "push")
+        form = await _form(request)
+        if not Sessions.check_csrf(session, form.get("csrf")):
+            raise PermissionDenied("that form did not come from this session; reload the page and try again")
+        try:
+            await run_in_threadpool(change_rollout, registry.rollouts, name, form, session.identity.token_name or None)
+        except LoradockError as exc:  # the same one-line refusal `reg rollout` prints; nothing changed
+            return rollout_page(request, session, name, error=" ".join(str(exc).split()), values=form)
+        return RedirectResponse(f"{PREFIX}/rollouts/{quote(name)}", status_code=303)
 
     # --- fine-tuning jobs -----------------------------------------------------------------------------------
 
@@ -236,6 +279,25 @@ def build_portal(registry, tokens: TokenStore | None, jobs: JobsService | None =
                       resumable=found.state in ("failed", "cancelled"))
 
     return app
+
+
+def change_rollout(rollouts, name: str, form: dict[str, str], actor: str | None):
+    """One rollout form's change, as `reg rollout set|promote|rollback|clear` makes it; the reason is required."""
+    reason, action = form.get("reason", "").strip(), form.get("action", "")
+    if not reason:
+        raise InvalidInput("reason: say why (it is recorded with the revision, as `--reason` is)")
+    if action == "set":
+        arms = [parse_arm(a) for a in form.get("arms", "").replace(",", " ").split()]
+        return rollouts.set(name, arms, sticky=form.get("sticky") == "on", reason=reason, actor=actor)
+    if action == "promote":
+        version = form.get("version", "")
+        return rollouts.promote(name, check_version_number(int(version) if version.isdigit() else version),
+                                reason=reason, actor=actor)
+    if action == "rollback":
+        return rollouts.rollback(name, reason=reason, actor=actor)
+    if action == "clear":
+        return rollouts.clear(name, reason=reason, actor=actor)
+    raise InvalidInput(f"action {action!r}: expected set, promote, rollback or clear")
 
 
 def _last_seq(registry, job_id: str) -> int:
