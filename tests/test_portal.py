@@ -53,7 +53,7 @@ def portal(tmp_path_factory, tiny_base_dir):
     tokens_file = tmp / "tokens.yaml"
     tokens = {name: create_token(name, roles, tokens_file) for name, roles in (
         ("reader", "read"), ("pusher", "push"), ("trainer", "train,read"), ("rival", "train,read"),
-        ("releaser", "read,push"), ("client", "infer"))}
+        ("releaser", "read,push"), ("client", "infer"), ("ops", "admin"))}
     options = ServerOptions(base=TINY_BASE, quant="none", port=0, http_port=0, auth_tokens=str(tokens_file))
     hooks = JobHooks(submit=submit, check_dataset=check_dataset, config_fields=form_fields)
     server, _, service = create_server(options, registry, job_hooks=hooks)
@@ -457,3 +457,36 @@ def test_a_rollout_from_the_version_page_its_report_and_a_promote(portal, browse
     assert [(a["version"], a["weight"]) for a in current["arms"]] == [(2, 100)] and current["action"] == "promote"
     history = [row.text for row in browser.find_elements(By.XPATH, "//h2[text()='History']/following-sibling::table//tbody/tr")]
     assert history[0].startswith("2 promote") and "releaser" in history[0] and "canary looked fine" in history[0]
+
+
+def test_the_server_page_shows_its_stats_and_only_an_admin_loads_pins_and_unloads(portal, browser):
+    from selenium.webdriver.common.by import By
+
+    with httpx.Client(base_url=portal["url"]) as client:
+        sign_in(client, portal["tokens"]["client"])
+        page = client.get("/ui/server")
+        assert page.status_code == 200 and "Adapter cache" in page.text and "Manage" not in page.text
+        csrf = re.search(r'name="csrf" value="([^"]+)"', page.text).group(1)
+        forged = client.post("/ui/server/adapters", data={"csrf": csrf, "ref": "tiny-arith:1", "action": "load"})
+        assert forged.status_code == 403 and "this page needs 'admin'" in html.unescape(forged.text)
+    with httpx.Client(base_url=portal["url"]) as client:
+        sign_in(client, portal["tokens"]["reader"])
+        assert client.get("/ui/server").status_code == 403  # ServerStats needs `infer`, as over gRPC
+
+    browser.delete_all_cookies()
+    browser.get(f"{portal['url']}/ui/server")
+    browser.find_element(By.ID, "token").send_keys(portal["tokens"]["ops"])
+    navigate(browser, browser.find_element(By.CSS_SELECTOR, "form.card button"))
+    assert browser.title == "Server · loradock"
+
+    def state_of(ref: str) -> str:
+        row = browser.find_element(By.XPATH, f"//h2[text()='Adapters']/following-sibling::table//tr[td[1][text()='{ref}']]")
+        return row.find_elements(By.TAG_NAME, "td")[1].text
+
+    ref = next(r.text.split()[0] for r in browser.find_elements(
+        By.XPATH, "//h2[text()='Adapters']/following-sibling::table//tbody/tr"))  # the newest servable version
+    for action, state in (("pin", "pinned"), ("unload", "not loaded"), ("load", "loaded")):
+        row = browser.find_element(By.XPATH, f"//h2[text()='Adapters']/following-sibling::table//tr[td[1][text()='{ref}']]")
+        navigate(browser, row.find_element(By.XPATH, f".//button[@value='{action}']"))
+        assert state_of(ref) == state, action
+    screenshot(browser, "server")

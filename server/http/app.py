@@ -126,7 +126,7 @@ def build_app(service: InferenceService, options: ServerOptions, tokens: TokenSt
         return Response(content, media_type=content_type)
 
     # The portal (server/portal/): its own app, its own sign-in (a session cookie, not a bearer header).
-    app.mount(PORTAL_PREFIX, build_portal(service.registry, tokens, jobs, secure_cookies=bool(options.tls_cert)))
+    app.mount(PORTAL_PREFIX, build_portal(service.registry, tokens, jobs, service, secure_cookies=bool(options.tls_cert)))
 
     @app.get("/health")
     async def health():

@@ -18,7 +18,7 @@ from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 from starlette.concurrency import run_in_threadpool
 
-from registry.errors import InvalidInput, LoradockError, PermissionDenied, TooLarge, Unauthenticated
+from registry.errors import InvalidInput, LoradockError, NotFound, PermissionDenied, TooLarge, Unauthenticated
 from registry.jobs import STATES, TERMINAL, SubmitRequest
 from registry.jobs.queue import MAX_EVENTS_PAGE
 from registry.names import check_version_number
@@ -47,12 +47,13 @@ class SignInNeeded(Exception):
     """The request has no valid session: the browser is sent to the sign-in page, and back here afterwards."""
 
 
-def build_portal(registry, tokens: TokenStore | None, jobs: JobsService | None = None,
+def build_portal(registry, tokens: TokenStore | None, jobs: JobsService | None = None, service=None,
                  secure_cookies: bool = False) -> FastAPI:
     """The portal over `registry` (a `RegistryAPI`, local or remote) for the callers `tokens` admits (None: auth off).
 
     `jobs`: the server's `JobsService`, through which the portal's job actions go (the rules the gRPC and HTTP
-    fronts follow: a `train` caller changes its own jobs, an admin anyone's); None: no job actions."""
+    fronts follow: a `train` caller changes its own jobs, an admin anyone's); None: no job actions. `service`: the
+    `InferenceService` whose stats and adapter cache the Server page shows (None: a registry-only portal)."""
     app = FastAPI(title="loradock portal", docs_url=None, redoc_url=None, openapi_url=None)
     sessions = Sessions(tokens)
     templates = Jinja2Templates(directory=str(HERE / "templates"))
@@ -60,7 +61,8 @@ def build_portal(registry, tokens: TokenStore | None, jobs: JobsService | None =
 
     def render(request: Request, template: str, session: Session | None, status: int = 200, **context) -> HTMLResponse:
         return templates.TemplateResponse(request, template, {"session": session, "auth_on": sessions.auth_on,
-                                                              "prefix": PREFIX, **context}, status_code=status)
+                                                              "prefix": PREFIX, "serving": service is not None,
+                                                              **context}, status_code=status)
 
     def session_for(request: Request, role: str) -> Session:
         """The request's session if its token has `role`; SignInNeeded or PermissionDenied otherwise."""
@@ -192,6 +194,35 @@ def build_portal(registry, tokens: TokenStore | None, jobs: JobsService | None =
         except LoradockError as exc:  # the same one-line refusal `reg rollout` prints; nothing changed
             return rollout_page(request, session, name, error=" ".join(str(exc).split()), values=form)
         return RedirectResponse(f"{PREFIX}/rollouts/{quote(name)}", status_code=303)
+
+    # --- the server ------------------------------------------------------------------------------------------
+
+    def serving() -> object:
+        if service is None:
+            raise NotFound("this portal serves a registry only: no server's stats to show (see `reg serve`)")
+        return service
+
+    @app.get("/server", response_class=HTMLResponse)
+    def server_page(request: Request):
+        session = session_for(request, "infer")  # as the ServerStats RPC and /metrics need
+        return render(request, "server.html", session, title="Server", stats=serving().server_stats(),
+                      adapters=service.list_adapters(), may_manage="admin" in session.identity.roles,
+                      refresh_s=REFRESH_S)
+
+    @app.post("/server/adapters")
+    async def server_adapters(request: Request):
+        session = session_for(request, "admin")  # as LoadAdapter / UnloadAdapter and the HTTP routes need
+        form = await _form(request)
+        if not Sessions.check_csrf(session, form.get("csrf")):
+            raise PermissionDenied("that form did not come from this session; reload the page and try again")
+        ref, action = form.get("ref", ""), form.get("action", "")
+        if action not in ("load", "pin", "unload"):
+            raise InvalidInput(f"action {action!r}: expected load, pin or unload")
+        if action == "unload":
+            await run_in_threadpool(serving().unload_adapter, ref)
+        else:
+            await run_in_threadpool(serving().load_adapter, ref, action == "pin")
+        return RedirectResponse(f"{PREFIX}/server", status_code=303)
 
     # --- fine-tuning jobs -----------------------------------------------------------------------------------
 
