@@ -64,6 +64,25 @@ def serve(
     raise typer.Exit(serve_forever(options, _registry(home), job_hooks=_job_hooks()))
 
 
+@app.command()
+def portal(
+    host: Annotated[str, typer.Option(help="Address to listen on (without --auth-tokens: localhost only).")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="HTTP port (0: any free one; the log line names it).")] = 8080,
+    auth_tokens: Annotated[Optional[str], typer.Option(help="Tokens file: who may sign in, with which roles.")] = None,
+    tls_cert: Annotated[Optional[str], typer.Option(help="PEM certificate chain to serve HTTPS with (needs --tls-key).")] = None,
+    tls_key: Annotated[Optional[str], typer.Option(help="PEM private key for --tls-cert.")] = None,
+    insecure_listen_all: Annotated[bool, typer.Option(help="Allow a non-localhost --host without --auth-tokens.")] = False,
+    home: Home = None,
+) -> None:
+    """Serve the web portal alone (a machine with no model): the registry of --home, or the remote one --registry
+    names (read and changed with --token). Open http://HOST:PORT/ui."""
+    from server.app import serve_portal_forever
+
+    options = ServerOptions(host=host, http_port=port, auth_tokens=auth_tokens, tls_cert=tls_cert, tls_key=tls_key,
+                            insecure_listen_all=insecure_listen_all)
+    raise typer.Exit(serve_portal_forever(options, _registry(home), job_hooks=_job_hooks()))
+
+
 def _job_hooks():
     """The trainer's job checks, lent to the server so that it takes fine-tuning jobs (it imports no trainer)."""
     from server.jobs_service import JobHooks

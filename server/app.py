@@ -262,6 +262,34 @@ def serve_registry_forever(options: ServerOptions, home, job_hooks: JobHooks | N
     return 0
 
 
+def serve_portal_forever(options: ServerOptions, registry, job_hooks: JobHooks | None = None) -> int:
+    """`reg portal`: the web portal alone on --host:--http-port, over `registry` (local, or a `RemoteRegistry`).
+
+    Signing in, roles and CSRF are the portal's own (the tokens of --auth-tokens); a remote registry is read and
+    changed with the token `reg` was given. Job actions and the New-job form need a local registry (its queue)."""
+    from fastapi import FastAPI
+    from fastapi.responses import RedirectResponse
+
+    from .http.front import AsgiFront, bind_http
+    from .portal.app import PREFIX, build_portal
+
+    tokens = _tokens(options)
+    jobs = JobsService(registry.home, job_hooks) if registry.is_local else None
+    app = FastAPI(docs_url=None, redoc_url=None, openapi_url=None)
+    app.mount(PREFIX, build_portal(registry, tokens, jobs, secure_cookies=bool(options.tls_cert)))
+    app.add_api_route("/", lambda: RedirectResponse(f"{PREFIX}/adapters", status_code=303), include_in_schema=False)
+    front = AsgiFront(app, options, bind_http(options), limit_concurrency=options.handler_threads + 64).start()
+    scheme = "https" if options.tls_cert else "http"
+    source = registry.home if registry.is_local else registry.url
+    logger.info(f"portal on {scheme}://{options.host}:{front.port}{PREFIX} over the registry {source}")
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    stop.wait()
+    front.stop()
+    return 0
+
+
 def serve_forever(options: ServerOptions, registry: Registry, job_hooks: JobHooks | None = None) -> int:
     server, port, service = create_server(options, registry, job_hooks=job_hooks)
     http = f", HTTP (OpenAI API) on {options.host}:{server.http_port}" if server.http_port is not None else ""

@@ -490,3 +490,56 @@ def test_the_server_page_shows_its_stats_and_only_an_admin_loads_pins_and_unload
         navigate(browser, row.find_element(By.XPATH, f".//button[@value='{action}']"))
         assert state_of(ref) == state, action
     screenshot(browser, "server")
+
+
+def _start_portal(*args: str, env: dict | None = None):
+    """`reg [ARGS] portal --port 0 ...` in its own process; (process, base URL) once its log line names the port."""
+    import subprocess
+    import sys
+    import time
+
+    command = [str(Path(sys.executable).parent / "reg"), *args]
+    proc = subprocess.Popen(command, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True,
+                            env={**os.environ, **(env or {})})
+    backstop = time.monotonic() + 120
+    for line in proc.stderr:
+        found = re.search(r"portal on (http://[0-9.]+:[0-9]+)/ui", line)
+        if found:
+            return proc, found.group(1)
+        assert time.monotonic() < backstop and proc.poll() is None, line
+    raise AssertionError(f"reg portal exited ({proc.wait()}) without naming its port")
+
+
+def test_reg_portal_serves_a_local_or_a_remote_registry_without_a_model(portal, tmp_path):
+    from server.app import create_registry_server
+
+    tokens = portal["tokens_file"]
+    proc, url = _start_portal("portal", "--port", "0", "--home", str(portal["registry"].home), "--auth-tokens", str(tokens))
+    try:
+        with httpx.Client(base_url=url) as client:
+            assert client.get("/").headers["location"] == "/ui/adapters"
+            sign_in(client, portal["tokens"]["reader"])
+            page = client.get("/ui/adapters")
+            assert page.status_code == 200 and "tiny-arith" in page.text and "Server</a>" not in page.text
+            assert client.get("/ui/server").status_code == 404  # no model here: no server page
+    finally:
+        proc.terminate()
+        assert proc.wait(60) == 0
+    served, port, _ = create_registry_server(ServerOptions(port=0, auth_tokens=str(tokens)), portal["registry"].home)
+    try:
+        proc, url = _start_portal("--registry", f"grpc://127.0.0.1:{port}", "portal", "--port", "0", "--home",
+                                  str(tmp_path / "cache"), "--auth-tokens", str(tokens),
+                                  env={"LORADOCK_TOKEN": portal["tokens"]["ops"]})
+        try:
+            with httpx.Client(base_url=url) as client:
+                sign_in(client, portal["tokens"]["reader"])
+                version = client.get("/ui/versions/tiny-arith:1")
+                assert version.status_code == 200
+                assert portal["registry"].resolve("tiny-arith:1").manifest_digest in version.text  # read over gRPC
+                jobs_page = client.get("/ui/jobs")
+                assert jobs_page.status_code == 200 and portal["job_id"] in jobs_page.text
+        finally:
+            proc.terminate()
+            assert proc.wait(60) == 0
+    finally:
+        served.stop(0)

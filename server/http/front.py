@@ -85,18 +85,17 @@ class _H11Protocol(H11Protocol):
         self._head_timer = self.loop.call_later(self.header_timeout_s, drop_if_no_new_request)
 
 
-class HttpFront:
-    def __init__(self, service: InferenceService, options: ServerOptions, tokens: TokenStore | None, sock: socket.socket,
-                 jobs: JobsService | None = None):
-        self.app = build_app(service, options, tokens, jobs)
-        self.state: HttpState = self.app.state.loradock
+class AsgiFront:
+    """uvicorn on its own thread serving an ASGI `app` on `sock`: TLS and the request-head timeout of the options."""
+
+    def __init__(self, app, options: ServerOptions, sock: socket.socket, limit_concurrency: int):
+        self.app = app
         self.sock = sock
         self.port: int = sock.getsockname()[1]
         protocol = type("H11Protocol", (_H11Protocol,), {"header_timeout_s": options.http_timeout_s})
         config = uvicorn.Config(
             self.app, http=protocol, lifespan="off", log_config=None, access_log=False, server_header=False,
-            ssl_certfile=options.tls_cert, ssl_keyfile=options.tls_key,
-            limit_concurrency=options.handler_threads + 64,  # beyond the queue limit: the service answers 429 first
+            ssl_certfile=options.tls_cert, ssl_keyfile=options.tls_key, limit_concurrency=limit_concurrency,
             h11_max_incomplete_event_size=MAX_HEADER_BYTES, timeout_graceful_shutdown=1,
         )
         self.server = uvicorn.Server(config)
@@ -109,7 +108,7 @@ class HttpFront:
         except BaseException as exc:  # noqa: BLE001 - reported by start()
             self.error = exc
 
-    def start(self) -> "HttpFront":
+    def start(self):
         self.thread.start()
         deadline = time.monotonic() + START_TIMEOUT_S
         while not self.server.started:
@@ -118,13 +117,27 @@ class HttpFront:
             time.sleep(0.005)
         return self
 
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=30)
+        self.sock.close()
+
+
+class HttpFront(AsgiFront):
+    """The HTTP API (and the portal at /ui) over `service`, as `reg serve --http-port` runs it."""
+
+    def __init__(self, service: InferenceService, options: ServerOptions, tokens: TokenStore | None, sock: socket.socket,
+                 jobs: JobsService | None = None):
+        app = build_app(service, options, tokens, jobs)
+        self.state: HttpState = app.state.loradock
+        # beyond the queue limit: the service answers 429 first
+        super().__init__(app, options, sock, limit_concurrency=options.handler_threads + 64)
+
     def drain(self) -> None:
         """/health and new completions answer 503 from now on; requests in flight go on."""
         self.state.draining = True
 
     def stop(self) -> None:
         self.drain()
-        self.server.should_exit = True
-        self.thread.join(timeout=30)
+        super().stop()
         self.state.pool.shutdown(wait=False, cancel_futures=True)
-        self.sock.close()

@@ -204,6 +204,7 @@ def build_portal(registry, tokens: TokenStore | None, jobs: JobsService | None =
 
     @app.get("/server", response_class=HTMLResponse)
     def server_page(request: Request):
+        serving()  # a registry-only portal has no such page, for anyone
         session = session_for(request, "infer")  # as the ServerStats RPC and /metrics need
         return render(request, "server.html", session, title="Server", stats=serving().server_stats(),
                       adapters=service.list_adapters(), may_manage="admin" in session.identity.roles,
