@@ -543,3 +543,29 @@ def test_reg_portal_serves_a_local_or_a_remote_registry_without_a_model(portal, 
             assert proc.wait(60) == 0
     finally:
         served.stop(0)
+
+
+def test_a_version_page_points_an_alias_and_diffs_with_another_version(portal, tmp_path):
+    registry = portal["registry"]
+    if registry.count_versions("tiny-arith") < 2:
+        _, pulled = registry.pull("tiny-arith:1", tmp_path / "v1")
+        registry.push(pulled, "tiny-arith", base=TINY_BASE, message="a second version", allow_duplicate=True)
+    with httpx.Client(base_url=portal["url"]) as client:
+        sign_in(client, portal["tokens"]["reader"])
+        page = client.get("/ui/versions/tiny-arith:2")
+        assert 'name="alias"' not in page.text
+        csrf = re.search(r'name="csrf" value="([^"]+)"', page.text).group(1)
+        assert client.post("/ui/versions/tiny-arith:2/alias", data={"csrf": csrf, "alias": "staging"}).status_code == 403
+        diff = client.get("/ui/diff", params={"a": "tiny-arith:1", "b": "tiny-arith:2"})
+        assert diff.status_code == 200 and "the two versions are identical" in diff.text
+        assert client.get("/ui/diff", params={"a": "tiny-arith:1", "b": "nope:1"}).status_code == 404
+    with httpx.Client(base_url=portal["url"]) as client:
+        sign_in(client, portal["tokens"]["releaser"])
+        page = client.get("/ui/versions/tiny-arith:2")
+        csrf = re.search(r'name="csrf" value="([^"]+)"', page.text).group(1)
+        bad = client.post("/ui/versions/tiny-arith:2/alias", data={"csrf": csrf, "alias": "Not An Alias"})
+        assert bad.status_code == 400 and "invalid alias" in html.unescape(bad.text)
+        done = client.post("/ui/versions/tiny-arith:2/alias", data={"csrf": csrf, "alias": "staging"})
+        assert done.status_code == 303 and registry.aliases("tiny-arith")["staging"] == 2
+        history = client.get("/ui/versions/tiny-arith:2").text
+        assert re.search(r"<td>staging</td>\s*<td>set: - → 2</td><td>releaser</td>", history)

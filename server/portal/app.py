@@ -151,9 +151,27 @@ def build_portal(registry, tokens: TokenStore | None, jobs: JobsService | None =
         described = registry.describe(ref)
         run = described["run"]
         chart = loss_chart((run or {}).get("metrics") or {})
-        return render(request, "version.html", session, title=f"Version {described['version']['ref']}",
-                      d=described, v=described["version"], run=run, chart=chart,
-                      may_roll_out=bool({"push", "admin"} & session.identity.roles))
+        v = described["version"]
+        return render(request, "version.html", session, title=f"Version {v['ref']}", d=described, v=v, run=run,
+                      chart=chart, may_roll_out=bool({"push", "admin"} & session.identity.roles),
+                      others=[n for n in registry.list_versions(v["adapter"]) if n.number != v["number"]],
+                      alias_history=list(reversed(registry.alias_history(v["adapter"]))))
+
+    @app.post("/versions/{ref}/alias")
+    async def set_alias(request: Request, ref: str):
+        session = session_for(request, "push")  # as SetAlias needs
+        form = await _form(request)
+        if not Sessions.check_csrf(session, form.get("csrf")):
+            raise PermissionDenied("that form did not come from this session; reload the page and try again")
+        version = await run_in_threadpool(registry.resolve, ref)
+        await run_in_threadpool(registry.set_alias, version.adapter, form.get("alias", "").strip(), version.number,
+                                session.identity.token_name or None)
+        return RedirectResponse(f"{PREFIX}/versions/{quote(version.ref)}", status_code=303)
+
+    @app.get("/diff", response_class=HTMLResponse)
+    def diff_page(request: Request, a: str, b: str):
+        session = session_for(request, "read")
+        return render(request, "diff.html", session, title=f"{a} against {b}", diff=registry.diff(a, b))
 
     # --- rollouts ---------------------------------------------------------------------------------------------
 
