@@ -87,9 +87,9 @@ def _job_hooks():
     """The trainer's job checks, lent to the server so that it takes fine-tuning jobs (it imports no trainer)."""
     from server.jobs_service import JobHooks
     from trainer.config import form_fields
-    from trainer.jobs.submit import check_dataset, submit
+    from trainer.jobs.submit import check_dataset, preview_dataset, submit
 
-    return JobHooks(submit=submit, check_dataset=check_dataset, config_fields=form_fields)
+    return JobHooks(submit=submit, check_dataset=check_dataset, config_fields=form_fields, preview_dataset=preview_dataset)
 
 
 @app.command()

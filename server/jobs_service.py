@@ -41,6 +41,7 @@ class JobHooks:
     submit: Callable[[Registry, SubmitRequest, str | None], Job]
     check_dataset: Callable[[Path, str], int]
     config_fields: Callable[[list[str]], list[dict]] | None = None  # trainer.config.form_fields: the portal's form
+    preview_dataset: Callable[[Path, str], dict] | None = None  # trainer.jobs.submit.preview_dataset: its upload step
 
 
 class JobsService:
@@ -65,6 +66,13 @@ class JobsService:
         if hooks.config_fields is None:
             raise JobsUnavailable("this server was started without the trainer's config schema; use `reg job submit`")
         return hooks.config_fields(names)
+
+    def preview_dataset(self, path: Path, dataset_type: str) -> dict:
+        """Counts, every bad line, duplicates and the first rows of a dataset file, as the trainer reads it."""
+        hooks = self._hooks()
+        if hooks.preview_dataset is None:
+            raise JobsUnavailable("this server was started without the trainer's dataset preview; use `reg job submit`")
+        return hooks.preview_dataset(Path(path), dataset_type)
 
     def _hooks(self) -> JobHooks:
         if self.hooks is None:

@@ -34,7 +34,7 @@ SCREENSHOTS = ROOT / "docs" / "screenshots"
 def portal(tmp_path_factory, tiny_base_dir):
     """A server with the HTTP port on, tokens required, over a registry holding one trained version (tiny-arith:1)."""
     from trainer.config import form_fields, load_config
-    from trainer.jobs.submit import check_dataset, submit
+    from trainer.jobs.submit import check_dataset, preview_dataset, submit
     from trainer.train import train
 
     tmp = tmp_path_factory.mktemp("portal")
@@ -55,7 +55,7 @@ def portal(tmp_path_factory, tiny_base_dir):
         ("reader", "read"), ("pusher", "push"), ("trainer", "train,read"), ("rival", "train,read"),
         ("releaser", "read,push"), ("client", "infer"), ("ops", "admin"))}
     options = ServerOptions(base=TINY_BASE, quant="none", port=0, http_port=0, auth_tokens=str(tokens_file))
-    hooks = JobHooks(submit=submit, check_dataset=check_dataset, config_fields=form_fields)
+    hooks = JobHooks(submit=submit, check_dataset=check_dataset, config_fields=form_fields, preview_dataset=preview_dataset)
     server, _, service = create_server(options, registry, job_hooks=hooks)
     yield {"url": f"http://127.0.0.1:{server.http_port}", "tokens": tokens, "tokens_file": tokens_file,
            "registry": registry, "job_id": job_id, "tmp": tmp}
@@ -299,39 +299,56 @@ def test_job_buttons_follow_the_token_s_roles_and_ownership_and_forged_posts_get
     portal["registry"].jobs.cancel(job_id)  # leave the queue as the other tests expect it
 
 
-def _new_job_form(client: httpx.Client) -> str:
-    page = client.get("/ui/jobs/new")
-    assert page.status_code == 200, page.text
+def _csrf(page: httpx.Response) -> str:
     return re.search(r'name="csrf" value="([^"]+)"', page.text).group(1)
 
 
-def test_the_new_job_form_shows_the_trainer_s_defaults_and_help_and_queues_a_checked_job(portal):
+def test_the_new_job_form_previews_the_upload_lists_every_bad_line_and_queues_a_checked_job(portal):
     from trainer.config import TrainConfig
 
+    registry = portal["registry"]
     with httpx.Client(base_url=portal["url"]) as client:
         sign_in(client, portal["tokens"]["trainer"])
-        page = client.get("/ui/jobs/new").text
-        assert 'placeholder="16"' in page and html.escape("LoRA rank.") in page  # lora_r: the schema's default and help
-        assert f"Default: {TrainConfig().learning_rate}" in page
-        before = len(portal["registry"].jobs.list(limit=None))
-        bad = ARITH.read_text().splitlines()[:20]
-        bad[6] = '{"instruction": "no output"}'
-        refused = client.post("/ui/jobs/new", data={"csrf": _new_job_form(client), "base_model": TINY_BASE,
-                                                    "name": "from-form", "dataset_type": "alpaca", "lora_r": "8"},
-                              files={"dataset": ("mine.jsonl", "\n".join(bad).encode())})
-        assert refused.status_code == 400 and "mine.jsonl:7" in html.unescape(refused.text), refused.text[-600:]
-        assert len(portal["registry"].jobs.list(limit=None)) == before  # a refused form stores nothing
-        wrong = client.post("/ui/jobs/new", data={"csrf": _new_job_form(client), "base_model": TINY_BASE, "name": "x",
-                                                  "lora_r": "many"}, files={"dataset": ("d.jsonl", ARITH.read_bytes())})
+        csrf = _csrf(client.get("/ui/jobs/new"))
+        before = (len(registry.jobs.list(limit=None)), len(registry.jobs.list_files()))
+        lines = ARITH.read_text().splitlines()[:20]
+        lines[6], lines[11] = '{"instruction": "no output"}', "not json"
+        refused = client.post("/ui/jobs/upload", data={"csrf": csrf, "dataset_type": "alpaca"},
+                              files={"dataset": ("mine.jsonl", "\n".join(lines).encode())})
+        text = html.unescape(refused.text)
+        assert refused.status_code == 400 and "2 bad line(s) in mine.jsonl" in text
+        assert "mine.jsonl:7:" in text and "mine.jsonl:12:" in text  # every bad line, by the user's file name
+        assert (len(registry.jobs.list(limit=None)), len(registry.jobs.list_files())) == before  # nothing stored
+
+        data = "\n".join(ARITH.read_text().splitlines()[:40] + ARITH.read_text().splitlines()[:2]) + "\n"
+        step2 = client.post("/ui/jobs/upload", data={"csrf": csrf, "dataset_type": "alpaca"},
+                            files={"dataset": ("Support Data.jsonl", data.encode())})
+        text = html.unescape(step2.text)
+        assert step2.status_code == 200 and "Step 2 of 2" in text and "2 exact" in text and "42 (42 valid)" in text
+        first = ARITH.read_text().splitlines()[0]
+        import json
+
+        assert json.loads(first)["output"] in text  # the first rows, as the trainer reads them
+        assert 'value="support-data"' in step2.text  # a starting adapter name from the file's
+        assert 'placeholder="16"' in step2.text and html.escape("LoRA rank.") in step2.text
+        assert f"Default: {TrainConfig().learning_rate}" in step2.text
+        file_id = re.search(r'name="file_id" value="([^"]+)"', step2.text).group(1)
+        wrong = client.post("/ui/jobs/new", data={"csrf": csrf, "file_id": file_id, "base_model": TINY_BASE,
+                                                  "name": "from-form", "lora_r": "many"})
         assert wrong.status_code == 400 and "lora_r" in wrong.text
-        done = client.post("/ui/jobs/new", data={"csrf": _new_job_form(client), "base_model": TINY_BASE, "name": "from-form",
-                                                 "dataset_type": "alpaca", "lora_r": "8", "max_steps": "2"},
-                           files={"dataset": ("mine.jsonl", ARITH.read_bytes())})
+        done = client.post("/ui/jobs/new", data={"csrf": csrf, "file_id": file_id, "base_model": TINY_BASE,
+                                                 "name": "from-form", "dataset_type": "alpaca", "lora_r": "8",
+                                                 "max_steps": "2"})
         assert done.status_code == 303 and done.headers["location"].startswith("/ui/jobs/ftjob-")
-    job = portal["registry"].jobs.get(done.headers["location"].rsplit("/", 1)[-1])
+    job = registry.jobs.get(done.headers["location"].rsplit("/", 1)[-1])
     assert (job.state, job.adapter, job.submitter, job.source) == ("queued", "from-form", "trainer", "portal")
-    assert job.config["lora_r"] == 8 and job.config["max_steps"] == 2 and job.datasets[0]["name"] == "mine.jsonl"
-    portal["registry"].jobs.cancel(job.id)
+    assert job.config["lora_r"] == 8 and job.config["max_steps"] == 2 and job.datasets[0]["name"] == "Support Data.jsonl"
+    registry.jobs.cancel(job.id)
+    with httpx.Client(base_url=portal["url"]) as client:
+        sign_in(client, portal["tokens"]["rival"])  # another trainer may not submit with this upload
+        stolen = client.post("/ui/jobs/new", data={"csrf": _csrf(client.get("/ui/jobs/new")), "file_id": file_id,
+                                                   "base_model": TINY_BASE, "name": "theirs"})
+        assert stolen.status_code == 403 and "was uploaded by 'trainer'" in html.unescape(stolen.text)
     with httpx.Client(base_url=portal["url"]) as client:
         sign_in(client, portal["tokens"]["reader"])
         assert client.get("/ui/jobs/new").status_code == 403
@@ -355,6 +372,10 @@ def test_in_a_browser_submit_a_job_with_a_dataset_and_watch_it_succeed(portal, b
     dataset.write_text("\n".join(ARITH.read_text().splitlines()[:40]) + "\n")
     browser.find_element(By.ID, "dataset").send_keys(str(dataset))
     Select(browser.find_element(By.ID, "dataset_type")).select_by_visible_text("alpaca")
+    navigate(browser, browser.find_element(By.CSS_SELECTOR, "form.card button[type=submit]"))
+    assert "Step 2 of 2" in browser.find_element(By.TAG_NAME, "main").text
+    labelled_fields_only(browser)
+    browser.find_element(By.ID, "name").clear()
     browser.find_element(By.ID, "name").send_keys("browser-job")
     for key, value in (("lora_r", "4"), ("max_steps", "2"), ("sequence_len", "48"), ("micro_batch_size", "4"),
                        ("val_set_size", "8")):

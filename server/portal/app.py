@@ -9,6 +9,8 @@ error table's: the status it gives, and the one-line message the CLI prints.
 
 from __future__ import annotations
 
+import re
+import tempfile
 from pathlib import Path
 from urllib.parse import parse_qs, quote
 
@@ -19,7 +21,7 @@ from fastapi.templating import Jinja2Templates
 from starlette.concurrency import run_in_threadpool
 
 from registry.errors import InvalidInput, LoradockError, NotFound, PermissionDenied, TooLarge, Unauthenticated
-from registry.jobs import STATES, TERMINAL, SubmitRequest
+from registry.jobs import STATES, TERMINAL, SubmitRequest, UploadedFile
 from registry.jobs.queue import MAX_EVENTS_PAGE
 from registry.names import check_version_number
 from registry.rollout_records import parse_arm
@@ -255,40 +257,70 @@ def build_portal(registry, tokens: TokenStore | None, jobs: JobsService | None =
                       states=STATES, refresh_s=REFRESH_S if live else None,
                       may_submit=jobs is not None and bool({"train", "admin"} & roles))
 
-    def new_job_form(request: Request, session: Session, values: dict, error: str | None = None) -> HTMLResponse:
+    def new_job_form(request: Request, session: Session, values: dict, error: str | None = None,
+                     upload: UploadedFile | None = None, preview: dict | None = None, status: int = 200) -> HTMLResponse:
+        """Step 1 (no `upload` yet): choose the dataset file; step 2: its preview, and the training settings."""
         if jobs is None:
             raise JobsUnavailable("this server takes no fine-tuning jobs (it serves a remote registry): use `reg job`")
         [dataset_type, *fields] = jobs.config_fields(["datasets.type", *FORM_KEYS])
         return render(request, "job_new.html", session, title="New fine-tuning job", fields=fields,
                       dataset_type=dataset_type, bases=[b.name for b in registry.list_bases()], values=values,
-                      error=error, status=400 if error else 200)
+                      error=error, upload=upload, preview=preview, status=400 if error else status)
 
     @app.get("/jobs/new", response_class=HTMLResponse)
     def new_job_page(request: Request):
         return new_job_form(request, session_for(request, "train"), {})
 
-    @app.post("/jobs/new")
-    async def new_job(request: Request):
+    @app.post("/jobs/upload")
+    async def upload_dataset(request: Request):
+        """Step 1 -> 2: check the dataset as the trainer reads it; with no bad line it is stored (a blob) and previewed."""
         session = session_for(request, "train")
-        boundary = form_boundary(request.headers.get("content-type", ""), "the New-job form")
-        parts = parse_form(await read_body(request, MAX_UPLOAD_BYTES + MAX_FORM_OVERHEAD, UPLOAD_TIMEOUT_S), boundary,
-                           max_parts=len(FORM_KEYS) + 8)
+        boundary = form_boundary(request.headers.get("content-type", ""), "the dataset upload")
+        parts = parse_form(await read_body(request, MAX_UPLOAD_BYTES + MAX_FORM_OVERHEAD, UPLOAD_TIMEOUT_S), boundary)
         values = {name: part.content.decode("utf-8", "replace").strip() for name, part in parts.items()
                   if part.filename is None}
         if not Sessions.check_csrf(session, values.get("csrf")):
             raise PermissionDenied("that form did not come from this session; reload the page and try again")
-        upload = parts.get("dataset")
-        if upload is None or not upload.filename or not upload.content:
+        part = parts.get("dataset")
+        if part is None or not part.filename or not part.content:
             return new_job_form(request, session, values, "dataset: choose a JSONL file to train on")
-        filename = upload.filename.replace("\\", "/").rsplit("/", 1)[-1].strip()[:200] or "dataset.jsonl"
+        filename = part.filename.replace("\\", "/").rsplit("/", 1)[-1].strip()[:200] or "dataset.jsonl"
+        dataset_type = values.get("dataset_type") or "alpaca"
+        with tempfile.TemporaryDirectory(prefix="loradock-portal-") as tmp:
+            path = Path(tmp) / filename
+            path.write_bytes(part.content)
+            try:
+                preview = await run_in_threadpool(jobs.preview_dataset, path, dataset_type)
+                if preview["bad_lines"]:
+                    bad = [line.replace(str(path), filename) for line in preview["bad_lines"]]
+                    return new_job_form(request, session, values, f"{len(bad)} bad line(s) in {filename}; fix them "
+                                        f"and upload it again", preview={**preview, "bad_lines": bad})
+                upload = await run_in_threadpool(jobs.add_file, path, filename, "fine-tune", dataset_type,
+                                                 session.identity)
+            except LoradockError as exc:  # an empty or unreadable file: the trainer's one line, with the user's name
+                return new_job_form(request, session, values, " ".join(str(exc).replace(str(path), filename).split()))
+        return new_job_form(request, session, {**values, "name": _adapter_name(filename)}, upload=upload,
+                            preview=preview)
+
+    @app.post("/jobs/new")
+    async def new_job(request: Request):
+        """Step 2 -> the job: the stored dataset and the settings, checked as `reg job submit` checks them."""
+        session = session_for(request, "train")
+        values = await _form(request)
+        if not Sessions.check_csrf(session, values.get("csrf")):
+            raise PermissionDenied("that form did not come from this session; reload the page and try again")
+        upload = await run_in_threadpool(jobs.get_file, values.get("file_id", ""))
+        if sessions.auth_on and upload.owner != session.identity.token_name and "admin" not in session.identity.roles:
+            raise PermissionDenied(f"file {upload.id} was uploaded by {upload.owner!r}, not {session.identity.token_name!r}")
         config = {"base_model": values.get("base_model", ""), "push": {"name": values.get("name") or None},
-                  "datasets": [{"path": filename, "type": values.get("dataset_type") or "alpaca"}]}
+                  "datasets": [{"path": upload.filename, "type": values.get("dataset_type") or "alpaca"}]}
         overrides = [f"{key}={values[key]}" for key in FORM_KEYS if values.get(key)]
-        submission = SubmitRequest(config=config, overrides=overrides, files={filename: upload.content}, source="portal")
+        content = await run_in_threadpool(jobs.file_bytes, upload.id)
+        submission = SubmitRequest(config=config, overrides=overrides, files={upload.filename: content}, source="portal")
         try:
             job = await run_in_threadpool(jobs.submit, submission, session.identity, "portal")
-        except LoradockError as exc:  # the trainer's one-line refusal (a bad key, value or dataset line): nothing stored
-            return new_job_form(request, session, values, " ".join(str(exc).split()))
+        except LoradockError as exc:  # the trainer's one-line refusal (a bad key or value): nothing queued
+            return new_job_form(request, session, values, " ".join(str(exc).split()), upload=upload)
         return RedirectResponse(f"{PREFIX}/jobs/{quote(job.id)}", status_code=303)
 
     def may_change(session: Session, found) -> bool:
@@ -329,6 +361,12 @@ def build_portal(registry, tokens: TokenStore | None, jobs: JobsService | None =
                       resumable=found.state in ("failed", "cancelled"))
 
     return app
+
+
+def _adapter_name(filename: str) -> str:
+    """A starting adapter name from an uploaded file's name (`Support Chats.jsonl` -> `support-chats`)."""
+    stem = re.sub(r"[^a-z0-9._-]+", "-", Path(filename).stem.lower()).strip("-._")[:64]
+    return stem or "my-adapter"
 
 
 def change_rollout(rollouts, name: str, form: dict[str, str], actor: str | None):

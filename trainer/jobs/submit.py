@@ -79,6 +79,20 @@ def check_dataset(path: Path, dataset_type: str) -> int:
     return load_datasets([DatasetSpec(str(path), dataset_type)]).files[0]["lines"]
 
 
+def preview_dataset(path: Path, dataset_type: str, rows: int = 5) -> dict:
+    """What a dataset holds, as the trainer reads it, without refusing it: its line counts, every bad line
+    (`file:line: what is wrong`), exact and near duplicates, and its first `rows` examples (the portal's preview)."""
+    from ..data import DatasetSpec, deduplicate, load_datasets
+
+    report = load_datasets([DatasetSpec(str(path), dataset_type)], skip_bad_lines=True)
+    dedup = deduplicate(report.examples)
+    info = report.files[0]
+    first = [{"prompt": "\n".join(f"{m['role']}: {m['content']}" for m in e.messages) if e.raw_prompt is None
+              else e.raw_prompt, "response": e.response} for e in report.examples[:rows]]
+    return {"lines": info["lines"], "valid": info["valid"], "bad_lines": report.bad_lines,
+            "exact_duplicates": dedup.exact_duplicates, "near_duplicates": dedup.near_duplicates, "first": first}
+
+
 def check_submission(registry, request: SubmitRequest, workdir: Path) -> JobSpec:
     """The checked `JobSpec` for `request` (files it carries are written under `workdir` to be read)."""
     from ..config import ConfigError, load_config, resolved_config_hash
