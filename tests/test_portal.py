@@ -590,3 +590,20 @@ def test_a_version_page_points_an_alias_and_diffs_with_another_version(portal, t
         assert done.status_code == 303 and registry.aliases("tiny-arith")["staging"] == 2
         history = client.get("/ui/versions/tiny-arith:2").text
         assert re.search(r"<td>staging</td>\s*<td>set: - → 2</td><td>releaser</td>", history)
+
+
+def test_with_auth_off_on_localhost_forms_still_need_the_page_s_csrf_token(portal):
+    """No tokens: everyone on this machine is the local admin, but another site's page cannot post the forms."""
+    proc, url = _start_portal("portal", "--port", "0", "--home", str(portal["registry"].home))
+    try:
+        with httpx.Client(base_url=url) as client:
+            page = client.get("/ui/rollouts/tiny-arith")
+            assert page.status_code == 200 and "auth off (localhost)" in page.text and "Set the split" in page.text
+            for guess in ("auth-off", "", "x"):
+                forged = client.post("/ui/rollouts/tiny-arith", data={"csrf": guess, "action": "clear", "reason": "x"})
+                assert forged.status_code == 403, guess
+            assert client.post("/ui/rollouts/tiny-arith", data={"csrf": _csrf(page), "action": "bogus",
+                                                                "reason": "x"}).status_code == 400
+    finally:
+        proc.terminate()
+        assert proc.wait(60) == 0

@@ -41,6 +41,9 @@ class Sessions:
         self.tokens = tokens
         self._signer = URLSafeTimedSerializer(key or secrets.token_bytes(32), salt="loradock-portal-session")
         self._sign_in = URLSafeTimedSerializer(key or secrets.token_bytes(32), salt="loradock-portal-sign-in")
+        # With auth off every caller is the local admin; forms still carry a secret that another site's page
+        # cannot read, so it cannot make a local browser post them.
+        self._auth_off_csrf = secrets.token_urlsafe(24)
 
     @property
     def auth_on(self) -> bool:
@@ -56,7 +59,7 @@ class Sessions:
     def read(self, cookie: str | None, peer: str) -> Session | None:
         """The session a request's cookie stands for; None when it has none, or a forged, expired or revoked one."""
         if not self.auth_on:
-            return Session(Identity("", frozenset({"admin"}), peer), "auth-off")
+            return Session(Identity("", frozenset({"admin"}), peer), self._auth_off_csrf)
         try:
             data = self._signer.loads(cookie or "", max_age=SESSION_MAX_AGE_S)
         except BadSignature:
