@@ -249,7 +249,8 @@ def test_a_killed_run_resumes_from_its_last_checkpoint(tmp_path, tiny_base_dir, 
     run_dir = checkpoints.parent
     assert json.loads((run_dir / "run.json").read_text())["status"] == "running"
     # a checkpoint is one the Trainer finished writing (its trainer_state.json comes last): the kill may cut one off
-    killed_at = max(int(p.name.split("-")[1]) for p in checkpoints.glob("checkpoint-*") if (p / "trainer_state.json").exists())
+    killed_at = max(int(p.name.split("-")[1]) for p in checkpoints.glob("checkpoint-*")
+                    if (p / "trainer_state.json").exists())
     assert killed_at < 60
     assert Registry(home).list_adapters() == []  # nothing pushed by the killed run
 
