@@ -100,6 +100,14 @@ def test_a_page_without_a_session_sends_the_browser_to_sign_in_and_back(portal):
         assert client.get("/ui/versions/tiny-arith:1").status_code == 200
 
 
+def test_the_adapters_page_filters_by_name_and_base(portal):
+    with httpx.Client(base_url=portal["url"]) as client:
+        sign_in(client, portal["tokens"]["reader"])
+        assert "tiny-arith:1" in client.get("/ui/adapters", params={"base": TINY_BASE, "q": "arith"}).text
+        assert "No adapter matches" in client.get("/ui/adapters", params={"base": "another-base"}).text
+        assert "No adapter matches" in client.get("/ui/adapters", params={"q": "zzz"}).text
+
+
 def test_a_wrong_token_a_forged_form_and_a_foreign_redirect_are_refused(portal):
     with httpx.Client(base_url=portal["url"]) as client:
         wrong = sign_in(client, "ldk_not-a-token")
@@ -214,7 +222,10 @@ def test_in_a_browser_sign_in_then_read_the_adapters_and_a_version_s_lineage(por
     assert browser.title == "Adapters · loradock"
     labelled_fields_only(browser)
     rows = [r.text for r in browser.find_elements(By.CSS_SELECTOR, "tbody tr")]
-    assert len(rows) == 1 and rows[0].startswith("tiny-arith 1 tiny-arith:1 prod → 1")
+    assert len(rows) == 1 and rows[0].startswith(f"tiny-arith 1 tiny-arith:1 prod → 1 {TINY_BASE}")
+    evaluation = portal["registry"].describe("tiny-arith:1")["evaluations"][-1]["metrics"]
+    assert f"exact_match {evaluation['exact_match']:.3g}" in rows[0]  # the last evaluation's headline
+    assert "loaded" in rows[0] or "not loaded" in rows[0]  # the server's cache, beside the registry's record
     screenshot(browser, "adapters")
 
     navigate(browser, browser.find_element(By.LINK_TEXT, "tiny-arith:1"))

@@ -35,6 +35,8 @@ from .sessions import SESSION_COOKIE, SESSION_MAX_AGE_S, SIGN_IN_COOKIE, SIGN_IN
 
 HERE = Path(__file__).resolve().parent
 JOBS_SHOWN = 200  # the newest jobs on the jobs page
+ADAPTERS_SHOWN = 500  # adapters on the Adapters page (each costs a registry read)
+HEADLINE_METRICS = ("exact_match", "rouge_l", "bleu", "loss")  # what an adapter's row shows of its latest evaluation
 EVENTS_SHOWN = 500  # the newest events on a job's page (its loss chart is drawn from them)
 REFRESH_S = 5  # a page showing a job that has not ended reloads itself (no JavaScript needed)
 UPLOAD_TIMEOUT_S = 300.0  # a New-job form with its dataset (at most MAX_UPLOAD_BYTES) must arrive within this
@@ -131,10 +133,21 @@ def build_portal(registry, tokens: TokenStore | None, jobs: JobsService | None =
     # --- adapters and versions ------------------------------------------------------------------------------
 
     @app.get("/adapters", response_class=HTMLResponse)
-    def adapters_page(request: Request, q: str = ""):
+    def adapters_page(request: Request, q: str = "", base: str = ""):
         session = session_for(request, "read")
-        listed = [a for a in registry.list_adapters() if q.strip().lower() in a.name]
-        return render(request, "adapters.html", session, title="Adapters", adapters=listed, q=q)
+        loaded = {a.version: a for a in service.list_adapters(loaded_only=True)} if service is not None else {}
+        rows = []
+        for summary in registry.list_adapters()[:ADAPTERS_SHOWN]:
+            if q.strip().lower() not in summary.name:
+                continue
+            latest = registry.describe(f"{summary.name}:{summary.latest}") if summary.latest else None
+            version = latest["version"] if latest else None
+            if base and (version is None or version["base_name"] != base):
+                continue
+            rows.append({"summary": summary, "version": version, "headline": _headline(latest),
+                         "serving": loaded.get(version["ref"]) if version else None})
+        return render(request, "adapters.html", session, title="Adapters", rows=rows, q=q, base=base,
+                      bases=[b.name for b in registry.list_bases()])
 
     @app.get("/adapters/{name}", response_class=HTMLResponse)
     def adapter_page(request: Request, name: str):
@@ -361,6 +374,21 @@ def build_portal(registry, tokens: TokenStore | None, jobs: JobsService | None =
                       resumable=found.state in ("failed", "cancelled"))
 
     return app
+
+
+def _headline(described: dict | None) -> str | None:
+    """A version's latest evaluation in a few words: its task metric (else its loss) against the base's."""
+    evaluations = (described or {}).get("evaluations") or []
+    if not evaluations:
+        return None
+    latest = evaluations[-1]
+    metrics, base = latest["metrics"], latest.get("base_metrics") or {}
+    key = next((k for k in HEADLINE_METRICS if isinstance(metrics.get(k), (int, float))), None)
+    if key is None:
+        return None
+    against = f" (base {base[key]:.3g})" if isinstance(base.get(key), (int, float)) else ""
+    verdict = "" if latest.get("passed") is None else " passed" if latest["passed"] else " failed"
+    return f"{key} {metrics[key]:.3g}{against}{verdict}"
 
 
 def _adapter_name(filename: str) -> str:
