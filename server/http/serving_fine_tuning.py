@@ -173,8 +173,12 @@ def _upload(form: dict[str, FormPart]) -> tuple[str, bytes]:
     if len(part.content) > MAX_UPLOAD_BYTES:
         raise TooLarge(f"file is {len(part.content):,} bytes, more than {MAX_UPLOAD_BYTES >> 20} MiB (the most POST "
                        f"/v1/files takes); split the dataset")
-    name = part.filename.replace("\\", "/").rsplit("/", 1)[-1].strip()[:MAX_FILENAME_CHARS]
-    return name or "upload.jsonl", part.content
+    return upload_name(part.filename, "upload.jsonl"), part.content
+
+
+def upload_name(filename: str, default: str) -> str:
+    """An uploaded file's own name, without the client's folders (either slash), at most MAX_FILENAME_CHARS."""
+    return filename.replace("\\", "/").rsplit("/", 1)[-1].strip()[:MAX_FILENAME_CHARS] or default
 
 
 def store_upload(jobs: JobsService, content: bytes, filename: str, caller: Identity) -> UploadedFile:

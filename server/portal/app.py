@@ -27,7 +27,7 @@ from registry.names import check_version_number
 from registry.rollout_records import parse_arm
 
 from ..http.body import read_body
-from ..http.serving_fine_tuning import MAX_FORM_OVERHEAD, MAX_UPLOAD_BYTES, form_boundary, parse_form
+from ..http.serving_fine_tuning import MAX_FORM_OVERHEAD, MAX_UPLOAD_BYTES, form_boundary, parse_form, upload_name
 from ..jobs_service import JobsService, JobsUnavailable
 from ..tokens import TokenStore
 from .charts import loss_chart
@@ -80,6 +80,13 @@ def build_portal(registry, tokens: TokenStore | None, jobs: JobsService | None =
                                    f"this page needs {role!r}")
         return session
 
+    async def session_form(request: Request, role: str) -> tuple[Session, dict[str, str]]:
+        """The session (with `role`) and its urlencoded form, which must carry the session's CSRF token."""
+        session = session_for(request, role)
+        form = await _form(request)
+        _check_csrf(session, form)
+        return session, form
+
     @app.exception_handler(SignInNeeded)
     async def to_sign_in(request: Request, exc: SignInNeeded):
         target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
@@ -123,9 +130,7 @@ def build_portal(registry, tokens: TokenStore | None, jobs: JobsService | None =
 
     @app.post("/sign-out")
     async def sign_out(request: Request):
-        session = session_for(request, "read")
-        if not Sessions.check_csrf(session, (await _form(request)).get("csrf")):
-            raise PermissionDenied("that form did not come from this session; reload the page and try again")
+        await session_form(request, "read")
         response = RedirectResponse(f"{PREFIX}/sign-in", status_code=303)
         response.delete_cookie(SESSION_COOKIE, path=PREFIX)
         return response
@@ -174,10 +179,7 @@ def build_portal(registry, tokens: TokenStore | None, jobs: JobsService | None =
 
     @app.post("/versions/{ref}/alias")
     async def set_alias(request: Request, ref: str):
-        session = session_for(request, "push")  # as SetAlias needs
-        form = await _form(request)
-        if not Sessions.check_csrf(session, form.get("csrf")):
-            raise PermissionDenied("that form did not come from this session; reload the page and try again")
+        session, form = await session_form(request, "push")  # as SetAlias needs
         version = await run_in_threadpool(registry.resolve, ref)
         await run_in_threadpool(registry.set_alias, version.adapter, form.get("alias", "").strip(), version.number,
                                 session.identity.token_name or None)
@@ -218,10 +220,7 @@ def build_portal(registry, tokens: TokenStore | None, jobs: JobsService | None =
 
     @app.post("/rollouts/{name}")
     async def rollout_change(request: Request, name: str):
-        session = session_for(request, "push")
-        form = await _form(request)
-        if not Sessions.check_csrf(session, form.get("csrf")):
-            raise PermissionDenied("that form did not come from this session; reload the page and try again")
+        session, form = await session_form(request, "push")
         try:
             await run_in_threadpool(change_rollout, registry.rollouts, name, form, session.identity.token_name or None)
         except LoradockError as exc:  # the same one-line refusal `reg rollout` prints; nothing changed
@@ -245,10 +244,7 @@ def build_portal(registry, tokens: TokenStore | None, jobs: JobsService | None =
 
     @app.post("/server/adapters")
     async def server_adapters(request: Request):
-        session = session_for(request, "admin")  # as LoadAdapter / UnloadAdapter and the HTTP routes need
-        form = await _form(request)
-        if not Sessions.check_csrf(session, form.get("csrf")):
-            raise PermissionDenied("that form did not come from this session; reload the page and try again")
+        _, form = await session_form(request, "admin")  # as LoadAdapter / UnloadAdapter and the HTTP routes need
         ref, action = form.get("ref", ""), form.get("action", "")
         if action not in ("load", "pin", "unload"):
             raise InvalidInput(f"action {action!r}: expected load, pin or unload")
@@ -292,12 +288,11 @@ def build_portal(registry, tokens: TokenStore | None, jobs: JobsService | None =
         parts = parse_form(await read_body(request, MAX_UPLOAD_BYTES + MAX_FORM_OVERHEAD, UPLOAD_TIMEOUT_S), boundary)
         values = {name: part.content.decode("utf-8", "replace").strip() for name, part in parts.items()
                   if part.filename is None}
-        if not Sessions.check_csrf(session, values.get("csrf")):
-            raise PermissionDenied("that form did not come from this session; reload the page and try again")
+        _check_csrf(session, values)
         part = parts.get("dataset")
         if part is None or not part.filename or not part.content:
             return new_job_form(request, session, values, "dataset: choose a JSONL file to train on")
-        filename = part.filename.replace("\\", "/").rsplit("/", 1)[-1].strip()[:200] or "dataset.jsonl"
+        filename = upload_name(part.filename, "dataset.jsonl")
         dataset_type = values.get("dataset_type") or "alpaca"
         with tempfile.TemporaryDirectory(prefix="loradock-portal-") as tmp:
             path = Path(tmp) / filename
@@ -318,10 +313,7 @@ def build_portal(registry, tokens: TokenStore | None, jobs: JobsService | None =
     @app.post("/jobs/new")
     async def new_job(request: Request):
         """Step 2 -> the job: the stored dataset and the settings, checked as `reg job submit` checks them."""
-        session = session_for(request, "train")
-        values = await _form(request)
-        if not Sessions.check_csrf(session, values.get("csrf")):
-            raise PermissionDenied("that form did not come from this session; reload the page and try again")
+        session, values = await session_form(request, "train")
         upload = await run_in_threadpool(jobs.get_file, values.get("file_id", ""))
         if sessions.auth_on and upload.owner != session.identity.token_name and "admin" not in session.identity.roles:
             raise PermissionDenied(f"file {upload.id} was uploaded by {upload.owner!r}, not {session.identity.token_name!r}")
@@ -343,9 +335,7 @@ def build_portal(registry, tokens: TokenStore | None, jobs: JobsService | None =
             not sessions.auth_on or found.submitter == who.token_name)))
 
     async def job_action(request: Request, job_id: str, action: str):
-        session = session_for(request, "train")
-        if not Sessions.check_csrf(session, (await _form(request)).get("csrf")):
-            raise PermissionDenied("that form did not come from this session; reload the page and try again")
+        session, _ = await session_form(request, "train")
         if jobs is None:
             raise JobsUnavailable("this server takes no job actions (it serves a remote registry): use `reg job`")
         change = jobs.cancel if action == "cancel" else jobs.resume
@@ -424,6 +414,11 @@ def _last_seq(registry, job_id: str) -> int:
         if len(page) < MAX_EVENTS_PAGE:
             break
     return seq
+
+
+def _check_csrf(session: Session, form: dict[str, str]) -> None:
+    if not Sessions.check_csrf(session, form.get("csrf")):
+        raise PermissionDenied("that form did not come from this session; reload the page and try again")
 
 
 async def _form(request: Request) -> dict[str, str]:
