@@ -119,6 +119,9 @@ class JobsService:
     def events(self, job_id: str, after: int = 0, limit: int = 1000):
         return self.registry.jobs.events(job_id, after=after, limit=limit)
 
+    def newest_events(self, job_id: str, limit: int, before: int | None = None):
+        return self.registry.jobs.newest_events(job_id, limit, before=before)
+
     def checkpoints(self, job_id: str):
         return self.registry.jobs.checkpoints(job_id)
 

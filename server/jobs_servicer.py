@@ -156,12 +156,19 @@ class JobsServicer(jobs_pb_grpc.JobsServicer):
 
     def JobEvents(self, request, context):
         try:
-            if not request.follow:
-                limit = request.limit if request.limit > 0 else MAX_EVENTS_PAGE
-                for event in self.jobs.events(request.job_id, after=request.after, limit=limit):
-                    yield to_message(event, jobs_pb.JobEvent)
+            if request.newest and (request.follow or request.after):
+                raise InvalidInput("the newest events are one page below `before`: ask for them without after or follow")
+            if request.follow:
+                yield from self._follow(request.job_id, request.after, context)
                 return
-            yield from self._follow(request.job_id, request.after, context)
+            limit = request.limit if request.limit > 0 else MAX_EVENTS_PAGE
+            if request.newest:
+                before = request.before if request.HasField("before") else None
+                events = self.jobs.newest_events(request.job_id, limit, before=before)
+            else:
+                events = self.jobs.events(request.job_id, after=request.after, limit=limit)
+            for event in events:
+                yield to_message(event, jobs_pb.JobEvent)
         except LoradockError as exc:
             abort_with(context, exc)
 

@@ -27,6 +27,7 @@ from .records import EVENT_LEVELS, EVENT_TYPES, TERMINAL, Checkpoint, Job, JobEv
 
 DEFAULT_LEASE_S = 30.0
 MAX_EVENTS_PAGE = 1000
+_NO_BOUND = 2**63 - 1  # SQLite's largest integer: `seq < _NO_BOUND` is every event, and no cursor reaches past it
 MAX_PRIORITY = 1_000_000
 GIB = 1 << 30
 
@@ -51,6 +52,14 @@ def check_job_id(job_id: str) -> str:
     if not isinstance(job_id, str) or not job_id.startswith("ftjob-") or len(job_id) > 64 or not job_id[6:].isalnum():
         raise InvalidInput(f"job id {shown(job_id)}: expected ftjob-<letters and digits> (see `reg job ls`)")
     return job_id
+
+
+def newest_page_size(limit: int) -> int:
+    """How many of a job's newest events one read returns: `limit`, at most a page. Fewer than one is refused, not
+    read as "none": over the wire 0 means "a page", so the remote client checks here too and never sends it."""
+    if int(limit) < 1:
+        raise InvalidInput(f"limit {limit}: ask for at least 1 event (one read returns at most {MAX_EVENTS_PAGE})")
+    return min(int(limit), MAX_EVENTS_PAGE)
 
 
 def fit_problem(resources: dict, capacity: dict) -> str | None:
@@ -153,6 +162,18 @@ class JobQueue:
         rows = self.conn.execute("SELECT * FROM job_events WHERE job_id=? AND seq>? ORDER BY seq LIMIT ?",
                                  (job_id, int(after), min(int(limit), MAX_EVENTS_PAGE)))
         return [JobEvent.from_row(r) for r in rows]
+
+    def newest_events(self, job_id: str, limit: int, before: int | None = None) -> list[JobEvent]:
+        """The job's newest `limit` events (at most a page) numbered below `before` (None: all), oldest first.
+
+        One query from the newest end: a page of "what happened last" (OpenAI's list, the portal's job page) reads
+        only the rows it returns, however long the job's log.
+        """
+        self.get(job_id)
+        below = _NO_BOUND if before is None else min(int(before), _NO_BOUND)
+        rows = self.conn.execute("SELECT * FROM job_events WHERE job_id=? AND seq<? ORDER BY seq DESC LIMIT ?",
+                                 (job_id, below, newest_page_size(limit)))
+        return [JobEvent.from_row(r) for r in reversed(rows.fetchall())]
 
     def checkpoints(self, job_id: str) -> list[Checkpoint]:
         self.get(job_id)

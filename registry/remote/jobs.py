@@ -17,7 +17,7 @@ import grpc
 
 from ..errors import InvalidInput, TooLarge
 from ..jobs import Checkpoint, Job, JobEvent, SubmitRequest, WorkerInfo
-from ..jobs.queue import DEFAULT_LEASE_S, MAX_EVENTS_PAGE
+from ..jobs.queue import DEFAULT_LEASE_S, MAX_EVENTS_PAGE, newest_page_size
 from ..blobs import sha256_file
 from ..records import FileRecord, PushResult
 from .messages import to_message, to_python, to_record
@@ -65,6 +65,11 @@ class RemoteJobs:
     def events(self, job_id: str, after: int = 0, limit: int = 1000) -> list[JobEvent]:
         """The job's events numbered above `after`, oldest first (at most `limit`, and at most one page of 1000)."""
         request = jobs_pb.JobEventsRequest(job_id=job_id, after=after, limit=max(0, min(int(limit), MAX_EVENTS_PAGE)))
+        return list(self._stream(request, self.remote.timeout))
+
+    def newest_events(self, job_id: str, limit: int, before: int | None = None) -> list[JobEvent]:
+        """The job's newest `limit` events (at most a page) numbered below `before` (None: all), oldest first."""
+        request = jobs_pb.JobEventsRequest(job_id=job_id, newest=True, limit=newest_page_size(limit), before=before)
         return list(self._stream(request, self.remote.timeout))
 
     def follow_events(self, job_id: str, after: int = 0) -> Iterator[JobEvent]:

@@ -20,7 +20,6 @@ import email.message
 import email.policy
 import tempfile
 import time
-from collections import deque
 from dataclasses import dataclass
 from datetime import datetime
 from email.parser import BytesHeaderParser
@@ -233,7 +232,8 @@ async def cancel_job(request: Request, job_id: str):
     return await state.call(cancel, jobs, job_id, request.state.identity)
 
 
-async def list_events(request: Request, job_id: str, after: str | None = None, limit: int = Query(20, ge=1, le=1000)):
+async def list_events(request: Request, job_id: str, after: str | None = None,
+                      limit: int = Query(20, ge=1, le=MAX_EVENTS_PAGE)):
     state = _state(request)
     return await state.call(event_page, _jobs(state), job_id, after, limit)
 
@@ -345,23 +345,9 @@ def trained_tokens(job: Job, jobs: JobsService) -> int | None:
 def event_page(jobs: JobsService, job_id: str, after: str | None, limit: int) -> dict:
     """The job's events newest first, as OpenAI lists them: a page of those older than event `after`."""
     before = _cursor_number(after, "ftevent-", job_id, "event") if after is not None else None
-    events = _newest_events(jobs, job_id, limit + 1, before)
-    events.reverse()
-    return _list([event_object(job_id, e) for e in events[:limit]], len(events) > limit)
-
-
-def _newest_events(jobs: JobsService, job_id: str, count: int, before: int | None) -> list[JobEvent]:
-    """The newest `count` events numbered below `before` (all: None), oldest first, read forward a page at a time."""
-    # Events are numbered 1, 2, 3... per job without gaps, so those below `before` start at `before - count` at the
-    # earliest; without `before` every page is read to find the newest.
-    after = max(0, before - 1 - count) if before is not None else 0
-    newest: deque[JobEvent] = deque(maxlen=count)
-    while True:
-        batch = [e for e in jobs.events(job_id, after=after, limit=MAX_EVENTS_PAGE) if before is None or e.seq < before]
-        newest.extend(batch)
-        if len(batch) < MAX_EVENTS_PAGE:
-            return list(newest)
-        after = batch[-1].seq
+    events = jobs.newest_events(job_id, limit, before=before)  # one read: `limit` is at most a page (list_events)
+    # Events are numbered 1, 2, 3... per job without gaps: older ones remain unless this page reached number 1.
+    return _list([event_object(job_id, e) for e in reversed(events)], bool(events) and events[0].seq > 1)
 
 
 def event_object(job_id: str, event: JobEvent) -> dict:

@@ -208,16 +208,20 @@ class JobRequest(_message.Message):
     def __init__(self, job_id: _Optional[str] = ...) -> None: ...
 
 class JobEventsRequest(_message.Message):
-    __slots__ = ("job_id", "after", "follow", "limit")
+    __slots__ = ("job_id", "after", "follow", "limit", "newest", "before")
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     AFTER_FIELD_NUMBER: _ClassVar[int]
     FOLLOW_FIELD_NUMBER: _ClassVar[int]
     LIMIT_FIELD_NUMBER: _ClassVar[int]
+    NEWEST_FIELD_NUMBER: _ClassVar[int]
+    BEFORE_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     after: int
     follow: bool
     limit: int
-    def __init__(self, job_id: _Optional[str] = ..., after: _Optional[int] = ..., follow: _Optional[bool] = ..., limit: _Optional[int] = ...) -> None: ...
+    newest: bool
+    before: int
+    def __init__(self, job_id: _Optional[str] = ..., after: _Optional[int] = ..., follow: _Optional[bool] = ..., limit: _Optional[int] = ..., newest: _Optional[bool] = ..., before: _Optional[int] = ...) -> None: ...
 
 class PushCheckpointRequest(_message.Message):
     __slots__ = ("job_id", "step", "alias")

@@ -100,7 +100,8 @@ class JobsServicer:
 
     def JobEvents(self, request, context):
         """The job's events numbered above `after`, oldest first. With `follow`, new events stream as they are recorded
-        until the job has ended and every event is sent (or the client cancels, or its deadline passes).
+        until the job has ended and every event is sent (or the client cancels, or its deadline passes). With `newest`,
+        the newest `limit` numbered below `before` instead, still oldest first (a page of what happened last).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
