@@ -2,15 +2,18 @@
 
 Also the guard's judgement of the newest arm. A request is an error unless it finished OK or its client
 cancelled it. Feedback gives a binary outcome through its label (good/bad, yes/no, ...) or, without a
-label, through the sign of its score; arms are compared on it with a two-proportion z-test.
+label, through the sign of its score; arms are compared on it with a two-proportion z-test. The same
+requests and feedback also come split into equal time buckets (`timeline`), for a chart of the arms over time.
 """
 
 from __future__ import annotations
 
 import math
+import random
 import sqlite3
 import statistics
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 
 from .rollout_records import Revision, arm_label
 
@@ -20,6 +23,13 @@ NEGATIVE_LABELS = {"bad", "negative", "no", "down", "thumbs_down", "reject", "re
 MIN_TRIALS = 30      # per arm, before a test is allowed a verdict
 SIGNIFICANCE = 0.05
 ALL_REVISIONS = 2**62
+TIMELINE_BUCKETS = 24             # at most; a report spanning a day gets one bucket an hour
+TIMELINE_LATENCY_SAMPLES = 1000   # latencies kept per arm and bucket; past that its p50 is a uniform sample's
+# An event's `at` as whole milliseconds since 1970, read by SQLite: any ISO 8601 offset or none (UTC), NULL if unreadable.
+# julianday() keeps exact milliseconds inside; rounding undoes the float division on the way out.
+_UNIX_EPOCH_JULIAN_DAY = 2440587.5
+AT_MS = f"CAST(ROUND((julianday(at) - {_UNIX_EPOCH_JULIAN_DAY}) * 86400000) AS INTEGER)"
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 @dataclass
@@ -41,14 +51,114 @@ class ArmOutcomes:
         return self.errors / self.requests if self.requests else None
 
 
-def collect_outcomes(conn: sqlite3.Connection, name: str, first: int, last: int = ALL_REVISIONS) -> dict[int, ArmOutcomes]:
-    """Outcomes and feedback of `name`'s routed requests in revisions first..last, by version."""
+@dataclass
+class BucketCell:
+    """One arm in one time bucket; its latencies are a reservoir sample of at most TIMELINE_LATENCY_SAMPLES."""
+
+    requests: int = 0
+    errors: int = 0
+    ok_requests: int = 0   # the OK requests with a latency that the sample stands for
+    latency_sample: list[float] = field(default_factory=list)
+    successes: int = 0
+    trials: int = 0
+
+    def add_latency(self, latency_ms: float, rng: random.Random) -> None:
+        self.ok_requests += 1
+        if len(self.latency_sample) < TIMELINE_LATENCY_SAMPLES:
+            self.latency_sample.append(latency_ms)
+        else:  # Algorithm R: every latency seen so far stays in the sample with the same chance
+            slot = rng.randrange(self.ok_requests)
+            if slot < TIMELINE_LATENCY_SAMPLES:
+                self.latency_sample[slot] = latency_ms
+
+
+class Timeline:
+    """A report's requests and feedback in equal time buckets, from the first event's time to the last one's.
+
+    Times are whole milliseconds (AT_MS). Bucket i holds the events with start <= at < end; the last bucket also
+    holds its end, the last event. There are at most TIMELINE_BUCKETS buckets, none shorter than a millisecond,
+    and one (start = end) when every event has the same time. Memory is bounded by buckets x arms x
+    TIMELINE_LATENCY_SAMPLES latencies; the sample's generator has a fixed seed, so the same events always give
+    the same report (a remote one included).
+    """
+
+    def __init__(self, first_ms: int, last_ms: int, buckets: int = TIMELINE_BUCKETS):
+        self.first_ms, self.span_ms = first_ms, last_ms - first_ms
+        self.count = max(1, min(buckets, self.span_ms))
+        self.cells: dict[tuple[int, int], BucketCell] = {}
+        self._rng = random.Random(0)
+
+    def add_request(self, at_ms: int | None, version: int, status: str, latency_ms: float | None) -> None:
+        cell = self._cell(at_ms, version)
+        if cell is None:
+            return
+        cell.requests += 1
+        if status not in ERROR_FREE:
+            cell.errors += 1
+        if status == "OK" and latency_ms is not None:
+            cell.add_latency(latency_ms, self._rng)
+
+    def add_feedback(self, at_ms: int | None, version: int, success: bool | None) -> None:
+        cell = self._cell(at_ms, version)
+        if cell is not None and success is not None:
+            cell.trials += 1
+            cell.successes += success
+
+    def buckets(self, arms: list[tuple[str, int]]) -> list[dict]:
+        """Every bucket with every one of `arms` (label, version), in that order; zeros where an arm had nothing."""
+        out = []
+        for index in range(self.count):
+            arm_rows = []
+            for label, version in arms:
+                cell = self.cells.get((index, version)) or BucketCell()
+                arm_rows.append({
+                    "arm": label, "version": version, "requests": cell.requests, "errors": cell.errors,
+                    "latency_p50_ms": percentile(cell.latency_sample, 0.5), "successes": cell.successes,
+                    "trials": cell.trials,
+                })
+            out.append({"start": _iso(self._start_ms(index)), "end": _iso(self._start_ms(index + 1)), "arms": arm_rows})
+        return out
+
+    def _start_ms(self, index: int) -> int:
+        # ceil(span * index / count): exactly the times t with (t - first) * count // span >= index, as _cell reads them
+        return self.first_ms - (-self.span_ms * index // self.count)
+
+    def _cell(self, at_ms: int | None, version: int) -> BucketCell | None:
+        if at_ms is None:  # a time SQLite cannot read: counted in the arm's totals, but on no bucket
+            return None
+        index = (at_ms - self.first_ms) * self.count // self.span_ms if self.span_ms else 0
+        index = min(max(index, 0), self.count - 1)  # the last event, or one recorded after the span was read
+        return self.cells.setdefault((index, version), BucketCell())
+
+
+def _iso(ms: int) -> str:
+    """Like the recorded times (`registry.db.utcnow`): UTC, to the millisecond."""
+    return (_EPOCH + timedelta(milliseconds=ms)).isoformat(timespec="milliseconds")
+
+
+def event_span(conn: sqlite3.Connection, name: str, first: int, last: int = ALL_REVISIONS) -> tuple[int, int] | None:
+    """(first, last) time in ms of `name`'s recorded requests and feedback in revisions first..last; None if none."""
+    where = "WHERE adapter=? AND revision BETWEEN ? AND ?"
+    earliest, latest = conn.execute(
+        f"SELECT MIN(t), MAX(t) FROM (SELECT {AT_MS} AS t FROM rollout_events {where}"
+        f" UNION ALL SELECT {AT_MS} FROM feedback {where})", (name, first, last) * 2,
+    ).fetchone()
+    return None if earliest is None else (earliest, latest)
+
+
+def collect_outcomes(conn: sqlite3.Connection, name: str, first: int, last: int = ALL_REVISIONS,
+                     timeline: Timeline | None = None) -> dict[int, ArmOutcomes]:
+    """Outcomes and feedback of `name`'s routed requests in revisions first..last, by version.
+
+    Each row also goes to `timeline` when one is given, so a report reads each table once."""
     arms: dict[int, ArmOutcomes] = {}
     rows = conn.execute(
-        "SELECT version, status, latency_ms, ttft_ms, prompt_tokens, completion_tokens FROM rollout_events"
+        f"SELECT version, status, latency_ms, ttft_ms, prompt_tokens, completion_tokens, {AT_MS} FROM rollout_events"
         " WHERE adapter=? AND revision BETWEEN ? AND ?", (name, first, last),
     )
-    for version, status, latency, ttft, prompt_tokens, completion_tokens in rows:
+    for version, status, latency, ttft, prompt_tokens, completion_tokens, at_ms in rows:
+        if timeline is not None:
+            timeline.add_request(at_ms, version, status, latency)
         arm = arms.setdefault(version, ArmOutcomes(version))
         arm.requests += 1
         if status not in ERROR_FREE:
@@ -59,14 +169,17 @@ def collect_outcomes(conn: sqlite3.Connection, name: str, first: int, last: int 
         arm.prompt_tokens += prompt_tokens or 0
         arm.completion_tokens += completion_tokens or 0
     rows = conn.execute(
-        "SELECT version, score, label FROM feedback WHERE adapter=? AND revision BETWEEN ? AND ?", (name, first, last)
+        f"SELECT version, score, label, {AT_MS} FROM feedback WHERE adapter=? AND revision BETWEEN ? AND ?",
+        (name, first, last),
     )
-    for version, score, label in rows:
+    for version, score, label, at_ms in rows:
         arm = arms.setdefault(version, ArmOutcomes(version))
         arm.feedback += 1
         if score is not None:
             arm.scores.append(score)
         success = binary_outcome(score, label)
+        if timeline is not None:
+            timeline.add_feedback(at_ms, version, success)
         if success is not None:
             arm.trials += 1
             arm.successes += success
@@ -124,8 +237,11 @@ def _arm_summary(name: str, label: str, o: ArmOutcomes, weight: int | None) -> d
 
 
 def build_report(conn: sqlite3.Connection, name: str, current: Revision | None, since: int) -> dict:
-    """Every arm seen since revision `since` (and every arm in force), each compared with arm A (the oldest version)."""
-    outcomes = collect_outcomes(conn, name, since)
+    """Every arm seen since revision `since` (and every arm in force), each compared with arm A (the oldest version),
+    and the same requests and feedback over time (`Timeline`; [] when nothing was recorded)."""
+    span = event_span(conn, name, since)
+    timeline = Timeline(*span) if span else None
+    outcomes = collect_outcomes(conn, name, since, timeline=timeline)
     weights = {a.version: a.weight for a in current.arms} if current else {}
     versions = sorted(set(outcomes) | set(weights))
     labelled = [(arm_label(i), outcomes.get(v) or ArmOutcomes(v)) for i, v in enumerate(versions)]
@@ -140,6 +256,7 @@ def build_report(conn: sqlite3.Connection, name: str, current: Revision | None, 
         "adapter": name, "revision": current.revision if current else None, "since_revision": since,
         "arms": [_arm_summary(name, label, o, weights.get(o.version)) for label, o in labelled],
         "comparisons": comparisons,
+        "timeline": timeline.buckets([(label, o.version) for label, o in labelled]) if timeline else [],
     }
 
 

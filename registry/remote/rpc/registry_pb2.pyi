@@ -708,18 +708,48 @@ class ArmComparison(_message.Message):
     def __init__(self, metric: _Optional[str] = ..., arm: _Optional[str] = ..., against: _Optional[str] = ..., rate: _Optional[float] = ..., against_rate: _Optional[float] = ..., z: _Optional[float] = ..., p_value: _Optional[float] = ..., verdict: _Optional[str] = ...) -> None: ...
 
 class RolloutReportResponse(_message.Message):
-    __slots__ = ("adapter", "revision", "since_revision", "arms", "comparisons")
+    __slots__ = ("adapter", "revision", "since_revision", "arms", "comparisons", "timeline")
     ADAPTER_FIELD_NUMBER: _ClassVar[int]
     REVISION_FIELD_NUMBER: _ClassVar[int]
     SINCE_REVISION_FIELD_NUMBER: _ClassVar[int]
     ARMS_FIELD_NUMBER: _ClassVar[int]
     COMPARISONS_FIELD_NUMBER: _ClassVar[int]
+    TIMELINE_FIELD_NUMBER: _ClassVar[int]
     adapter: str
     revision: int
     since_revision: int
     arms: _containers.RepeatedCompositeFieldContainer[ArmReport]
     comparisons: _containers.RepeatedCompositeFieldContainer[ArmComparison]
-    def __init__(self, adapter: _Optional[str] = ..., revision: _Optional[int] = ..., since_revision: _Optional[int] = ..., arms: _Optional[_Iterable[_Union[ArmReport, _Mapping]]] = ..., comparisons: _Optional[_Iterable[_Union[ArmComparison, _Mapping]]] = ...) -> None: ...
+    timeline: _containers.RepeatedCompositeFieldContainer[ReportBucket]
+    def __init__(self, adapter: _Optional[str] = ..., revision: _Optional[int] = ..., since_revision: _Optional[int] = ..., arms: _Optional[_Iterable[_Union[ArmReport, _Mapping]]] = ..., comparisons: _Optional[_Iterable[_Union[ArmComparison, _Mapping]]] = ..., timeline: _Optional[_Iterable[_Union[ReportBucket, _Mapping]]] = ...) -> None: ...
+
+class ReportBucket(_message.Message):
+    __slots__ = ("start", "end", "arms")
+    START_FIELD_NUMBER: _ClassVar[int]
+    END_FIELD_NUMBER: _ClassVar[int]
+    ARMS_FIELD_NUMBER: _ClassVar[int]
+    start: str
+    end: str
+    arms: _containers.RepeatedCompositeFieldContainer[BucketArm]
+    def __init__(self, start: _Optional[str] = ..., end: _Optional[str] = ..., arms: _Optional[_Iterable[_Union[BucketArm, _Mapping]]] = ...) -> None: ...
+
+class BucketArm(_message.Message):
+    __slots__ = ("arm", "version", "requests", "errors", "latency_p50_ms", "successes", "trials")
+    ARM_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    REQUESTS_FIELD_NUMBER: _ClassVar[int]
+    ERRORS_FIELD_NUMBER: _ClassVar[int]
+    LATENCY_P50_MS_FIELD_NUMBER: _ClassVar[int]
+    SUCCESSES_FIELD_NUMBER: _ClassVar[int]
+    TRIALS_FIELD_NUMBER: _ClassVar[int]
+    arm: str
+    version: int
+    requests: int
+    errors: int
+    latency_p50_ms: float
+    successes: int
+    trials: int
+    def __init__(self, arm: _Optional[str] = ..., version: _Optional[int] = ..., requests: _Optional[int] = ..., errors: _Optional[int] = ..., latency_p50_ms: _Optional[float] = ..., successes: _Optional[int] = ..., trials: _Optional[int] = ...) -> None: ...
 
 class RolloutStateResponse(_message.Message):
     __slots__ = ("change_id", "revisions")
