@@ -172,7 +172,8 @@ def feedback(
 
 @app.command()
 def stats(target: Target = "localhost:50051", timeout: Timeout = 30.0, json_out: Json = False) -> None:
-    """A running server's counters: requests, tokens and latency per served version, adapter cache, batch and queue."""
+    """A running server's counters: requests (all, and in the last minute), tokens and latency per served version,
+    adapter cache, batch and queue."""
     from server.client import message_dict
 
     with _client(target, timeout) as client:
@@ -190,8 +191,10 @@ def stats(target: Target = "localhost:50051", timeout: Timeout = 30.0, json_out:
     if not reply.adapters:
         console.print("no requests served yet")
         return
-    t = table("VERSION", "REQUESTS", "ERRORS", "PROMPT TOK", "COMPL TOK", "P50 MS", "P95 MS", "P99 MS", "TTFT P50")
+    t = table("VERSION", "REQUESTS", "REQ/MIN", "ERRORS", "PROMPT TOK", "COMPL TOK", "P50 MS", "P95 MS", "P99 MS",
+              "TTFT P50")
     for a in reply.adapters:
-        t.add_row(a.version, str(a.requests), str(a.errors), str(a.prompt_tokens), str(a.completion_tokens),
-                  f"{a.latency.p50_ms:.0f}", f"{a.latency.p95_ms:.0f}", f"{a.latency.p99_ms:.0f}", f"{a.ttft.p50_ms:.0f}")
+        t.add_row(a.version, str(a.requests), str(a.requests_last_minute), str(a.errors), str(a.prompt_tokens),
+                  str(a.completion_tokens), f"{a.latency.p50_ms:.0f}", f"{a.latency.p95_ms:.0f}", f"{a.latency.p99_ms:.0f}",
+                  f"{a.ttft.p50_ms:.0f}")
     console.print(t)

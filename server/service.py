@@ -360,7 +360,8 @@ class InferenceService:
         adapters = []
         for version, v in sorted(self.stats.snapshot().items()):
             adapters.append(AdapterStats(version, v.requests, v.errors, v.prompt_tokens, v.completion_tokens,
-                                         _summary(list(v.latency_ms)), _summary(list(v.ttft_ms))))
+                                         _summary(list(v.latency_ms)), _summary(list(v.ttft_ms)),
+                                         v.requests_last_minute))
         cache, engine = self.cache, self.engine.stats()
         return ServerStats(
             base=self.base.name, quantization=self.quantization, adapters=adapters,

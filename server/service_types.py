@@ -115,6 +115,7 @@ class AdapterStats:
     completion_tokens: int
     latency: LatencySummary
     ttft: LatencySummary
+    requests_last_minute: int           # requests (failed ones too) in the last 60 s; a rate is Prometheus's job on /metrics
 
 
 @dataclass

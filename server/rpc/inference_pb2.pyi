@@ -217,7 +217,7 @@ class LatencySummary(_message.Message):
     def __init__(self, p50_ms: _Optional[float] = ..., p95_ms: _Optional[float] = ..., p99_ms: _Optional[float] = ...) -> None: ...
 
 class AdapterStats(_message.Message):
-    __slots__ = ("version", "requests", "errors", "prompt_tokens", "completion_tokens", "latency", "ttft")
+    __slots__ = ("version", "requests", "errors", "prompt_tokens", "completion_tokens", "latency", "ttft", "requests_last_minute")
     VERSION_FIELD_NUMBER: _ClassVar[int]
     REQUESTS_FIELD_NUMBER: _ClassVar[int]
     ERRORS_FIELD_NUMBER: _ClassVar[int]
@@ -225,6 +225,7 @@ class AdapterStats(_message.Message):
     COMPLETION_TOKENS_FIELD_NUMBER: _ClassVar[int]
     LATENCY_FIELD_NUMBER: _ClassVar[int]
     TTFT_FIELD_NUMBER: _ClassVar[int]
+    REQUESTS_LAST_MINUTE_FIELD_NUMBER: _ClassVar[int]
     version: str
     requests: int
     errors: int
@@ -232,7 +233,8 @@ class AdapterStats(_message.Message):
     completion_tokens: int
     latency: LatencySummary
     ttft: LatencySummary
-    def __init__(self, version: _Optional[str] = ..., requests: _Optional[int] = ..., errors: _Optional[int] = ..., prompt_tokens: _Optional[int] = ..., completion_tokens: _Optional[int] = ..., latency: _Optional[_Union[LatencySummary, _Mapping]] = ..., ttft: _Optional[_Union[LatencySummary, _Mapping]] = ...) -> None: ...
+    requests_last_minute: int
+    def __init__(self, version: _Optional[str] = ..., requests: _Optional[int] = ..., errors: _Optional[int] = ..., prompt_tokens: _Optional[int] = ..., completion_tokens: _Optional[int] = ..., latency: _Optional[_Union[LatencySummary, _Mapping]] = ..., ttft: _Optional[_Union[LatencySummary, _Mapping]] = ..., requests_last_minute: _Optional[int] = ...) -> None: ...
 
 class CacheStats(_message.Message):
     __slots__ = ("hits", "misses", "evictions", "loaded", "max_adapters", "memory_bytes", "max_memory_bytes", "slot_memory_bytes", "gathered_memory_bytes")
