@@ -87,9 +87,11 @@ def _job_hooks():
     """The trainer's job checks, lent to the server so that it takes fine-tuning jobs (it imports no trainer)."""
     from server.jobs_service import JobHooks
     from trainer.config import form_fields
-    from trainer.jobs.submit import check_dataset, preview_dataset, submit
+    from trainer.heldout import held_out_probes
+    from trainer.jobs.submit import check_dataset, plan_submission, preview_dataset, submit
 
-    return JobHooks(submit=submit, check_dataset=check_dataset, config_fields=form_fields, preview_dataset=preview_dataset)
+    return JobHooks(submit=submit, check_dataset=check_dataset, config_fields=form_fields, preview_dataset=preview_dataset,
+                    plan=plan_submission, export_probes=held_out_probes)
 
 
 @app.command()

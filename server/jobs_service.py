@@ -36,12 +36,14 @@ class JobNotRunning(Conflict):
 class JobHooks:
     """What the trainer lends the server: `submit(registry, request, submitter) -> Job` (trainer/jobs/submit.py),
     `check_dataset(path, type) -> lines` (the trainer's line-by-line validation; raises naming file:line) and
-    `config_fields(names)`, the config schema's help and defaults for a form."""
+    `config_fields(names)`, the config schema's help and defaults for a form, and the portal's other steps."""
 
     submit: Callable[[Registry, SubmitRequest, str | None], Job]
     check_dataset: Callable[[Path, str], int]
     config_fields: Callable[[list[str]], list[dict]] | None = None  # trainer.config.form_fields: the portal's form
     preview_dataset: Callable[[Path, str], dict] | None = None  # trainer.jobs.submit.preview_dataset: its upload step
+    plan: Callable[[Registry, SubmitRequest], dict] | None = None  # trainer.jobs.submit.plan_submission: its estimate
+    export_probes: Callable | None = None  # trainer.heldout.held_out_probes: the portal's exports check on held-out data
 
 
 class JobsService:
@@ -73,6 +75,13 @@ class JobsService:
         if hooks.preview_dataset is None:
             raise JobsUnavailable("this server was started without the trainer's dataset preview; use `reg job submit`")
         return hooks.preview_dataset(Path(path), dataset_type)
+
+    def plan(self, request: SubmitRequest) -> dict:
+        """`reg plan`'s memory and cost estimate for the job `request` would queue (nothing is queued)."""
+        hooks = self._hooks()
+        if hooks.plan is None:
+            raise JobsUnavailable("this server was started without the trainer's planner; use `reg plan`")
+        return hooks.plan(self.registry, request)
 
     def _hooks(self) -> JobHooks:
         if self.hooks is None:

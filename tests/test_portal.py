@@ -34,7 +34,8 @@ SCREENSHOTS = ROOT / "docs" / "screenshots"
 def portal(tmp_path_factory, tiny_base_dir):
     """A server with the HTTP port on, tokens required, over a registry holding one trained version (tiny-arith:1)."""
     from trainer.config import form_fields, load_config
-    from trainer.jobs.submit import check_dataset, preview_dataset, submit
+    from trainer.heldout import held_out_probes
+    from trainer.jobs.submit import check_dataset, plan_submission, preview_dataset, submit
     from trainer.train import train
 
     tmp = tmp_path_factory.mktemp("portal")
@@ -55,7 +56,8 @@ def portal(tmp_path_factory, tiny_base_dir):
         ("reader", "read"), ("pusher", "push"), ("trainer", "train,read"), ("rival", "train,read"),
         ("releaser", "read,push"), ("client", "infer"), ("ops", "admin"))}
     options = ServerOptions(base=TINY_BASE, quant="none", port=0, http_port=0, auth_tokens=str(tokens_file))
-    hooks = JobHooks(submit=submit, check_dataset=check_dataset, config_fields=form_fields, preview_dataset=preview_dataset)
+    hooks = JobHooks(submit=submit, check_dataset=check_dataset, config_fields=form_fields, preview_dataset=preview_dataset,
+                     plan=plan_submission, export_probes=held_out_probes)
     server, _, service = create_server(options, registry, job_hooks=hooks)
     yield {"url": f"http://127.0.0.1:{server.http_port}", "tokens": tokens, "tokens_file": tokens_file,
            "registry": registry, "job_id": job_id, "tmp": tmp}
@@ -97,7 +99,10 @@ def test_a_page_without_a_session_sends_the_browser_to_sign_in_and_back(portal):
         cookie = signed_in.headers["set-cookie"]
         assert "loradock_session=" in cookie and "HttpOnly" in cookie and "SameSite=strict" in cookie
         assert portal["tokens"]["reader"] not in cookie  # the cookie names the token by its hash, never the token
-        assert client.get("/ui/versions/tiny-arith:1").status_code == 200
+        page = client.get("/ui/versions/tiny-arith:1")
+        assert page.status_code == 200 and page.headers["x-content-type-options"] == "nosniff"
+        policy = page.headers["content-security-policy"]  # the portal's own files only: no inline script, no CDN
+        assert "script-src 'self'" in policy and "frame-ancestors 'none'" in policy
 
 
 def test_the_adapters_page_filters_by_name_and_base(portal):
@@ -225,7 +230,7 @@ def test_in_a_browser_sign_in_then_read_the_adapters_and_a_version_s_lineage(por
     assert len(rows) == 1 and rows[0].startswith(f"tiny-arith 1 tiny-arith:1 prod → 1 {TINY_BASE}")
     evaluation = portal["registry"].describe("tiny-arith:1")["evaluations"][-1]["metrics"]
     assert f"exact_match {evaluation['exact_match']:.3g}" in rows[0]  # the last evaluation's headline
-    assert "loaded" in rows[0] or "not loaded" in rows[0]  # the server's cache, beside the registry's record
+    assert re.search(r"(not loaded|loaded|pinned), \d+ req/min", rows[0])  # the server's cache and traffic, beside the record
     screenshot(browser, "adapters")
 
     navigate(browser, browser.find_element(By.LINK_TEXT, "tiny-arith:1"))
@@ -344,6 +349,20 @@ def test_the_new_job_form_previews_the_upload_lists_every_bad_line_and_queues_a_
         assert 'placeholder="16"' in step2.text and html.escape("LoRA rank.") in step2.text
         assert f"Default: {TrainConfig().learning_rate}" in step2.text
         file_id = re.search(r'name="file_id" value="([^"]+)"', step2.text).group(1)
+        # `reg plan` for the form's settings, before anything is submitted: the tiny base is below the planner's range
+        # (its one-line reason is shown); a 2.4M-parameter base (4 layers, hidden 256) is planned
+        assert "123,200 parameters, outside the planner's range" in html.unescape(step2.text)
+        if "wide-llama" not in [b.name for b in registry.list_bases()]:
+            from tiny import build_tiny_llama
+
+            registry.add_base(str(build_tiny_llama(portal["tmp"] / "wide-llama", seed=2, hidden=256, layers=4)), "wide-llama")
+        planned = client.post("/ui/jobs/new", data={"csrf": csrf, "file_id": file_id, "base_model": "wide-llama",
+                                                    "name": "from-form", "lora_r": "64", "sequence_len": "4096",
+                                                    "action": "estimate"})
+        estimate = html.unescape(planned.text)
+        assert planned.status_code == 200 and "rank 64, sequence 4096 x batch 8" in estimate
+        assert "GiB</strong> peak memory" in estimate and "Cheapest GPU types" in estimate
+        assert len(registry.jobs.list(limit=None)) == before[0]  # an estimate queues nothing
         wrong = client.post("/ui/jobs/new", data={"csrf": csrf, "file_id": file_id, "base_model": TINY_BASE,
                                                   "name": "from-form", "lora_r": "many"})
         assert wrong.status_code == 400 and "lora_r" in wrong.text
@@ -397,6 +416,7 @@ def test_in_a_browser_submit_a_job_with_a_dataset_and_watch_it_succeed(portal, b
     assert browser.title.startswith("Job ftjob-")
     job_id = browser.title.split()[1]
     assert "queued" in browser.find_element(By.CSS_SELECTOR, ".lead").text
+    browser.execute_script("window.beforeTheJobEnded = arguments[0]", job_id)  # gone if the page reloads
     log = tmp_path / "worker.log"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     worker = subprocess.Popen([str(Path(sys.executable).parent / "reg"), "worker", "--max-jobs", "1", "--lease-s", "3",
@@ -412,9 +432,11 @@ def test_in_a_browser_submit_a_job_with_a_dataset_and_watch_it_succeed(portal, b
     from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
     from selenium.webdriver.support.ui import WebDriverWait
 
-    # the page reloads itself every 5 s while the job has not ended (120 s: a backstop)
+    # the page updates itself in place every 5 s while the job has not ended (120 s: a backstop); no reload
     WebDriverWait(browser, 120, ignored_exceptions=[NoSuchElementException, StaleElementReferenceException]).until(
         lambda b: "succeeded" in b.find_element(By.CSS_SELECTOR, ".lead").text)
+    assert browser.execute_script("return window.beforeTheJobEnded") == job_id  # the same page: it was not reloaded
+    assert int(browser.find_element(By.TAG_NAME, "body").get_attribute("data-live-refreshes")) >= 1
     navigate(browser, browser.find_element(By.LINK_TEXT, job.result_version))
     assert browser.title == f"Version {job.result_version} · loradock"
     assert job_id in browser.find_element(By.TAG_NAME, "main").text  # the version's lineage names the job
@@ -475,9 +497,18 @@ def test_a_rollout_from_the_version_page_its_report_and_a_promote(portal, browse
                 assert reply.status_code == 200, reply.text
                 sent += 1
             time.sleep(0.2)
-    browser.refresh()
-    counted = [int(cell.text) for cell in browser.find_elements(By.CSS_SELECTOR, "main table:first-of-type tbody td:nth-child(4)")]
-    assert sum(counted) >= 10  # the report's requests column
+    from selenium.common.exceptions import StaleElementReferenceException
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    def counted(b) -> int:  # the report's requests column, as the page shows it now
+        return sum(int(cell.text) for cell in b.find_elements(By.CSS_SELECTOR, "#rollout-live table:first-of-type tbody td:nth-child(4)"))
+
+    browser.execute_script("window.beforeTheRequests = 1")
+    # the report updates in place every 5 s while a rollout is in force (120 s: a backstop)
+    WebDriverWait(browser, 120, ignored_exceptions=[StaleElementReferenceException]).until(lambda b: counted(b) >= 10)
+    assert browser.execute_script("return window.beforeTheRequests") == 1  # no reload
+    charts = [t.get_attribute("textContent") for t in browser.find_elements(By.CSS_SELECTOR, "#rollout-live figure.chart svg title")]
+    assert any(c.startswith("Requests per interval, by arm: arm A (version 1)") for c in charts), charts
     screenshot(browser, "rollout")
 
     from selenium.webdriver.support.ui import Select
@@ -618,3 +649,127 @@ def test_with_auth_off_on_localhost_forms_still_need_the_page_s_csrf_token(porta
     finally:
         proc.terminate()
         assert proc.wait(60) == 0
+
+
+# --- the playground, exports, and the pages not shot above -------------------------------------------------------
+
+
+def test_the_playground_answers_each_column_without_javascript_and_streams_one_column(portal):
+    with httpx.Client(base_url=portal["url"], timeout=120) as client:
+        sign_in(client, portal["tokens"]["reader"])
+        assert client.get("/ui/playground").status_code == 403  # answering needs `infer`, as Generate does
+    with httpx.Client(base_url=portal["url"], timeout=120) as client:
+        sign_in(client, portal["tokens"]["client"])
+        csrf = _csrf(client.get("/ui/playground"))
+        form = {"csrf": csrf, "prompt": "1+1=", "format": "raw", "max_tokens": "4", "target_0": "base",
+                "target_1": "tiny-arith:1", "target_2": "tiny-arith:1=0.5", "target_3": "nope:1"}
+        page = html.unescape(client.post("/ui/playground", data=form).text)
+        served = dict(re.findall(r'id="served_(\d)"[^>]*>([^<]*)</p>', page))
+        assert served["0"] == "served by the base" and served["1"] == "served by tiny-arith:1"
+        assert served["2"].startswith("served by merge"), served  # a merge answers under its merge key
+        assert served["3"].startswith("error: ") and "nope" in served["3"]  # an unknown adapter's one line, in its column
+        import json
+
+        for target, served in (("tiny-arith:1", "served by tiny-arith:1"), ("base", "served by the base")):
+            with client.stream("POST", "/ui/playground/stream", data={**form, "target": target}) as stream:
+                assert stream.status_code == 200 and stream.headers["content-type"].startswith("text/event-stream")
+                events = [json.loads(line.removeprefix("data: ")) for line in stream.iter_lines() if line]
+            assert events[-1]["done"] and events[-1]["served"] == served
+            assert all("delta" in e for e in events[:-1])
+        assert "".join(e["delta"] for e in events[:-1])  # the base's random weights say something: it came as deltas
+        refused = client.post("/ui/playground/stream", data={**form, "target": "nope:1"})
+        assert refused.status_code == 404 and "nope" in refused.text and "<" not in refused.text  # one line, no page
+        assert client.post("/ui/playground/stream", data={**form, "csrf": "forged"}).status_code == 403
+
+
+def test_in_a_browser_the_playground_streams_answers_side_by_side(portal, browser):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    browser.delete_all_cookies()
+    browser.get(f"{portal['url']}/ui/playground")
+    browser.find_element(By.ID, "token").send_keys(portal["tokens"]["client"])
+    navigate(browser, browser.find_element(By.CSS_SELECTOR, "form.card button"))
+    assert browser.title == "Playground · loradock"
+    labelled_fields_only(browser)
+    browser.find_element(By.ID, "prompt").send_keys("What is 2+3?")
+    browser.find_element(By.ID, "max_tokens").clear()
+    browser.find_element(By.ID, "max_tokens").send_keys("8")
+    browser.find_element(By.ID, "target_1").send_keys("tiny-arith@prod")
+    browser.find_element(By.ID, "target_2").send_keys("tiny-arith:1")
+    browser.execute_script("window.beforeTheAnswers = 1")
+    browser.find_element(By.CSS_SELECTOR, "#playground button[type=submit]").click()
+    served = lambda b: [b.find_element(By.ID, f"served_{i}").text for i in range(3)]  # noqa: E731
+    WebDriverWait(browser, 120).until(lambda b: all(text.startswith("served by") for text in served(b)))  # a backstop
+    assert browser.execute_script("return window.beforeTheAnswers") == 1  # streamed into this page, not a new one
+    first, second, third = served(browser)
+    assert first == "served by the base" and re.fullmatch(r"served by tiny-arith:\d+", second)
+    assert third == "served by tiny-arith:1"
+    assert all(browser.find_element(By.ID, f"answer_{i}").text for i in range(3))
+    assert browser.find_element(By.ID, "served_3").text == ""  # an empty column asks nothing
+    screenshot(browser, "playground")
+
+
+def test_an_export_from_the_version_page_is_checked_recorded_and_downloadable(portal, tmp_path):
+    import tarfile
+    import time
+
+    registry = portal["registry"]
+    with httpx.Client(base_url=portal["url"], timeout=120) as client:
+        sign_in(client, portal["tokens"]["reader"])
+        page = client.get("/ui/versions/tiny-arith:1")
+        assert "Export</button>" not in page.text
+        assert client.post("/ui/versions/tiny-arith:1/export", data={"csrf": _csrf(page), "format": "peft"}).status_code == 403
+    with httpx.Client(base_url=portal["url"], timeout=120) as client:
+        sign_in(client, portal["tokens"]["releaser"])
+        csrf = _csrf(client.get("/ui/versions/tiny-arith:1"))
+        bad = client.post("/ui/versions/tiny-arith:1/export", data={"csrf": csrf, "format": "gguf"})
+        assert bad.status_code == 400 and "format 'gguf': expected merged or peft" in html.unescape(bad.text)
+        before = len(registry.describe("tiny-arith:1")["exports"])
+        started = client.post("/ui/versions/tiny-arith:1/export", data={"csrf": csrf, "format": "merged", "dtype": "fp32"})
+        assert started.status_code == 303 and started.headers["location"] == "/ui/versions/tiny-arith%3A1#exports"
+        backstop = time.monotonic() + 300
+        while len(registry.describe("tiny-arith:1")["exports"]) == before:
+            assert time.monotonic() < backstop, client.get("/ui/versions/tiny-arith:1").text[-3000:]
+            time.sleep(0.5)
+        record = registry.describe("tiny-arith:1")["exports"][-1]
+        assert record["status"] == "passed" and record["actor"] == "releaser", record
+        page = client.get("/ui/versions/tiny-arith:1").text
+        link = f"/ui/versions/tiny-arith:1/exports/{record['id']}.tar"
+        assert link in page and "passed" in page
+        archive = tmp_path / "export.tar"
+        with client.stream("GET", link) as download:
+            assert download.status_code == 200
+            with archive.open("wb") as f:
+                for chunk in download.iter_bytes():
+                    f.write(chunk)
+        with tarfile.open(archive) as tar:
+            names = {m.name.split("/", 1)[1]: m for m in tar.getmembers()}
+            assert set(names) == {f["path"] for f in record["files"]}
+            import hashlib
+
+            for f in record["files"]:
+                assert hashlib.sha256(tar.extractfile(names[f["path"]]).read()).hexdigest() == f["sha256"].removeprefix("sha256:")
+        assert client.get(f"/ui/versions/tiny-arith:1/exports/{record['id'] + 99}.tar").status_code == 404
+
+
+def test_in_a_browser_an_adapter_s_versions_and_a_diff(portal, browser, tmp_path):
+    from selenium.webdriver.common.by import By
+
+    registry = portal["registry"]
+    if registry.count_versions("tiny-arith") < 2:
+        _, pulled = registry.pull("tiny-arith:1", tmp_path / "v1")
+        registry.push(pulled, "tiny-arith", base=TINY_BASE, message="a second version", allow_duplicate=True)
+    browser.delete_all_cookies()
+    browser.get(f"{portal['url']}/ui/adapters/tiny-arith")
+    browser.find_element(By.ID, "token").send_keys(portal["tokens"]["reader"])
+    navigate(browser, browser.find_element(By.CSS_SELECTOR, "form.card button"))
+    assert browser.title == "Adapter tiny-arith · loradock"
+    labelled_fields_only(browser)
+    assert "tiny-arith:2" in browser.find_element(By.TAG_NAME, "main").text
+    screenshot(browser, "adapter")
+    browser.get(f"{portal['url']}/ui/versions/tiny-arith:2")
+    navigate(browser, browser.find_element(By.XPATH, "//button[text()='Diff']"))
+    assert browser.title.endswith("· loradock") and "tiny-arith:2" in browser.title
+    labelled_fields_only(browser)
+    screenshot(browser, "diff")

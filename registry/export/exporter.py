@@ -92,6 +92,8 @@ class ExportRequest:
     """Replace a non-empty output directory (swapped in only after the fidelity check passed)."""
     hub_repo: str | None = None
     """ORG/NAME on the Hugging Face Hub to upload the result to (needs network access and a token)."""
+    actor: str | None = None
+    """Who the export is recorded as (None: this machine's user, as for `reg push`); the portal's signed-in token."""
 
     @property
     def is_merge(self) -> bool:
@@ -230,6 +232,7 @@ def _record(registry: Registry, request: ExportRequest, sources, base: Base, dty
         [_source_row(v, w) for v, w in sources], method=_method(request), fmt=request.fmt, dtype=dtype,
         out_path=str(out.resolve()), base_name=base.name, base_digest=base.weights_digest, files=files,
         fidelity=report.to_dict(), status="passed" if report.passed else "failed", reason=report.reason,
+        actor=request.actor,
     )
 
 

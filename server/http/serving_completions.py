@@ -48,7 +48,7 @@ class CompletionServing:
         generation = await asyncio.get_running_loop().run_in_executor(self.pool, self.service.submit, req)
         reply = _Reply(body.model, generation, chat)
         if body.stream:
-            return EventStream(_events(reply, _deltas(generation, self.pool), body.include_usage()), generation.cancel,
+            return EventStream(_events(reply, stream_deltas(generation, self.pool), body.include_usage()), generation.cancel,
                                self.options.http_timeout_s, {**SSE_HEADERS, **reply.headers()})
         result = await self._result(request, generation)
         if result is None:  # the client went away: nobody reads this
@@ -148,7 +148,7 @@ async def _events(reply: _Reply, deltas: AsyncIterator[str], include_usage: bool
     yield _sse("[DONE]")
 
 
-async def _deltas(generation: Generation, pool: Executor) -> AsyncIterator[str]:
+async def stream_deltas(generation: Generation, pool: Executor) -> AsyncIterator[str]:
     """`generation.deltas()` (a blocking iterator) read on a handler thread, handed to the event loop as they come."""
     loop = asyncio.get_running_loop()
     queue: asyncio.Queue = asyncio.Queue()

@@ -9,28 +9,34 @@ error table's: the status it gives, and the one-line message the CLI prints.
 
 from __future__ import annotations
 
+import json
 import re
 import tempfile
+from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from urllib.parse import parse_qs, quote
 
 from fastapi import FastAPI, Request
-from fastapi.responses import HTMLResponse, RedirectResponse
+from fastapi.responses import HTMLResponse, PlainTextResponse, RedirectResponse, StreamingResponse
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 from starlette.concurrency import run_in_threadpool
 
+from registry.export.exporter import parse_weighted_ref
 from registry.errors import InvalidInput, LoradockError, NotFound, PermissionDenied, TooLarge, Unauthenticated
 from registry.jobs import STATES, TERMINAL, SubmitRequest, UploadedFile
-from registry.jobs.queue import MAX_EVENTS_PAGE
 from registry.names import check_version_number
 from registry.rollout_records import parse_arm
 
 from ..http.body import read_body
+from ..http.serving_completions import SSE_HEADERS, EventStream, stream_deltas
 from ..http.serving_fine_tuning import MAX_FORM_OVERHEAD, MAX_UPLOAD_BYTES, form_boundary, parse_form, upload_name
 from ..jobs_service import JobsService, JobsUnavailable
+from ..service_types import ChatMessage, GenerateRequest, SamplingParams, WeightedAdapter
 from ..tokens import TokenStore
-from .charts import loss_chart
+from .charts import loss_chart, rollout_charts
+from .exports import DTYPES as EXPORT_DTYPES, FORMATS as EXPORT_FORMATS, ExportsUnavailable, PortalExports
 from .sessions import SESSION_COOKIE, SESSION_MAX_AGE_S, SIGN_IN_COOKIE, SIGN_IN_MAX_AGE_S, Session, Sessions
 
 HERE = Path(__file__).resolve().parent
@@ -45,6 +51,11 @@ FORM_KEYS = ["adapter", "lora_r", "lora_alpha", "learning_rate", "num_epochs", "
              "micro_batch_size", "val_set_size", "seed"]
 MAX_FORM_BYTES = 16 * 1024  # a sign-in or action form: a token and a few fields
 PREFIX = "/ui"
+CONTENT_SECURITY_POLICY = ("default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 'self'; "
+                           "connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'")
+PLAYGROUND_COLUMNS = 4  # the base and up to three adapters (or merges) side by side
+PLAYGROUND_STREAMS = 8  # threads that read answers as they are decoded (more columns wait for one)
+PLAYGROUND_TIMEOUT_S = 300.0  # a playground answer is cancelled past this
 
 
 class SignInNeeded(Exception):
@@ -60,6 +71,9 @@ def build_portal(registry, tokens: TokenStore | None, jobs: JobsService | None =
     `InferenceService` whose stats and adapter cache the Server page shows (None: a registry-only portal)."""
     app = FastAPI(title="loradock portal", docs_url=None, redoc_url=None, openapi_url=None)
     sessions = Sessions(tokens)
+    exports = PortalExports(registry.home, jobs.hooks.export_probes if jobs and jobs.hooks else None) \
+        if registry.is_local else None
+    streams = ThreadPoolExecutor(PLAYGROUND_STREAMS, thread_name_prefix="portal-stream") if service is not None else None
     templates = Jinja2Templates(directory=str(HERE / "templates"))
     app.mount("/static", StaticFiles(directory=str(HERE / "static")), name="static")
 
@@ -86,6 +100,15 @@ def build_portal(registry, tokens: TokenStore | None, jobs: JobsService | None =
         form = await _form(request)
         _check_csrf(session, form)
         return session, form
+
+    @app.middleware("http")
+    async def page_headers(request: Request, call_next):
+        """Every page may load only this portal's own files (no inline script, no other site), and none may be framed."""
+        response = await call_next(request)
+        response.headers.setdefault("Content-Security-Policy", CONTENT_SECURITY_POLICY)
+        response.headers.setdefault("X-Content-Type-Options", "nosniff")
+        response.headers.setdefault("Referrer-Policy", "same-origin")
+        return response
 
     @app.exception_handler(SignInNeeded)
     async def to_sign_in(request: Request, exc: SignInNeeded):
@@ -141,6 +164,11 @@ def build_portal(registry, tokens: TokenStore | None, jobs: JobsService | None =
     def adapters_page(request: Request, q: str = "", base: str = ""):
         session = session_for(request, "read")
         loaded = {a.version: a for a in service.list_adapters(loaded_only=True)} if service is not None else {}
+        per_minute: dict[str, int] = {}  # adapter name -> requests in the last minute, over all its versions
+        for stats in service.server_stats().adapters if service is not None else []:
+            name, sep, _ = stats.version.rpartition(":")
+            if sep:
+                per_minute[name] = per_minute.get(name, 0) + stats.requests_last_minute
         rows = []
         for summary in registry.list_adapters()[:ADAPTERS_SHOWN]:
             if q.strip().lower() not in summary.name:
@@ -150,7 +178,8 @@ def build_portal(registry, tokens: TokenStore | None, jobs: JobsService | None =
             if base and (version is None or version["base_name"] != base):
                 continue
             rows.append({"summary": summary, "version": version, "headline": _headline(latest),
-                         "serving": loaded.get(version["ref"]) if version else None})
+                         "serving": loaded.get(version["ref"]) if version else None,
+                         "per_minute": per_minute.get(summary.name, 0)})
         return render(request, "adapters.html", session, title="Adapters", rows=rows, q=q, base=base,
                       bases=[b.name for b in registry.list_bases()])
 
@@ -172,10 +201,35 @@ def build_portal(registry, tokens: TokenStore | None, jobs: JobsService | None =
         run = described["run"]
         chart = loss_chart((run or {}).get("metrics") or {})
         v = described["version"]
+        exporting = exports.status(v["ref"]) if exports is not None else None
+        may_push = bool({"push", "admin"} & session.identity.roles)
         return render(request, "version.html", session, title=f"Version {v['ref']}", d=described, v=v, run=run,
-                      chart=chart, may_roll_out=bool({"push", "admin"} & session.identity.roles),
+                      chart=chart, may_roll_out=may_push, may_export=may_push and exports is not None,
+                      exporting=exporting, export_formats=EXPORT_FORMATS, export_dtypes=EXPORT_DTYPES,
+                      refresh_s=REFRESH_S if exporting and "state" in exporting else None,
+                      downloadable={x["id"] for x in described["exports"] if exports is not None
+                                    and x["status"] == "passed" and Path(x["out_path"]).parent == exports.root},
                       others=[n for n in registry.list_versions(v["adapter"]) if n.number != v["number"]],
                       alias_history=list(reversed(registry.alias_history(v["adapter"]))))
+
+    @app.post("/versions/{ref}/export")
+    async def start_export(request: Request, ref: str):
+        session, form = await session_form(request, "push")  # it records an export against the version
+        if exports is None:
+            raise ExportsUnavailable("exports run where the registry's files are: `reg export` on the registry's host")
+        version = await run_in_threadpool(registry.resolve, ref)
+        exports.start(version.ref, form.get("format", "merged"), form.get("dtype", "auto"),
+                      session.identity.token_name or None)
+        return RedirectResponse(f"{PREFIX}/versions/{quote(version.ref)}#exports", status_code=303)
+
+    @app.get("/versions/{ref}/exports/{export_id}.tar")
+    def download_export(request: Request, ref: str, export_id: int):
+        session_for(request, "read")
+        if exports is None:
+            raise ExportsUnavailable("exports are downloaded where the registry's files are (this registry is remote)")
+        filename, chunks = exports.download(registry.describe(ref), export_id)
+        return StreamingResponse(chunks, media_type="application/x-tar",
+                                 headers={"Content-Disposition": f'attachment; filename="{filename}"'})
 
     @app.post("/versions/{ref}/alias")
     async def set_alias(request: Request, ref: str):
@@ -210,9 +264,11 @@ def build_portal(registry, tokens: TokenStore | None, jobs: JobsService | None =
         elif shown["current"]:
             arms = ", ".join(f"{a['version']}={a['weight']}" for a in shown["current"]["arms"])
         roles = session.identity.roles
+        report = registry.rollouts.report(name)
         return render(request, "rollout.html", session, title=f"Rollout of {name}", name=name, show=shown,
-                      report=registry.rollouts.report(name), live=live, arms=arms, error=error, values=values or {},
-                      may_change=bool({"push", "admin"} & roles), status=400 if error else 200)
+                      report=report, charts=rollout_charts(report), live=live, arms=arms, error=error, values=values or {},
+                      may_change=bool({"push", "admin"} & roles), status=400 if error else 200,
+                      refresh_s=REFRESH_S if shown["current"] else None)
 
     @app.get("/rollouts/{name}", response_class=HTMLResponse)
     def rollout_view(request: Request, name: str, canary: int | None = None):
@@ -254,6 +310,36 @@ def build_portal(registry, tokens: TokenStore | None, jobs: JobsService | None =
             await run_in_threadpool(serving().load_adapter, ref, action == "pin")
         return RedirectResponse(f"{PREFIX}/server", status_code=303)
 
+    # --- the playground: one prompt, several answers side by side -----------------------------------------
+
+    @app.get("/playground", response_class=HTMLResponse)
+    def playground_page(request: Request):
+        serving()
+        session = session_for(request, "infer")  # as Generate and /v1/chat/completions need
+        values = {f"target_{i}": target for i, target in enumerate(request.query_params.getlist("target"))}
+        return render(request, "playground.html", session, title="Playground", values=values or {"target_0": "base"},
+                      columns=PLAYGROUND_COLUMNS, answers={}, max_tokens=service.options.max_new_tokens_limit)
+
+    @app.post("/playground", response_class=HTMLResponse)
+    async def playground_answers(request: Request):
+        """Without JavaScript: every column answered at once (they share the running batch), then the page."""
+        session, form = await session_form(request, "infer")
+        asked = [(i, form.get(f"target_{i}", "").strip()) for i in range(PLAYGROUND_COLUMNS)]
+        answers = await run_in_threadpool(_answer_all, serving(), form, [(i, t) for i, t in asked if t])
+        return render(request, "playground.html", session, title="Playground", values=form, columns=PLAYGROUND_COLUMNS,
+                      answers=answers, max_tokens=service.options.max_new_tokens_limit)
+
+    @app.post("/playground/stream")
+    async def playground_stream(request: Request):
+        """One column's answer as server-sent events: {"delta"} as it is decoded, then {"done"} or {"error"}."""
+        _, form = await session_form(request, "infer")
+        try:
+            generation = await run_in_threadpool(serving().submit, playground_request(form, form.get("target", "")))
+        except LoradockError as exc:  # the column shows the one line, as the CLI prints it
+            return PlainTextResponse(" ".join(str(exc).split()), status_code=exc.http_status)
+        return EventStream(_playground_events(generation, streams), generation.cancel, service.options.http_timeout_s,
+                           SSE_HEADERS)
+
     # --- fine-tuning jobs -----------------------------------------------------------------------------------
 
     @app.get("/jobs", response_class=HTMLResponse)
@@ -272,9 +358,16 @@ def build_portal(registry, tokens: TokenStore | None, jobs: JobsService | None =
         if jobs is None:
             raise JobsUnavailable("this server takes no fine-tuning jobs (it serves a remote registry): use `reg job`")
         [dataset_type, *fields] = jobs.config_fields(["datasets.type", *FORM_KEYS])
+        bases = [b.name for b in registry.list_bases()]
+        estimate = None
+        if upload is not None and bases:
+            try:
+                estimate = jobs.plan(job_submission({"base_model": bases[0], **values}, upload, jobs.file_bytes(upload.id)))
+            except LoradockError as exc:  # a value the planner cannot read: the same line submitting would give
+                estimate = {"error": " ".join(str(exc).split())}
         return render(request, "job_new.html", session, title="New fine-tuning job", fields=fields,
-                      dataset_type=dataset_type, bases=[b.name for b in registry.list_bases()], values=values,
-                      error=error, upload=upload, preview=preview, status=400 if error else status)
+                      dataset_type=dataset_type, bases=bases, values=values, error=error, upload=upload,
+                      preview=preview, estimate=estimate, status=400 if error else status)
 
     @app.get("/jobs/new", response_class=HTMLResponse)
     def new_job_page(request: Request):
@@ -312,16 +405,16 @@ def build_portal(registry, tokens: TokenStore | None, jobs: JobsService | None =
 
     @app.post("/jobs/new")
     async def new_job(request: Request):
-        """Step 2 -> the job: the stored dataset and the settings, checked as `reg job submit` checks them."""
+        """Step 2 -> the job: the stored dataset and the settings, checked as `reg job submit` checks them. The
+        form's Estimate button shows `reg plan`'s estimate for the settings instead, and queues nothing."""
         session, values = await session_form(request, "train")
         upload = await run_in_threadpool(jobs.get_file, values.get("file_id", ""))
         if sessions.auth_on and upload.owner != session.identity.token_name and "admin" not in session.identity.roles:
             raise PermissionDenied(f"file {upload.id} was uploaded by {upload.owner!r}, not {session.identity.token_name!r}")
-        config = {"base_model": values.get("base_model", ""), "push": {"name": values.get("name") or None},
-                  "datasets": [{"path": upload.filename, "type": values.get("dataset_type") or "alpaca"}]}
-        overrides = [f"{key}={values[key]}" for key in FORM_KEYS if values.get(key)]
+        if values.get("action") == "estimate":
+            return await run_in_threadpool(new_job_form, request, session, values, None, upload)
         content = await run_in_threadpool(jobs.file_bytes, upload.id)
-        submission = SubmitRequest(config=config, overrides=overrides, files={upload.filename: content}, source="portal")
+        submission = job_submission(values, upload, content)
         try:
             job = await run_in_threadpool(jobs.submit, submission, session.identity, "portal")
         except LoradockError as exc:  # the trainer's one-line refusal (a bad key or value): nothing queued
@@ -354,7 +447,7 @@ def build_portal(registry, tokens: TokenStore | None, jobs: JobsService | None =
     def job_page(request: Request, job_id: str):
         session = session_for(request, "read")
         found = registry.jobs.get(job_id)
-        events = registry.jobs.events(job_id, after=max(0, _last_seq(registry, job_id) - EVENTS_SHOWN))
+        events = registry.jobs.newest_events(job_id, EVENTS_SHOWN)
         curves = {"train_loss": [[e.data["step"], e.data["loss"]] for e in events if e.type == "metrics" and "loss" in e.data],
                   "val_loss": [[e.data["step"], e.data["eval_loss"]] for e in events
                                if e.type == "metrics" and "eval_loss" in e.data]}
@@ -364,6 +457,86 @@ def build_portal(registry, tokens: TokenStore | None, jobs: JobsService | None =
                       resumable=found.state in ("failed", "cancelled"))
 
     return app
+
+
+def job_submission(values: dict[str, str], upload: UploadedFile, content: bytes) -> SubmitRequest:
+    """The submission the New-job form describes: its stored dataset, base and name, and each setting filled in."""
+    config = {"base_model": values.get("base_model", ""), "push": {"name": values.get("name") or None},
+              "datasets": [{"path": upload.filename, "type": values.get("dataset_type") or "alpaca"}]}
+    overrides = [f"{key}={values[key]}" for key in FORM_KEYS if values.get(key)]
+    return SubmitRequest(config=config, overrides=overrides, files={upload.filename: content}, source="portal")
+
+
+def playground_request(form: dict[str, str], target: str) -> GenerateRequest:
+    """The request one playground column sends: `target` is `base`, a ref (NAME, NAME:N, NAME@ALIAS), or a merge
+    written as `reg export --merge` takes it (`REF=WEIGHT REF=WEIGHT`)."""
+    prompt = form.get("prompt", "")
+    if not prompt.strip():
+        raise InvalidInput("prompt: write something for the adapters to answer")
+    words = target.replace(",", " ").split()
+    merge = [WeightedAdapter(*parse_weighted_ref(word)) for word in words] if "=" in target else []
+    adapter = "" if merge or target.strip() in ("", "base") else target.strip()
+    raw = form.get("format") == "raw"
+    return GenerateRequest(
+        adapter=adapter, merge=merge, prompt=prompt if raw else "",
+        messages=[] if raw else [ChatMessage("user", prompt)], routing_key=form.get("routing_key", "").strip(),
+        params=SamplingParams(max_new_tokens=_int_field(form, "max_tokens", 64), temperature=_float_field(form, "temperature")),
+        protocol="http", timeout_s=PLAYGROUND_TIMEOUT_S)
+
+
+def served_by(version: str, variant: str) -> str:
+    """Which version (and rollout arm) answered: what each playground column shows under its answer."""
+    return f"served by {version or 'the base'}" + (f", rollout arm {variant}" if variant else "")
+
+
+def _answer_all(service, form: dict[str, str], targets: list[tuple[int, str]]) -> dict[int, dict]:
+    """Each column's answer ({text, served} or {error}); all are submitted before any is awaited, so they batch."""
+    pending: dict[int, object] = {}
+    answers: dict[int, dict] = {}
+    for i, target in targets:
+        try:
+            pending[i] = service.submit(playground_request(form, target))
+        except LoradockError as exc:
+            answers[i] = {"error": " ".join(str(exc).split())}
+    for i, generation in pending.items():
+        try:
+            result = generation.result()
+            answers[i] = {"text": result.text, "served": served_by(result.adapter_version, result.variant)}
+        except LoradockError as exc:
+            answers[i] = {"error": " ".join(str(exc).split())}
+    return answers
+
+
+async def _playground_events(generation, pool) -> AsyncIterator[bytes]:
+    try:
+        async for delta in stream_deltas(generation, pool):
+            yield _event({"delta": delta})
+        result = generation.result()  # ready: the deltas ended
+        yield _event({"done": True, "served": served_by(result.adapter_version, result.variant),
+                      "finish_reason": result.finish_reason})
+    except LoradockError as exc:
+        yield _event({"error": " ".join(str(exc).split())})
+
+
+def _event(data: dict) -> bytes:
+    return f"data: {json.dumps(data)}\n\n".encode()
+
+
+def _int_field(form: dict[str, str], key: str, default: int) -> int:
+    text = form.get(key, "").strip()
+    if not text:
+        return default
+    if not text.isdigit():
+        raise InvalidInput(f"{key} {text!r}: expected a whole number")
+    return int(text)
+
+
+def _float_field(form: dict[str, str], key: str) -> float:
+    text = form.get(key, "").strip() or "0"
+    try:
+        return float(text)
+    except ValueError:
+        raise InvalidInput(f"{key} {text!r}: expected a number") from None
 
 
 def _headline(described: dict | None) -> str | None:
@@ -404,16 +577,6 @@ def change_rollout(rollouts, name: str, form: dict[str, str], actor: str | None)
     if action == "clear":
         return rollouts.clear(name, reason=reason, actor=actor)
     raise InvalidInput(f"action {action!r}: expected set, promote, rollback or clear")
-
-
-def _last_seq(registry, job_id: str) -> int:
-    """The number of the job's newest event (events are numbered 1, 2, 3... per job), read a page at a time."""
-    seq = 0
-    while page := registry.jobs.events(job_id, after=seq):
-        seq = page[-1].seq
-        if len(page) < MAX_EVENTS_PAGE:
-            break
-    return seq
 
 
 def _check_csrf(session: Session, form: dict[str, str]) -> None:

@@ -188,16 +188,51 @@ def _submitted_name(request: SubmitRequest, i: int) -> str:
     return Path(str(dataset_entries(request.config)[i][1]["path"])).name[:200]
 
 
+def plan_submission(registry, request: SubmitRequest) -> dict:
+    """`reg plan` for the job `request` would queue, before it is submitted (the portal's New-job form shows it):
+    the memory estimate by component, GPU types that fit it with their price, and what the live workers say.
+
+    The config is loaded and checked as `check_submission` loads it (a bad key or value is its one-line error);
+    the datasets are not read."""
+    from ..config import load_config
+    from ..plan import plan
+
+    with tempfile.TemporaryDirectory(prefix="loradock-plan-") as tmp:
+        config = load_config(_config_file(request, Path(tmp)), request.overrides)
+    base = registry.get_base(config.base_model)
+    shape, method, settings = _plan_inputs(config, base)
+    result = plan(shape, methods=(method,), **settings)
+    numbers = result["methods"][method]
+    workers = registry.jobs.live_workers()
+    resources = {"memory_bytes": numbers["memory"]["total"], "gpus": request.gpus, "num_processes": request.num_processes}
+    fits = [w.id for w in workers if not fit_problem(resources, w.resources)]
+    return {"method": method, "adapter": config.adapter, "settings": result["settings"], "memory": numbers["memory"],
+            "trainable_params": numbers["trainable_params"], "notes": numbers["notes"],
+            "recommendations": numbers["recommendations"][:PLAN_GPUS_SHOWN], "live_workers": len(workers),
+            "fitting_workers": fits}
+
+
+PLAN_GPUS_SHOWN = 5  # the cheapest GPU types a pre-submit plan lists
+
+
+def _plan_inputs(config, base) -> tuple:
+    """The planner's (shape, method, settings) for a job's config on its base; PlanError where it cannot tell."""
+    from ..plan_inputs import shape_from_config
+
+    method = "qlora" if config.load_in_4bit else "lora"
+    settings = {"rank": config.lora_r, "seq": config.sequence_len, "batch": config.micro_batch_size,
+                "gradient_checkpointing": config.gradient_checkpointing}
+    return shape_from_config(base.config, name=base.name), method, settings
+
+
 def _memory_estimate(config, base) -> int:
     """`reg plan`'s peak-memory estimate for this config on this base, in bytes (0 where the planner cannot tell)."""
     from ..plan import estimate
-    from ..plan_inputs import PlanError, shape_from_config
+    from ..plan_inputs import PlanError
 
-    method = "qlora" if config.load_in_4bit else "lora"
     try:
-        shape = shape_from_config(base.config, name=base.name)
-        return estimate(shape, method, rank=config.lora_r, seq=config.sequence_len, batch=config.micro_batch_size,
-                        gradient_checkpointing=config.gradient_checkpointing).total
+        shape, method, settings = _plan_inputs(config, base)
+        return estimate(shape, method, **settings).total
     except PlanError:
         return 0
 
