@@ -358,9 +358,9 @@ def test_the_new_job_form_previews_the_upload_lists_every_bad_line_and_queues_a_
             registry.add_base(str(build_tiny_llama(portal["tmp"] / "wide-llama", seed=2, hidden=256, layers=4)), "wide-llama")
         planned = client.post("/ui/jobs/new", data={"csrf": csrf, "file_id": file_id, "base_model": "wide-llama",
                                                     "name": "from-form", "lora_r": "64", "sequence_len": "4096",
-                                                    "action": "estimate"})
+                                                    "adapter": "qlora", "action": "estimate"})
         estimate = html.unescape(planned.text)
-        assert planned.status_code == 200 and "rank 64, sequence 4096 x batch 8" in estimate
+        assert planned.status_code == 200 and "qlora (qlora), rank 64, sequence 4096 x batch 8" in estimate
         assert "GiB</strong> peak memory" in estimate and "Cheapest GPU types" in estimate
         assert len(registry.jobs.list(limit=None)) == before[0]  # an estimate queues nothing
         wrong = client.post("/ui/jobs/new", data={"csrf": csrf, "file_id": file_id, "base_model": TINY_BASE,
@@ -479,6 +479,11 @@ def test_a_rollout_from_the_version_page_its_report_and_a_promote(portal, browse
     navigate(browser, browser.find_element(By.LINK_TEXT, "Roll out to 10 %"))
     assert browser.title == "Rollout of tiny-arith · loradock"
     labelled_fields_only(browser)
+    navigate(browser, browser.find_element(By.LINK_TEXT, "Rollouts"))
+    assert browser.title == "Rollouts · loradock" and "tiny-arith" in browser.find_element(By.TAG_NAME, "main").text
+    labelled_fields_only(browser)
+    screenshot(browser, "rollouts")
+    browser.back()
     assert browser.find_element(By.ID, "arms").get_attribute("value") == "1=90, 2=10"
     browser.find_element(By.ID, "set-reason").send_keys("canary of version 2")
     navigate(browser, browser.find_element(By.XPATH, "//button[text()='Set the split']"))
