@@ -1,7 +1,7 @@
 """`reg`: the loradock command line. It parses, calls the packages, and prints; no logic lives here.
 
 Each group of commands lives in a module named for it (`registry_cmds`, `base_cmds`, `rollout`, `runs`,
-`train_cmds`, `job_cmds`, `server_cmds`, `access_cmds`, `export`); importing one registers its commands on `app`
+`train_cmds`, `job_cmds`, `server_cmds`, `access_cmds`, `export`, `capture_cmds`); importing one registers its commands on `app`
 (cli/common.py), in the order `reg --help` lists them. This module is the entry point.
 """
 
@@ -14,7 +14,7 @@ import typer
 from registry import LoradockError
 
 from . import errors
-from . import registry_cmds, base_cmds, rollout, runs, train_cmds, job_cmds, server_cmds, access_cmds, export  # noqa: F401  (register)
+from . import registry_cmds, base_cmds, rollout, runs, train_cmds, job_cmds, server_cmds, access_cmds, export, capture_cmds  # noqa: F401  (register)
 from .common import app
 
 __all__ = ["app", "main", "run"]

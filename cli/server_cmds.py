@@ -160,6 +160,8 @@ def feedback(
         metavar="REQUEST_ID", help="The request's id (`reg generate --json` prints it).")],
     score: Annotated[Optional[float], typer.Option(help="Numeric outcome, e.g. 1 (good) or -1 (bad); finite, within +-1e6.")] = None,
     label: Annotated[str, typer.Option(help="A label such as good or bad (letters, digits, _.:-).")] = "",
+    correction: Annotated[str, typer.Option(
+        help="The response it should have given: kept (redacted) for curation while the adapter's capture is on.")] = "",
     target: Target = "localhost:50051",
     timeout: Timeout = 30.0,
 ) -> None:
@@ -167,7 +169,7 @@ def feedback(
     if score is None and not label:
         raise InvalidInput("give --score X (a number) or --label L (e.g. good), or both")
     with _client(target, timeout) as client:
-        client.feedback(request_id, score=0.0 if score is None else score, label=label)
+        client.feedback(request_id, score=0.0 if score is None else score, label=label, correction=correction)
     what = " ".join(part for part in (f"score {score:g}" if score is not None else "", f"label {label}" if label else "") if part)
     console.print(f"recorded feedback for {request_id}: {what}")
 

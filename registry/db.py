@@ -356,6 +356,38 @@ def _m008_stored_checkpoints(db) -> None:
     db["job_checkpoints"].add_column("files_json", str)  # a remote worker's checkpoint, stored as blobs here
 
 
+def _m009_continuous_fine_tuning(db) -> None:
+    # Capture (opt-in per adapter): the served requests kept as data, and the corrections feedback may carry.
+    db["capture_configs"].create(
+        {"adapter": str, "sample": float, "retain_s": int, "max_bytes": int, "redact_json": str, "actor": str,
+         "updated_at": str},
+        pk="adapter", not_null={"sample", "retain_s", "max_bytes", "redact_json", "updated_at"},
+        foreign_keys=[("adapter", "adapters", "name")],
+    )
+    db["captures"].create(
+        {"id": int, "adapter": str, "version": int, "revision": int, "arm": str, "request_id": str, "key_hash": str,
+         "prompt": str, "messages_json": str, "response": str, "status": str, "latency_ms": float, "bytes": int,
+         "at": str},
+        pk="id", not_null={"adapter", "request_id", "response", "bytes", "at"},
+    )
+    db["captures"].create_index(["adapter", "at"])
+    db["captures"].create_index(["request_id"])
+    db["feedback"].add_column("correction", str)  # an optional corrected response (kept only while capture is on)
+    # The loop (`reg loop`): one per adapter, and every turn of it, step by step.
+    db["loops"].create(
+        {"adapter": str, "config_json": str, "enabled": int, "actor": str, "created_at": str, "updated_at": str},
+        pk="adapter", not_null={"config_json", "enabled", "created_at", "updated_at"},
+        foreign_keys=[("adapter", "adapters", "name")],
+    )
+    db["loop_runs"].create(
+        {"id": int, "adapter": str, "trigger": str, "state": str, "champion": int, "candidate": int, "job_id": str,
+         "dataset_sha256": str, "steps_json": str, "reason": str, "started_at": str, "updated_at": str,
+         "ended_at": str},
+        pk="id", not_null={"adapter", "trigger", "state", "steps_json", "started_at", "updated_at"},
+    )
+    db["loop_runs"].create_index(["adapter", "id"])
+
+
 MIGRATIONS: list[tuple[int, str, Callable]] = [
     (1, "initial schema", _m001_initial),
     (2, "evaluation pass/fail verdicts", _m002_evaluation_verdicts),
@@ -365,6 +397,7 @@ MIGRATIONS: list[tuple[int, str, Callable]] = [
     (6, "audit log of remote writes, by token name", _m006_audit_log),
     (7, "fine-tuning jobs: queue, events, checkpoints, workers, uploaded files", _m007_jobs),
     (8, "job checkpoints stored as blobs (remote workers)", _m008_stored_checkpoints),
+    (9, "continuous fine-tuning: captured traffic, feedback corrections, loops and their runs", _m009_continuous_fine_tuning),
 ]
 
 

@@ -159,3 +159,4 @@ class FeedbackRecord:
     score: float | None         # None when only a label was given
     label: str
     at: str
+    correction: str = ""        # a corrected response, kept (redacted) only while the adapter's capture is on

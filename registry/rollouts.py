@@ -153,9 +153,9 @@ class Rollouts:
                 [astuple(o) for o in outcomes],
             )
             conn.executemany(
-                "INSERT INTO feedback (request_id, adapter, version, revision, arm, score, label, at)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                [astuple(f) for f in feedback],
+                "INSERT INTO feedback (request_id, adapter, version, revision, arm, score, label, at, correction)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                [(*astuple(f)[:-1], f.correction or None) for f in feedback],
             )
 
     # --- helpers -------------------------------------------------------------------------

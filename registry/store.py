@@ -65,6 +65,13 @@ class Registry(BaseCatalog):
         return Rollouts(self)
 
     @property
+    def captures(self):
+        """Captured traffic of adapters with capture on, and its configs (`registry/capture.py`)."""
+        from .capture import Captures
+
+        return Captures(self)
+
+    @property
     def jobs(self):
         """Fine-tuning jobs: the queue, events, checkpoints, workers and uploaded files (`registry/jobs/`)."""
         from .jobs import JobQueue

@@ -87,8 +87,8 @@ class LoradockClient:
     def unload_adapter(self, adapter: str) -> bool:
         return self.stub.UnloadAdapter(pb.UnloadAdapterRequest(adapter=adapter), timeout=self.timeout, metadata=self.metadata).unloaded
 
-    def feedback(self, request_id: str, score: float = 0.0, label: str = "") -> bool:
-        request = pb.FeedbackRequest(request_id=request_id, score=score, label=label)
+    def feedback(self, request_id: str, score: float = 0.0, label: str = "", correction: str = "") -> bool:
+        request = pb.FeedbackRequest(request_id=request_id, score=score, label=label, correction=correction)
         return self.stub.Feedback(request, timeout=self.timeout, metadata=self.metadata).recorded
 
     def stats(self):

@@ -100,9 +100,14 @@ def max_rank_within(lora, max_bytes: int) -> int:
     return max_bytes // max(1, slot_bytes(lora, 1))
 
 
-def check_feedback(score: float, label: str) -> None:
+MAX_CORRECTION_CHARS = 64 * 1024  # a corrected response sent with feedback
+
+
+def check_feedback(score: float, label: str, correction: str = "") -> None:
     if not (math.isfinite(score) and -FEEDBACK_SCORE_LIMIT <= score <= FEEDBACK_SCORE_LIMIT):
         raise BadRequest(f"score={score}: must be a finite number between -{FEEDBACK_SCORE_LIMIT:g} and {FEEDBACK_SCORE_LIMIT:g}")
     if label and not FEEDBACK_LABEL.fullmatch(label):
         raise BadRequest(f"label={label[:64]!r}{'...' if len(label) > 64 else ''}: use 1-64 characters of "
                          "letters, digits and _ . : - (e.g. good, bad, thumbs_up)")
+    if len(correction) > MAX_CORRECTION_CHARS:
+        raise BadRequest(f"correction: {len(correction):,} characters, more than {MAX_CORRECTION_CHARS:,}")

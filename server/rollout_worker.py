@@ -1,9 +1,10 @@
-"""The rollout side of a server, kept off the request path by one background thread.
+"""The rollout and capture side of a server, kept off the request path by one background thread.
 
-Requests only append to in-memory buffers. Every `interval_s` the thread writes the buffered outcomes
-and feedback in one transaction, runs the guard of each rollout that got new outcomes, and reloads the
-router when any rollout changed (a cheap `MAX(id)` poll), so `reg rollout set` reaches a running
-server within a second or two, without a restart. It uses its own registry connection.
+Requests only append to in-memory buffers. Every `interval_s` the thread writes the buffered outcomes,
+feedback and captured requests, runs the guard of each rollout that got new outcomes, and reloads the
+router when any rollout changed (a cheap `MAX(id)` poll), and the capture configs when one changed, so
+`reg rollout set` and `reg capture set` reach a running server within a second or two, without a restart.
+It uses its own registry connection.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import time
 
 from registry import Registry
 from registry.db import utcnow
+from registry.capture import CaptureConfig, CapturedRequest, Redactor
 from registry.rollouts import FeedbackRecord, Outcome
 
 from .router import Choice, RolloutRouter
@@ -31,6 +33,10 @@ class RolloutWorker:
         self._buffer_lock = threading.Lock()
         self._outcomes: list[Outcome] = []
         self._feedback: list[FeedbackRecord] = []
+        self._captured: list[CapturedRequest] = []
+        self.capture: dict[str, tuple[CaptureConfig, Redactor]] = {}  # adapter -> its capture config (read-only here)
+        self._capture_change: str | None = None
+        self._capture_warned = False
         self.dropped = 0  # records given up because the database stayed unwritable
         self._db_lock = threading.Lock()  # one connection: flush, guards and reloads take turns
         self._change_id: int | None = None
@@ -66,6 +72,11 @@ class RolloutWorker:
         with self._buffer_lock:
             self._feedback.append(record)
 
+    def record_capture(self, request: CapturedRequest) -> None:
+        """A sampled request of an adapter with capture on (its texts already redacted by the caller)."""
+        with self._buffer_lock:
+            self._captured.append(request)
+
     # --- the thread ----------------------------------------------------------------------
 
     def flush(self) -> set[str]:
@@ -73,15 +84,19 @@ class RolloutWorker:
         with self._buffer_lock:
             outcomes, self._outcomes = self._outcomes, []
             feedback, self._feedback = self._feedback, []
-        if not outcomes and not feedback:
+            captured, self._captured = self._captured, []
+        if not outcomes and not feedback and not captured:
             return set()
         with self._db_lock:
             try:
+                if captured:  # before the feedback, so a correction finds its captured request
+                    self.registry.captures.record(captured)
+                    captured = []
                 self.registry.rollouts.record(outcomes, feedback)
             except BaseException:
                 with self._buffer_lock:  # keep them for the next turn, up to MAX_BUFFERED of each
-                    self._outcomes[:0], self._feedback[:0] = outcomes, feedback
-                    self.dropped += _trim(self._outcomes) + _trim(self._feedback)
+                    self._outcomes[:0], self._feedback[:0], self._captured[:0] = outcomes, feedback, captured
+                    self.dropped += _trim(self._outcomes) + _trim(self._feedback) + _trim(self._captured)
                 raise
         return {o.adapter for o in outcomes}
 
@@ -93,14 +108,28 @@ class RolloutWorker:
                     logger.info(f"rollout {name}: revision {revision.revision}: {revision.reason}")
 
     def reload(self) -> bool:
-        """Load the revisions in force into the router if any rollout changed; True if it did."""
+        """Load the revisions in force into the router if any rollout changed, and the capture configs if one
+        changed; True if the router was reloaded."""
         with self._db_lock:
+            self._reload_capture()
             change_id = self.registry.rollouts.change_id()
             if change_id == self._change_id:
                 return False
             self.router.load(self.registry.rollouts.all_current())
             self._change_id = change_id
             return True
+
+    def _reload_capture(self) -> None:
+        captures = getattr(self.registry, "captures", None)
+        if captures is None:  # a remote registry: capture is not served over gRPC yet
+            if not self._capture_warned:
+                logger.info("capture is off on this server: its registry is remote (`reg capture` needs a local one)")
+                self._capture_warned = True
+            return
+        change = captures.change_id()
+        if change != self._capture_change:
+            self.capture = {name: (config, config.redactor()) for name, config in captures.all().items()}
+            self._capture_change = change
 
     def _run(self) -> None:
         while not self._stopping.wait(self.interval_s):

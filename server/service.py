@@ -14,6 +14,7 @@ and the HTTP API are thin layers over it. It drives its engine only through `ser
 from __future__ import annotations
 
 import math
+import random
 import time
 import uuid
 from collections import OrderedDict
@@ -25,6 +26,7 @@ from registry.bases import Base
 from registry.db import utcnow
 from registry.errors import BaseMismatch, DeadlineExceeded, LoradockError, NotFound
 from registry.names import Ref, parse_ref
+from registry.capture import CapturedRequest
 from registry.rollouts import FeedbackRecord
 
 from .cache import AdapterCache, adapter_dir_for
@@ -185,6 +187,8 @@ class InferenceService:
             self._remember(result.request_id, version, choice)
             if choice:
                 self.rollout_worker.record_outcome(choice, result.request_id, status, result)
+            if result.error is None:
+                self._capture(req, version, choice, result)
             self.metrics.observe_finished(result, req.protocol)  # never raises
         return EngineRequest(request_id, prompt_ids, sampling, slot, on_finish), version, variant, key
 
@@ -334,24 +338,40 @@ class InferenceService:
         key = str(parsed) if parsed.version is not None else self.registry.resolve(parsed).ref
         return self.cache.unload(key)
 
+    def _capture(self, req: GenerateRequest, version: str, choice: Choice | None, result: EngineResult) -> None:
+        """Keep a sample of a served request of an adapter with capture on, redacted, for the worker to store."""
+        name, _, number = version.rpartition(":")
+        found = self.rollout_worker.capture.get(name) if number.isdigit() else None  # never the base or a merge
+        if found is None or random.random() >= found[0].sample:
+            return
+        redact = found[1]
+        self.rollout_worker.record_capture(CapturedRequest(
+            name, int(number), choice.revision if choice else None, choice.arm if choice else "", result.request_id,
+            (choice.key_hash or "") if choice else "", redact(req.prompt) if not req.messages else "",
+            [{"role": m.role, "content": redact(m.content)} for m in req.messages], redact(result.text), "OK",
+            result.total_ms, utcnow()))
+
     def _remember(self, request_id: str, version: str, choice: Choice | None) -> None:
         self.recent[request_id] = (version, choice)
         while len(self.recent) > RECENT_REQUESTS:
             self.recent.popitem(last=False)
 
-    def record_feedback(self, request_id: str, score: float, label: str) -> FeedbackRecord:
+    def record_feedback(self, request_id: str, score: float, label: str, correction: str = "") -> FeedbackRecord:
         """Attach an outcome to a recent request; stored (with its rollout arm, if any) by the rollout worker.
 
-        `score`: finite, within +-1e6 (the rollout report reads its sign and mean); `label`: 1-64 letters, digits, _.:-"""
-        check_feedback(score, label)
+        `score`: finite, within +-1e6 (the rollout report reads its sign and mean); `label`: 1-64 letters, digits, _.:-;
+        `correction`: the response it should have given, kept (redacted) only while the adapter's capture is on."""
+        check_feedback(score, label, correction)
         if request_id not in self.recent:
             raise NotFound(f"no recent request with id {request_id[:128]!r} (feedback is accepted for the last {RECENT_REQUESTS:,} requests)")
         version, choice = self.recent[request_id]
         name, _, number = version.rpartition(":")
         adapter, number = (name, int(number)) if number.isdigit() else (version, None)  # the base or a merge: no number
+        capture = self.rollout_worker.capture.get(adapter) if number is not None else None
         record = FeedbackRecord(
             request_id, adapter, number, choice.revision if choice else None, choice.arm if choice else "",
             None if score == 0 and label else score, label, utcnow(),  # on the wire an absent score reads 0
+            capture[1](correction) if capture and correction else "",
         )
         self.rollout_worker.record_feedback(record)
         return record

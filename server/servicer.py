@@ -105,7 +105,7 @@ class InferenceServicer(pb_grpc.InferenceServicer):
 
     def Feedback(self, request, context):
         try:
-            self.service.record_feedback(request.request_id, request.score, request.label)
+            self.service.record_feedback(request.request_id, request.score, request.label, request.correction)
         except LoradockError as exc:
             _abort(context, exc)
         return pb.FeedbackResponse(recorded=True)

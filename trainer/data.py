@@ -233,6 +233,11 @@ def normalize_text(text: str) -> str:
     return " ".join(_PUNCTUATION.sub(" ", text.casefold()).split())
 
 
+def example_digest(example: Example) -> str:
+    """sha256 of an example's normalised text: what "the same example" means to deduplication and curation."""
+    return hashlib.sha256(_example_text(example).encode("utf-8")).hexdigest()
+
+
 def _example_text(example: Example) -> str:
     prompt = " ".join(m["content"] for m in example.messages)
     # The separator survives normalisation, so "ab"+"c" and "a"+"bc" stay different.

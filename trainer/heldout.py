@@ -14,6 +14,20 @@ from registry.records import Version
 from .data import DataError, DatasetSpec, Example, load_datasets, split_datasets, with_test_files
 
 
+def trained_examples(registry: Registry, version: Version) -> tuple[list[Example], str]:
+    """Every example of the version's run, training and held-out files alike, as the trainer read them (what curation
+    must not feed back in); none, and why not in the description, when they cannot be read again."""
+    run = registry.run(version.run_id) if version.run_id else None
+    config = (run or {}).get("config") or {}
+    if not config.get("datasets"):
+        return [], f"{version.ref} has no training run with datasets recorded"
+    files = [DatasetSpec(d["path"], d["type"]) for d in config["datasets"] + (config.get("test_datasets") or [])]
+    try:
+        return load_datasets(files, skip_bad_lines=True).examples, f"the data of run {run['id']} ({version.ref})"
+    except DataError as exc:
+        return [], f"the data of run {run['id']} cannot be read again ({exc})"
+
+
 def held_out_examples(registry: Registry, version: Version) -> tuple[list[Example], str]:
     """(examples, description); no examples (and why not, in the description) when they cannot be rebuilt."""
     run = registry.run(version.run_id) if version.run_id else None

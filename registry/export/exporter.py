@@ -39,6 +39,7 @@ from ..names import parse_ref
 from ..paths import check_replaceable
 from ..records import Version
 from ..store import Registry
+from ..units import parse_size
 from . import records as export_records
 from .card import render_card
 from .fidelity import FidelityReport, ProbeSet, builtin_probes, compare_logits, logits_of, probe_token_ids
@@ -52,9 +53,6 @@ DEFAULT_MAX_SHARD_SIZE = "2GB"
 RECORD_FILE = "loradock_export.json"
 CARD_FILE = "README.md"
 HUB_REPO_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*")
-_SIZE_UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12,
-               "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40}
-
 
 class ExportError(LoradockError):
     """An export that could not be completed."""
@@ -117,7 +115,7 @@ class ExportRequest:
         if self.fmt == "peft" and self.dtype != "auto":
             raise InvalidInput(f"--dtype {self.dtype} applies to --format merged; "
                                "a PEFT directory keeps the adapter's own tensors")
-        parse_size(self.max_shard_size)
+        parse_size(self.max_shard_size, "--max-shard-size")
         if self.hub_repo is not None and not HUB_REPO_PATTERN.fullmatch(self.hub_repo):
             raise InvalidInput(f"--hub-repo {self.hub_repo!r}: expected ORG/NAME, e.g. my-org/arith-merged")
         check_output_dir(Path(self.out), self.force)
@@ -149,14 +147,6 @@ def parse_weighted_ref(text: str) -> tuple[str, float]:
         return ref, float(weight)
     except ValueError:
         raise InvalidInput(f"--merge {text!r}: the weight {weight!r} is not a number") from None
-
-
-def parse_size(text: str) -> int:
-    """`2GB` (10**9), `1GiB` (2**30), `500MB`, `100KB`, or plain bytes -> bytes, as transformers reads sizes."""
-    match = re.fullmatch(r"\s*(\d+)\s*([A-Za-z]*)\s*", str(text))
-    if not match or match.group(2).upper() not in _SIZE_UNITS or int(match.group(1)) == 0:
-        raise InvalidInput(f"--max-shard-size {text!r}: expected a size such as 2GB, 500MB or 1GiB")
-    return int(match.group(1)) * _SIZE_UNITS[match.group(2).upper()]
 
 
 def check_output_dir(out: Path, force: bool) -> None:
@@ -198,7 +188,7 @@ def export(
         staging = _staging_dir(out)
         try:
             if request.fmt == "merged":
-                _write_merged(base, tensors, dtype, staging, parse_size(request.max_shard_size), tamper)
+                _write_merged(base, tensors, dtype, staging, parse_size(request.max_shard_size, "--max-shard-size"), tamper)
             else:
                 _write_peft(adapter_dir, staging)
             report = _check_fidelity(base, adapter_dir, staging, request.fmt, dtype, probes)

@@ -136,6 +136,7 @@ class FeedbackRequest(_Body):
     request_id: str = Field(min_length=1)
     score: float = 0.0
     label: str = ""
+    correction: str = ""  # the response it should have given (kept only while the adapter's capture is on)
 
     def bare_request_id(self) -> str:
         """The service's request id, from it or from a response's `id` (`cmpl-<request id>`)."""

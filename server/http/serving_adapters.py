@@ -85,7 +85,7 @@ def unload_adapter(service: InferenceService, body: UnloadAdapterRequest) -> dic
 
 
 def record_feedback(service: InferenceService, body: FeedbackRequest) -> dict:
-    record = service.record_feedback(body.bare_request_id(), body.score, body.label)
+    record = service.record_feedback(body.bare_request_id(), body.score, body.label, body.correction)
     return {"object": "feedback", "recorded": True, "request_id": record.request_id, "adapter": record.adapter,
             "version": record.version, "variant": record.arm}
 

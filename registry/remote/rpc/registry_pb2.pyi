@@ -446,7 +446,7 @@ class Outcome(_message.Message):
     def __init__(self, adapter: _Optional[str] = ..., revision: _Optional[int] = ..., version: _Optional[int] = ..., arm: _Optional[str] = ..., request_id: _Optional[str] = ..., key_hash: _Optional[str] = ..., status: _Optional[str] = ..., latency_ms: _Optional[float] = ..., ttft_ms: _Optional[float] = ..., prompt_tokens: _Optional[int] = ..., completion_tokens: _Optional[int] = ..., at: _Optional[str] = ...) -> None: ...
 
 class FeedbackRecord(_message.Message):
-    __slots__ = ("request_id", "adapter", "version", "revision", "arm", "score", "label", "at")
+    __slots__ = ("request_id", "adapter", "version", "revision", "arm", "score", "label", "at", "correction")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     ADAPTER_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
@@ -455,6 +455,7 @@ class FeedbackRecord(_message.Message):
     SCORE_FIELD_NUMBER: _ClassVar[int]
     LABEL_FIELD_NUMBER: _ClassVar[int]
     AT_FIELD_NUMBER: _ClassVar[int]
+    CORRECTION_FIELD_NUMBER: _ClassVar[int]
     request_id: str
     adapter: str
     version: int
@@ -463,7 +464,8 @@ class FeedbackRecord(_message.Message):
     score: float
     label: str
     at: str
-    def __init__(self, request_id: _Optional[str] = ..., adapter: _Optional[str] = ..., version: _Optional[int] = ..., revision: _Optional[int] = ..., arm: _Optional[str] = ..., score: _Optional[float] = ..., label: _Optional[str] = ..., at: _Optional[str] = ...) -> None: ...
+    correction: str
+    def __init__(self, request_id: _Optional[str] = ..., adapter: _Optional[str] = ..., version: _Optional[int] = ..., revision: _Optional[int] = ..., arm: _Optional[str] = ..., score: _Optional[float] = ..., label: _Optional[str] = ..., at: _Optional[str] = ..., correction: _Optional[str] = ...) -> None: ...
 
 class AdapterSummaryList(_message.Message):
     __slots__ = ("adapters",)
