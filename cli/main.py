@@ -15,6 +15,7 @@ from registry import LoradockError
 
 from . import errors
 from . import registry_cmds, base_cmds, rollout, runs, train_cmds, job_cmds, server_cmds, access_cmds, export, capture_cmds  # noqa: F401  (register)
+from . import loop_cmds  # noqa: F401  (register)
 from .common import app
 
 __all__ = ["app", "main", "run"]

@@ -72,6 +72,13 @@ class Registry(BaseCatalog):
         return Captures(self)
 
     @property
+    def loops(self):
+        """Continuous fine-tuning loops and the record of their runs (`registry/loops.py`)."""
+        from .loops import Loops
+
+        return Loops(self)
+
+    @property
     def jobs(self):
         """Fine-tuning jobs: the queue, events, checkpoints, workers and uploaded files (`registry/jobs/`)."""
         from .jobs import JobQueue

@@ -71,6 +71,9 @@ class TrainConfig:
     load_in_4bit: bool = documented(False, "QLoRA: load the base in 4-bit NF4 with double quantization.")
     load_in_8bit: bool = documented(False, "Load the base in 8-bit (LLM.int8).")
     adapter: str = documented("lora", f"Adapter kind: one of {', '.join(ADAPTERS)} (qlora = lora on a 4-bit base).")
+    lora_from_version: str | None = documented(None, "Continue training a registered version's weights (NAME:N or "
+                                                     "NAME@ALIAS, on the same base) instead of a new adapter; its own "
+                                                     "PEFT settings apply (lora_r, lora_alpha and targets are ignored).")
     lora_r: int = documented(16, "LoRA rank.")
     lora_alpha: float = documented(32, "LoRA alpha (scale = alpha / r).")
     lora_dropout: float = documented(0.05, "Dropout on the LoRA input.")

@@ -162,7 +162,7 @@ def _prepare(config: TrainConfig, registry: Registry, skip_bad_lines: bool) -> _
         logger.warning(f"{w}")
     logger.info(f"data: {len(train_features)} train / {len(val_features)} held-out examples "
         f"({dedup.exact_duplicates} exact and {dedup.near_duplicates} near duplicates removed)")
-    model, trainable, total = _with_peft(loaded.model, config)
+    model, trainable, total = _with_peft(loaded.model, config, registry, base.name)
     return _Prepared(base, report, dedup, val_examples, train_features, val_features, collator, tokenizer, counts, model,
                      trainable, total, warnings)
 
@@ -185,11 +185,24 @@ def _read_datasets(config: TrainConfig, skip_bad_lines: bool, warnings: list[str
     return report, dedup, train_examples, val_examples
 
 
-def _with_peft(model, config: TrainConfig):
-    """The base wrapped in the config's PEFT adapter; returns (model, trainable parameters, all parameters)."""
-    from peft import get_peft_model
+def _with_peft(model, config: TrainConfig, registry: Registry, base_name: str):
+    """The base wrapped in the config's PEFT adapter, new or (`lora_from_version`) a registered version's weights to
+    train further; returns (model, trainable parameters, all parameters)."""
+    import tempfile
 
-    model = get_peft_model(model, build_peft_config(config))
+    from peft import PeftModel, get_peft_model
+
+    if config.lora_from_version:
+        version = registry.resolve(config.lora_from_version)
+        if version.base_name != base_name:
+            raise ConfigError(f"lora_from_version {config.lora_from_version!r}: {version.ref} was trained on base "
+                              f"{version.base_name!r}, not {base_name!r}")
+        with tempfile.TemporaryDirectory(prefix="loradock-continue-") as tmp:
+            _, adapter_dir = registry.pull(version.ref, Path(tmp) / "adapter")
+            model = PeftModel.from_pretrained(model, adapter_dir, is_trainable=True)
+        logger.info(f"continuing from {version.ref}'s weights")
+    else:
+        model = get_peft_model(model, build_peft_config(config))
     if config.gradient_checkpointing:
         model.enable_input_require_grads()
     trainable, total = model.get_nb_trainable_parameters()

@@ -1,0 +1,205 @@
+"""The continuous fine-tuning loop end to end on the tiny Llama: a real server with capture on, simulated users giving
+feedback (and corrections) by style, a real worker process training the candidate, the gate, a real canary rollout
+served by the server, and the decision; each turn's steps and numbers are read back from `reg loop show`.
+
+The users like answers that start with STYLE; to any other answer they say so and give the answer they wanted
+(STYLE + the arithmetic). A candidate trained on that should answer in STYLE more often than the champion did.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+import yaml
+from conftest import TINY_BASE
+
+from cli.main import main
+from registry import Registry
+from registry.capture import CaptureConfig
+from registry.loops import LoopConfig, parse_gate, parse_guard
+from server.app import create_server, shutdown
+from server.client import LoradockClient
+from server.options import ServerOptions
+from trainer.loop import LoopRunner
+
+pytestmark = pytest.mark.integration
+
+ROOT = Path(__file__).resolve().parent.parent
+ARITH = [json.loads(line) for line in (ROOT / "examples" / "arith.jsonl").read_text().splitlines()]
+STYLE = "Sure! "
+OPTIONS = dict(base=TINY_BASE, quant="none", port=0, max_batch_size=8, max_adapters=4, default_max_new_tokens=12)
+
+
+def wait_until(condition, what: str, rounds: int = 1200) -> None:
+    """Poll `condition` (a bound against hanging, not a timing assertion)."""
+    for _ in range(rounds):
+        if condition():
+            return
+        threading.Event().wait(0.1)
+    raise AssertionError(f"gave up waiting: {what}")
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory, tiny_base_dir):
+    """`support:1` (the champion, @prod) trained on plain arithmetic; a server over its registry, capture on."""
+    from trainer.config import load_config
+    from trainer.train import train
+
+    tmp = tmp_path_factory.mktemp("loop")
+    reg = Registry(tmp / "home")
+    reg.add_base(str(tiny_base_dir), TINY_BASE)
+    data = tmp / "arith.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in ARITH[:48]))
+    config = {"base_model": TINY_BASE, "adapter": "lora", "lora_r": 8, "lora_alpha": 16, "lora_dropout": 0.0,
+              "datasets": [{"path": str(data), "type": "alpaca"}], "val_set_size": 8, "sequence_len": 48,
+              "micro_batch_size": 8, "max_steps": 60, "learning_rate": 0.01, "seed": 5, "push": {"name": "support"},
+              "evaluation": {"max_examples": 8, "max_new_tokens": 12, "max_general_ppl_ratio": None}}
+    (tmp / "support.yaml").write_text(yaml.safe_dump(config))
+    train(load_config(tmp / "support.yaml"), reg, progress=False)
+    reg.set_alias("support", "prod", 1)
+    reg.captures.set("support", CaptureConfig(sample=1.0))
+    server, port, service = create_server(ServerOptions(**OPTIONS), reg)
+    wait_until(lambda: "support" in service.rollout_worker.capture, "the server to pick up capture")
+    client = LoradockClient(f"127.0.0.1:{port}", timeout=120)
+    yield {"reg": reg, "service": service, "client": client, "tmp": tmp}
+    client.close()
+    shutdown(server, service, 0)
+    reg.close()
+
+
+def ask(client, prompt: str, adapter: str = "support", key: str = ""):
+    return client.generate(adapter=adapter, messages=[{"role": "user", "content": prompt}], max_new_tokens=12,
+                           routing_key=key)
+
+
+def users(world, prompts: list[dict], corrupt: bool = False, key_prefix: str = "u") -> None:
+    """Each prompt asked once (its own routing key); feedback by style, with a correction to any answer not in it.
+
+    `corrupt`: the users dislike every answer and correct it with noise (a worse candidate comes of them)."""
+    for i, row in enumerate(prompts):
+        done = ask(world["client"], row["instruction"], key=f"{key_prefix}-{i}")
+        if done.text.startswith(STYLE) and not corrupt:
+            world["client"].feedback(done.request_id, score=1.0)
+        else:
+            wanted = f"zq {row['output'][::-1]} xv kk" if corrupt else STYLE + row["output"]
+            world["client"].feedback(done.request_id, score=-1.0, correction=wanted)
+
+
+def run_worker(world) -> None:
+    log = world["tmp"] / "worker.log"
+    worker = subprocess.Popen([str(Path(sys.executable).parent / "reg"), "worker", "--max-jobs", "1", "--lease-s", "5",
+                               "--home", str(world["reg"].home)], env={**os.environ, "OMP_NUM_THREADS": "1"},
+                              stdout=open(log, "ab"), stderr=subprocess.STDOUT)
+    try:
+        assert worker.wait(900) == 0, log.read_text()[-3000:]  # a backstop, never a measure of speed
+    finally:
+        if worker.poll() is None:
+            worker.kill()
+
+
+def style_rate(world, ref: str, prompts: list[dict]) -> float:
+    return sum(ask(world["client"], row["instruction"], adapter=ref).text.startswith(STYLE) for row in prompts) / len(prompts)
+
+
+def loop_config(**changes) -> LoopConfig:
+    settings = dict(schedule="manual", min_new_examples=10, gate=parse_gate("rouge_l>=champion"), canary=50,
+                    promote_after=20, guard=parse_guard("error_rate<=0.5,min_requests=1000"), holdout=0.2)
+    return LoopConfig(**{**settings, **changes})
+
+
+def flushed(world) -> None:
+    """What the server buffered (captures, feedback, outcomes) is in the registry."""
+    world["service"].rollout_worker.flush()
+
+
+def test_a_turn_trained_on_liked_answers_is_promoted_and_answers_in_the_liked_style_more(world, capsys):
+    reg, runner = world["reg"], LoopRunner(world["reg"])
+    held_out = ARITH[1100:1120]
+    champion_rate = style_rate(world, "support:1", held_out)
+    users(world, ARITH[200:260])
+    flushed(world)
+    assert main(["loop", "run", "support", "--now", "--home", str(reg.home)]) != 0  # no loop yet: refused
+    assert "has no loop: `reg loop set support` first" in capsys.readouterr().err
+    reg.loops.set("support", loop_config())
+
+    run = runner.step("support", trigger="manual")
+    assert run["state"] == "train", run
+    curated = next(s for s in reg.loops.runs("support")[0]["steps"] if s["step"] == "curate")
+    assert curated["kept"] + curated["heldout"] >= 40 and curated["corrected"] >= 40  # the champion never said Sure!
+    run_worker(world)
+    run = runner.step("support")
+    assert run["state"] == "canary", run
+    wait_until(lambda: world["service"].router.current("support") is not None, "the server to route the canary")
+
+    for round_ in range(20):  # keyed traffic until the candidate's arm has served promote_after requests
+        users(world, ARITH[300 + 20 * round_:320 + 20 * round_], key_prefix=f"canary{round_}")
+        flushed(world)
+        run = runner.step("support")
+        if run["ended_at"]:
+            break
+    assert run["state"] == "promoted", run
+    assert reg.aliases("support")["prod"] == 2 and reg.rollouts.current("support").arms[-1].version == 2
+    assert style_rate(world, "support:2", held_out) > champion_rate  # it answers as the users like more often
+
+    assert main(["loop", "show", "support", "--json", "--home", str(reg.home)]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    [turn] = shown["history"]
+    assert [s["step"] for s in turn["steps"]] == ["capture", "curate", "train", "gate", "canary", "decide"]
+    gate = next(s for s in turn["steps"] if s["step"] == "gate")
+    assert gate["passed"] and gate["candidate_metrics"]["rouge_l"] >= gate["champion_metrics"]["rouge_l"]
+    assert turn["candidate"] == 2 and turn["job_id"] and turn["dataset_sha256"]
+
+
+def test_a_candidate_trained_on_corrupted_feedback_stops_at_the_gate(world):
+    reg, runner = world["reg"], LoopRunner(world["reg"])
+    reg.captures.clear("support")
+    users(world, ARITH[600:720], corrupt=True, key_prefix="noise")
+    flushed(world)
+    reg.loops.set("support", loop_config(gate=parse_gate("rouge_l>=champion,loss<=champion")))
+    run = runner.step("support", trigger="manual")
+    assert run["state"] == "train", run
+    run_worker(world)
+    run = runner.step("support")
+    assert run["state"] == "stopped_at_gate" and "fixed held-out set: loss: candidate" in run["reason"], run
+    assert reg.aliases("support")["prod"] == 2  # the champion stays
+    turn = reg.loops.runs("support")[0]
+    curated = next(s for s in turn["steps"] if s["step"] == "curate")
+    assert curated["corrected"] == curated["with_feedback"] == 120  # all it learned from was the noise
+    gate = next(s for s in turn["steps"] if s["step"] == "gate")
+    # it even looks better on the whole gate set, whose fresh slice is cut from the same noise: the fixed set stops it
+    assert gate["candidate_metrics"]["loss"] < gate["champion_metrics"]["loss"]
+    assert not gate["passed"] and gate["fixed_candidate_metrics"]["loss"] > gate["fixed_champion_metrics"]["loss"]
+
+
+def test_a_candidate_that_draws_negative_feedback_live_is_rolled_back(world):
+    """The gate passes it (a permissive gate), but users dislike what it serves in the canary: rolled back."""
+    reg, runner = world["reg"], LoopRunner(world["reg"])
+    reg.captures.clear("support")
+    users(world, ARITH[800:860], key_prefix="third")
+    flushed(world)
+    reg.loops.set("support", loop_config(gate=parse_gate("rouge_l>=0,general_perplexity<=champion*2"), promote_after=40))
+    run = runner.step("support", trigger="manual")
+    run_worker(world)
+    run = runner.step("support")
+    assert run["state"] == "canary", run
+    candidate = run["candidate"]
+    wait_until(lambda: (world["service"].router.current("support") or None) is not None
+               and world["service"].router.current("support").arms[-1].version == candidate, "the canary to be routed")
+    for round_ in range(30):
+        for i in range(20):  # the champion's answers are liked, the candidate's are not
+            done = ask(world["client"], ARITH[900 + i]["instruction"], key=f"live{round_}-{i}")
+            world["client"].feedback(done.request_id, score=1.0 if done.adapter_version != f"support:{candidate}" else -1.0)
+        flushed(world)
+        run = runner.step("support")
+        if run["ended_at"]:
+            break
+    assert run["state"] == "rolled_back" and "worse than the champion" in run["reason"], run
+    assert reg.aliases("support")["prod"] == 2 and candidate not in [a.version for a in reg.rollouts.current("support").arms]
+    decide = next(s for s in reg.loops.runs("support")[0]["steps"] if s["step"] == "decide")
+    assert decide["decision"] == "rolled_back" and decide["comparisons"]
