@@ -7,8 +7,9 @@ base and pushed with its lineage, points an alias, pulls the adapters back
 and loads them with plain PEFT to answer the same prompts side by side with the base, then starts
 the server and sends requests for several adapters at once over gRPC, and one through the official
 openai client to the same server's OpenAI-compatible HTTP API, then rolls a second arith version
-out to 10 % of the users (sticky), measures both arms with feedback and prints the report, and ends
-by exporting arith merged into its base and answering with plain transformers. It runs the real
+out to 10 % of the users (sticky), measures both arms with feedback and prints the report, exports
+arith merged into its base and answers with plain transformers, and ends with one turn of the
+continuous fine-tuning loop on arith (capture, curate, train, gate, canary, decide). It runs the real
 `reg` commands, printed as it goes.
 """
 
@@ -18,6 +19,7 @@ import os
 import shlex
 import subprocess
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -93,12 +95,11 @@ def ask_with_openai(http_port: int, adapter: str, question: str) -> str:
     return version
 
 
-def serve_and_ask(prompts: list[str], adapters: list[str], then=None) -> None:
-    """Start `reg serve` (gRPC and HTTP) in the background, send requests for several adapters at once over gRPC, one
-    through the openai client over HTTP, `then(client)`, stop it with SIGTERM."""
+@contextmanager
+def running_server():
+    """`reg serve` (gRPC and HTTP) in the background: yields (client, http port); stopped with SIGTERM after."""
     import signal
     import time
-    from concurrent.futures import ThreadPoolExecutor
 
     import grpc
 
@@ -120,6 +121,20 @@ def serve_and_ask(prompts: list[str], adapters: list[str], then=None) -> None:
                 if time.time() > deadline or proc.poll() is not None:
                     raise SystemExit("the server did not come up")
                 time.sleep(0.5)
+        yield client, http_port
+    finally:
+        client.close()
+        proc.send_signal(signal.SIGTERM)
+        code = proc.wait(60)
+        print(f"server stopped cleanly (exit {code})")
+
+
+def serve_and_ask(prompts: list[str], adapters: list[str], then=None) -> None:
+    """Send requests for several adapters at once over gRPC, one through the openai client over HTTP, `then(client)`."""
+    import time
+    from concurrent.futures import ThreadPoolExecutor
+
+    with running_server() as (client, http_port):
         started = time.time()
         with ThreadPoolExecutor(len(prompts)) as pool:
             results = list(pool.map(lambda pa: client.generate(messages=[{"role": "user", "content": pa[0]}], adapter=pa[1],
@@ -133,11 +148,83 @@ def serve_and_ask(prompts: list[str], adapters: list[str], then=None) -> None:
         print(f"server: {stats.total_requests} requests, cache {stats.cache.loaded} loaded / {stats.cache.misses} cold loads")
         if then is not None:
             then(client)
-    finally:
-        client.close()
-        proc.send_signal(signal.SIGTERM)
-        code = proc.wait(60)
-        print(f"server stopped cleanly (exit {code})")
+
+
+LOOP_USERS = 160  # arithmetic questions asked with capture on; each answer gets feedback (a correction when wrong)
+CANARY_ROUNDS = 12  # rounds of 40 keyed requests, at most, for the candidate's canary to reach --promote-after
+
+
+def arithmetic_users(client, rng, count: int, key_prefix: str, adapter: str = "arith") -> int:
+    """`count` users each ask one sum; an answer with the right sum is `good`, any other gets `bad` and the right sum
+    as its correction. Returns how many answers were right."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    asks = [(f"{key_prefix}-{rng.randrange(10**6)}", rng.randint(10, 99), rng.randint(10, 99)) for _ in range(count)]
+
+    def ask(job):
+        key, a, b = job
+        return client.generate(messages=[{"role": "user", "content": f"What is {a} + {b}?"}], adapter=adapter,
+                               routing_key=key, max_new_tokens=6)
+
+    with ThreadPoolExecutor(16) as pool:
+        results = list(pool.map(ask, asks))
+    right = 0
+    for (_, a, b), r in zip(asks, results):
+        if str(a + b) in r.text:
+            right += 1
+            client.feedback(r.request_id, label="good")
+        else:
+            client.feedback(r.request_id, label="bad", correction=str(a + b))
+    return right
+
+
+def loop_demo() -> None:
+    """One turn of the continuous fine-tuning loop on arith: capture -> curate -> train -> gate -> canary -> decide."""
+    import json
+    import random
+    import time
+
+    from registry import Registry
+
+    step("8. continuous fine-tuning: arith's own traffic and feedback become its next version, gated and canaried")
+    reg("capture", "set", "arith", "--sample", "1", "--retain", "7d")
+    rng = random.Random(1)
+    with running_server() as (client, _):
+        time.sleep(1.5)  # a running server picks up capture settings within a second or two
+        right = arithmetic_users(client, rng, LOOP_USERS, "user")
+        print(f"{LOOP_USERS} users asked arith a sum: {right} answers right (feedback good), {LOOP_USERS - right} wrong "
+              f"(feedback bad, with the right sum as a correction)")
+        time.sleep(1.5)  # captured requests and feedback are written in batches, twice a second
+        reg("capture", "show", "arith")
+        reg("capture", "export", "arith", "--out", str(WORK / "arith-curated.jsonl"))
+        reg("loop", "set", "arith", "--schedule", "manual", "--min-new-examples", "20", "--gate",
+            "exact_match>=champion", "--canary", "20", "--promote-after", "40", "--guard",
+            "error_rate<=0.05,p95_ratio<=3,min_requests=400")
+        reg("loop", "run", "arith", "--now", capture=False)
+        print("$ reg worker --max-jobs 1 &   (trains the candidate; its log: demo-out/loop-worker.log)", flush=True)
+        with open(WORK / "loop-worker.log", "w") as log:
+            worker = subprocess.Popen([REG, "worker", "--max-jobs", "1", "--home", str(HOME)], stdout=log,
+                                      stderr=subprocess.STDOUT)
+        if worker.wait() != 0:
+            sys.exit(f"the loop's worker failed (exit code {worker.returncode}); see {WORK / 'loop-worker.log'}")
+        reg("loop", "run", "arith", capture=False)  # the gate, then (if it passed) the canary
+        for round_ in range(CANARY_ROUNDS):
+            turn = Registry(HOME).loops.runs("arith", 1)[0]
+            if turn["ended_at"] is not None:
+                break
+            time.sleep(1.5)  # the server routes the canary's revision within a second or two
+            right = arithmetic_users(client, rng, 40, f"canary{round_}")
+            print(f"canary round {round_ + 1}: 40 keyed requests for the bare name arith, {right} right")
+            time.sleep(1.0)
+            reg("loop", "run", "arith", capture=False)  # decides once the candidate's arm has served enough
+    reg("loop", "show", "arith")
+    turn = Registry(HOME).loops.runs("arith", 1)[0]
+    print(f"turn {turn['id']}: {turn['state']} — {turn['reason']}")
+    reg("capture", "off", "arith")
+    if turn["ended_at"] is None:
+        sys.exit("the loop's turn did not end within the demo's canary traffic")
+    print(json.dumps({"champion": f"arith:{turn['champion']}", "candidate": f"arith:{turn['candidate']}",
+                      "state": turn["state"]}))
 
 
 ROLLOUT_REQUESTS = 300
@@ -295,6 +382,8 @@ def main() -> None:
     merged = WORK / "arith-merged"
     reg("export", "arith@prod", "--out", str(merged), "--force")
     answer_with_plain_transformers(merged, ["What is 23 + 48?", "What is 67 + 15?"])
+
+    loop_demo()
     print("\ndemo done.")
 
 

@@ -186,6 +186,7 @@ def check_thresholds(settings: EvalConfig, adapter: dict, base: dict) -> list[st
 def evaluate_version(
     registry, ref: str, data_path: Path, data_type: str = "alpaca", task_metric: str = "exact_match",
     max_examples: int = 64, quantization: str = "none", record: bool = True, sequence_len: int = 1024, progress: bool = False,
+    max_new_tokens: int | None = None,
 ) -> dict:
     """`reg eval`: a registered version and its base on a data file; recorded with the version unless `record=False`."""
     import tempfile
@@ -206,7 +207,8 @@ def evaluate_version(
     with tempfile.TemporaryDirectory() as tmp:
         _, adapter_dir = registry.pull(version.ref, Path(tmp) / "adapter")
         model = PeftModel.from_pretrained(loaded.model, adapter_dir).eval()
-    settings = EvalConfig(task_metric=task_metric, max_examples=max_examples, max_general_ppl_ratio=None)
+    settings = EvalConfig(task_metric=task_metric, max_examples=max_examples, max_general_ppl_ratio=None,
+                          **({"max_new_tokens": max_new_tokens} if max_new_tokens else {}))
     collator = CausalCollator(loaded.tokenizer.pad_token_id)
     inputs = (model, loaded.tokenizer, report.examples, features, collator, settings, DEFAULT_GENERAL_TEXT)
     adapter_metrics, adapter_answers = measure(*inputs, label="adapter", progress=progress)

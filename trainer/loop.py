@@ -266,8 +266,9 @@ class LoopRunner:
         examples = fixed + fresh
         if not examples:
             raise LoopStop("failed", f"no gate set: {described}, and no fresh slice was held out")
-        task_metric = ((self.registry.run(champion.run_id) or {}).get("config") or {}).get("evaluation", {}).get(
-            "task_metric", "exact_match") if champion.run_id else "exact_match"
+        evaluation = (((self.registry.run(champion.run_id) or {}).get("config") or {}).get("evaluation") or {}) \
+            if champion.run_id else {}
+        task_metric = evaluation.get("task_metric", "exact_match")
         # The rules hold on the whole gate set, and on the fixed held-out part alone: a fresh slice cut from bad
         # feedback rewards a candidate that learned it, and the fixed set is what catches that.
         sets = [("gate set", examples)] + ([("fixed held-out set", fixed)] if fixed and fresh else [])
@@ -276,7 +277,8 @@ class LoopRunner:
             path = self.registry.home / "loops" / f"run-{run['id']}-{label.replace(' ', '-')}.jsonl"
             write(part, "chat", path)
             results = {role: evaluate_version(self.registry, version.ref, path, "chat", task_metric=task_metric,
-                                              max_examples=GATE_MAX_EXAMPLES)["adapter"]
+                                              max_examples=GATE_MAX_EXAMPLES,
+                                              max_new_tokens=evaluation.get("max_new_tokens"))["adapter"]
                        for role, version in (("champion", champion), ("candidate", candidate))}
             ok, checked = check_gate(config.gate, results["candidate"], results["champion"])
             passed &= ok
