@@ -65,9 +65,9 @@ def portal(tmp_path_factory, tiny_base_dir):
     registry.close()
 
 
-def _a_job_through_the_queue(registry: Registry, config: Path) -> str:
+def _a_job_through_the_queue(registry: Registry, config: Path, result_version: str = "tiny-arith:1") -> str:
     """A job submitted and run to the end through the real queue, as a worker drives it (no training needed to show it):
-    two logged steps, a checkpoint, then succeeded with tiny-arith:1 as its result."""
+    two logged steps, a checkpoint, then succeeded with `result_version` as its result."""
     from registry.jobs import SubmitRequest
     from trainer.jobs.submit import submit
 
@@ -77,7 +77,7 @@ def _a_job_through_the_queue(registry: Registry, config: Path) -> str:
     registry.jobs.progress(job.id, 1, 2, {"loss": 2.5, "learning_rate": 0.002})
     registry.jobs.progress(job.id, 2, 2, {"loss": 1.75, "eval_loss": 1.9})
     registry.jobs.record_checkpoint(job.id, 2, "/gone/checkpoint-2", {"loss": 1.75})
-    assert registry.jobs.finish(job.id, "portal-worker", "succeeded", result_version="tiny-arith:1", device_seconds=7.0)
+    assert registry.jobs.finish(job.id, "portal-worker", "succeeded", result_version=result_version, device_seconds=7.0)
     return job.id
 
 
@@ -778,3 +778,172 @@ def test_in_a_browser_an_adapter_s_versions_and_a_diff(portal, browser, tmp_path
     assert browser.title.endswith("· loradock") and "tiny-arith:2" in browser.title
     labelled_fields_only(browser)
     screenshot(browser, "diff")
+
+
+# --- capture and the continuous fine-tuning loop, on the adapter's page -----------------------------------------
+
+
+def test_an_adapter_without_capture_or_a_loop_says_how_to_set_them_and_a_remote_portal_where_they_are_read(portal):
+    registry = portal["registry"]
+    assert registry.captures.get("tiny-arith") is None  # the loop test below turns it on
+    with httpx.Client(base_url=portal["url"]) as client:
+        sign_in(client, portal["tokens"]["reader"])
+        page = html.unescape(client.get("/ui/adapters/tiny-arith").text)
+    assert "Capture is off for tiny-arith" in page and "<code>reg capture set tiny-arith</code>" in page
+    assert "No loop for tiny-arith: <code>reg loop set tiny-arith --schedule daily" in page
+    assert "data-live" not in page and 'id="turns"' not in page
+
+    from server.app import create_registry_server
+
+    tokens = portal["tokens_file"]
+    served, port, _ = create_registry_server(ServerOptions(port=0, auth_tokens=str(tokens)), registry.home)
+    try:
+        proc, url = _start_portal("--registry", f"grpc://127.0.0.1:{port}", "portal", "--port", "0", "--home",
+                                  str(portal["tmp"] / "remote-cache"), "--auth-tokens", str(tokens),
+                                  env={"LORADOCK_TOKEN": portal["tokens"]["ops"]})
+        try:
+            with httpx.Client(base_url=url) as client:
+                sign_in(client, portal["tokens"]["reader"])
+                remote = client.get("/ui/adapters/tiny-arith")
+            assert remote.status_code == 200 and "tiny-arith:1" in remote.text  # the versions, read over gRPC
+            assert "capture and loops are read on the registry's host" in " ".join(html.unescape(remote.text).split())
+        finally:
+            proc.terminate()
+            assert proc.wait(60) == 0
+    finally:
+        served.stop(0)
+
+
+def test_a_turn_s_canary_and_decision_read_as_words():
+    from server.portal.app import step_view
+
+    canary = step_view({"step": "canary", "at": "2026-01-05T10:00:00.000+00:00", "revision": 7, "percent": 10,
+                        "promote_after": 2000})
+    assert canary["words"] == "rollout revision 7, 10 % of routing keys, decides after 2,000 requests"
+    decide = step_view({"step": "decide", "at": "2026-01-06T09:30:00.000+00:00", "decision": "rolled_back",
+                        "requests": 2034, "errors": 61, "success_rate": 0.9701,
+                        "comparisons": [{"metric": "feedback success rate", "rate": 0.62, "against_rate": 0.71,
+                                         "p_value": 0.012, "verdict": "B worse"},
+                                        {"metric": "request success rate", "rate": 0.97, "against_rate": 0.98,
+                                         "p_value": 0.21, "verdict": "no detectable difference"}]})
+    assert decide["words"] == "rolled_back, 2,034 requests, 61 errors, success rate 97.0%"
+    assert decide["lines"] == [
+        ("feedback success rate: candidate 62.0% against champion 71.0%, p=0.012: B worse", "bad"),
+        ("request success rate: candidate 97.0% against champion 98.0%, p=0.21: no detectable difference", "")]
+
+
+def _captured_traffic(registry: Registry, adapter: str, version: int) -> None:
+    """Forty served requests as a server's capture keeps them, and feedback on some: good, bad, and corrected."""
+    from registry.capture import CapturedRequest
+    from registry.db import utcnow
+    from registry.rollout_records import FeedbackRecord
+
+    requests, feedback = [], []
+    for i in range(40):
+        a, b = 7 * i + 3, 11 * i + 5
+        request_id = f"req-loop-{i}"
+        requests.append(CapturedRequest(adapter, version, None, "", request_id, f"key-{i % 9}", "",
+                                        [{"role": "user", "content": f"What is {a} plus {b}? Write only the sum."}],
+                                        str(a + b if i % 5 else a + b + 1), latency_ms=40.0 + i))
+        if i % 3 == 0:  # every third was rated; every fifth of those a wrong sum, corrected by a person
+            wrong = i % 5 == 0
+            feedback.append(FeedbackRecord(request_id, adapter, version, None, "", 0.0 if wrong else 1.0, "", utcnow(),
+                                           str(a + b) if wrong and i % 2 == 0 else ""))
+        elif i % 7 == 0:
+            feedback.append(FeedbackRecord(request_id, adapter, version, None, "", None, "good", utcnow()))
+    assert registry.captures.record(requests) == len(requests)
+    registry.rollouts.record([], feedback)
+
+
+def test_in_a_browser_an_adapter_s_capture_its_loop_and_a_turn_stopped_at_the_gate(portal, browser, tmp_path):
+    """Capture and a loop set on tiny-arith, a turn recorded step by step as the loop runner records it (no training:
+    real curation of real captured rows, a job run through the queue, the gate's real rules on set numbers); the
+    page is live while the turn is in flight, then shows the turn, its reason and every gate line."""
+    import hashlib
+
+    from selenium.webdriver.common.by import By
+
+    from registry.capture import DEFAULT_REDACTIONS, CaptureConfig
+    from registry.loops import LoopConfig, check_gate, parse_gate
+    from trainer.curate import curate, write
+    from trainer.heldout import held_out_examples, trained_examples
+
+    registry = portal["registry"]
+    if registry.count_versions("tiny-arith") < 2:
+        _, pulled = registry.pull("tiny-arith:1", tmp_path / "v1")
+        registry.push(pulled, "tiny-arith", base=TINY_BASE, message="a second version", allow_duplicate=True)
+    champion, candidate = registry.resolve("tiny-arith:1"), registry.resolve("tiny-arith:2")
+    registry.captures.set("tiny-arith", CaptureConfig(0.25, 10 * 86400, 64 * 2**20, (*DEFAULT_REDACTIONS, r"ldk_\w+")))
+    config = registry.loops.set("tiny-arith", LoopConfig(
+        schedule="daily", min_new_examples=10, gate=parse_gate("task_score>champion, exact_match>=champion+0.01")))
+    _captured_traffic(registry, "tiny-arith", champion.number)
+
+    captured = registry.captures.summary("tiny-arith")
+    run_id = registry.loops.start_run("tiny-arith", "new_examples", champion.number)
+    registry.loops.add_step(run_id, "capture", requests=captured["requests"], with_feedback=captured["with_feedback"],
+                            since=champion.created_at)
+    excluded, described = trained_examples(registry, champion)
+    curated = curate(registry.captures.rows("tiny-arith", since=champion.created_at), min_score=config.min_score,
+                     exclude=excluded, holdout=config.holdout)
+    write(curated.train, curated.format, tmp_path / "curated.jsonl")
+    sha = hashlib.sha256((tmp_path / "curated.jsonl").read_bytes()).hexdigest()
+    registry.loops.add_step(run_id, "curate", **curated.counts, format=curated.format, dataset_sha256=sha,
+                            excluded=described)
+    assert curated.counts["kept"] >= config.min_new_examples and curated.counts["corrected"] >= 1, curated.counts
+    with httpx.Client(base_url=portal["url"]) as client:  # in flight: the loop's parts refresh themselves
+        sign_in(client, portal["tokens"]["reader"])
+        page = client.get("/ui/adapters/tiny-arith").text
+    assert 'id="loop-turns" data-live="5"' in page and 'a turn is at <span class="state running">curate</span>' in page
+
+    job_id = _a_job_through_the_queue(registry, portal["tmp"] / "tiny-arith.yaml", result_version=candidate.ref)
+    registry.loops.add_step(run_id, "train", job_id=job_id, mode=config.mode)
+    champion_metrics = {"exact_match": 0.25, "rouge_l": 0.412, "bleu": 0.118, "task_score": 0.25, "loss": 1.917,
+                        "perplexity": 6.80, "general_perplexity": 118.4}
+    candidate_metrics = {"exact_match": 0.3125, "rouge_l": 0.468, "bleu": 0.151, "task_score": 0.3125, "loss": 1.706,
+                         "perplexity": 5.51, "general_perplexity": 131.9}  # better on the task, forgot general text
+    fixed_champion = {**champion_metrics, "task_score": 0.25, "exact_match": 0.25}
+    fixed_candidate = {**candidate_metrics, "task_score": 0.375, "exact_match": 0.375}
+    lines, passed = [], True
+    for label, mine, theirs in (("gate set", candidate_metrics, champion_metrics),
+                                ("fixed held-out set", fixed_candidate, fixed_champion)):
+        ok, checked = check_gate(config.gate, mine, theirs)
+        passed &= ok
+        lines += [f"{label}: {line}" for line in checked]
+    fixed = len(held_out_examples(registry, champion)[0])  # the champion's held-out split, which the gate set holds
+    registry.loops.add_step(run_id, "gate", candidate=candidate.number, passed=passed, rules=lines,
+                            gate_examples=fixed + curated.counts["heldout"], fixed=fixed, fresh=curated.counts["heldout"],
+                            champion_metrics=champion_metrics, candidate_metrics=candidate_metrics,
+                            fixed_champion_metrics=fixed_champion, fixed_candidate_metrics=fixed_candidate)
+    reason = "; ".join(line for line in lines if line.endswith(": failed"))
+    registry.loops.end_run(run_id, "stopped_at_gate", reason)
+    assert not passed and "general_perplexity" in reason
+
+    browser.delete_all_cookies()
+    browser.get(f"{portal['url']}/ui/adapters/tiny-arith")
+    browser.find_element(By.ID, "token").send_keys(portal["tokens"]["reader"])
+    navigate(browser, browser.find_element(By.CSS_SELECTOR, "form.card button"))
+    assert browser.title == "Adapter tiny-arith · loradock"
+    labelled_fields_only(browser)
+    assert not browser.find_elements(By.CSS_SELECTOR, "[data-live]")  # the turn ended: nothing refreshes
+    facts = " ".join(browser.find_element(By.XPATH, "//section[@aria-labelledby='capture']").text.split())
+    for needle in ("Status on", "Sample 25 % of requests", "Retention 10d", "Size bound 67,108,864 bytes", r"ldk_\w+",
+                   f"Requests captured {captured['requests']}", f"With feedback {captured['with_feedback']}"):
+        assert needle in facts, needle
+    settings = browser.find_element(By.CSS_SELECTOR, "table.settings").text
+    assert "gate task_score>champion, exact_match>=champion+0.01, general_perplexity<=champion*1.05" in settings
+    assert "min_new_examples 10" in settings and "schedule daily" in settings
+    turn = browser.find_element(By.ID, f"turn-{run_id}").find_element(By.XPATH, "..")
+    assert turn.find_element(By.CSS_SELECTOR, "h3 .state").text == "stopped at gate"
+    assert turn.find_element(By.CSS_SELECTOR, ".reason").text == reason
+    judged = turn.find_elements(By.CSS_SELECTOR, "ul.judged li")
+    assert [(li.text, li.get_attribute("class")) for li in judged] == [
+        (line, "ok" if line.endswith(": passed") else "bad") for line in lines]
+    steps = [row.text for row in turn.find_elements(By.CSS_SELECTOR, "table.steps > tbody > tr")]
+    assert [s.split()[0] for s in steps] == ["capture", "curate", "train", "gate"]
+    assert f"{curated.counts['kept']} kept to train on" in steps[1] and f"dataset sha256 {sha[:12]}" in steps[1]
+    assert steps[3].startswith(f"gate {registry.loops.runs('tiny-arith', 1)[0]['steps'][3]['at'][:19].replace('T', ' ')} "
+                               f"failed, candidate version 2, {fixed + curated.counts['heldout']} gate examples")
+    browser.execute_script("arguments[0].scrollIntoView({block: 'end'})", turn)  # the turn whole, the settings above
+    screenshot(browser, "adapter-loop")
+    navigate(browser, turn.find_element(By.LINK_TEXT, job_id))
+    assert browser.title == f"Job {job_id} · loradock"

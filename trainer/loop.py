@@ -39,7 +39,8 @@ from registry.rollout_records import GUARD_ACTOR, Arm
 logger = logging.getLogger(__name__)
 
 CHAMPION_ALIAS = "prod"
-GATE_MAX_EXAMPLES = 64  # gate-set examples each model answers (adapter and champion alike)
+MAX_LINEAGE = 32  # continued versions followed back to collect the data a retrain needs
+GATE_MAX_EXAMPLES = 512  # at most this many gate-set examples are answered by each model (all of them, normally)
 
 
 class LoopRunner:
@@ -217,10 +218,15 @@ class LoopRunner:
             frozen.pop(key, None)
         files = {}
         if config.mode == "retrain":
-            for i, entry in enumerate(frozen.get("datasets") or []):
+            # from the base, on all the data the champion's weights came from: a champion that was itself continued
+            # from a version trained on that version's data too (and so on back), so those come along
+            frozen.pop("lora_from_version", None)
+            datasets = []
+            for i, (source, entry) in enumerate(self._lineage_datasets(run)):
                 name = f"champion-{i}-{Path(entry['path']).name}"
-                files[name] = self._dataset_bytes(run, entry)
-                entry["path"] = name
+                files[name] = self._dataset_bytes(source, entry)
+                datasets.append({**entry, "path": name})
+            frozen["datasets"] = datasets
         else:  # continue: from the champion's weights, on the curated data only
             frozen["datasets"] = []
             frozen["lora_from_version"] = champion.ref
@@ -233,6 +239,24 @@ class LoopRunner:
         frozen["push"] = {"name": adapter, "message": f"loop turn {run_id}: {champion.ref} + {data.name}"}
         return submit(self.registry, SubmitRequest(config=frozen, files=files, source="loop",
                                                    extra={"loop_run": run_id, "champion": champion.ref}), "loop")
+
+    def _lineage_datasets(self, run: dict) -> list[tuple[dict, dict]]:
+        """(run, dataset entry) of every training dataset behind `run`'s weights: its own, then, while a run continued
+        from a version (`lora_from_version`), that version's run's (at most MAX_LINEAGE runs back)."""
+        out, seen = [], set()
+        for _ in range(MAX_LINEAGE):
+            out += [(run, entry) for entry in (run["config"].get("datasets") or [])]
+            ref = run["config"].get("lora_from_version")
+            if not ref:
+                return out
+            version = self.registry.resolve(ref)
+            if version.run_id in seen or not version.run_id:
+                return out
+            seen.add(version.run_id)
+            run = self.registry.run(version.run_id)
+            if run is None or not run.get("config"):
+                return out
+        return out
 
     def _dataset_bytes(self, run: dict, entry: dict) -> bytes:
         """A dataset the champion trained on, as it was: its file if unchanged, else its blob (a job's are stored)."""
@@ -263,7 +287,7 @@ class LoopRunner:
         fresh_path = self.registry.home / "loops" / f"run-{run['id']}-fresh.jsonl"
         fresh = load_datasets([DatasetSpec(str(fresh_path), "chat")], skip_bad_lines=True).examples \
             if fresh_path.exists() and fresh_path.stat().st_size else []
-        examples = fixed + fresh
+        examples = fresh + fixed  # the fresh slice first: a cap at GATE_MAX_EXAMPLES cuts the fixed part, also judged alone
         if not examples:
             raise LoopStop("failed", f"no gate set: {described}, and no fresh slice was held out")
         evaluation = (((self.registry.run(champion.run_id) or {}).get("config") or {}).get("evaluation") or {}) \
@@ -277,7 +301,7 @@ class LoopRunner:
             path = self.registry.home / "loops" / f"run-{run['id']}-{label.replace(' ', '-')}.jsonl"
             write(part, "chat", path)
             results = {role: evaluate_version(self.registry, version.ref, path, "chat", task_metric=task_metric,
-                                              max_examples=GATE_MAX_EXAMPLES,
+                                              max_examples=min(len(part), GATE_MAX_EXAMPLES),
                                               max_new_tokens=evaluation.get("max_new_tokens"))["adapter"]
                        for role, version in (("champion", champion), ("candidate", candidate))}
             ok, checked = check_gate(config.gate, results["candidate"], results["champion"])

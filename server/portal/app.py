@@ -25,9 +25,12 @@ from starlette.concurrency import run_in_threadpool
 
 from registry.export.exporter import parse_weighted_ref
 from registry.errors import InvalidInput, LoradockError, NotFound, PermissionDenied, TooLarge, Unauthenticated
+from registry.fields import help_texts
 from registry.jobs import STATES, TERMINAL, SubmitRequest, UploadedFile
+from registry.loops import IDLE, LoopConfig, LoopNotFound
 from registry.names import check_version_number
 from registry.rollout_records import parse_arm
+from registry.units import duration_text
 
 from ..http.body import read_body
 from ..http.serving_completions import SSE_HEADERS, EventStream, stream_deltas
@@ -191,8 +194,13 @@ def build_portal(registry, tokens: TokenStore | None, jobs: JobsService | None =
         by_version: dict[int, list[str]] = {}
         for alias, number in sorted(aliases.items()):
             by_version.setdefault(number, []).append(alias)
+        capture, loop = capture_and_loop(registry, name)
         return render(request, "adapter.html", session, title=f"Adapter {name}", name=name, versions=versions,
-                      aliases=by_version)
+                      aliases=by_version, local=registry.is_local, capture=capture, loop_info=loop,
+                      retention=duration_text(capture["config"]["retain_s"]) if capture and capture["on"] else None,
+                      settings=loop_settings(loop["config"]) if loop else [], loop_help=LOOP_HELP,
+                      turns=[turn_view(run) for run in loop["history"]] if loop else [],
+                      refresh_s=REFRESH_S if loop and loop["state"] != IDLE else None)
 
     @app.get("/versions/{ref}", response_class=HTMLResponse)
     def version_page(request: Request, ref: str):
@@ -552,6 +560,95 @@ def _headline(described: dict | None) -> str | None:
     against = f" (base {base[key]:.3g})" if isinstance(base.get(key), (int, float)) else ""
     verdict = "" if latest.get("passed") is None else " passed" if latest["passed"] else " failed"
     return f"{key} {metrics[key]:.3g}{against}{verdict}"
+
+
+# --- capture and the continuous fine-tuning loop, on an adapter's page -------------------------------------------
+
+LOOP_HELP = help_texts(LoopConfig)  # each loop setting's help, shown on hover over its name
+# How a step's recorded numbers read (trainer/loop.py records them); a key not here reads as `KEY VALUE`.
+STEP_PHRASES = {
+    "requests": "{} requests", "with_feedback": "{} with feedback", "since": "since {}", "captured": "{} captured",
+    "kept": "{} kept to train on", "heldout": "{} held out", "corrected": "{} corrected", "duplicates": "{} duplicates",
+    "already_trained": "{} already trained on", "format": "{} format", "dataset_sha256": "dataset sha256 {}",
+    "excluded": "excluding {}", "job_id": "job {}", "mode": "mode {}", "candidate": "candidate version {}",
+    "gate_examples": "{} gate examples", "fixed": "{} fixed", "fresh": "{} fresh", "revision": "rollout revision {}",
+    "percent": "{} % of routing keys", "promote_after": "decides after {} requests", "decision": "{}",
+    "errors": "{} errors", "success_rate": "success rate {}", "by": "by {}",
+}
+METRIC_SETS = (("gate set", ""), ("fixed held-out set", "fixed_"))  # the gate's `{prefix}champion_metrics` pairs
+SHORT_DIGEST = 12  # hex digits of a dataset's sha256 a step shows (the whole is in `reg loop show --json`)
+
+
+def capture_and_loop(registry, name: str) -> tuple[dict | None, dict | None]:
+    """What `reg capture show NAME` and `reg loop show NAME` print: (capture summary, loop or None when none is set).
+
+    Both are read from the registry's own database, which a remote registry's RPCs do not serve: (None, None) there.
+    """
+    if not registry.is_local:
+        return None, None
+    capture = registry.captures.summary(name)
+    try:
+        loop = registry.loops.show(name)
+    except LoopNotFound:
+        loop = None
+    return capture, loop
+
+
+def loop_settings(config: dict) -> list[tuple[str, str]]:
+    """A loop's settings as `reg loop show` prints them: the gate's rules and the guard's limits on one line each."""
+    rows = []
+    for key, value in config.items():
+        if key == "gate":
+            value = ", ".join(value)
+        elif key == "guard":
+            value = ", ".join(f"{k}={v:g}" for k, v in value.items() if v is not None)
+        rows.append((key, "-" if value is None else str(value)))
+    return rows
+
+
+def turn_view(run: dict) -> dict:
+    """One turn of a loop as its page shows it: the run record, with each of its steps as `step_view` reads it."""
+    return {**run, "steps": [step_view(step) for step in run["steps"]]}
+
+
+def step_view(step: dict) -> dict:
+    """A step's numbers in words; the lines it judged by (the gate's rules, the decision's comparisons), each with
+    the class that marks it passed (ok) or failed (bad); and the gate's metrics, champion beside candidate."""
+    numbers = {k: v for k, v in step.items() if k not in ("step", "at")}
+    lines = [(line, "ok" if line.endswith(": passed") else "bad") for line in numbers.pop("rules", [])]
+    for c in numbers.pop("comparisons", []):
+        rate, against = ("-" if r is None else f"{100 * r:.1f}%" for r in (c.get("rate"), c.get("against_rate")))
+        p_value = "" if c.get("p_value") is None else f", p={c['p_value']:.3g}"
+        verdict = c.get("verdict") or ""
+        lines.append((f"{c['metric']}: candidate {rate} against champion {against}{p_value}: {verdict}",
+                      "bad" if "worse" in verdict else "ok" if "better" in verdict else ""))
+    metrics = []
+    for label, prefix in METRIC_SETS:
+        champion, candidate = numbers.pop(f"{prefix}champion_metrics", None), numbers.pop(f"{prefix}candidate_metrics", None)
+        if champion is not None or candidate is not None:
+            keys = sorted(set(champion or {}) | set(candidate or {}))
+            metrics.append((label, [(k, (champion or {}).get(k), (candidate or {}).get(k)) for k in keys]))
+    passed = numbers.pop("passed", None)
+    words = [] if passed is None else ["passed" if passed else "failed"]
+    words += [STEP_PHRASES.get(key, key + " {}").format(_step_value(key, value)) for key, value in numbers.items()]
+    return {"step": step["step"], "at": step.get("at") or "", "words": ", ".join(words), "lines": lines,
+            "metrics": metrics}
+
+
+def _step_value(key: str, value) -> str:
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, int):
+        return f"{value:,}"
+    if isinstance(value, float):
+        return f"{100 * value:.1f}%" if key.endswith("_rate") else f"{value:.4g}"
+    if key == "dataset_sha256" and isinstance(value, str):
+        return value.removeprefix("sha256:")[:SHORT_DIGEST]
+    if key == "since" and isinstance(value, str):
+        return value[:19].replace("T", " ")
+    if isinstance(value, (list, dict)):
+        return json.dumps(value)
+    return "-" if value is None else str(value)
 
 
 def _adapter_name(filename: str) -> str:

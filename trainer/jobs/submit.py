@@ -110,6 +110,11 @@ def check_submission(registry, request: SubmitRequest, workdir: Path) -> JobSpec
     entries = [("train", d) for d in config.datasets] + [("test", d) for d in config.test_datasets]
     report = load_datasets([DatasetSpec(d.path, d.type) for _, d in entries])
     base = registry.get_base(config.base_model)
+    if config.lora_from_version:  # refused here, not on the worker: the version must exist, on this base
+        version = registry.resolve(config.lora_from_version)
+        if version.base_name != base.name:
+            raise ConfigError(f"lora_from_version {config.lora_from_version!r}: {version.ref} was trained on base "
+                              f"{version.base_name!r}, not {base.name!r}")
     datasets = [DatasetFile(Path(d.path).name if request.config_path else _submitted_name(request, i), d.type,
                             info["sha256"].removeprefix("sha256:"), Path(d.path).stat().st_size, info["lines"], split,
                             Path(d.path))
