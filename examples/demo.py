@@ -198,7 +198,7 @@ def loop_demo() -> None:
         reg("capture", "show", "arith")
         reg("capture", "export", "arith", "--out", str(WORK / "arith-curated.jsonl"))
         reg("loop", "set", "arith", "--schedule", "manual", "--min-new-examples", "20", "--gate",
-            "exact_match>=champion", "--canary", "20", "--promote-after", "40", "--guard",
+            "exact_match>=champion", "--mode", "continue", "--canary", "20", "--promote-after", "40", "--guard",
             "error_rate<=0.05,p95_ratio<=3,min_requests=400")
         reg("loop", "run", "arith", "--now", capture=False)
         print("$ reg worker --max-jobs 1 &   (trains the candidate; its log: demo-out/loop-worker.log)", flush=True)

@@ -155,6 +155,8 @@ class LoopRunner:
         champion = self.registry.resolve(f"{adapter}:{run['champion']}")
         passed, lines, numbers = self._gate(run, champion, candidate, config)
         self._step(run["id"], "gate", candidate=candidate.number, passed=passed, rules=lines, **numbers)
+        for line in lines:
+            self.say(f"    {line}")
         if not passed:
             raise LoopStop("stopped_at_gate", "; ".join(line for line in lines if line.endswith(": failed")))
         weight = config.canary
