@@ -1,7 +1,8 @@
 """`reg capture ...`: keep an adapter's served traffic as data (opt-in), see it, curate it into a dataset, delete it.
 
-Storage and bounds are `registry/capture.py`; curation is `trainer/curate.py`. Capture needs the registry's own
-database (a server over a remote registry captures nothing yet), so these verbs work on a local registry.
+Storage and bounds are `registry/capture.py`; curation is `trainer/curate.py`. set, show, off and clear work on a
+local registry or over `--registry URL` (the same calls, the same output). export leaves out what the champion was
+trained on, read from its run's files on the registry's host, so it needs the local registry.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import typer
 from registry.capture import DEFAULT_REDACTIONS, CaptureConfig, require_capture
 from registry.units import duration_text, parse_duration, parse_size
 
-from .common import Home, Json, _local_registry, app
+from .common import Home, Json, _local_registry, _registry, app
 from .output import console, human_size, print_json
 
 capture_app = typer.Typer(
@@ -43,7 +44,7 @@ def capture_set(
     """Turn capture on for an adapter (or change its settings); a running server picks it up within seconds."""
     patterns = (() if no_default_redactions else DEFAULT_REDACTIONS) + tuple(redact or ())
     config = CaptureConfig(sample, parse_duration(retain, "--retain"), parse_size(max_bytes, "--max-bytes"), patterns)
-    _local_registry(home, "reg capture set").captures.set(name, config)
+    _registry(home).captures.set(name, config)
     console.print(f"capture on for {name}: {config.sample:g} of requests, kept {duration_text(config.retain_s)}, "
                   f"at most {human_size(config.max_bytes)}, {len(config.redact)} redaction pattern(s)")
 
@@ -51,7 +52,7 @@ def capture_set(
 @capture_app.command("show")
 def capture_show(name: Name, json_out: Json = False, home: Home = None) -> None:
     """The adapter's capture settings and what is captured (requests, bytes, with feedback, oldest, newest)."""
-    summary = _local_registry(home, "reg capture show").captures.summary(name)
+    summary = _registry(home).captures.summary(name)
     if json_out:
         print_json(summary)
         return
@@ -112,12 +113,12 @@ def capture_export(
 @capture_app.command("clear")
 def capture_clear(name: Name, home: Home = None) -> None:
     """Delete everything captured of the adapter (requests and corrections); capture stays on unless `reg capture off`."""
-    deleted = _local_registry(home, "reg capture clear").captures.clear(name)
+    deleted = _registry(home).captures.clear(name)
     console.print(f"deleted {deleted} captured requests of {name}")
 
 
 @capture_app.command("off")
 def capture_off(name: Name, home: Home = None) -> None:
     """Stop capturing the adapter (what is captured stays until `reg capture clear` or its retention)."""
-    was_on = _local_registry(home, "reg capture off").captures.off(name)
+    was_on = _registry(home).captures.off(name)
     console.print(f"capture {'off' if was_on else 'was not on'} for {name}")

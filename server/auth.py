@@ -51,6 +51,17 @@ ROLE_FOR_METHOD: dict[str, str] = {
     "/loradock.v1.Registry/RolloutRecord": "push",  # an inference server's outcomes: not for every client to write
     "/loradock.v1.Registry/RecordRun": "push",  # a remote worker's training run, published with the version it made
     "/loradock.v1.Registry/RecordEvaluation": "push",
+    # Capture, by the rules of rollouts: a server polls the configs (read) and writes what it captured (push); the
+    # settings and their deletions change what is kept (push). The captured requests themselves are user text
+    # (prompts, responses, corrections): only an admin reads them back, not every pusher or inference server's token.
+    "/loradock.v1.Registry/CaptureState": "read",
+    "/loradock.v1.Registry/CaptureSummary": "read",
+    "/loradock.v1.Registry/CaptureRecord": "push",
+    "/loradock.v1.Registry/CaptureSet": "push",
+    "/loradock.v1.Registry/CaptureOff": "push",
+    "/loradock.v1.Registry/CaptureClear": "push",
+    "/loradock.v1.Registry/CaptureExpire": "push",
+    "/loradock.v1.Registry/CaptureRows": "admin",
     "/loradock.v1.Registry/RemoveVersion": "admin",
     "/loradock.v1.Registry/Gc": "admin",
     "/loradock.v1.Registry/Verify": "admin",  # re-hashes every blob: not for every reader to trigger

@@ -11,6 +11,10 @@ A training run made elsewhere (a remote fine-tuning worker) arrives as the train
 CommitPush naming the run, RecordEvaluation of the version. Each is checked whole before anything is written (the
 base must be this registry's, with the same weights; the run must be of the adapter pushed; the version must be
 the one evaluated), then stored by the local registry's own `record_run` / `record_evaluation`.
+
+Capture (`registry/capture.py`) is served to an inference server backed by this registry as to `reg capture`: the
+configs it polls, the requests it captured (stored by the local `Captures`, which redacts them again), the settings,
+summary and rows; a batch sent twice is stored once.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ import grpc
 
 from registry import Registry, audit
 from registry.blobs import check_digest, hash_into
+from registry.capture import CapturedRequest
 from registry.errors import (
     BaseMismatch,
     Conflict,
@@ -43,7 +48,7 @@ from registry.failures import from_os_error
 from registry.jobs.queue import check_job_id
 from registry.names import check_run_id, parse_ref, validate_name
 from registry.records import FileRecord
-from registry.remote.client import MAX_MESSAGE_BYTES
+from registry.remote.client import MAX_MESSAGE_BYTES, capture_config
 from registry.remote.messages import to_message, to_python, to_record
 from registry.remote.rpc import pb, pb_grpc
 from registry.rollout_records import Arm, FeedbackRecord, Guard, Outcome
@@ -493,6 +498,78 @@ class RegistryServicer(pb_grpc.RegistryServicer):
         except LoradockError as exc:
             abort_with(context, exc)
         return _answer(revision.to_dict(), pb.Revision)
+
+    # --- capture ----------------------------------------------------------------------------
+
+    def CaptureState(self, request, context):
+        def state():
+            captures = self.registry.captures
+            change_id = captures.change_id()  # first: a config set in between is then seen again at the next poll
+            return {"change_id": change_id, "configs": captures.all()}
+
+        return self._read(context, state, pb.CaptureStateResponse)
+
+    def CaptureRecord(self, request, context):
+        def record():
+            sent = [to_record(CapturedRequest, to_python(r)) for r in request.requests]
+            return {"stored": self.registry.captures.record([r for r in sent if not self._captured_before(r)])}
+
+        return self._read(context, record, pb.CaptureRecordResponse)
+
+    def _captured_before(self, request: CapturedRequest) -> bool:
+        """Whether this very request (adapter, request id and the time it was served) is stored already: a batch
+        sent again after a call that failed or timed out once stored is not stored twice."""
+        return bool(request.at) and self.registry.conn.execute(
+            "SELECT 1 FROM captures WHERE request_id=? AND adapter=? AND at=? LIMIT 1",
+            (request.request_id, request.adapter, request.at)).fetchone() is not None
+
+    def CaptureSummary(self, request, context):
+        return self._read(context, lambda: self.registry.captures.summary(request.adapter), pb.CaptureSummaryResponse)
+
+    def CaptureRows(self, request, context):
+        try:
+            rows = self.registry.captures.rows(request.adapter, since=request.since if request.HasField("since") else None,
+                                               limit=request.limit or None)
+        except LoradockError as exc:
+            abort_with(context, exc)
+        for row in rows:  # one message each: together they may be far larger than one answer may carry
+            yield to_message(row, pb.CapturedRow)
+
+    def CaptureSet(self, request, context):
+        try:
+            if not request.HasField("config"):
+                raise InvalidInput(f"capture set {shown(request.adapter)}: no config was sent")
+            config = capture_config(to_python(request.config))
+            self.registry.captures.set(request.adapter, config, actor=self._actor(context))
+            self._audit(context, "capture.set", request.adapter, sample=config.sample, retain_s=config.retain_s,
+                        max_bytes=config.max_bytes, redact=list(config.redact))
+        except LoradockError as exc:
+            abort_with(context, exc)
+        return _answer(config, pb.CaptureConfig)
+
+    def CaptureOff(self, request, context):
+        try:
+            was_on = self.registry.captures.off(validate_name(request.adapter))
+            self._audit(context, "capture.off", request.adapter, was_on=was_on)
+        except LoradockError as exc:
+            abort_with(context, exc)
+        return pb.CaptureOffResponse(was_on=was_on)
+
+    def CaptureClear(self, request, context):
+        try:
+            deleted = self.registry.captures.clear(request.adapter)
+            self._audit(context, "capture.clear", request.adapter, deleted=deleted)
+        except LoradockError as exc:
+            abort_with(context, exc)
+        return pb.CaptureClearResponse(deleted=deleted)
+
+    def CaptureExpire(self, request, context):
+        try:
+            removed = self.registry.captures.expire()
+            self._audit(context, "capture.expire", "-", removed=removed)
+        except LoradockError as exc:
+            abort_with(context, exc)
+        return pb.CaptureExpireResponse(removed=removed)
 
 
 def _check_size(what: str, request, limit: int) -> None:

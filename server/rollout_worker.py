@@ -36,7 +36,6 @@ class RolloutWorker:
         self._captured: list[CapturedRequest] = []
         self.capture: dict[str, tuple[CaptureConfig, Redactor]] = {}  # adapter -> its capture config (read-only here)
         self._capture_change: str | None = None
-        self._capture_warned = False
         self.dropped = 0  # records given up because the database stayed unwritable
         self._db_lock = threading.Lock()  # one connection: flush, guards and reloads take turns
         self._change_id: int | None = None
@@ -120,12 +119,7 @@ class RolloutWorker:
             return True
 
     def _reload_capture(self) -> None:
-        captures = getattr(self.registry, "captures", None)
-        if captures is None:  # a remote registry: capture is not served over gRPC yet
-            if not self._capture_warned:
-                logger.info("capture is off on this server: its registry is remote (`reg capture` needs a local one)")
-                self._capture_warned = True
-            return
+        captures = self.registry.captures  # local or remote (`RemoteCaptures`): the same calls
         change = captures.change_id()
         if change != self._capture_change:
             self.capture = {name: (config, config.redactor()) for name, config in captures.all().items()}

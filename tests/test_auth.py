@@ -96,6 +96,15 @@ def _requests(adapter_dir) -> dict:
             libraries=registry_pb.JsonObject(), hardware=registry_pb.JsonObject(), metrics=registry_pb.JsonObject(),
             started_at="2026-01-01T00:00:00", finished_at="2026-01-01T00:00:01", status="succeeded"),
             grpc.StatusCode.NOT_FOUND),
+        "Registry/CaptureState": (registry_pb.CaptureStateRequest(), OK),
+        "Registry/CaptureSummary": (registry_pb.CaptureRequest(adapter="demo"), OK),
+        "Registry/CaptureRecord": (registry_pb.CaptureRecordRequest(), OK),
+        "Registry/CaptureSet": (registry_pb.CaptureSetRequest(adapter="no-such-adapter", config=registry_pb.CaptureConfig(
+            sample=1, retain_s=3600, max_bytes=2**20)), grpc.StatusCode.NOT_FOUND),
+        "Registry/CaptureOff": (registry_pb.CaptureRequest(adapter="demo"), OK),
+        "Registry/CaptureClear": (registry_pb.CaptureRequest(adapter="demo"), OK),
+        "Registry/CaptureExpire": (registry_pb.CaptureExpireRequest(), OK),
+        "Registry/CaptureRows": (registry_pb.CaptureRowsRequest(adapter="demo"), OK),
         "Registry/RecordEvaluation": (registry_pb.RecordEvaluationRequest(
             ref="demo:99", manifest_digest="sha256:ab", name="heldout", split="val", metrics=registry_pb.JsonObject()),
             grpc.StatusCode.NOT_FOUND),
@@ -164,7 +173,7 @@ def test_every_rpc_with_no_token_a_wrong_token_and_each_role(secured):
             got[method, caller] = _call(secured["channel"], method, request, token)
     wrong = {k: (got[k].name, want[k].name) for k in want if got[k] != want[k]}
     assert not wrong, wrong
-    assert len(got) == len(ROLE_FOR_METHOD) * len(callers) == 51 * 10
+    assert len(got) == len(ROLE_FOR_METHOD) * len(callers) == 59 * 10
 
 
 def test_health_and_reflection_need_no_token(secured):

@@ -115,6 +115,7 @@ def exercise(reg, adapters, tmp_path) -> dict[str, object]:
     got["change_id"] = isinstance(rollouts.change_id(), int)
     got["all_current"] = plain(rollouts.all_current())
     got["clear"] = plain(rollouts.clear("demo"))
+    got["captures"] = (plain(reg.captures.summary("demo")), reg.captures.get("demo"), reg.captures.rows("demo"))
     got["jobs"] = (type(reg.jobs).__name__ in ("JobQueue", "RemoteJobs"), reg.jobs.list())
     got["remove_version"] = plain(reg.remove_version("demo:1"))
     got["gc"] = plain(reg.gc(dry_run=True))

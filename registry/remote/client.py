@@ -1,7 +1,7 @@
 """`RemoteRegistry`: the registry API over gRPC, for `reg --registry grpc://host:port ...` and remote-backed servers.
 
 It implements `registry.interface.RegistryAPI`, as the local `Registry` does (resolve, push,
-pull, ls, show, diff, aliases, rm, gc, verify, rollouts, jobs, training runs and evaluations...) and returns the
+pull, ls, show, diff, aliases, rm, gc, verify, rollouts, capture, jobs, training runs and evaluations...) and returns the
 same records, so every command prints the same output whichever registry it talks to. A push hashes the directory locally,
 asks which blobs the server lacks, uploads only those (resuming an interrupted upload at the byte
 the server holds), then commits. A pull verifies every downloaded byte against its sha256.
@@ -23,6 +23,7 @@ import grpc
 from ..adapters import inspect_adapter_dir
 from ..bases import Base
 from ..blobs import hash_into, sha256_file
+from ..capture import CaptureConfig, CapturedRequest
 from ..errors import (
     BaseNotFound,
     Conflict,
@@ -49,6 +50,9 @@ from .rpc import pb, pb_grpc
 CHUNK_BYTES = 2**20
 MAX_MESSAGE_BYTES = 16 * 2**20
 UPLOAD_RETRIES = 5
+# The most captured requests one CaptureRecord carries: under what an inference server that also serves its registry
+# accepts (server/app.py's REGISTRY_MESSAGE_BYTES, 5 MiB), so a large batch goes in several calls.
+MAX_CAPTURE_BATCH_BYTES = 4 * 2**20
 
 
 def parse_registry_url(url: str) -> tuple[str, bool]:
@@ -247,6 +251,12 @@ class RemoteRegistry:
         if not hasattr(self, "_rollouts"):
             self._rollouts = RemoteRollouts(self)
         return self._rollouts
+
+    @property
+    def captures(self) -> "RemoteCaptures":
+        if not hasattr(self, "_captures"):
+            self._captures = RemoteCaptures(self)
+        return self._captures
 
     @property
     def jobs(self) -> RemoteJobs:
@@ -468,3 +478,71 @@ class RemoteRollouts:
 
     def clear(self, name: str, reason: str = "", actor: str | None = None) -> Revision:
         return self._change(name, "clear", reason)
+
+
+class RemoteCaptures:
+    """`registry.captures` of a remote registry: what `reg capture set|show|off|clear` calls, and what the rollout
+    worker of an inference server backed by it polls (the configs) and writes (what it captured, redacted there and
+    again on the registry). Answers are those of the local `registry.capture.Captures`: `CaptureConfig`s and dicts of
+    the same keys in the same order."""
+
+    def __init__(self, remote: RemoteRegistry):
+        self.remote = remote
+
+    def set(self, adapter: str, config: CaptureConfig, actor: str | None = None) -> CaptureConfig:
+        reply = self.remote._answer("CaptureSet", pb.CaptureSetRequest(adapter=adapter,
+                                                                       config=to_message(config, pb.CaptureConfig)))
+        return capture_config(reply)
+
+    def get(self, adapter: str) -> CaptureConfig | None:
+        return self.all().get(adapter)
+
+    def all(self) -> dict[str, CaptureConfig]:
+        """Every adapter with capture on, and its config (what a server polls)."""
+        configs = self.remote._answer("CaptureState", pb.CaptureStateRequest())["configs"]
+        return {adapter: capture_config(config) for adapter, config in configs.items()}
+
+    def change_id(self) -> str:
+        return self.remote._answer("CaptureState", pb.CaptureStateRequest())["change_id"]
+
+    def off(self, adapter: str) -> bool:
+        return self.remote._call("CaptureOff", pb.CaptureRequest(adapter=adapter)).was_on
+
+    def record(self, requests: list[CapturedRequest]) -> int:
+        """Send a server's batch in calls of at most MAX_CAPTURE_BATCH_BYTES; returns the requests stored. A batch
+        sent again after a failed call is not stored twice (the registry skips what it already holds)."""
+        stored, batch, size = 0, [], 0
+        for message in (to_message(r, pb.CapturedRequest) for r in requests):
+            if batch and size + message.ByteSize() > MAX_CAPTURE_BATCH_BYTES:
+                stored += self.remote._call("CaptureRecord", pb.CaptureRecordRequest(requests=batch)).stored
+                batch, size = [], 0
+            batch.append(message)
+            size += message.ByteSize()
+        if batch:
+            stored += self.remote._call("CaptureRecord", pb.CaptureRecordRequest(requests=batch)).stored
+        return stored
+
+    def expire(self) -> int:
+        return self.remote._call("CaptureExpire", pb.CaptureExpireRequest()).removed
+
+    def clear(self, adapter: str) -> int:
+        return self.remote._call("CaptureClear", pb.CaptureRequest(adapter=adapter)).deleted
+
+    def rows(self, adapter: str, since: str | None = None, limit: int | None = None) -> list[dict]:
+        """Captured requests of `adapter`, oldest first, streamed one per message (together they may be far larger
+        than one message may carry)."""
+        request = pb.CaptureRowsRequest(adapter=adapter, since=since, limit=limit or 0)
+        try:
+            return [to_python(row) for row in self.remote.stub.CaptureRows(
+                request, metadata=self.remote.metadata, timeout=self.remote.timeout)]
+        except grpc.RpcError as exc:
+            raise self.remote._error(exc) from None
+
+    def summary(self, adapter: str) -> dict:
+        return self.remote._answer("CaptureSummary", pb.CaptureRequest(adapter=adapter))
+
+
+def capture_config(d: dict) -> CaptureConfig:
+    """A CaptureConfig from its message as `to_python` reads it (the patterns a tuple, as a local one's), checked by
+    CaptureConfig itself: on the client for an answer, on the registry for what a client sent."""
+    return CaptureConfig(d["sample"], d["retain_s"], d["max_bytes"], tuple(d["redact"]))

@@ -467,6 +467,92 @@ class FeedbackRecord(_message.Message):
     correction: str
     def __init__(self, request_id: _Optional[str] = ..., adapter: _Optional[str] = ..., version: _Optional[int] = ..., revision: _Optional[int] = ..., arm: _Optional[str] = ..., score: _Optional[float] = ..., label: _Optional[str] = ..., at: _Optional[str] = ..., correction: _Optional[str] = ...) -> None: ...
 
+class CaptureConfig(_message.Message):
+    __slots__ = ("sample", "retain_s", "max_bytes", "redact")
+    SAMPLE_FIELD_NUMBER: _ClassVar[int]
+    RETAIN_S_FIELD_NUMBER: _ClassVar[int]
+    MAX_BYTES_FIELD_NUMBER: _ClassVar[int]
+    REDACT_FIELD_NUMBER: _ClassVar[int]
+    sample: float
+    retain_s: int
+    max_bytes: int
+    redact: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, sample: _Optional[float] = ..., retain_s: _Optional[int] = ..., max_bytes: _Optional[int] = ..., redact: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class CapturedMessage(_message.Message):
+    __slots__ = ("role", "content")
+    ROLE_FIELD_NUMBER: _ClassVar[int]
+    CONTENT_FIELD_NUMBER: _ClassVar[int]
+    role: str
+    content: str
+    def __init__(self, role: _Optional[str] = ..., content: _Optional[str] = ...) -> None: ...
+
+class CapturedRequest(_message.Message):
+    __slots__ = ("adapter", "version", "revision", "arm", "request_id", "key_hash", "prompt", "messages", "response", "status", "latency_ms", "at")
+    ADAPTER_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    REVISION_FIELD_NUMBER: _ClassVar[int]
+    ARM_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    KEY_HASH_FIELD_NUMBER: _ClassVar[int]
+    PROMPT_FIELD_NUMBER: _ClassVar[int]
+    MESSAGES_FIELD_NUMBER: _ClassVar[int]
+    RESPONSE_FIELD_NUMBER: _ClassVar[int]
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    LATENCY_MS_FIELD_NUMBER: _ClassVar[int]
+    AT_FIELD_NUMBER: _ClassVar[int]
+    adapter: str
+    version: int
+    revision: int
+    arm: str
+    request_id: str
+    key_hash: str
+    prompt: str
+    messages: _containers.RepeatedCompositeFieldContainer[CapturedMessage]
+    response: str
+    status: str
+    latency_ms: float
+    at: str
+    def __init__(self, adapter: _Optional[str] = ..., version: _Optional[int] = ..., revision: _Optional[int] = ..., arm: _Optional[str] = ..., request_id: _Optional[str] = ..., key_hash: _Optional[str] = ..., prompt: _Optional[str] = ..., messages: _Optional[_Iterable[_Union[CapturedMessage, _Mapping]]] = ..., response: _Optional[str] = ..., status: _Optional[str] = ..., latency_ms: _Optional[float] = ..., at: _Optional[str] = ...) -> None: ...
+
+class CapturedRow(_message.Message):
+    __slots__ = ("id", "adapter", "version", "revision", "arm", "request_id", "key_hash", "prompt", "response", "status", "latency_ms", "bytes", "at", "feedback_score", "feedback_label", "correction", "messages")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    ADAPTER_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    REVISION_FIELD_NUMBER: _ClassVar[int]
+    ARM_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    KEY_HASH_FIELD_NUMBER: _ClassVar[int]
+    PROMPT_FIELD_NUMBER: _ClassVar[int]
+    RESPONSE_FIELD_NUMBER: _ClassVar[int]
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    LATENCY_MS_FIELD_NUMBER: _ClassVar[int]
+    BYTES_FIELD_NUMBER: _ClassVar[int]
+    AT_FIELD_NUMBER: _ClassVar[int]
+    FEEDBACK_SCORE_FIELD_NUMBER: _ClassVar[int]
+    FEEDBACK_LABEL_FIELD_NUMBER: _ClassVar[int]
+    CORRECTION_FIELD_NUMBER: _ClassVar[int]
+    MESSAGES_FIELD_NUMBER: _ClassVar[int]
+    id: int
+    adapter: str
+    version: int
+    revision: int
+    arm: str
+    request_id: str
+    key_hash: str
+    prompt: str
+    response: str
+    status: str
+    latency_ms: float
+    bytes: int
+    at: str
+    feedback_score: float
+    feedback_label: str
+    correction: str
+    messages: _containers.RepeatedCompositeFieldContainer[CapturedMessage]
+    def __init__(self, id: _Optional[int] = ..., adapter: _Optional[str] = ..., version: _Optional[int] = ..., revision: _Optional[int] = ..., arm: _Optional[str] = ..., request_id: _Optional[str] = ..., key_hash: _Optional[str] = ..., prompt: _Optional[str] = ..., response: _Optional[str] = ..., status: _Optional[str] = ..., latency_ms: _Optional[float] = ..., bytes: _Optional[int] = ..., at: _Optional[str] = ..., feedback_score: _Optional[float] = ..., feedback_label: _Optional[str] = ..., correction: _Optional[str] = ..., messages: _Optional[_Iterable[_Union[CapturedMessage, _Mapping]]] = ...) -> None: ...
+
 class AdapterSummaryList(_message.Message):
     __slots__ = ("adapters",)
     ADAPTERS_FIELD_NUMBER: _ClassVar[int]
@@ -771,6 +857,66 @@ class RolloutRecordResponse(_message.Message):
     guard: _containers.RepeatedCompositeFieldContainer[Revision]
     def __init__(self, outcomes: _Optional[int] = ..., feedback: _Optional[int] = ..., guard: _Optional[_Iterable[_Union[Revision, _Mapping]]] = ...) -> None: ...
 
+class CaptureStateResponse(_message.Message):
+    __slots__ = ("change_id", "configs")
+    CHANGE_ID_FIELD_NUMBER: _ClassVar[int]
+    CONFIGS_FIELD_NUMBER: _ClassVar[int]
+    change_id: str
+    configs: _containers.RepeatedCompositeFieldContainer[CaptureConfigEntry]
+    def __init__(self, change_id: _Optional[str] = ..., configs: _Optional[_Iterable[_Union[CaptureConfigEntry, _Mapping]]] = ...) -> None: ...
+
+class CaptureConfigEntry(_message.Message):
+    __slots__ = ("key", "value")
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    VALUE_FIELD_NUMBER: _ClassVar[int]
+    key: str
+    value: CaptureConfig
+    def __init__(self, key: _Optional[str] = ..., value: _Optional[_Union[CaptureConfig, _Mapping]] = ...) -> None: ...
+
+class CaptureRecordResponse(_message.Message):
+    __slots__ = ("stored",)
+    STORED_FIELD_NUMBER: _ClassVar[int]
+    stored: int
+    def __init__(self, stored: _Optional[int] = ...) -> None: ...
+
+class CaptureOffResponse(_message.Message):
+    __slots__ = ("was_on",)
+    WAS_ON_FIELD_NUMBER: _ClassVar[int]
+    was_on: bool
+    def __init__(self, was_on: _Optional[bool] = ...) -> None: ...
+
+class CaptureClearResponse(_message.Message):
+    __slots__ = ("deleted",)
+    DELETED_FIELD_NUMBER: _ClassVar[int]
+    deleted: int
+    def __init__(self, deleted: _Optional[int] = ...) -> None: ...
+
+class CaptureExpireResponse(_message.Message):
+    __slots__ = ("removed",)
+    REMOVED_FIELD_NUMBER: _ClassVar[int]
+    removed: int
+    def __init__(self, removed: _Optional[int] = ...) -> None: ...
+
+class CaptureSummaryResponse(_message.Message):
+    __slots__ = ("adapter", "on", "config", "requests", "bytes", "with_feedback", "oldest", "newest")
+    ADAPTER_FIELD_NUMBER: _ClassVar[int]
+    ON_FIELD_NUMBER: _ClassVar[int]
+    CONFIG_FIELD_NUMBER: _ClassVar[int]
+    REQUESTS_FIELD_NUMBER: _ClassVar[int]
+    BYTES_FIELD_NUMBER: _ClassVar[int]
+    WITH_FEEDBACK_FIELD_NUMBER: _ClassVar[int]
+    OLDEST_FIELD_NUMBER: _ClassVar[int]
+    NEWEST_FIELD_NUMBER: _ClassVar[int]
+    adapter: str
+    on: bool
+    config: CaptureConfig
+    requests: int
+    bytes: int
+    with_feedback: int
+    oldest: str
+    newest: str
+    def __init__(self, adapter: _Optional[str] = ..., on: _Optional[bool] = ..., config: _Optional[_Union[CaptureConfig, _Mapping]] = ..., requests: _Optional[int] = ..., bytes: _Optional[int] = ..., with_feedback: _Optional[int] = ..., oldest: _Optional[str] = ..., newest: _Optional[str] = ...) -> None: ...
+
 class RefRequest(_message.Message):
     __slots__ = ("ref",)
     REF_FIELD_NUMBER: _ClassVar[int]
@@ -1070,3 +1216,41 @@ class RecordEvaluationRequest(_message.Message):
     passed: bool
     failures: _containers.RepeatedScalarFieldContainer[str]
     def __init__(self, ref: _Optional[str] = ..., manifest_digest: _Optional[str] = ..., name: _Optional[str] = ..., split: _Optional[str] = ..., metrics: _Optional[_Union[JsonObject, _Mapping]] = ..., base_metrics: _Optional[_Union[JsonObject, _Mapping]] = ..., run_id: _Optional[str] = ..., passed: _Optional[bool] = ..., failures: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class CaptureStateRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class CaptureRecordRequest(_message.Message):
+    __slots__ = ("requests",)
+    REQUESTS_FIELD_NUMBER: _ClassVar[int]
+    requests: _containers.RepeatedCompositeFieldContainer[CapturedRequest]
+    def __init__(self, requests: _Optional[_Iterable[_Union[CapturedRequest, _Mapping]]] = ...) -> None: ...
+
+class CaptureSetRequest(_message.Message):
+    __slots__ = ("adapter", "config")
+    ADAPTER_FIELD_NUMBER: _ClassVar[int]
+    CONFIG_FIELD_NUMBER: _ClassVar[int]
+    adapter: str
+    config: CaptureConfig
+    def __init__(self, adapter: _Optional[str] = ..., config: _Optional[_Union[CaptureConfig, _Mapping]] = ...) -> None: ...
+
+class CaptureRequest(_message.Message):
+    __slots__ = ("adapter",)
+    ADAPTER_FIELD_NUMBER: _ClassVar[int]
+    adapter: str
+    def __init__(self, adapter: _Optional[str] = ...) -> None: ...
+
+class CaptureExpireRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class CaptureRowsRequest(_message.Message):
+    __slots__ = ("adapter", "since", "limit")
+    ADAPTER_FIELD_NUMBER: _ClassVar[int]
+    SINCE_FIELD_NUMBER: _ClassVar[int]
+    LIMIT_FIELD_NUMBER: _ClassVar[int]
+    adapter: str
+    since: str
+    limit: int
+    def __init__(self, adapter: _Optional[str] = ..., since: _Optional[str] = ..., limit: _Optional[int] = ...) -> None: ...

@@ -159,6 +159,46 @@ class RegistryStub:
                 request_serializer=loradock_dot_v1_dot_registry__pb2.RecordEvaluationRequest.SerializeToString,
                 response_deserializer=loradock_dot_v1_dot_registry__pb2.Evaluation.FromString,
                 _registered_method=True)
+        self.CaptureState = channel.unary_unary(
+                '/loradock.v1.Registry/CaptureState',
+                request_serializer=loradock_dot_v1_dot_registry__pb2.CaptureStateRequest.SerializeToString,
+                response_deserializer=loradock_dot_v1_dot_registry__pb2.CaptureStateResponse.FromString,
+                _registered_method=True)
+        self.CaptureRecord = channel.unary_unary(
+                '/loradock.v1.Registry/CaptureRecord',
+                request_serializer=loradock_dot_v1_dot_registry__pb2.CaptureRecordRequest.SerializeToString,
+                response_deserializer=loradock_dot_v1_dot_registry__pb2.CaptureRecordResponse.FromString,
+                _registered_method=True)
+        self.CaptureSet = channel.unary_unary(
+                '/loradock.v1.Registry/CaptureSet',
+                request_serializer=loradock_dot_v1_dot_registry__pb2.CaptureSetRequest.SerializeToString,
+                response_deserializer=loradock_dot_v1_dot_registry__pb2.CaptureConfig.FromString,
+                _registered_method=True)
+        self.CaptureOff = channel.unary_unary(
+                '/loradock.v1.Registry/CaptureOff',
+                request_serializer=loradock_dot_v1_dot_registry__pb2.CaptureRequest.SerializeToString,
+                response_deserializer=loradock_dot_v1_dot_registry__pb2.CaptureOffResponse.FromString,
+                _registered_method=True)
+        self.CaptureClear = channel.unary_unary(
+                '/loradock.v1.Registry/CaptureClear',
+                request_serializer=loradock_dot_v1_dot_registry__pb2.CaptureRequest.SerializeToString,
+                response_deserializer=loradock_dot_v1_dot_registry__pb2.CaptureClearResponse.FromString,
+                _registered_method=True)
+        self.CaptureExpire = channel.unary_unary(
+                '/loradock.v1.Registry/CaptureExpire',
+                request_serializer=loradock_dot_v1_dot_registry__pb2.CaptureExpireRequest.SerializeToString,
+                response_deserializer=loradock_dot_v1_dot_registry__pb2.CaptureExpireResponse.FromString,
+                _registered_method=True)
+        self.CaptureSummary = channel.unary_unary(
+                '/loradock.v1.Registry/CaptureSummary',
+                request_serializer=loradock_dot_v1_dot_registry__pb2.CaptureRequest.SerializeToString,
+                response_deserializer=loradock_dot_v1_dot_registry__pb2.CaptureSummaryResponse.FromString,
+                _registered_method=True)
+        self.CaptureRows = channel.unary_stream(
+                '/loradock.v1.Registry/CaptureRows',
+                request_serializer=loradock_dot_v1_dot_registry__pb2.CaptureRowsRequest.SerializeToString,
+                response_deserializer=loradock_dot_v1_dot_registry__pb2.CapturedRow.FromString,
+                _registered_method=True)
 
 
 class RegistryServicer:
@@ -318,6 +358,58 @@ class RegistryServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CaptureState(self, request, context):
+        """Capture (registry/capture.py), opt-in per adapter: what an inference server backed by this registry samples and
+        redacts (CaptureState, polled), where it stores what it kept (CaptureRecord: redacted again here, then bounded by
+        retention and size), and `reg --registry URL capture set|show|off|clear`. CaptureRows streams the captured
+        requests themselves (prompts and responses: user text), one message per request, oldest first.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CaptureRecord(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CaptureSet(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CaptureOff(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CaptureClear(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CaptureExpire(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CaptureSummary(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CaptureRows(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_RegistryServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -445,6 +537,46 @@ def add_RegistryServicer_to_server(servicer, server):
                     servicer.RecordEvaluation,
                     request_deserializer=loradock_dot_v1_dot_registry__pb2.RecordEvaluationRequest.FromString,
                     response_serializer=loradock_dot_v1_dot_registry__pb2.Evaluation.SerializeToString,
+            ),
+            'CaptureState': grpc.unary_unary_rpc_method_handler(
+                    servicer.CaptureState,
+                    request_deserializer=loradock_dot_v1_dot_registry__pb2.CaptureStateRequest.FromString,
+                    response_serializer=loradock_dot_v1_dot_registry__pb2.CaptureStateResponse.SerializeToString,
+            ),
+            'CaptureRecord': grpc.unary_unary_rpc_method_handler(
+                    servicer.CaptureRecord,
+                    request_deserializer=loradock_dot_v1_dot_registry__pb2.CaptureRecordRequest.FromString,
+                    response_serializer=loradock_dot_v1_dot_registry__pb2.CaptureRecordResponse.SerializeToString,
+            ),
+            'CaptureSet': grpc.unary_unary_rpc_method_handler(
+                    servicer.CaptureSet,
+                    request_deserializer=loradock_dot_v1_dot_registry__pb2.CaptureSetRequest.FromString,
+                    response_serializer=loradock_dot_v1_dot_registry__pb2.CaptureConfig.SerializeToString,
+            ),
+            'CaptureOff': grpc.unary_unary_rpc_method_handler(
+                    servicer.CaptureOff,
+                    request_deserializer=loradock_dot_v1_dot_registry__pb2.CaptureRequest.FromString,
+                    response_serializer=loradock_dot_v1_dot_registry__pb2.CaptureOffResponse.SerializeToString,
+            ),
+            'CaptureClear': grpc.unary_unary_rpc_method_handler(
+                    servicer.CaptureClear,
+                    request_deserializer=loradock_dot_v1_dot_registry__pb2.CaptureRequest.FromString,
+                    response_serializer=loradock_dot_v1_dot_registry__pb2.CaptureClearResponse.SerializeToString,
+            ),
+            'CaptureExpire': grpc.unary_unary_rpc_method_handler(
+                    servicer.CaptureExpire,
+                    request_deserializer=loradock_dot_v1_dot_registry__pb2.CaptureExpireRequest.FromString,
+                    response_serializer=loradock_dot_v1_dot_registry__pb2.CaptureExpireResponse.SerializeToString,
+            ),
+            'CaptureSummary': grpc.unary_unary_rpc_method_handler(
+                    servicer.CaptureSummary,
+                    request_deserializer=loradock_dot_v1_dot_registry__pb2.CaptureRequest.FromString,
+                    response_serializer=loradock_dot_v1_dot_registry__pb2.CaptureSummaryResponse.SerializeToString,
+            ),
+            'CaptureRows': grpc.unary_stream_rpc_method_handler(
+                    servicer.CaptureRows,
+                    request_deserializer=loradock_dot_v1_dot_registry__pb2.CaptureRowsRequest.FromString,
+                    response_serializer=loradock_dot_v1_dot_registry__pb2.CapturedRow.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -1122,6 +1254,222 @@ class Registry:
             '/loradock.v1.Registry/RecordEvaluation',
             loradock_dot_v1_dot_registry__pb2.RecordEvaluationRequest.SerializeToString,
             loradock_dot_v1_dot_registry__pb2.Evaluation.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CaptureState(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/loradock.v1.Registry/CaptureState',
+            loradock_dot_v1_dot_registry__pb2.CaptureStateRequest.SerializeToString,
+            loradock_dot_v1_dot_registry__pb2.CaptureStateResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CaptureRecord(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/loradock.v1.Registry/CaptureRecord',
+            loradock_dot_v1_dot_registry__pb2.CaptureRecordRequest.SerializeToString,
+            loradock_dot_v1_dot_registry__pb2.CaptureRecordResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CaptureSet(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/loradock.v1.Registry/CaptureSet',
+            loradock_dot_v1_dot_registry__pb2.CaptureSetRequest.SerializeToString,
+            loradock_dot_v1_dot_registry__pb2.CaptureConfig.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CaptureOff(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/loradock.v1.Registry/CaptureOff',
+            loradock_dot_v1_dot_registry__pb2.CaptureRequest.SerializeToString,
+            loradock_dot_v1_dot_registry__pb2.CaptureOffResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CaptureClear(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/loradock.v1.Registry/CaptureClear',
+            loradock_dot_v1_dot_registry__pb2.CaptureRequest.SerializeToString,
+            loradock_dot_v1_dot_registry__pb2.CaptureClearResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CaptureExpire(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/loradock.v1.Registry/CaptureExpire',
+            loradock_dot_v1_dot_registry__pb2.CaptureExpireRequest.SerializeToString,
+            loradock_dot_v1_dot_registry__pb2.CaptureExpireResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CaptureSummary(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/loradock.v1.Registry/CaptureSummary',
+            loradock_dot_v1_dot_registry__pb2.CaptureRequest.SerializeToString,
+            loradock_dot_v1_dot_registry__pb2.CaptureSummaryResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CaptureRows(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/loradock.v1.Registry/CaptureRows',
+            loradock_dot_v1_dot_registry__pb2.CaptureRowsRequest.SerializeToString,
+            loradock_dot_v1_dot_registry__pb2.CapturedRow.FromString,
             options,
             channel_credentials,
             insecure,
