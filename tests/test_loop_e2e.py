@@ -114,8 +114,10 @@ def loop_config(**changes) -> LoopConfig:
 
 
 def flushed(world) -> None:
-    """What the server buffered (captures, feedback, outcomes) is in the registry."""
-    world["service"].rollout_worker.flush()
+    """What the server buffered (captures, feedback, outcomes) is in the registry, and the guards have judged it (as
+    the server's own thread does after each write)."""
+    worker = world["service"].rollout_worker
+    worker.check_guards(worker.flush())
 
 
 def test_a_turn_trained_on_liked_answers_is_promoted_and_answers_in_the_liked_style_more(world, capsys):
@@ -203,3 +205,46 @@ def test_a_candidate_that_draws_negative_feedback_live_is_rolled_back(world):
     assert reg.aliases("support")["prod"] == 2 and candidate not in [a.version for a in reg.rollouts.current("support").arms]
     decide = next(s for s in reg.loops.runs("support")[0]["steps"] if s["step"] == "decide")
     assert decide["decision"] == "rolled_back" and decide["comparisons"]
+
+
+def test_a_candidate_whose_answers_fail_live_is_rolled_back_by_the_guard(world):
+    """The gate passes it, then its stored weights go bad: every canary request it gets fails, the rollout's guard
+    routes everything back to the champion, and the loop's turn ends rolled back, saying the guard did it."""
+    import grpc
+
+    reg, runner = world["reg"], LoopRunner(world["reg"])
+    reg.captures.clear("support")
+    users(world, ARITH[960:1020], key_prefix="fourth")
+    flushed(world)
+    reg.loops.set("support", loop_config(gate=parse_gate("rouge_l>=0,general_perplexity<=champion*2"),
+                                         guard=parse_guard("error_rate<=0.2,min_requests=5"), promote_after=500))
+    run = runner.step("support", trigger="manual")
+    run_worker(world)
+    run = runner.step("support")
+    assert run["state"] == "canary", run
+    candidate = reg.resolve(f"support:{run['candidate']}")
+    weights = next(f for f in candidate.files if f.path == "adapter_model.safetensors")
+    blob = reg.blobs.path(weights.sha256)
+    blob.chmod(0o644)
+    data = bytearray(blob.read_bytes())
+    data[-5] ^= 0xFF
+    blob.write_bytes(bytes(data))
+    wait_until(lambda: (world["service"].router.current("support") or None) is not None
+               and world["service"].router.current("support").arms[-1].version == candidate.number, "the canary to be routed")
+    failed = 0
+    for i in range(400):  # keyed requests until the guard has routed everything back
+        try:
+            ask(world["client"], ARITH[i]["instruction"], key=f"guarded-{i}")
+        except grpc.RpcError as exc:
+            assert exc.code() == grpc.StatusCode.DATA_LOSS, exc.details()
+            failed += 1
+        if i % 20 == 19:
+            flushed(world)
+            current = reg.rollouts.current("support")
+            if candidate.number not in [a.version for a in current.arms]:
+                break
+    run = runner.step("support")
+    assert failed >= 5 and run["state"] == "rolled_back" and run["reason"].startswith("the guard changed the rollout"), run
+    decide = next(s for s in reg.loops.runs("support")[0]["steps"] if s["step"] == "decide")
+    assert decide["decision"] == "rolled_back" and decide["by"] == "the guard"
+    assert reg.aliases("support")["prod"] == 2  # the champion stays
