@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 from rich.markup import escape
 
 from registry.fields import help_texts
-from registry.loops import DEFAULT_GATE, DEFAULT_GUARD, SHOWN_RUNS, LoopConfig, parse_gate, parse_guard
+from registry.loops import DEFAULT_GATE, DEFAULT_GUARD, SHOWN_RUNS, LoopConfig, parse_floor, parse_gate, parse_guard
 
 from .common import Home, Json, _local_registry, app
 from .output import console, print_json, table
@@ -40,13 +41,26 @@ def loop_set(
     confidence: Annotated[float, typer.Option(help=HELP["confidence"])] = DEFAULTS.confidence,
     max_error_rate: Annotated[Optional[float], typer.Option(help=HELP["max_error_rate"])] = None,
     max_negative_rate: Annotated[Optional[float], typer.Option(help=HELP["max_negative_rate"])] = None,
+    eval_every: Annotated[Optional[str], typer.Option(help=HELP["eval_every"])] = None,
+    eval_data: Annotated[Optional[Path], typer.Option(help=HELP["eval_data"])] = None,
+    eval_type: Annotated[str, typer.Option(help=HELP["eval_type"])] = DEFAULTS.eval_type,
+    eval_floor: Annotated[Optional[str], typer.Option(help=HELP["eval_floor"])] = None,
     home: Home = None,
 ) -> None:
     """Create or replace NAME's loop: every setting is what this command says (defaults for those not given)."""
+    from registry.errors import InvalidInput
+    from trainer.data import DATASET_TYPES
+
+    if eval_data is not None and not eval_data.is_file():
+        raise InvalidInput(f"--eval-data {eval_data}: no such file")
+    if eval_type not in DATASET_TYPES:
+        raise InvalidInput(f"--eval-type {eval_type!r}: use one of {', '.join(DATASET_TYPES)}")
     config = LoopConfig(
         schedule=schedule, min_new_examples=min_new_examples, gate=parse_gate(gate), canary=canary,
         promote_after=promote_after, guard=parse_guard(guard), mode=mode, min_score=min_score, holdout=holdout,
         confidence=confidence, max_error_rate=max_error_rate, max_negative_rate=max_negative_rate,
+        eval_every=eval_every, eval_data=str(eval_data.resolve()) if eval_data else None, eval_type=eval_type,
+        eval_floor=parse_floor(eval_floor) if eval_floor else [],
     )
     loops = _local_registry(home, "reg loop set").loops
     loops.set(name, config)
@@ -73,8 +87,8 @@ def loop_show(
                   f"at {info['updated_at'][:19]}")
     settings = table("SETTING", "VALUE")
     for key, value in config.items():
-        if key == "gate":
-            value = ", ".join(value)
+        if isinstance(value, list):  # the gate's rules, the evaluation floor's
+            value = ", ".join(value) or None
         elif key == "guard":
             value = ",".join(f"{k}={v:g}" for k, v in value.items() if v is not None)
         settings.add_row(key, escape("-" if value is None else str(value)))

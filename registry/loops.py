@@ -153,6 +153,14 @@ def parse_gate(text: str) -> list[GateRule]:
     return with_forgetting_rule([GateRule.parse(item) for item in items])
 
 
+def parse_floor(text: str) -> list[GateRule]:
+    """`--eval-floor`: comma-separated `METRIC OP NUMBER` rules the champion must keep meeting (no forgetting rule)."""
+    items = [item for item in (part.strip() for part in text.split(",")) if item]
+    if not items:
+        raise InvalidInput(f"--eval-floor {shown(text)}: give at least one rule, METRIC OP NUMBER (e.g. exact_match>=0.6)")
+    return [GateRule.parse(item) for item in items]
+
+
 def with_forgetting_rule(rules: list[GateRule]) -> list[GateRule]:
     if any(rule.metric == FORGETTING_METRIC for rule in rules):
         return list(rules)
@@ -219,6 +227,14 @@ class LoopConfig:
                                                     "rises above this (0 to 1).")
     max_negative_rate: float | None = documented(None, "Degrade trigger: start a turn when the share of the champion's "
                                                        "feedback that is negative rises above this (0 to 1).")
+    eval_every: str | None = documented(None, "Degrade trigger: evaluate the champion this often (hourly, daily, "
+                                              "weekly, every N(m|h|d)) on --eval-data, and start a turn when it falls "
+                                              "below --eval-floor.")
+    eval_data: str | None = documented(None, "The fixed evaluation set of --eval-every: a JSONL file (alpaca, "
+                                             "sharegpt, chat or completion; see --eval-type), read at each evaluation.")
+    eval_type: str = documented("alpaca", "The format of --eval-data.")
+    eval_floor: list[GateRule] = documented(help="What the champion must keep scoring on --eval-data: comma-separated "
+                                                 "METRIC OP NUMBER rules, e.g. exact_match>=0.6.", factory=list)
 
     def __post_init__(self) -> None:
         parse_schedule(self.schedule)
@@ -238,6 +254,14 @@ class LoopConfig:
         if not self.gate or not all(isinstance(rule, GateRule) for rule in self.gate):
             raise InvalidInput(f"--gate {shown(self.gate)}: give at least one rule, {RULE_SYNTAX}")
         self.gate = with_forgetting_rule(self.gate)
+        if self.eval_every is not None:
+            if parse_schedule(self.eval_every) is None:
+                raise InvalidInput(f"--eval-every {shown(self.eval_every)}: give an interval (daily, every 6h, ...), not manual")
+            if not self.eval_data or not self.eval_floor:
+                raise InvalidInput("--eval-every needs --eval-data FILE and --eval-floor RULES (e.g. exact_match>=0.6)")
+        relative = [str(rule) for rule in self.eval_floor if rule.value is None]
+        if relative:
+            raise InvalidInput(f"--eval-floor {relative[0]}: a floor is a fixed number (METRIC OP NUMBER), not the champion")
 
     def _check(self, name: str, kind: type, ok, rule: str) -> None:
         value = getattr(self, name)
@@ -258,6 +282,7 @@ class LoopConfig:
     def to_dict(self) -> dict:
         out = asdict(self)
         out["gate"] = [str(rule) for rule in self.gate]
+        out["eval_floor"] = [str(rule) for rule in self.eval_floor]
         out["guard"] = asdict(self.guard)
         return out
 
@@ -270,6 +295,8 @@ class LoopConfig:
         values = dict(data)
         if "gate" in values:
             values["gate"] = [GateRule.parse(rule) for rule in values["gate"]]
+        if "eval_floor" in values:
+            values["eval_floor"] = [GateRule.parse(rule) for rule in values["eval_floor"]]
         if "guard" in values:
             values["guard"] = Guard(**values["guard"])
         return cls(**values)

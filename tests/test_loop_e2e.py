@@ -248,3 +248,31 @@ def test_a_candidate_whose_answers_fail_live_is_rolled_back_by_the_guard(world):
     decide = next(s for s in reg.loops.runs("support")[0]["steps"] if s["step"] == "decide")
     assert decide["decision"] == "rolled_back" and decide["by"] == "the guard"
     assert reg.aliases("support")["prod"] == 2  # the champion stays
+
+
+def test_a_scheduled_evaluation_below_its_floor_is_a_degrade_trigger(world, capsys):
+    """`--eval-every` evaluates the champion on a fixed file, recorded with it; below `--eval-floor`, it is degraded.
+    A second look within the interval evaluates nothing again."""
+    from registry.loops import parse_floor
+
+    reg, runner = world["reg"], LoopRunner(world["reg"])
+    fixed = world["tmp"] / "fixed-gate.jsonl"
+    fixed.write_text("".join(json.dumps(r) + "\n" for r in ARITH[1150:1160]))
+    champion = runner.champion("support")
+    named = lambda: [e for e in reg.evaluations(champion.id) if e["name"] == "eval:fixed-gate.jsonl"]  # noqa: E731
+    unreachable = loop_config(eval_every="daily", eval_data=str(fixed), eval_floor=parse_floor("exact_match>=1.5"))
+    assert runner._below_floor("support", champion, unreachable) and len(named()) == 1
+    assert not runner._below_floor("support", champion, unreachable) and len(named()) == 1  # not due again yet
+    met = loop_config(eval_every="every 5m", eval_data=str(fixed), eval_floor=parse_floor("exact_match>=0"))
+    reg.conn.execute("UPDATE evaluations SET created_at='2000-01-01T00:00:00.000+00:00' WHERE name='eval:fixed-gate.jsonl'")
+    reg.conn.commit()
+    assert not runner._below_floor("support", champion, met) and len(named()) == 2  # due again: evaluated, above
+
+    home = str(reg.home)
+    for args, message in ((["--eval-every", "daily"], "--eval-every needs --eval-data FILE and --eval-floor RULES"),
+                          (["--eval-every", "daily", "--eval-data", str(fixed), "--eval-floor", "exact_match>=champion"],
+                           "--eval-floor exact_match>=champion: a floor is a fixed number"),
+                          (["--eval-data", str(fixed) + ".missing"], "no such file")):
+        before = reg.loops.get("support")
+        assert main(["loop", "set", "support", *args, "--home", home]) == 2
+        assert message in capsys.readouterr().err and reg.loops.get("support") == before  # nothing changed

@@ -232,7 +232,7 @@ def test_set_and_show_round_trip_through_the_cli(capsys, home, captured):
         "schedule": "weekly", "min_new_examples": 500, "gate": ["exact_match>=champion+0.01", FORGETTING_RULE],
         "canary": 10, "promote_after": 2000, "guard": {"max_error_rate": 0.02, "max_p95_ratio": 1.5, "min_requests": 100},
         "min_score": 0.7, "holdout": 0.2, "mode": "continue", "confidence": 0.95, "max_error_rate": 0.1,
-        "max_negative_rate": None,
+        "max_negative_rate": None, "eval_every": None, "eval_data": None, "eval_type": "alpaca", "eval_floor": [],
     }
     assert info["enabled"] is True and info["state"] == "idle" and info["last_run"] is None and info["history"] == []
     created = datetime.fromisoformat(info["created_at"])

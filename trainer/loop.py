@@ -27,13 +27,13 @@ from __future__ import annotations
 import json
 import logging
 import tempfile
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 from registry import Registry
 from registry.errors import LoradockError
 from registry.jobs import SubmitRequest, TERMINAL
-from registry.loops import LoopConfig, check_gate
+from registry.loops import LoopConfig, check_gate, parse_schedule
 from registry.rollout_records import GUARD_ACTOR, Arm
 
 logger = logging.getLogger(__name__)
@@ -82,7 +82,7 @@ class LoopRunner:
             return None
         last = show["last_run"]
         since = max(champion.created_at, last["started_at"]) if last else champion.created_at
-        if self._degraded(adapter, champion, config, since):
+        if self._degraded(adapter, champion, config, since) or self._below_floor(adapter, champion, config):
             return "degraded"
         if self.registry.captures.summary(adapter)["requests"] and self._curate(adapter, champion, config)[0].counts[
                 "kept"] >= config.min_new_examples:
@@ -331,6 +331,25 @@ class LoopRunner:
 
     def _run(self, run_id: int) -> dict:
         return dict(self.registry.conn.execute("SELECT * FROM loop_runs WHERE id=?", (run_id,)).fetchone())
+
+    def _below_floor(self, adapter: str, champion, config: LoopConfig) -> bool:
+        """The scheduled evaluation (`--eval-every`) of the champion on the fixed `--eval-data`, when one is due: it is
+        recorded with the version (as `reg eval` records it), and True if it falls below `--eval-floor`."""
+        if not config.eval_every:
+            return False
+        from .evaluate import evaluate_version
+
+        name = f"eval:{Path(config.eval_data).name}"
+        done = [e for e in self.registry.evaluations(champion.id) if e["name"] == name]
+        if done and datetime.fromisoformat(done[-1]["created_at"]) + timedelta(seconds=parse_schedule(
+                config.eval_every)) > datetime.now(timezone.utc):
+            return False  # evaluated recently enough; its verdict led to a turn then, or did not
+        result = evaluate_version(self.registry, champion.ref, Path(config.eval_data), config.eval_type,
+                                  max_examples=GATE_MAX_EXAMPLES)
+        checked = [rule.check(result["adapter"], {}) for rule in config.eval_floor]
+        for ok, line in checked:
+            self.say(f"{adapter}: scheduled evaluation of {champion.ref} on {name}: {line}")
+        return not all(ok for ok, _ in checked)
 
     def _degraded(self, adapter: str, champion, config: LoopConfig, since: str) -> bool:
         """The champion's guard tripped, or its negative-feedback or error rate rose past the loop's limits, since."""

@@ -598,8 +598,8 @@ def loop_settings(config: dict) -> list[tuple[str, str]]:
     """A loop's settings as `reg loop show` prints them: the gate's rules and the guard's limits on one line each."""
     rows = []
     for key, value in config.items():
-        if key == "gate":
-            value = ", ".join(value)
+        if isinstance(value, list):  # the gate's rules, the evaluation floor's
+            value = ", ".join(value) or None
         elif key == "guard":
             value = ", ".join(f"{k}={v:g}" for k, v in value.items() if v is not None)
         rows.append((key, "-" if value is None else str(value)))
