@@ -132,12 +132,13 @@ class Registry(BaseCatalog):
 
     def push(
         self, directory: Path | str, name: str, base: str | None = None, message: str = "", alias: str | None = None,
-        allow_duplicate: bool = False, run_id: str | None = None, creator: str | None = None,
+        allow_duplicate: bool = False, run_id: str | None = None, creator: str | None = None, parent: int | None = None,
     ) -> PushResult:
         """Store a PEFT adapter directory as the next version of `name`.
 
         Every check happens before anything is written. Content identical to a live
-        version returns that version (`created=False`) unless `allow_duplicate`.
+        version returns that version (`created=False`) unless `allow_duplicate`. `parent`: the live version of `name`
+        it was made from (default: the latest), as the loop records a candidate's champion.
         """
         validate_name(name)
         if alias is not None:
@@ -150,11 +151,12 @@ class Registry(BaseCatalog):
         for rel in info.files:
             digest, size = self.blobs.ingest(info.directory / rel)
             files.append(FileRecord(rel, size, digest))
-        return self._record_version(info, files, name, base_record, message, alias, allow_duplicate, run_id, creator)
+        return self._record_version(info, files, name, base_record, message, alias, allow_duplicate, run_id, creator,
+                                    parent)
 
     def push_stored(
         self, files: list[FileRecord], name: str, base: str | None = None, message: str = "", alias: str | None = None,
-        allow_duplicate: bool = False, creator: str | None = None, run_id: str | None = None,
+        allow_duplicate: bool = False, creator: str | None = None, run_id: str | None = None, parent: int | None = None,
     ) -> PushResult:
         """Commit a version from blobs already in the store (a remote push: the blobs were uploaded and verified first).
 
@@ -184,11 +186,12 @@ class Registry(BaseCatalog):
             raise type(exc)(message) from None
         base_record = self._base_for_adapter(info, base)
         check_fits_base(info, base_record.name, base_record.tensors, base_record.config)
-        return self._record_version(info, files, name, base_record, message, alias, allow_duplicate, run_id, creator)
+        return self._record_version(info, files, name, base_record, message, alias, allow_duplicate, run_id, creator,
+                                    parent)
 
     def _record_version(
         self, info: AdapterInfo, files: list[FileRecord], name: str, base_record: Base, message: str, alias: str | None,
-        allow_duplicate: bool, run_id: str | None, creator: str | None,
+        allow_duplicate: bool, run_id: str | None, creator: str | None, parent: int | None = None,
     ) -> PushResult:
         """One transaction: allocate the next number and record the version (or return an identical live one)."""
         manifest = manifest_digest(files)
@@ -213,9 +216,13 @@ class Registry(BaseCatalog):
             if missing:  # only a gc racing this push can do that; nothing is recorded, so a retry is safe
                 raise IntegrityError(f"blobs of {', '.join(missing)} vanished before the version was recorded; push again")
             number = conn.execute("SELECT next_version FROM adapters WHERE name=?", (name,)).fetchone()[0]
-            parent = conn.execute(
-                "SELECT MAX(number) FROM versions WHERE adapter=? AND deleted_at IS NULL", (name,)
-            ).fetchone()[0]
+            if parent is None:
+                parent = conn.execute(
+                    "SELECT MAX(number) FROM versions WHERE adapter=? AND deleted_at IS NULL", (name,)
+                ).fetchone()[0]
+            elif conn.execute("SELECT 1 FROM versions WHERE adapter=? AND number=? AND deleted_at IS NULL",
+                              (name, check_version_number(parent, "parent"))).fetchone() is None:
+                raise VersionNotFound(f"parent {name}:{parent}: no live version of {name} with that number")
             cur = conn.execute(
                 "INSERT INTO versions (adapter, number, manifest_digest, base_name, base_digest, peft_type, task_type, rank,"
                 " alpha, target_modules, adapter_config, size_bytes, creator, message, parent, run_id, created_at)"

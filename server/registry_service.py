@@ -262,6 +262,7 @@ class RegistryServicer(pb_grpc.RegistryServicer):
             result = self.registry.push_stored(
                 files, request.name, base=request.base or None, message=request.message, alias=request.alias or None,
                 allow_duplicate=request.allow_duplicate, creator=self._actor(context, request.creator), run_id=run_id,
+                parent=request.parent if request.HasField("parent") else None,
             )
             v = result.version
             self._audit(context, "push", v.ref, created=result.created, manifest_digest=v.manifest_digest,

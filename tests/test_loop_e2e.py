@@ -191,6 +191,7 @@ def test_a_candidate_that_draws_negative_feedback_live_is_rolled_back(world):
     run = runner.step("support")
     assert run["state"] == "canary", run
     candidate = run["candidate"]
+    assert candidate == 4 and reg.resolve("support:4").parent == 2  # its lineage names the champion, not support:3
     wait_until(lambda: (world["service"].router.current("support") or None) is not None
                and world["service"].router.current("support").arms[-1].version == candidate, "the canary to be routed")
     for round_ in range(30):

@@ -32,6 +32,13 @@ def test_push_records_what_the_issue_lists(registry: Registry, make_adapter):
     assert v.manifest_digest.startswith("sha256:")
     v2 = registry.push(make_adapter("lora", seed=1), "demo").version
     assert (v2.number, v2.parent) == (2, 1)
+    v3 = registry.push(make_adapter("lora", seed=2), "demo", parent=1).version  # made from version 1, not the latest
+    assert (v3.number, v3.parent) == (3, 1)
+    from registry.errors import NotFound
+
+    with pytest.raises(NotFound, match="parent demo:9: no live version of demo"):
+        registry.push(make_adapter("lora", seed=4), "demo", parent=9)
+    assert registry.count_versions("demo") == 3  # refused: nothing recorded
 
 
 def test_pulled_adapter_loads_in_plain_peft_and_matches_the_original(registry: Registry, make_adapter, tiny_base_dir, tmp_path):

@@ -58,6 +58,11 @@ def test_remote_push_and_pull_round_trip_equals_local(served, registry, make_ada
 
         again = remote.push(src, "demo")  # identical content: nothing sent, the existing version returned
         assert not again.created and again.version.ref == "demo:1" and remote.last_push["bytes_sent"] == 0
+        second = remote.push(make_adapter("lora", seed=2), "demo").version
+        third = remote.push(make_adapter("lora", seed=3), "demo", parent=1).version  # made from demo:1, not demo:2
+        assert (second.parent, third.number, third.parent) == (1, 3, 1)
+        with pytest.raises(NotFound, match="parent demo:7: no live version"):
+            remote.push(make_adapter("lora", seed=4), "demo", parent=7)
 
         version, out = remote.pull("demo:1", tmp_path / "pulled")
         assert version.ref == "demo:1"

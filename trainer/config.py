@@ -49,6 +49,8 @@ class PushConfig:
     name: str | None = documented(None, "Adapter name to push the result under (default: the config file's name).")
     alias: str | None = documented(None, "Alias to point at the new version (e.g. staging).")
     message: str = documented("", "Version message.")
+    parent: int | None = documented(None, "The version (number) of this adapter it is made from, in its lineage "
+                                          "(default: the latest); the loop sets its champion.")
 
 
 @dataclass

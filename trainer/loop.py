@@ -238,7 +238,8 @@ class LoopRunner:
             entry["path"] = name
         files[data.name] = data.read_bytes()
         frozen["datasets"] = [*frozen["datasets"], {"path": data.name, "type": fmt}]
-        frozen["push"] = {"name": adapter, "message": f"loop turn {run_id}: {champion.ref} + {data.name}"}
+        frozen["push"] = {"name": adapter, "message": f"loop turn {run_id}: {champion.ref} + {data.name}",
+                          "parent": champion.number}
         return submit(self.registry, SubmitRequest(config=frozen, files=files, source="loop",
                                                    extra={"loop_run": run_id, "champion": champion.ref}), "loop")
 

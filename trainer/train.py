@@ -328,7 +328,7 @@ def _push_version(job: _Prepared, config: TrainConfig, registry: Registry, run_i
     )
     message = config.push.message or f"trained by {run_id}"
     result = registry.push(adapter_dir, config.push.name, base=job.base.name, message=message, alias=config.push.alias,
-                           run_id=run_id, allow_duplicate=True)
+                           run_id=run_id, allow_duplicate=True, parent=config.push.parent)
     registry.record_evaluation(result.version, "heldout", "val", evaluation["adapter"], evaluation["base"],
                                run_id=run_id, passed=evaluation["passed"], failures=evaluation["failures"])
     return result.version.ref

@@ -269,7 +269,7 @@ class RemoteRegistry:
 
     def push(
         self, directory: Path | str, name: str, base: str | None = None, message: str = "", alias: str | None = None,
-        allow_duplicate: bool = False, run_id: str | None = None, creator: str | None = None,
+        allow_duplicate: bool = False, run_id: str | None = None, creator: str | None = None, parent: int | None = None,
     ) -> PushResult:
         """Upload what the server lacks (resuming interrupted blobs), then commit the version in one server transaction."""
         validate_name(name)
@@ -287,7 +287,7 @@ class RemoteRegistry:
         request = pb.CommitPushRequest(
             name=name, files=[pb.FileEntry(path=f.path, size=f.size, sha256=f.sha256) for f in files], base=base or "",
             message=message, alias=alias or "", allow_duplicate=allow_duplicate, creator=creator or current_actor(),
-            run_id=run_id,
+            run_id=run_id, parent=parent,
         )
         reply = self._call("CommitPush", request)
         self.last_push = {"bytes_sent": sent, "blobs_skipped": skipped}

@@ -1002,7 +1002,7 @@ class FileEntry(_message.Message):
     def __init__(self, path: _Optional[str] = ..., size: _Optional[int] = ..., sha256: _Optional[str] = ...) -> None: ...
 
 class CommitPushRequest(_message.Message):
-    __slots__ = ("name", "files", "base", "message", "alias", "allow_duplicate", "creator", "run_id")
+    __slots__ = ("name", "files", "base", "message", "alias", "allow_duplicate", "creator", "run_id", "parent")
     NAME_FIELD_NUMBER: _ClassVar[int]
     FILES_FIELD_NUMBER: _ClassVar[int]
     BASE_FIELD_NUMBER: _ClassVar[int]
@@ -1011,6 +1011,7 @@ class CommitPushRequest(_message.Message):
     ALLOW_DUPLICATE_FIELD_NUMBER: _ClassVar[int]
     CREATOR_FIELD_NUMBER: _ClassVar[int]
     RUN_ID_FIELD_NUMBER: _ClassVar[int]
+    PARENT_FIELD_NUMBER: _ClassVar[int]
     name: str
     files: _containers.RepeatedCompositeFieldContainer[FileEntry]
     base: str
@@ -1019,7 +1020,8 @@ class CommitPushRequest(_message.Message):
     allow_duplicate: bool
     creator: str
     run_id: str
-    def __init__(self, name: _Optional[str] = ..., files: _Optional[_Iterable[_Union[FileEntry, _Mapping]]] = ..., base: _Optional[str] = ..., message: _Optional[str] = ..., alias: _Optional[str] = ..., allow_duplicate: _Optional[bool] = ..., creator: _Optional[str] = ..., run_id: _Optional[str] = ...) -> None: ...
+    parent: int
+    def __init__(self, name: _Optional[str] = ..., files: _Optional[_Iterable[_Union[FileEntry, _Mapping]]] = ..., base: _Optional[str] = ..., message: _Optional[str] = ..., alias: _Optional[str] = ..., allow_duplicate: _Optional[bool] = ..., creator: _Optional[str] = ..., run_id: _Optional[str] = ..., parent: _Optional[int] = ...) -> None: ...
 
 class CommitPushResponse(_message.Message):
     __slots__ = ("version", "created", "warnings")
