@@ -161,12 +161,12 @@ class Captures:
         """Store a server's batch (of adapters with capture on; texts redacted again with the config in force),
         then apply each touched adapter's retention and size bound. Returns the requests stored."""
         configs, stored, touched = self.all(), 0, set()
+        redactors = {adapter: config.redactor() for adapter, config in configs.items()}  # compiled once a batch
         with transaction(self.conn):
             for r in requests:
-                config = configs.get(r.adapter)
-                if config is None:  # capture was turned off since the server sampled it
+                redact = redactors.get(r.adapter)
+                if redact is None:  # capture was turned off since the server sampled it
                     continue
-                redact = config.redactor()
                 kept = CapturedRequest(r.adapter, r.version, r.revision, r.arm, r.request_id, r.key_hash,
                                        redact(r.prompt), [{"role": m["role"], "content": redact(m["content"])}
                                                           for m in r.messages], redact(r.response), r.status,

@@ -31,6 +31,7 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 from registry import Registry
+from registry.blobs import sha256_file
 from registry.errors import LoradockError
 from registry.jobs import SubmitRequest, TERMINAL
 from registry.loops import LoopConfig, check_gate, parse_schedule
@@ -117,7 +118,7 @@ class LoopRunner:
 
                 data = Path(tmp) / f"{adapter}-curated-run{run_id}.jsonl"
                 write(curated.train, curated.format, data)
-                sha = _sha256(data)
+                sha = sha256_file(data)
                 self._step(run_id, "curate", **counts, format=curated.format, dataset_sha256=sha, excluded=excluded)
                 if counts["kept"] < config.min_new_examples and trigger != "manual":
                     raise LoopStop("skipped", f"{counts['kept']} new curated examples, fewer than min_new_examples "
@@ -266,7 +267,7 @@ class LoopRunner:
         recorded = {d["path"]: d.get("sha256") for d in run.get("datasets") or []}
         sha = recorded.get(entry["path"]) or ""
         path = Path(entry["path"])
-        if path.is_file() and (not sha or _sha256(path) == sha.removeprefix("sha256:")):
+        if path.is_file() and (not sha or sha256_file(path) == sha.removeprefix("sha256:")):
             return path.read_bytes()
         digest = sha.removeprefix("sha256:")
         if digest and self.registry.blobs.has(digest):
@@ -386,16 +387,6 @@ class LoopStop(Exception):
 
 def _numbers(metrics: dict) -> dict:
     return {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and v == v and abs(v) != float("inf")}
-
-
-def _sha256(path: Path) -> str:
-    import hashlib
-
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _now() -> str:

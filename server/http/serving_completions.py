@@ -124,7 +124,8 @@ def usage(result: GenerateResult) -> dict:
             "total_tokens": u.prompt_tokens + u.completion_tokens}
 
 
-def _sse(data: dict | str) -> bytes:
+def sse_event(data: dict | str) -> bytes:
+    """One server-sent event carrying `data` (JSON, or a literal such as [DONE])."""
     return f"data: {data if isinstance(data, str) else json.dumps(data)}\n\n".encode()
 
 
@@ -134,18 +135,18 @@ async def _events(reply: _Reply, deltas: AsyncIterator[str], include_usage: bool
     An error after the stream began (a deadline, a failure inside the model) is sent as an `error` event."""
     try:
         if reply.chat:
-            yield _sse(reply.chunk(None, with_usage=include_usage, first=True))
+            yield sse_event(reply.chunk(None, with_usage=include_usage, first=True))
         async for delta in deltas:
-            yield _sse(reply.chunk(delta, with_usage=include_usage))
+            yield sse_event(reply.chunk(delta, with_usage=include_usage))
         result = reply.generation.result()  # ready: the deltas ended
-        yield _sse(reply.chunk(None, result.finish_reason, result, with_usage=include_usage))
+        yield sse_event(reply.chunk(None, result.finish_reason, result, with_usage=include_usage))
         if include_usage:
-            yield _sse(reply.usage_chunk(result))
+            yield sse_event(reply.usage_chunk(result))
     except Exception as exc:
         if not isinstance(exc, LoradockError):
             logger.exception("request %s failed inside the model", reply.generation.request_id)
-        yield _sse(loradock_error_body(exc)[1])
-    yield _sse("[DONE]")
+        yield sse_event(loradock_error_body(exc)[1])
+    yield sse_event("[DONE]")
 
 
 async def stream_deltas(generation: Generation, pool: Executor) -> AsyncIterator[str]:

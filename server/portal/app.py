@@ -33,7 +33,7 @@ from registry.rollout_records import parse_arm
 from registry.units import duration_text
 
 from ..http.body import read_body
-from ..http.serving_completions import SSE_HEADERS, EventStream, stream_deltas
+from ..http.serving_completions import SSE_HEADERS, EventStream, sse_event, stream_deltas
 from ..http.serving_fine_tuning import MAX_FORM_OVERHEAD, MAX_UPLOAD_BYTES, form_boundary, parse_form, upload_name
 from ..jobs_service import JobsService, JobsUnavailable
 from ..service_types import ChatMessage, GenerateRequest, SamplingParams, WeightedAdapter
@@ -518,16 +518,12 @@ def _answer_all(service, form: dict[str, str], targets: list[tuple[int, str]]) -
 async def _playground_events(generation, pool) -> AsyncIterator[bytes]:
     try:
         async for delta in stream_deltas(generation, pool):
-            yield _event({"delta": delta})
+            yield sse_event({"delta": delta})
         result = generation.result()  # ready: the deltas ended
-        yield _event({"done": True, "served": served_by(result.adapter_version, result.variant),
+        yield sse_event({"done": True, "served": served_by(result.adapter_version, result.variant),
                       "finish_reason": result.finish_reason})
     except LoradockError as exc:
-        yield _event({"error": " ".join(str(exc).split())})
-
-
-def _event(data: dict) -> bytes:
-    return f"data: {json.dumps(data)}\n\n".encode()
+        yield sse_event({"error": " ".join(str(exc).split())})
 
 
 def _int_field(form: dict[str, str], key: str, default: int) -> int:
