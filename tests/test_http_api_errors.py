@@ -138,19 +138,26 @@ def test_a_full_queue_is_429_with_retry_after(served):
             results.append(exc.response.headers.get("retry-after"))
 
     with ForwardGate(service.engine.model) as gate, ThreadPoolExecutor(8) as pool:
-        # the model is held: one request sits in its prefill, two wait in the queue, five are refused before any work
-        pending = [pool.submit(one, i) for i in range(8)]
-        wait_until(lambda: results.count("1") == 5, what="five 429s while the model is held")
-        assert gate.forwards == 0 and service.engine.queue_depth == 2
+        # arrivals are staged, so how many are refused does not depend on when the engine loop admits them:
+        # one request is held in its prefill, two wait in the queue (it is full), and five are refused before any work
+        pending = [pool.submit(one, 0)]
+        wait_until(lambda: gate.waiting, what="the first request to reach the model")
+        pending += [pool.submit(one, i) for i in (1, 2)]
+        wait_until(lambda: service.engine.queue_depth == 2, what="two requests to wait in the queue")
+        pending += [pool.submit(one, i) for i in range(3, 8)]
+        wait_until(lambda: len(results) == 5, what="five answers while the model is held")
+        assert results == ["1"] * 5 and gate.forwards == 0 and service.engine.queue_depth == 2
         gate.open()
         for future in pending:
             future.result()
     assert sorted(results) == ["1"] * 5 + ["ok"] * 3
+    wait_until(lambda: service.engine.batch_size == 0 and service.engine.queue_depth == 0, what="the batch to empty")
 
 
 @pytest.mark.parametrize("stream", [True, False], ids=["stream", "non-stream"])
 def test_a_client_that_disconnects_frees_its_batch_slot(served, monkeypatch, stream):
     service = served["service"]
+    wait_until(lambda: service.engine.batch_size == 0 and service.engine.queue_depth == 0, what="an idle engine")
     spy = HandleSpy(service.engine, monkeypatch)
     with ForwardGate(service.engine.model, allowed=3) as gate:  # prefill and two decode steps, then the model waits
         if stream:

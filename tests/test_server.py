@@ -311,8 +311,14 @@ def test_a_full_queue_answers_resource_exhausted_before_any_work(tmp_path, tiny_
                     codes.append(exc.code().name)
 
             with ThreadPoolExecutor(12) as pool:
-                pending = [pool.submit(one, i) for i in range(12)]
-                wait_until(lambda: codes.count("RESOURCE_EXHAUSTED") == 9, what="nine refusals while the model is held")
+                # staged, so how many are refused does not depend on when the engine loop admits the first one
+                pending = [pool.submit(one, 0)]
+                wait_until(lambda: gate.waiting, what="the first request to reach the model")
+                pending += [pool.submit(one, i) for i in (1, 2)]
+                wait_until(lambda: service.engine.queue_depth == 2, what="two requests to wait in the queue")
+                pending += [pool.submit(one, i) for i in range(3, 12)]
+                wait_until(lambda: len(codes) == 9, what="nine answers while the model is held")
+                assert codes == ["RESOURCE_EXHAUSTED"] * 9
                 assert gate.forwards == 0 and service.engine.queue_depth == 2
                 gate.open()
                 for future in pending:
