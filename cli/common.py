@@ -7,6 +7,7 @@ so no module of the CLI imports another that imports it back.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -14,6 +15,7 @@ import typer
 
 from registry import InvalidInput, Registry
 from registry.fields import flag_name
+from registry.store import BLOB_STORE_ENV
 
 from . import logs
 
@@ -46,6 +48,11 @@ def _global_options(
     tls_ca: Annotated[Optional[Path], typer.Option(
         "--tls-ca", envvar="LORADOCK_TLS_CA", show_default=False,
         help="PEM CA certificate to verify the remote's TLS certificate (turns TLS on).")] = None,
+    blob_store: Annotated[Optional[str], typer.Option(
+        "--blob-store", envvar="LORADOCK_BLOB_STORE", show_default=False,
+        help="Keep the local registry's blobs in S3-compatible object storage, s3://BUCKET or s3://BUCKET/PREFIX (endpoint, region "
+             "and credentials as boto3 reads them: AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID, ...). Recorded by the home "
+             "on first use.")] = None,
     log_level: Annotated[str, typer.Option(
         "--log-level", envvar="LORADOCK_LOG_LEVEL",
         help=f"Least severe log records shown on stderr: {', '.join(logs.LEVELS)}.")] = "info",
@@ -55,6 +62,8 @@ def _global_options(
 ) -> None:
     """loradock: register, train, serve and export LoRA/QLoRA adapters."""
     logs.configure(log_level.lower(), log_format.lower())
+    if blob_store:  # in the environment, so every registry this process opens, and the workers it starts, use it
+        os.environ[BLOB_STORE_ENV] = blob_store
     _REMOTE.clear()
     _REMOTE.update(url=registry, token=token, tls_ca=tls_ca)
 

@@ -15,9 +15,10 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import IntegrityError, InvalidAdapter, InvalidInput
+from .errors import IntegrityError, InvalidAdapter, InvalidInput, NotFound
 from .failures import from_os_error
 from .paths import check_replaceable
 
@@ -212,22 +213,59 @@ def check_digest(digest: str) -> str:
     return digest
 
 
+@dataclass(frozen=True)
+class StoredBlob:
+    """One blob as a store lists it: what gc and verify need, wherever the bytes live."""
+
+    digest: str
+    size: int
+    mtime: float  # when it was last written (Unix time): gc's grace period counts from here
+
+
 class BlobStore:
+    """The blob store interface, and its local implementation: files under `root/sha256/`.
+
+    Every other store (`registry/s3_blobs.py`) keeps the same `root/tmp/` on local disk for what is being
+    written (an ingest's copy, a remote client's upload being received) and overrides the methods that touch
+    stored objects: has, size, place, copy_out, read_chunks, local_files, iter_blobs, remove. Nothing outside the
+    stores reaches for a stored object's file, so the registry, gc, verify and the servers work on any of them.
+    """
+
+    location: str  # what messages name: the objects directory, or s3://bucket/prefix
+
     def __init__(self, root: Path):
         self.root = root
         self.objects = root / "sha256"
         self.tmp = root / "tmp"
+        self.location = str(self.objects)
+        self._make_dirs()
+
+    def _make_dirs(self) -> None:
         self.objects.mkdir(parents=True, exist_ok=True)
         self.tmp.mkdir(parents=True, exist_ok=True)
 
     def path(self, digest: str) -> Path:
+        """The file of a stored blob (local store only: other stores have no such file)."""
         return self.objects / digest[:2] / digest
 
     def has(self, digest: str) -> bool:
         return self.path(digest).exists()
 
+    def size(self, digest: str) -> int | None:
+        """The stored blob's size in bytes, or None when it is not stored."""
+        try:
+            return self.path(digest).stat().st_size
+        except FileNotFoundError:
+            return None
+
     def ingest(self, src: Path) -> tuple[str, int]:
         """Copy `src` into the store, hashing as it goes; return (sha256, size)."""
+        tmp_path, digest, size = self._copy_to_temp(src)
+        self.place(tmp_path, digest)
+        return digest, size
+
+    def _copy_to_temp(self, src: Path) -> tuple[Path, str, int]:
+        """A fsynced copy of `src` in `tmp/` that nobody else writes, and the sha256 and size of exactly its bytes."""
         h = hashlib.sha256()
         tmp_path = self.tmp / f"ingest-{os.getpid()}-{time.monotonic_ns()}"
         with _removed_on_failure(tmp_path, f"storing {src.name} in the blob store", self.root):
@@ -241,11 +279,9 @@ class BlobStore:
                     os.close(fd_out)
             finally:
                 os.close(fd_in)
-            digest = h.hexdigest()
-            self.place(tmp_path, digest)
-            return digest, size
+        return tmp_path, h.hexdigest(), size
 
-    def place(self, tmp_path: Path, digest: str) -> Path:
+    def place(self, tmp_path: Path, digest: str) -> None:
         """Move a fully written, fsynced temp file whose sha256 is `digest` into the store."""
         final = self.path(digest)
         # Replace even when the blob exists: that repairs a corrupt copy, and the fresh mtime
@@ -256,7 +292,6 @@ class BlobStore:
         os.chmod(tmp_path, 0o444)
         os.replace(tmp_path, final)
         fsync_path(final.parent)
-        return final
 
     # --- uploads from a remote client (server/registry_service.py) ---------------------------
 
@@ -273,6 +308,12 @@ class BlobStore:
         except FileNotFoundError:
             return 0
 
+    # --- reading ---------------------------------------------------------------------------
+
+    def missing(self, digest: str, label: str) -> IntegrityError:
+        return IntegrityError(f"{label}: blob sha256:{digest} is missing from the blob store {self.location} "
+                              f"(run `reg verify`)")
+
     def copy_out(self, digest: str, dest: Path, label: str) -> int:
         """Write blob `digest` to `dest`, verifying the hash of the bytes written.
 
@@ -280,7 +321,7 @@ class BlobStore:
         """
         src = self.path(digest)
         if not src.exists():
-            raise IntegrityError(f"{label}: blob sha256:{digest} is missing from the store (run `reg verify`)")
+            raise self.missing(digest, label)
         h = hashlib.sha256()
         with _removed_on_failure(dest, f"writing {label}", dest.parent):
             fd_in = os.open(src, os.O_RDONLY)
@@ -292,16 +333,78 @@ class BlobStore:
                     os.close(fd_out)
             finally:
                 os.close(fd_in)
-        if h.hexdigest() != digest:
-            dest.unlink(missing_ok=True)
-            raise IntegrityError(f"{label}: stored bytes do not match sha256:{digest} (got {h.hexdigest()}); the blob is corrupt")
+        check_copied(h.hexdigest(), digest, dest, label)
         return size
 
-    def iter_digests(self) -> Iterator[tuple[str, Path]]:
+    def read_chunks(self, digest: str, offset: int = 0, chunk: int = CHUNK) -> Iterator[bytes]:
+        """The stored bytes of `digest` from `offset`, `chunk` bytes at a time (unverified: the reader checks).
+
+        Raises NotFound before the first chunk when the blob is not stored.
+        """
+        try:
+            fh = open(self.path(check_digest(digest)), "rb")
+        except FileNotFoundError:
+            raise NotFound(f"no stored blob sha256:{digest}") from None
+        return _chunks_of(fh, offset, chunk)
+
+    def read_bytes(self, digest: str, label: str) -> bytes:
+        """A small blob's verified bytes (an uploaded file, a curated dataset); `label` names it in errors."""
+        try:
+            data = b"".join(self.read_chunks(digest))
+        except NotFound:
+            raise self.missing(digest, label) from None
+        actual = hashlib.sha256(data).hexdigest()
+        if actual != digest:
+            raise IntegrityError(f"{label}: stored bytes do not match sha256:{digest} (got {actual}); the blob is corrupt")
+        return data
+
+    @contextmanager
+    def local_files(self, digests: dict[str, str], label: str) -> Iterator[dict[str, Path]]:
+        """Local files holding the blobs `digests` maps names to, for readers that need a path (header parsers, mmap).
+
+        Here they are the stored files themselves; a remote store downloads verified copies for the block.
+        """
+        missing = [name for name, digest in digests.items() if not self.has(digest)]
+        if missing:
+            raise self.missing(digests[missing[0]], f"{label} {missing[0]}")
+        yield {name: self.path(digest) for name, digest in digests.items()}
+
+    # --- listing and removing (gc, verify) -------------------------------------------------
+
+    def iter_blobs(self) -> Iterator[StoredBlob]:
         for sub in sorted(self.objects.iterdir()):
             if sub.is_dir():
                 for blob in sorted(sub.iterdir()):
-                    yield blob.name, blob
+                    try:
+                        st = blob.stat()
+                    except FileNotFoundError:  # removed meanwhile
+                        continue
+                    yield StoredBlob(blob.name, st.st_size, st.st_mtime)
+
+    def remove(self, digest: str) -> None:
+        self.path(digest).unlink(missing_ok=True)
 
     def iter_temp_files(self) -> Iterator[Path]:
         yield from sorted(self.tmp.iterdir())
+
+    def abort_stale_uploads(self, cutoff: float, dry_run: bool = False) -> int:
+        """Give up writes begun before `cutoff` that never finished and live outside `tmp/` (none here); their count."""
+        return 0
+
+    def presigned_url(self, digest: str, expires_s: int) -> str | None:
+        """A short-lived URL a client can GET the blob from directly, or None when this store has none (local files)."""
+        return None
+
+
+def check_copied(actual: str, digest: str, dest: Path, label: str) -> None:
+    """After a copy of blob `digest` to `dest`: remove `dest` and raise unless its bytes hashed to `digest`."""
+    if actual != digest:
+        dest.unlink(missing_ok=True)
+        raise IntegrityError(f"{label}: stored bytes do not match sha256:{digest} (got {actual}); the blob is corrupt")
+
+
+def _chunks_of(fh, offset: int, chunk: int) -> Iterator[bytes]:
+    with fh:
+        fh.seek(max(0, offset))
+        while data := fh.read(chunk):
+            yield data

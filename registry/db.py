@@ -89,7 +89,7 @@ def connect(path: Path, blobs: Path | None = None) -> RegistryConnection:
     `blobs` is the blob store's object directory: when it holds blobs, a missing, empty or schema-less
     database is the registry's lost record of them, never a new registry, and opening it is refused.
     """
-    if blobs is not None and _holds_a_blob(blobs) and (not path.exists() or (path.is_file() and path.stat().st_size == 0)):
+    if blobs is not None and holds_a_blob(blobs) and (not path.exists() or (path.is_file() and path.stat().st_size == 0)):
         raise DatabaseCorrupt(_lost_message(path, blobs, "is missing" if not path.exists() else "is empty (0 bytes)"))
     try:
         conn = sqlite3.connect(str(path), timeout=BUSY_TIMEOUT_S, isolation_level=None, check_same_thread=False,
@@ -104,7 +104,7 @@ def connect(path: Path, blobs: Path | None = None) -> RegistryConnection:
         conn.execute("PRAGMA synchronous = NORMAL")
         conn.execute("PRAGMA foreign_keys = ON")
         pending = _pending_migrations(conn)
-        if pending and pending[0][0] == 1 and blobs is not None and _holds_a_blob(blobs):
+        if pending and pending[0][0] == 1 and blobs is not None and holds_a_blob(blobs):
             raise DatabaseCorrupt(_lost_message(path, blobs, "holds no registry tables"))
         if pending:
             migrate(conn)
@@ -114,7 +114,7 @@ def connect(path: Path, blobs: Path | None = None) -> RegistryConnection:
     return conn
 
 
-def _holds_a_blob(objects: Path) -> bool:
+def holds_a_blob(objects: Path) -> bool:
     try:
         return any(any(sub.iterdir()) for sub in objects.iterdir() if sub.is_dir())
     except OSError:
@@ -388,6 +388,13 @@ def _m009_continuous_fine_tuning(db) -> None:
     db["loop_runs"].create_index(["adapter", "id"])
 
 
+def _m010_settings(db) -> None:
+    # One row per setting that belongs to the registry rather than to a process: `blob_store` (s3://...) binds a home
+    # to the bucket its blobs are in, so no later command can open it on the wrong store.
+    db["settings"].create({"key": str, "value": str, "actor": str, "updated_at": str}, pk="key",
+                          not_null={"value", "updated_at"})
+
+
 MIGRATIONS: list[tuple[int, str, Callable]] = [
     (1, "initial schema", _m001_initial),
     (2, "evaluation pass/fail verdicts", _m002_evaluation_verdicts),
@@ -398,6 +405,7 @@ MIGRATIONS: list[tuple[int, str, Callable]] = [
     (7, "fine-tuning jobs: queue, events, checkpoints, workers, uploaded files", _m007_jobs),
     (8, "job checkpoints stored as blobs (remote workers)", _m008_stored_checkpoints),
     (9, "continuous fine-tuning: captured traffic, feedback corrections, loops and their runs", _m009_continuous_fine_tuning),
+    (10, "registry settings (the blob store a home keeps its blobs in)", _m010_settings),
 ]
 
 

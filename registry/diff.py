@@ -48,13 +48,14 @@ def _tensor_digests(registry: Registry, version: Version) -> dict[str, tuple[lis
     entry = next((f for f in version.files if f.path == WEIGHTS_FILE), None)
     if entry is None:
         return {}
-    path = registry.blobs.path(entry.sha256)
-    tensors, _, start = read_header(path)
     out = {}
-    with open(path, "rb") as fh, mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as mm:
-        for name, info in tensors.items():
-            digest = hashlib.sha256(mm[start + info.begin : start + info.end]).hexdigest()
-            out[name] = (list(info.shape), info.dtype, digest)
+    with registry.blobs.local_files({WEIGHTS_FILE: entry.sha256}, version.ref) as local:
+        path = local[WEIGHTS_FILE]
+        tensors, _, start = read_header(path)
+        with open(path, "rb") as fh, mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as mm:
+            for name, info in tensors.items():
+                digest = hashlib.sha256(mm[start + info.begin : start + info.end]).hexdigest()
+                out[name] = (list(info.shape), info.dtype, digest)
     return out
 
 

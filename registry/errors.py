@@ -132,6 +132,13 @@ class NotWritable(LoradockError):
     exit_code, grpc_status, http_status = 13, "FAILED_PRECONDITION", 500
 
 
+class StorageRefused(LoradockError):
+    """The object store (`--blob-store s3://...`) refused the registry: credentials it does not accept, a bucket that
+    does not exist, or another refusal. The caller's request was fine; the registry's storage settings are not."""
+
+    exit_code, grpc_status, http_status = 15, "FAILED_PRECONDITION", 502
+
+
 class Unauthenticated(LoradockError):
     """No token, or a token that no tokens file lists (gRPC UNAUTHENTICATED)."""
 

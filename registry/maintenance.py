@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
+import hashlib
 import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from .blobs import sha256_file
 from .db import integrity_problems, transaction
-from .errors import Conflict
+from .errors import Conflict, NotFound
 from .records import Version
 
 if TYPE_CHECKING:  # a local registry; at run time it is the caller (store.py imports this module)
@@ -61,16 +61,24 @@ def verify(registry: Registry, ref: str | None = None) -> VerifyReport:
 
 
 def _check_blob(registry: Registry, digest: str, size: int) -> str | None:
-    path = registry.blobs.path(digest)
-    if not path.exists():
+    """What is wrong with stored blob `digest`, recorded as `size` bytes (None when it is whole), on any blob store.
+
+    The bytes are hashed as they stream, so an object in a bucket is checked without a local copy.
+    """
+    store = registry.blobs
+    actual_size = store.size(digest)
+    if actual_size is None:
         return "missing from the blob store"
-    actual_size = path.stat().st_size
     if actual_size != size:
         return f"size {actual_size} bytes, recorded {size}"
-    actual = sha256_file(path)
-    if actual != digest:
-        return f"content hashes to {actual}"
-    return None
+    h = hashlib.sha256()
+    try:
+        for data in store.read_chunks(digest):
+            h.update(data)
+    except NotFound:
+        return "missing from the blob store"
+    actual = h.hexdigest()
+    return None if actual == digest else f"content hashes to {actual}"
 
 
 @dataclass
@@ -92,6 +100,7 @@ def gc(registry: Registry, dry_run: bool = False, grace_s: float = DEFAULT_GC_GR
     unless `all_unreferenced` says that every blob really is garbage.
     """
     report = GcReport(dry_run=dry_run)
+    registry.blobs  # opened (and an object store's access checked) before the write lock is taken
     # Under the write lock no push can commit between deciding a blob is unused and removing it;
     # a push that ingested it meanwhile finds it missing at commit time and fails cleanly.
     with transaction(registry.conn) as conn:
@@ -108,25 +117,26 @@ def gc(registry: Registry, dry_run: bool = False, grace_s: float = DEFAULT_GC_GR
             )
         }
         cutoff = time.time() - grace_s
-        for digest, path in registry.blobs.iter_digests():
-            if digest in live:
+        for blob in registry.blobs.iter_blobs():
+            if blob.digest in live:
                 continue
-            try:
-                stat = path.stat()
-            except FileNotFoundError:
-                continue
-            if stat.st_mtime > cutoff:
+            if blob.mtime > cutoff:
                 report.kept_recent += 1
                 continue
-            report.removed.append(digest)
-            report.removed_bytes += stat.st_size
+            report.removed.append(blob.digest)
+            report.removed_bytes += blob.size
             if not dry_run:
-                path.unlink(missing_ok=True)
+                registry.blobs.remove(blob.digest)
     for tmp in registry.blobs.iter_temp_files():
-        if tmp.stat().st_mtime <= cutoff:
-            report.temp_removed += 1
-            if not dry_run:
-                tmp.unlink(missing_ok=True)
+        try:
+            if tmp.stat().st_mtime > cutoff:
+                continue
+        except FileNotFoundError:
+            continue
+        report.temp_removed += 1
+        if not dry_run:
+            tmp.unlink(missing_ok=True)
+    report.temp_removed += registry.blobs.abort_stale_uploads(cutoff, dry_run)  # an object store's unfinished uploads
     return report
 
 
@@ -134,7 +144,7 @@ def _refuse_if_the_record_looks_lost(registry: Registry, conn) -> None:
     records = "SELECT 1 FROM versions UNION ALL SELECT 1 FROM jobs UNION ALL SELECT 1 FROM uploaded_files LIMIT 1"
     if conn.execute(records).fetchone() is not None:
         return
-    stored = sum(1 for _ in registry.blobs.iter_digests())
+    stored = sum(1 for _ in registry.blobs.iter_blobs())
     if stored:
         raise Conflict(
             f"the registry database {registry.home / 'registry.db'} records no versions at all, but the blob store "

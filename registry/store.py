@@ -7,6 +7,7 @@ records it in one transaction, so a crash at any point leaves no half version vi
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 from pathlib import Path
 
@@ -27,14 +28,19 @@ from .names import MAX_VERSION, Ref, check_version_number, parse_ref, validate_n
 from .records import AdapterSummary, AliasEvent, FileRecord, PushResult, Version
 from .rollouts import Rollouts
 
+BLOB_STORE_ENV = "LORADOCK_BLOB_STORE"
+
 
 class Registry(BaseCatalog):
     """A registry rooted at a home directory (`$LORADOCK_HOME`, else `~/.loradock`)."""
 
     is_local = True
 
-    def __init__(self, home: Path | str | None = None):
+    def __init__(self, home: Path | str | None = None, blob_store: str | None = None):
+        """`blob_store`: `s3://bucket/prefix` to keep the blobs in object storage (default: `$LORADOCK_BLOB_STORE`,
+        else what the home recorded when it was first opened with one, else local files under `home/blobs`)."""
         self.home = Path(home) if home else default_home()
+        self._blob_store = blob_store
         try:
             self.home.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
@@ -53,11 +59,57 @@ class Registry(BaseCatalog):
     @property
     def blobs(self) -> BlobStore:
         if self._blobs is None:
+            url, recorded = self._blob_store_url()
             try:
-                self._blobs = BlobStore(self.home / "blobs")
+                if url is None:
+                    self._blobs = BlobStore(self.home / "blobs")
+                else:
+                    from .s3_blobs import S3BlobStore
+
+                    store = S3BlobStore(url, self.home / "blobs")
+                    store.check_access()  # before the home records the store: a refused first open changes nothing
+                    if not recorded:
+                        self._record_blob_store(url)
+                    self._blobs = store
             except OSError as exc:
                 raise (from_os_error(exc, "opening the blob store", self.home / "blobs") or exc) from None
         return self._blobs
+
+    def _blob_store_url(self) -> tuple[str | None, bool]:
+        """(the object store this home keeps its blobs in, or None for local files; whether the home records it).
+
+        The first open with a store records it in the database; later opens use the recorded one, and one naming
+        another store is refused, as is moving a home that already holds local blobs: a registry's blobs live in
+        one place, so nothing is ever half here and half there.
+        """
+        configured = self._blob_store if self._blob_store is not None else os.environ.get(BLOB_STORE_ENV, "")
+        configured = configured.strip().rstrip("/") or None
+        if configured is not None:
+            from .s3_blobs import parse_s3_url
+
+            parse_s3_url(configured)
+        row = self.conn.execute("SELECT value FROM settings WHERE key='blob_store'").fetchone()
+        if row is not None:
+            if configured is not None and configured != row[0]:
+                raise Conflict(f"the registry at {self.home} keeps its blobs in {row[0]}, not {configured}: "
+                               f"unset {BLOB_STORE_ENV} / --blob-store, or point it at {row[0]}")
+            return row[0], True
+        if configured is not None and dbmod.holds_a_blob(local := self.home / "blobs" / "sha256"):
+            raise Conflict(f"the registry at {self.home} already keeps blobs on local disk ({local}); it cannot "
+                           f"move them to {configured}: use a new --home for the object store")
+        return configured, False
+
+    def _record_blob_store(self, url: str) -> None:
+        # INSERT OR IGNORE: of two first opens racing, one records its store and the other is checked against it
+        record = "INSERT OR IGNORE INTO settings (key, value, actor, updated_at) VALUES ('blob_store', ?, ?, ?)"
+        values = (url, current_actor(), dbmod.utcnow())
+        if self.conn.in_transaction:  # first reached inside a write: the row joins it
+            self.conn.execute(record, values)
+        else:
+            with dbmod.transaction(self.conn) as conn:
+                conn.execute(record, values)
+        if self._blob_store_url()[0] != url:
+            raise Conflict(f"another process recorded a different blob store for {self.home} meanwhile")
 
     @property
     def rollouts(self) -> Rollouts:
@@ -173,17 +225,17 @@ class Registry(BaseCatalog):
         if missing:
             raise BlobsMissing(f"blobs not uploaded yet: {', '.join(missing)}; upload them, then commit again")
         for f in files:
-            stored = self.blobs.path(f.sha256).stat().st_size
+            stored = self.blobs.size(f.sha256)
             if stored != f.size:
                 raise IntegrityError(f"{f.path}: declared {f.size} bytes, but blob sha256:{f.sha256} holds {stored}")
-        stored = {f.path: self.blobs.path(f.sha256) for f in files}
-        try:
-            info = inspect_adapter_files(Path("the pushed files"), stored)
-        except InvalidAdapter as exc:  # name the pushed file, not the blob that holds its bytes
-            message = str(exc)
-            for name, blob in stored.items():
-                message = message.replace(str(blob), name)
-            raise type(exc)(message) from None
+        with self.blobs.local_files({f.path: f.sha256 for f in files}, "the pushed file") as stored:
+            try:
+                info = inspect_adapter_files(Path("the pushed files"), stored)
+            except InvalidAdapter as exc:  # name the pushed file, not the blob that holds its bytes
+                message = str(exc)
+                for name, blob in stored.items():
+                    message = message.replace(str(blob), name)
+                raise type(exc)(message) from None
         base_record = self._base_for_adapter(info, base)
         check_fits_base(info, base_record.name, base_record.tensors, base_record.config)
         return self._record_version(info, files, name, base_record, message, alias, allow_duplicate, run_id, creator,

@@ -32,6 +32,7 @@ ROLE_FOR_METHOD: dict[str, str] = {
     "/loradock.v1.Inference/UnloadAdapter": "admin",
     "/loradock.v1.Registry/Resolve": "read",
     "/loradock.v1.Registry/DownloadBlob": "read",
+    "/loradock.v1.Registry/BlobURLs": "read",
     "/loradock.v1.Registry/ListAdapters": "read",
     "/loradock.v1.Registry/GetAdapter": "read",
     "/loradock.v1.Registry/ListVersions": "read",

@@ -180,4 +180,4 @@ class JobsService:
 
     def file_bytes(self, file_id: str) -> bytes:
         record = self.get_file(file_id)
-        return self.registry.blobs.path(record.sha256).read_bytes()
+        return self.registry.blobs.read_bytes(record.sha256, f"uploaded file {record.id}")

@@ -282,13 +282,14 @@ class JobWorkersServicer(jobs_pb_grpc.JobWorkersServicer):
             stored = {f["sha256"] for c in self.queue.checkpoints(job.id) for f in c.files}
             if digest not in {d["sha256"] for d in job.datasets} | stored:
                 raise NotFound(f"job {job.id} has no dataset or stored checkpoint file sha256:{digest}")
-            fh = open(self.jobs.registry.blobs.path(digest), "rb")
+            chunks = self.jobs.registry.blobs.read_chunks(digest, request.offset, DOWNLOAD_CHUNK_BYTES)
         except LoradockError as exc:
             abort_with(context, exc)
-        with fh:
-            fh.seek(max(0, request.offset))
-            while chunk := fh.read(DOWNLOAD_CHUNK_BYTES):
+        try:
+            for chunk in chunks:
                 yield pb.BlobChunk(data=chunk)
+        except LoradockError as exc:
+            abort_with(context, exc)
 
     def SetJobRun(self, request, context):
         def set_run():

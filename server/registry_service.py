@@ -59,6 +59,9 @@ from .status import abort_with
 MAX_CHUNK_BYTES = 4 * 2**20      # one UploadBlobRequest's data; clients send 1 MiB
 DOWNLOAD_CHUNK_BYTES = 2**20
 MAX_DIGESTS_PER_CALL = 10_000
+# How long a pre-signed blob URL (BlobURLs) stays good: long enough for a replica to fetch an adapter, short enough
+# that a URL copied out of a log is soon worthless.
+BLOB_URL_TTL_S = 300
 UPLOAD_LOCK_WAIT_S = 30.0
 
 
@@ -233,27 +236,48 @@ class RegistryServicer(pb_grpc.RegistryServicer):
             self.counters.completed[digest] += 1
         return pb.UploadBlobResponse(digest=digest, size=first.size, received_bytes=stored)
 
+    def BlobURLs(self, request, context):
+        """Pre-signed URLs for live versions' blobs, so replicas fetch adapter bytes from the bucket, not through here."""
+        try:
+            if len(request.digests) > MAX_DIGESTS_PER_CALL:
+                raise TooLarge(f"{len(request.digests)} digests in one BlobURLs call; at most {MAX_DIGESTS_PER_CALL}")
+            urls = []
+            for digest in request.digests:
+                if not self._is_live_blob(check_digest(digest)):
+                    raise NotFound(f"no stored blob sha256:{digest} belongs to a live version")
+                url = self.registry.blobs.presigned_url(digest, BLOB_URL_TTL_S)
+                if url is None:  # a local store: the bytes come through DownloadBlob
+                    return pb.BlobURLsResponse()
+                urls.append(pb.BlobURL(digest=digest, url=url))
+        except LoradockError as exc:
+            abort_with(context, exc)
+        return pb.BlobURLsResponse(urls=urls, expires_in_s=BLOB_URL_TTL_S)
+
+    def _is_live_blob(self, digest: str) -> bool:
+        return self.registry.conn.execute(
+            "SELECT 1 FROM files f JOIN versions v ON v.id = f.version_id WHERE f.sha256=? AND v.deleted_at IS NULL LIMIT 1",
+            (digest,),
+        ).fetchone() is not None
+
     def DownloadBlob(self, request, context):
         try:
             digest = check_digest(request.digest)
-            referenced = self.registry.conn.execute(
-                "SELECT 1 FROM files f JOIN versions v ON v.id = f.version_id WHERE f.sha256=? AND v.deleted_at IS NULL LIMIT 1",
-                (digest,),
-            ).fetchone()
-            path = self.registry.blobs.path(digest)
-            if referenced is None or not path.exists():
+            if not self._is_live_blob(digest):
                 raise NotFound(f"no stored blob sha256:{digest} belongs to a live version")
-            fh = open(path, "rb")
+            chunks = self.registry.blobs.read_chunks(digest, request.offset, DOWNLOAD_CHUNK_BYTES)
+        except NotFound:
+            abort_with(context, NotFound(f"no stored blob sha256:{digest} belongs to a live version"))
         except LoradockError as exc:
             abort_with(context, exc)
-        with fh:
-            fh.seek(max(0, request.offset))
-            sent = 0
-            while chunk := fh.read(DOWNLOAD_CHUNK_BYTES):
+        sent = 0
+        try:
+            for chunk in chunks:  # an object store can fail mid-way: that ends the stream with its one-line error
                 yield pb.BlobChunk(data=chunk)
                 sent += len(chunk)
                 if self.on_sent:
                     self.on_sent(digest, sent)
+        except LoradockError as exc:
+            abort_with(context, exc)
 
     def CommitPush(self, request, context):
         try:

@@ -69,6 +69,7 @@ def _requests(adapter_dir) -> dict:
         "Inference/UnloadAdapter": (pb.UnloadAdapterRequest(adapter="demo:1"), OK),
         "Registry/Resolve": (registry_pb.RefRequest(ref="demo"), OK),
         "Registry/DownloadBlob": (registry_pb.DownloadBlobRequest(digest=digest), OK),
+        "Registry/BlobURLs": (registry_pb.BlobURLsRequest(digests=[digest]), OK),
         "Registry/ListAdapters": (registry_pb.RegistryListRequest(), OK),
         "Registry/GetAdapter": (registry_pb.GetAdapterRequest(name="demo"), OK),
         "Registry/ListVersions": (registry_pb.ListVersionsRequest(name="demo"), OK),
@@ -173,7 +174,7 @@ def test_every_rpc_with_no_token_a_wrong_token_and_each_role(secured):
             got[method, caller] = _call(secured["channel"], method, request, token)
     wrong = {k: (got[k].name, want[k].name) for k in want if got[k] != want[k]}
     assert not wrong, wrong
-    assert len(got) == len(ROLE_FOR_METHOD) * len(callers) == 59 * 10
+    assert len(got) == len(ROLE_FOR_METHOD) * len(callers) == 60 * 10
 
 
 def test_health_and_reflection_need_no_token(secured):

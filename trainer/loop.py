@@ -271,7 +271,7 @@ class LoopRunner:
             return path.read_bytes()
         digest = sha.removeprefix("sha256:")
         if digest and self.registry.blobs.has(digest):
-            return self.registry.blobs.path(digest).read_bytes()
+            return self.registry.blobs.read_bytes(digest, f"the champion's dataset {entry['path']}")
         raise LoopStop("failed", f"the champion's dataset {entry['path']} is gone or changed and is not stored as a blob")
 
     def _keep_fresh_slice(self, run_id: int, heldout: Path) -> None:

@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import hashlib
 import os
+import logging
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -47,9 +49,12 @@ from .jobs import RemoteJobs
 from .messages import to_message, to_python, to_record
 from .rpc import pb, pb_grpc
 
+logger = logging.getLogger(__name__)
+
 CHUNK_BYTES = 2**20
 MAX_MESSAGE_BYTES = 16 * 2**20
 UPLOAD_RETRIES = 5
+URL_TIMEOUT_S = 60  # a pre-signed download that stalls this long falls back to the registry
 # The most captured requests one CaptureRecord carries: under what an inference server that also serves its registry
 # accepts (server/app.py's REGISTRY_MESSAGE_BYTES, 5 MiB), so a large batch goes in several calls.
 MAX_CAPTURE_BATCH_BYTES = 4 * 2**20
@@ -373,12 +378,33 @@ class RemoteRegistry:
         A pull cut off halfway keeps what it downloaded (in a hidden directory next to `out`); pulling the
         same version to the same place again asks the server only for the bytes still missing."""
         version = self.resolve(ref)
-        self.last_pull = {"bytes_received": 0}
+        self.last_pull = {"bytes_received": 0, "from_object_store": 0}
+        urls = self.blob_urls([f.sha256 for f in version.files])
 
         def download(f: FileRecord, dest: Path) -> None:
-            self.fetch_blob(f.sha256, f.size, dest, f"{version.ref} {f.path}")
+            what = f"{version.ref} {f.path}"
+            if f.sha256 in urls:
+                try:
+                    self.download_verified(f.sha256, f.size, dest, what, lambda offset: _url_chunks(urls[f.sha256], offset))
+                    self.last_pull["from_object_store"] += 1
+                    return
+                except OSError as exc:  # the bucket is not reachable from here, or the URL expired: ask the server
+                    logger.info("%s: the object store URL failed (%s); downloading through the registry", what, exc)
+            self.fetch_blob(f.sha256, f.size, dest, what)
 
         return version, write_version_dir(version, out, force, download, home=self.home, resumable=True)
+
+    def blob_urls(self, digests: list[str]) -> dict[str, str]:
+        """Pre-signed object-store URLs for `digests` (live versions' blobs), or {} when the registry keeps them on
+        its own disk or is too old to say."""
+        try:
+            answer = self.stub.BlobURLs(pb.BlobURLsRequest(digests=sorted(set(digests))), metadata=self.metadata,
+                                        timeout=self.timeout)
+        except grpc.RpcError as exc:
+            if exc.code() == grpc.StatusCode.UNIMPLEMENTED:
+                return {}
+            raise self._error(exc) from None
+        return {u.digest: u.url for u in answer.urls}
 
     def fetch_blob(self, digest: str, size: int, dest: Path, what: str) -> None:
         """Download blob `digest` (of `size` bytes, a live version's) to `dest`; see `download_verified`."""
@@ -546,3 +572,20 @@ def capture_config(d: dict) -> CaptureConfig:
     """A CaptureConfig from its message as `to_python` reads it (the patterns a tuple, as a local one's), checked by
     CaptureConfig itself: on the client for an answer, on the registry for what a client sent."""
     return CaptureConfig(d["sample"], d["retain_s"], d["max_bytes"], tuple(d["redact"]))
+
+
+@dataclass(frozen=True)
+class _Chunk:
+    data: bytes
+
+
+def _url_chunks(url: str, offset: int):
+    """The bytes a pre-signed GET returns from `offset` on, as `download_verified` takes them (objects with .data)."""
+    import urllib.request
+
+    request = urllib.request.Request(url, headers={"Range": f"bytes={offset}-"} if offset else {})
+    with urllib.request.urlopen(request, timeout=URL_TIMEOUT_S) as answer:
+        if offset and answer.status != 206:
+            raise OSError(f"the object store ignored the range request (HTTP {answer.status})")
+        while data := answer.read(2**20):
+            yield _Chunk(data)

@@ -985,6 +985,28 @@ class DownloadBlobRequest(_message.Message):
     offset: int
     def __init__(self, digest: _Optional[str] = ..., offset: _Optional[int] = ...) -> None: ...
 
+class BlobURLsRequest(_message.Message):
+    __slots__ = ("digests",)
+    DIGESTS_FIELD_NUMBER: _ClassVar[int]
+    digests: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, digests: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class BlobURL(_message.Message):
+    __slots__ = ("digest", "url")
+    DIGEST_FIELD_NUMBER: _ClassVar[int]
+    URL_FIELD_NUMBER: _ClassVar[int]
+    digest: str
+    url: str
+    def __init__(self, digest: _Optional[str] = ..., url: _Optional[str] = ...) -> None: ...
+
+class BlobURLsResponse(_message.Message):
+    __slots__ = ("urls", "expires_in_s")
+    URLS_FIELD_NUMBER: _ClassVar[int]
+    EXPIRES_IN_S_FIELD_NUMBER: _ClassVar[int]
+    urls: _containers.RepeatedCompositeFieldContainer[BlobURL]
+    expires_in_s: int
+    def __init__(self, urls: _Optional[_Iterable[_Union[BlobURL, _Mapping]]] = ..., expires_in_s: _Optional[int] = ...) -> None: ...
+
 class BlobChunk(_message.Message):
     __slots__ = ("data",)
     DATA_FIELD_NUMBER: _ClassVar[int]

@@ -49,6 +49,11 @@ class RegistryStub:
                 request_serializer=loradock_dot_v1_dot_registry__pb2.DownloadBlobRequest.SerializeToString,
                 response_deserializer=loradock_dot_v1_dot_registry__pb2.BlobChunk.FromString,
                 _registered_method=True)
+        self.BlobURLs = channel.unary_unary(
+                '/loradock.v1.Registry/BlobURLs',
+                request_serializer=loradock_dot_v1_dot_registry__pb2.BlobURLsRequest.SerializeToString,
+                response_deserializer=loradock_dot_v1_dot_registry__pb2.BlobURLsResponse.FromString,
+                _registered_method=True)
         self.CommitPush = channel.unary_unary(
                 '/loradock.v1.Registry/CommitPush',
                 request_serializer=loradock_dot_v1_dot_registry__pb2.CommitPushRequest.SerializeToString,
@@ -218,6 +223,13 @@ class RegistryServicer:
 
     def DownloadBlob(self, request, context):
         """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def BlobURLs(self, request, context):
+        """Short-lived URLs to GET blobs straight from the object store (none when the registry keeps them on local disk).
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -427,6 +439,11 @@ def add_RegistryServicer_to_server(servicer, server):
                     servicer.DownloadBlob,
                     request_deserializer=loradock_dot_v1_dot_registry__pb2.DownloadBlobRequest.FromString,
                     response_serializer=loradock_dot_v1_dot_registry__pb2.BlobChunk.SerializeToString,
+            ),
+            'BlobURLs': grpc.unary_unary_rpc_method_handler(
+                    servicer.BlobURLs,
+                    request_deserializer=loradock_dot_v1_dot_registry__pb2.BlobURLsRequest.FromString,
+                    response_serializer=loradock_dot_v1_dot_registry__pb2.BlobURLsResponse.SerializeToString,
             ),
             'CommitPush': grpc.unary_unary_rpc_method_handler(
                     servicer.CommitPush,
@@ -660,6 +677,33 @@ class Registry:
             '/loradock.v1.Registry/DownloadBlob',
             loradock_dot_v1_dot_registry__pb2.DownloadBlobRequest.SerializeToString,
             loradock_dot_v1_dot_registry__pb2.BlobChunk.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def BlobURLs(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/loradock.v1.Registry/BlobURLs',
+            loradock_dot_v1_dot_registry__pb2.BlobURLsRequest.SerializeToString,
+            loradock_dot_v1_dot_registry__pb2.BlobURLsResponse.FromString,
             options,
             channel_credentials,
             insecure,
