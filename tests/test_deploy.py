@@ -25,6 +25,7 @@ from cli.main import app as reg_app
 from cli.main import main as reg_main
 from registry.remote.rpc import pb as registry_pb
 from server.auth import OPEN_ROUTES, ROLE_FOR_ROUTE
+from server.metrics import KV_CACHE_USAGE_METRIC, LORA_INFO_METRIC, METRICS_PATH, QUEUED_REQUESTS_METRIC
 from server.tokens import load_tokens_file
 
 DEPLOY = Path(__file__).resolve().parent.parent / "deploy"
@@ -48,7 +49,7 @@ GPU = "nvidia.com/gpu"
 REGISTRY_SERVICE = registry_pb.DESCRIPTOR.services_by_name["Registry"].full_name
 # Each client token (a key of loradock-client-tokens) -> the roles its user needs.
 CLIENT_TOKEN_ROLES = {"inference-replica": {"read", "push"}, "worker": {"worker", "read", "push"},
-                      "client": {"infer"}, "prometheus": {"infer"}}
+                      "client": {"infer"}}
 # The client's type names for scalars (`bytes`: Secret.data, base64 text in YAML; `datetime`: RFC 3339 text).
 PRIMITIVES = {"str": str, "bytes": str, "datetime": str, "int": int, "float": (int, float), "bool": bool}
 
@@ -76,13 +77,13 @@ def build_model(data, type_name: str, where: str):
     `deserialize` drops unknown keys silently, so a typo such as `readinesProbe` would pass it)."""
     if data is None:
         return None
-    if type_name.startswith("List["):
+    # The client has spelt its container types both ways: `List[str]`/`Dict[str, str]` and `list[str]`/`dict[str, str]`.
+    if (item_type := re.fullmatch(r"[Ll]ist\[(.*)\]", type_name)):
         assert isinstance(data, list), f"{where}: expected a list, got {data!r}"
-        return [build_model(item, type_name[5:-1], f"{where}[{i}]") for i, item in enumerate(data)]
-    if type_name.startswith("Dict["):
-        value_type = re.fullmatch(r"Dict\[str, (.*)\]", type_name).group(1)
+        return [build_model(item, item_type.group(1), f"{where}[{i}]") for i, item in enumerate(data)]
+    if (value_type := re.fullmatch(r"[Dd]ict\[str, (.*)\]", type_name)):
         assert isinstance(data, dict), f"{where}: expected a mapping, got {data!r}"
-        return {key: build_model(value, value_type, f"{where}.{key}") for key, value in data.items()}
+        return {key: build_model(value, value_type.group(1), f"{where}.{key}") for key, value in data.items()}
     if type_name == "object":
         return data  # IntOrString and quantities: the API server parses these
     if type_name in PRIMITIVES:
@@ -211,6 +212,18 @@ def test_inference_pool_targets_the_inference_pods_and_an_endpoint_picker():
     assert option_value(epp["spec"]["template"]["spec"]["containers"][0]["args"], "--pool-name") == pool["metadata"]["name"]
 
 
+def test_endpoint_picker_scrapes_the_metrics_port_for_the_gauges_a_server_exports():
+    """The picker's metric flags name what server/metrics.py exports (tests/test_server_metrics.py scrapes a real
+    server's --metrics-port for them), on the replicas' --metrics-port."""
+    [epp] = named("Deployment", "loradock-epp")["spec"]["template"]["spec"]["containers"]
+    [replica] = named("Deployment", "loradock-inference")["spec"]["template"]["spec"]["containers"]
+    args = epp["args"]
+    assert option_value(args, "--model-server-metrics-port") == option_value(replica["command"], "--metrics-port")
+    assert option_value(args, "--total-queued-requests-metric") == QUEUED_REQUESTS_METRIC
+    assert option_value(args, "--kv-cache-usage-percentage-metric") == KV_CACHE_USAGE_METRIC
+    assert option_value(args, "--lora-info-metric") == LORA_INFO_METRIC
+
+
 def test_http_route_sends_openai_paths_to_the_pool():
     [route] = objects_of("HTTPRoute")
     assert route["apiVersion"] == HTTP_ROUTE_API
@@ -293,9 +306,11 @@ def test_inference_replicas_request_a_gpu_probe_health_and_are_scraped():
     for probe in (container["readinessProbe"], container["startupProbe"]):
         assert f"GET {probe['httpGet']['path']}" in OPEN_ROUTES and probe["httpGet"]["port"] == "http"
     annotations = template["metadata"]["annotations"]
+    metrics_port = int(option_value(container["command"], "--metrics-port"))
+    assert ports["metrics"] == metrics_port != http_port  # scraped where no token is asked (server.metrics)
     assert annotations["prometheus.io/scrape"] == "true"
-    assert int(annotations["prometheus.io/port"]) == http_port
-    assert f"GET {annotations['prometheus.io/path']}" in ROLE_FOR_ROUTE
+    assert int(annotations["prometheus.io/port"]) == metrics_port
+    assert annotations["prometheus.io/path"] == METRICS_PATH
     assert option_value(container["command"], "--auth-tokens").startswith(
         next(m["mountPath"] for m in container["volumeMounts"] if m["name"] == "auth-tokens"))
 
