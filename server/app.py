@@ -65,11 +65,14 @@ def create_server(options: ServerOptions, registry: Registry, service: Inference
     tokens = _tokens(options)
     check_listen(options)  # a busy port or a bad certificate fails now, not after the model has loaded
     http_socket = _bind_http(options)
+    metrics_listener = _bind_metrics(options)
     try:
         service = service or load_service(options, registry)
     except BaseException:
         if http_socket is not None:
             http_socket.close()
+        if metrics_listener is not None:
+            metrics_listener.stop()
         raise
     serves_registry = registry.is_local
     # The largest request the limits let through (a Registry upload chunk, when that service is served too).
@@ -83,6 +86,8 @@ def create_server(options: ServerOptions, registry: Registry, service: Inference
         names.append(REGISTRY_SERVICE_NAME)
         names.extend(_add_jobs_service(server, registry.home, job_hooks))
     port = _start(server, options, names)
+    server.metrics_listener = metrics_listener.start(service.metrics) if metrics_listener is not None else None
+    server.metrics_port = metrics_listener.port if metrics_listener is not None else None
     server.http, server.http_port = None, None
     if http_socket is not None:
         from .http.front import HttpFront
@@ -92,6 +97,8 @@ def create_server(options: ServerOptions, registry: Registry, service: Inference
         except BaseException:
             server.stop(grace=0)
             http_socket.close()
+            if metrics_listener is not None:
+                metrics_listener.stop()
             raise
         server.http_port = server.http.port
     return server, port, service
@@ -104,6 +111,15 @@ def _bind_http(options: ServerOptions):
     from .http.front import bind_http
 
     return bind_http(options)
+
+
+def _bind_metrics(options: ServerOptions):
+    """The --metrics-port listener, bound now and not serving yet (`server.metrics.MetricsListener`), or None."""
+    if options.metrics_port is None:
+        return None
+    from .metrics import MetricsListener
+
+    return MetricsListener(options)
 
 
 def create_registry_server(options: ServerOptions, home, on_chunk=None, on_sent=None, job_hooks: JobHooks | None = None):
@@ -244,6 +260,8 @@ def shutdown(server, service: InferenceService, grace_s: float) -> None:
     service.stop(drain_s=grace_s)
     if http is not None:
         http.stop()
+    if getattr(server, "metrics_listener", None) is not None:  # scraped through the drain, stopped after it
+        server.metrics_listener.stop()
     server.stop(grace=1.0).wait()
 
 
@@ -293,6 +311,8 @@ def serve_portal_forever(options: ServerOptions, registry, job_hooks: JobHooks |
 def serve_forever(options: ServerOptions, registry: Registry, job_hooks: JobHooks | None = None) -> int:
     server, port, service = create_server(options, registry, job_hooks=job_hooks)
     http = f", HTTP (OpenAI API) on {options.host}:{server.http_port}" if server.http_port is not None else ""
+    if server.metrics_port is not None:
+        http += f", /metrics without a token on {options.host}:{server.metrics_port}"
     logger.info(f"serving {service.base.name} ({options.quant}) on {options.host}:{port} (gRPC){http}; "
                 f"SIGTERM drains for {options.grace_s:g} s")
     stop = threading.Event()

@@ -49,6 +49,10 @@ class ServerOptions:
     http_timeout_s: float = documented(30.0, "Seconds an HTTP client may take to send a request (head or body) or "
                                              "to read the next piece of a stream before it is dropped.",
                                        flag="http-timeout")
+    metrics_port: int | None = documented(None, "Also serve GET /metrics alone on this port, asking no token, for scrapers "
+                                                "that send none (the Gateway API inference extension's endpoint picker): on "
+                                                "--host, TLS as --tls-cert; anyone who reaches it reads adapter names and "
+                                                "counts (0 picks a free one; unset = none).")
     allow_path_adapters: bool = documented(False, "Let POST /v1/load_lora_adapter (admin) take a `lora_path`: a "
                                                   "directory the server can read, pushed to the registry and loaded.")
 
@@ -75,11 +79,14 @@ class ServerOptions:
                 raise BadRequest(f"{flag} {path}: no such file")
         if not self.max_blob_mb > 0:
             raise BadRequest(f"--max-blob-mb must be more than 0, got {self.max_blob_mb}")
-        for flag, port in (("--port", self.port), ("--http-port", self.http_port)):
+        ports = (("--port", self.port), ("--http-port", self.http_port), ("--metrics-port", self.metrics_port))
+        for flag, port in ports:
             if port is not None and not 0 <= port <= 65535:
                 raise BadRequest(f"{flag} {port}: must be between 0 and 65535")
-        if self.http_port and self.http_port == self.port:
-            raise BadRequest(f"--http-port {self.http_port}: the same as --port; gRPC and HTTP need a port each")
+        for i, (flag, port) in enumerate(ports):  # 0 picks a free port, so only fixed ones can clash
+            clash = next((other for other, taken in ports[:i] if port and taken == port), None)
+            if clash:
+                raise BadRequest(f"{flag} {port}: the same as {clash}; each listener needs a port of its own")
         if not self.http_timeout_s > 0:
             raise BadRequest(f"--http-timeout must be more than 0, got {self.http_timeout_s}")
 

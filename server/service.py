@@ -170,7 +170,8 @@ class InferenceService:
         elif req.adapter:
             ref, choice = self._route(req.adapter, req.routing_key)
             try:
-                version, key, slot = self._acquire_adapter(ref, resolved)
+                # through the metrics' adapter activity: the endpoint picker reads which names are in use (server/metrics.py)
+                version, key, slot = self.metrics.adapters.acquire(req.adapter, lambda: self._acquire_adapter(ref, resolved))
             except LoradockError as exc:  # the arm failed this request (e.g. its stored weights are corrupt)
                 if choice:
                     self.rollout_worker.record_outcome(choice, request_id, _status_name(exc))

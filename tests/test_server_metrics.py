@@ -4,8 +4,14 @@ checked against ServerStats."""
 
 from __future__ import annotations
 
+import http.client
 import logging
+import re
+import socket
+import ssl
 import threading
+import time
+import urllib.error
 import urllib.request
 
 import grpc
@@ -20,8 +26,18 @@ from registry.rollouts import Arm
 from server.app import create_server, shutdown
 from server.client import LoradockClient
 from server.engines import EngineResult
+from server.metrics import (
+    KV_CACHE_USAGE_METRIC,
+    LORA_INFO_METRIC,
+    MAX_ADAPTERS_LABEL,
+    MAX_SCRAPERS,
+    QUEUED_REQUESTS_METRIC,
+    RUNNING_ADAPTERS_LABEL,
+    WAITING_ADAPTERS_LABEL,
+)
 from server.options import ServerOptions
 from server.router import RolloutRouter
+from server.tokens import create_token
 
 OPTIONS = dict(base=TINY_BASE, quant="none", port=0, max_batch_size=8, max_adapters=2, max_queue=16,
                default_max_new_tokens=3)
@@ -246,3 +262,178 @@ def test_bookkeeping_failures_are_logged_not_raised(served, caplog):
         assert "listener broke" in caplog.text
     finally:
         service.cache.remove_listener(listener)
+
+
+# --- what the Gateway API inference extension's endpoint picker reads (deploy/gateway/) ----------------------------
+
+
+def lora_info(samples) -> dict:
+    """The one `loradock_lora_requests_info` series, as the picker reads it: adapter lists, the slots, its value."""
+    [series] = [s for s in samples if s.name == LORA_INFO_METRIC]
+    labels = series.labels
+
+    def split(value: str) -> list[str]:  # as the picker splits them
+        return value.split(",") if value else []
+
+    return {"running": split(labels[RUNNING_ADAPTERS_LABEL]), "waiting": split(labels[WAITING_ADAPTERS_LABEL]),
+            "max": int(labels[MAX_ADAPTERS_LABEL]), "value": series.value}
+
+
+def test_lora_info_names_adapters_in_use_as_requests_asked_for_them(served, tiny_base_dir):
+    """One batch row, two adapter slots, the model held: `a0` runs, `ab:2` waits in the queue with its slot taken,
+    and `a1` waits for a slot to free up. The picker sees the first two running (both are in a slot, so a request
+    for either is served without a load), `a1` waiting, --max-adapters as max_lora, and the batch full."""
+    reg = Registry(served["reg"].home)
+    server, port, service = create_server(ServerOptions(**{**OPTIONS, "max_batch_size": 1}), reg)
+    try:
+        with LoradockClient(f"127.0.0.1:{port}", timeout=120) as client:
+            for adapter in ("a0", "ab:2"):  # in their slots first: a load waits for the held forward pass's lock
+                ask(client, adapter)
+        idle = lora_info(scrape(service))
+        assert (idle["running"], idle["waiting"], idle["max"]) == ([], [], OPTIONS["max_adapters"])
+        with LoradockClient(f"127.0.0.1:{port}", timeout=120) as client, ForwardGate(service.engine.model, allowed=1) as gate:
+            threads = [threading.Thread(target=ask, args=(client, adapter)) for adapter in ("a0", "ab:2", "a1")]
+            for t in threads:
+                t.start()
+                if t is threads[0]:
+                    wait_until(lambda: gate.waiting, what="a0 past its prefill and held")
+            wait_until(lambda: service.engine.queue_depth == 1 and lora_info(scrape(service))["waiting"] == ["a1"],
+                       what="ab:2 queued and a1 waiting for a slot")
+            before = time.time()
+            samples = scrape(service)
+            info = lora_info(samples)
+            assert (info["running"], info["waiting"], info["max"]) == (["a0", "ab:2"], ["a1"], OPTIONS["max_adapters"])
+            assert info["value"] >= before - 1  # the time of the scrape: the picker takes the newest series
+            assert total(samples, KV_CACHE_USAGE_METRIC) == 1.0  # the one row is in use
+            assert total(samples, QUEUED_REQUESTS_METRIC) == 1
+            gate.open()
+            for t in threads:
+                t.join(timeout=120)
+        samples = scrape(service)
+        assert (lora_info(samples)["running"], lora_info(samples)["waiting"]) == ([], [])
+        assert total(samples, KV_CACHE_USAGE_METRIC) == 0.0
+        assert total(samples, "loradock_requests_total", outcome="ok") == 5
+    finally:
+        shutdown(server, service, 0)
+        reg.close()
+
+
+def test_a_bare_name_and_an_alias_are_named_as_sent(served, tiny_base_dir):
+    """The picker matches the request's `model` text, so a held version is listed under every name that resolved to
+    it: `a0` and `a0@live` as sent, and `a0:1`, the exact ref that loaded it (a request for any of them is served
+    without a load). Once no request holds it, none is listed."""
+    reg = Registry(served["reg"].home)
+    reg.set_alias("a0", "live", 1)
+    server, port, service = create_server(ServerOptions(**{**OPTIONS, "max_batch_size": 2}), reg)
+    try:
+        with LoradockClient(f"127.0.0.1:{port}", timeout=120) as client:
+            ask(client, "a0:1")  # in its slot first: a load waits for the held forward pass's lock
+            assert lora_info(scrape(service))["running"] == []
+            with ForwardGate(service.engine.model) as gate:
+                threads = [threading.Thread(target=ask, args=(client, adapter)) for adapter in ("a0", "a0@live")]
+                for t in threads:
+                    t.start()
+                wait_until(lambda: lora_info(scrape(service))["running"] == ["a0", "a0:1", "a0@live"],
+                           what="both requests holding a0:1")
+                assert gate.waiting and lora_info(scrape(service))["waiting"] == []
+            for t in threads:
+                t.join(timeout=120)
+        assert lora_info(scrape(service))["running"] == []
+    finally:
+        shutdown(server, service, 0)
+        reg.remove_alias("a0", "live")
+        reg.close()
+
+
+@pytest.fixture(scope="module")
+def guarded(served, tmp_path_factory):
+    """A server with tokens over the `served` registry: the HTTP API on one port, /metrics alone on another."""
+    tmp = tmp_path_factory.mktemp("metrics-port")
+    tokens_file = tmp / "tokens.yaml"
+    token = create_token("app", "infer", tokens_file)
+    reg = Registry(served["reg"].home)
+    server, port, service = create_server(
+        ServerOptions(**OPTIONS, http_port=0, metrics_port=0, auth_tokens=str(tokens_file)), reg)
+    yield {"server": server, "service": service, "port": port, "token": token,
+           "metrics": f"http://127.0.0.1:{server.metrics_port}", "http": f"http://127.0.0.1:{server.http_port}"}
+    shutdown(server, service, 0)
+    reg.close()
+
+
+def http_status(url: str, method: str = "GET", token: str | None = None) -> int:
+    request = urllib.request.Request(url, method=method, headers={"Authorization": f"Bearer {token}"} if token else {})
+    try:
+        with urllib.request.urlopen(request, timeout=60) as reply:
+            return reply.status
+    except urllib.error.HTTPError as exc:
+        return exc.code
+
+
+def test_the_metrics_port_serves_metrics_alone_and_asks_no_token(guarded):
+    with LoradockClient(f"127.0.0.1:{guarded['port']}", timeout=60, token=guarded["token"]) as client:
+        ask(client, "a0")
+    open_scrape = scrape(guarded["service"], guarded["metrics"])  # no token sent
+    assert total(open_scrape, "loradock_requests_total", version="a0:1", outcome="ok") >= 1
+    assert {QUEUED_REQUESTS_METRIC, KV_CACHE_USAGE_METRIC, LORA_INFO_METRIC} <= {s.name for s in open_scrape}
+    assert http_status(guarded["http"] + "/metrics") == 401  # the API port's /metrics still wants its token
+    assert http_status(guarded["http"] + "/metrics", token=guarded["token"]) == 200
+    for path in ("/v1/models", "/health", "/metrics/../v1/models", "/"):
+        assert http_status(guarded["metrics"] + path) == 404, path
+    assert http_status(guarded["metrics"] + "/v1/completions", method="POST") == 501
+    assert http_status(guarded["metrics"] + "/metrics?name[]=loradock_waiting_requests") == 200
+
+
+def test_the_metrics_port_closes_connections_beyond_its_limit(guarded):
+    """MAX_SCRAPERS idle connections hold every slot: one more is closed at once; once they go, scrapes work again."""
+    address = ("127.0.0.1", guarded["server"].metrics_port)
+    idle = [socket.create_connection(address, timeout=60) for _ in range(MAX_SCRAPERS)]
+    try:
+        wait_until(lambda: guarded["server"].metrics_listener._server._slots._value == 0,
+                   what="every connection slot taken by an idle connection")
+        with socket.create_connection(address, timeout=60) as extra:
+            extra.sendall(b"GET /metrics HTTP/1.0\r\n\r\n")
+            assert extra.recv(1) == b""  # closed without an answer
+    finally:
+        for connection in idle:
+            connection.close()
+    wait_until(lambda: http_status(guarded["metrics"] + "/metrics") == 200, what="a scrape once the idle ones left")
+
+
+def test_the_metrics_port_speaks_tls_with_the_servers_certificate(served, tmp_path):
+    from remote_helpers import self_signed_cert
+
+    cert, key = self_signed_cert(tmp_path)
+    reg = Registry(served["reg"].home)
+    server, _, service = create_server(ServerOptions(**OPTIONS, metrics_port=0, tls_cert=str(cert), tls_key=str(key)), reg)
+    try:
+        context = ssl.create_default_context(cafile=str(cert))
+        with urllib.request.urlopen(f"https://localhost:{server.metrics_port}/metrics", context=context, timeout=60) as r:
+            assert r.status == 200 and b"loradock_lora_requests_info" in r.read()
+        with pytest.raises((urllib.error.URLError, ConnectionError, http.client.HTTPException)):
+            urllib.request.urlopen(f"http://localhost:{server.metrics_port}/metrics", timeout=60)
+    finally:
+        shutdown(server, service, 0)
+        reg.close()
+
+
+@pytest.mark.parametrize("ports,message", [
+    ({"port": 50051, "metrics_port": 50051}, "--metrics-port 50051: the same as --port"),
+    ({"port": 0, "http_port": 8000, "metrics_port": 8000}, "--metrics-port 8000: the same as --http-port"),
+    ({"port": 0, "metrics_port": 70000}, "--metrics-port 70000: must be between 0 and 65535"),
+])
+def test_a_metrics_port_that_clashes_is_refused_in_one_line(ports, message):
+    from server.errors import BadRequest
+
+    with pytest.raises(BadRequest, match=re.escape(message)):
+        ServerOptions(**ports).validate_listen()
+
+
+def test_a_busy_metrics_port_fails_before_the_model_loads(served):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        from registry.errors import Conflict
+
+        with pytest.raises(Conflict, match=f"cannot listen on 127.0.0.1:{taken.getsockname()[1]}.*--metrics-port"):
+            create_server(ServerOptions(**{**OPTIONS, "base": "no-such-base"}, metrics_port=taken.getsockname()[1]),
+                          served["reg"])
