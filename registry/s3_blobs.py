@@ -21,6 +21,7 @@ import logging
 import os
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -35,6 +36,7 @@ SCHEME = "s3://"
 MULTIPART_MB_ENV = "LORADOCK_S3_MULTIPART_MB"
 DEFAULT_MULTIPART_MB = 64
 MIN_PART_BYTES = 5 * 2**20
+UPLOAD_THREADS = 4  # a multipart upload's parts sent at once
 # Errors S3 answers when it will not accept who we are (as opposed to what we asked).
 CREDENTIAL_ERRORS = {"InvalidAccessKeyId", "SignatureDoesNotMatch", "AccessDenied", "ExpiredToken", "InvalidToken",
                      "InvalidClientTokenId", "AuthorizationHeaderMalformed", "403"}
@@ -167,14 +169,25 @@ class S3BlobStore(BlobStore):
     def _put_multipart(self, tmp_path: Path, digest: str, size: int) -> None:
         key, doing = self.key(digest), f"storing blob sha256:{digest} ({size:,} bytes, multipart)"
         upload = self._call(doing, "create_multipart_upload", Key=key, ChecksumAlgorithm="SHA256")
-        upload_id, parts = upload["UploadId"], []
-        try:
+        upload_id = upload["UploadId"]
+
+        def send(number: int) -> dict:  # one part, read and checksummed on the sending thread
             with open(tmp_path, "rb") as fh:
-                while data := fh.read(self.part_bytes):
-                    part_sum = base64.b64encode(hashlib.sha256(data).digest()).decode()
-                    answer = self._call(doing, "upload_part", Key=key, UploadId=upload_id, PartNumber=len(parts) + 1,
-                                        Body=data, ChecksumSHA256=part_sum)
-                    parts.append({"PartNumber": len(parts) + 1, "ETag": answer["ETag"], "ChecksumSHA256": part_sum})
+                fh.seek((number - 1) * self.part_bytes)
+                data = fh.read(self.part_bytes)
+            part_sum = base64.b64encode(hashlib.sha256(data).digest()).decode()
+            answer = self._call(doing, "upload_part", Key=key, UploadId=upload_id, PartNumber=number, Body=data,
+                                ChecksumSHA256=part_sum)
+            return {"PartNumber": number, "ETag": answer["ETag"], "ChecksumSHA256": part_sum}
+
+        try:
+            # UPLOAD_THREADS parts in flight (as boto3's own transfers do), so at most that many parts in memory;
+            # the first failure cancels the parts not yet started
+            pool = ThreadPoolExecutor(UPLOAD_THREADS, thread_name_prefix="loradock-s3-part")
+            try:
+                parts = list(pool.map(send, range(1, -(-size // self.part_bytes) + 1)))
+            finally:
+                pool.shutdown(cancel_futures=True)
             self._call(doing, "complete_multipart_upload", Key=key, UploadId=upload_id,
                        MultipartUpload={"Parts": parts})
         except BaseException:
