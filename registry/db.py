@@ -395,6 +395,14 @@ def _m010_settings(db) -> None:
                           not_null={"value", "updated_at"})
 
 
+def _m011_job_executors(db) -> None:
+    # Where a job runs: `local` (claimed by any `reg worker`) or an external executor (`kubernetes`, `ray`) that was
+    # handed the job and runs `reg worker --job ID` for it; its handle (the K8s Job's name, the Ray submission id)
+    # is how the executor is asked about the job, or told to stop it. Columns, not `extra`: the claim filters on them.
+    db["jobs"].add_column("executor", str, not_null_default="local")
+    db["jobs"].add_column("executor_handle", str)
+
+
 MIGRATIONS: list[tuple[int, str, Callable]] = [
     (1, "initial schema", _m001_initial),
     (2, "evaluation pass/fail verdicts", _m002_evaluation_verdicts),
@@ -406,6 +414,7 @@ MIGRATIONS: list[tuple[int, str, Callable]] = [
     (8, "job checkpoints stored as blobs (remote workers)", _m008_stored_checkpoints),
     (9, "continuous fine-tuning: captured traffic, feedback corrections, loops and their runs", _m009_continuous_fine_tuning),
     (10, "registry settings (the blob store a home keeps its blobs in)", _m010_settings),
+    (11, "job executors: where a job runs (local, kubernetes, ray) and the executor's handle", _m011_job_executors),
 ]
 
 

@@ -8,7 +8,7 @@ running one is the worker's (`trainer/jobs/worker.py`). This package imports nei
 """
 
 from .queue import JobQueue
-from .records import STATES, TERMINAL, Checkpoint, Job, JobEvent, JobSpec, SubmitRequest, UploadedFile, WorkerInfo
+from .records import EXECUTORS, STATES, TERMINAL, Checkpoint, Job, JobEvent, JobSpec, SubmitRequest, UploadedFile, WorkerInfo
 
-__all__ = ["JobQueue", "STATES", "TERMINAL", "Checkpoint", "Job", "JobEvent", "JobSpec", "SubmitRequest", "UploadedFile",
+__all__ = ["JobQueue", "EXECUTORS", "STATES", "TERMINAL", "Checkpoint", "Job", "JobEvent", "JobSpec", "SubmitRequest", "UploadedFile",
            "WorkerInfo"]

@@ -23,7 +23,7 @@ from ..errors import BlobsMissing, Conflict, InvalidInput, NotFound, PermissionD
 from ..home import current_actor
 from ..manifests import check_file_list
 from ..records import FileRecord
-from .records import EVENT_LEVELS, EVENT_TYPES, TERMINAL, Checkpoint, Job, JobEvent, JobSpec, UploadedFile, WorkerInfo
+from .records import EVENT_LEVELS, EVENT_TYPES, EXECUTORS, TERMINAL, Checkpoint, Job, JobEvent, JobSpec, UploadedFile, WorkerInfo
 
 DEFAULT_LEASE_S = 30.0
 MAX_EVENTS_PAGE = 1000
@@ -54,12 +54,25 @@ def check_job_id(job_id: str) -> str:
     return job_id
 
 
+def check_executor(name: str) -> str:
+    if name not in EXECUTORS:
+        raise InvalidInput(f"executor {shown(name)}: expected one of {', '.join(EXECUTORS)}")
+    return name
+
+
 def newest_page_size(limit: int) -> int:
     """How many of a job's newest events one read returns: `limit`, at most a page. Fewer than one is refused, not
     read as "none": over the wire 0 means "a page", so the remote client checks here too and never sends it."""
     if int(limit) < 1:
         raise InvalidInput(f"limit {limit}: ask for at least 1 event (one read returns at most {MAX_EVENTS_PAGE})")
     return min(int(limit), MAX_EVENTS_PAGE)
+
+
+def _not_requeued(job_id: str, executor: str, why: str | None) -> str:
+    """Why an external executor's job ends `failed` where a local one would go back to the queue: no `reg worker`
+    claims it, and its executor ran the one worker it was given."""
+    return (f"{why}; a {executor} job is not put back in the queue, where nothing would start its worker: "
+            f"`reg job resume {job_id}` launches it again")
 
 
 def fit_problem(resources: dict, capacity: dict) -> str | None:
@@ -102,18 +115,20 @@ class JobQueue:
             conn.execute(
                 "INSERT INTO jobs (id, adapter, state, config_json, config_hash, base_name, datasets_json, priority,"
                 " resources_json, submitter, source, created_at, attempts, max_attempts, cancel_requested, step,"
-                " total_steps, metrics_json, device_count, device_seconds, extra_json)"
-                " VALUES (?, ?, 'queued', ?, ?, ?, ?, ?, ?, ?, ?, ?, 0, ?, 0, 0, ?, '{}', 0, 0, ?)",
+                " total_steps, metrics_json, device_count, device_seconds, extra_json, executor)"
+                " VALUES (?, ?, 'queued', ?, ?, ?, ?, ?, ?, ?, ?, ?, 0, ?, 0, 0, ?, '{}', 0, 0, ?, ?)",
                 (job_id, spec.adapter, json.dumps(spec.config, sort_keys=True), spec.config_hash, spec.base,
                  json.dumps(datasets), spec.priority, json.dumps(spec.resources), submitter or current_actor(),
-                 spec.source, now, spec.max_attempts, int(spec.resources.get("total_steps") or 0), json.dumps(spec.extra)),
+                 spec.source, now, spec.max_attempts, int(spec.resources.get("total_steps") or 0), json.dumps(spec.extra),
+                 check_executor(spec.executor)),
             )
             counts = ", ".join(f"{d['name']} ({d['lines']} lines)" for d in datasets)
             self._event(conn, job_id, "info", "state", "validating files", {"state": "validating_files"})
             self._event(conn, job_id, "info", "message", f"files validated: {counts}", {"datasets": datasets})
             for warning in spec.warnings:
                 self._event(conn, job_id, "warn", "message", warning, {})
-            self._event(conn, job_id, "info", "state", f"queued at priority {spec.priority}", {"state": "queued"})
+            on = f", for the {spec.executor} executor" if spec.executor != "local" else ""
+            self._event(conn, job_id, "info", "state", f"queued at priority {spec.priority}{on}", {"state": "queued"})
         return self.get(job_id)
 
     def get(self, job_id: str) -> Job:
@@ -255,21 +270,26 @@ class JobQueue:
         return [WorkerInfo.from_row(r) for r in rows]
 
     def claim(self, worker_id: str, free: dict, lease_s: float = DEFAULT_LEASE_S,
-              max_running_per_submitter: int | None = None) -> Job | None:
+              max_running_per_submitter: int | None = None, job_id: str | None = None) -> Job | None:
         """The highest-priority queued job (oldest first within a priority) that fits `free`, now running under a lease.
 
         `free` is what the worker has free now (`gpus`, `memory_bytes`). Expired leases are returned to the queue
-        first. A queued job that fits no live worker gets one warning event saying why.
+        first. A queued job that fits no live worker gets one warning event saying why. Only `local` jobs are claimed
+        so: one for an external executor waits for the worker that executor started, which claims it by `job_id`
+        (`reg worker --job ID`; then the job or a one-line error, never None).
         """
         now = time.time()
         with dbmod.transaction(self.conn) as conn:
             conn.execute("UPDATE workers SET seen_at=? WHERE id=?", (now, worker_id))
             self._requeue_expired(conn, now)
+            if job_id is not None:
+                return self._claim_named(conn, job_id, worker_id, free, lease_s, now)
             capacities = [json.loads(r[0] or "{}") for r in
                           conn.execute("SELECT resources_json FROM workers WHERE seen_at>?", (now - 3 * lease_s,))]
             running = {r[0]: r[1] for r in conn.execute("SELECT submitter, COUNT(*) FROM jobs WHERE state='running'"
                                                          " GROUP BY submitter")}
-            for row in conn.execute("SELECT * FROM jobs WHERE state='queued' ORDER BY priority DESC, created_at, id"):
+            for row in conn.execute("SELECT * FROM jobs WHERE state='queued' AND executor='local'"
+                                    " ORDER BY priority DESC, created_at, id"):
                 job = Job.from_row(row)
                 if max_running_per_submitter and running.get(job.submitter, 0) >= max_running_per_submitter:
                     continue
@@ -277,6 +297,36 @@ class JobQueue:
                     return self._start(conn, job, worker_id, free, lease_s, now)
                 self._warn_if_unschedulable(conn, job, capacities)
         return None
+
+    def _claim_named(self, conn, job_id: str, worker_id: str, free: dict, lease_s: float, now: float) -> Job:
+        """Claim the queued job `job_id` (whatever its executor, so a local job can be run by id too)."""
+        job = self._locked_get(conn, job_id)
+        if job.state != "queued":
+            held = f" by worker {job.worker_id}" if job.worker_id else ""
+            raise Conflict(f"job {job_id} is {job.state}{held}, not queued: nothing to claim (see `reg job show {job_id}`)")
+        problem = fit_problem(job.resources, free)
+        if problem:
+            raise Conflict(f"job {job_id} cannot run on worker {worker_id}: {problem}")
+        return self._start(conn, job, worker_id, free, lease_s, now)
+
+    def record_launch(self, job_id: str, handle: str) -> Job:
+        """The external executor took the job: keep its handle (what `reg job show` prints, what a cancel stops)."""
+        with dbmod.transaction(self.conn) as conn:
+            job = self._locked_get(conn, job_id)
+            conn.execute("UPDATE jobs SET executor_handle=? WHERE id=?", (handle, job_id))
+            self._event(conn, job_id, "info", "message", f"launched on {job.executor}: {handle}",
+                        {"executor": job.executor, "handle": handle})
+        return self.get(job_id)
+
+    def fail_launch(self, job_id: str, error: str) -> Job:
+        """The external executor refused the job or could not be reached: the queued job ends `failed` with why,
+        rather than waiting for a worker nothing will start. A job some worker claimed meanwhile is left alone."""
+        with dbmod.transaction(self.conn) as conn:
+            job = self._locked_get(conn, job_id)
+            if job.state == "queued":
+                conn.execute("UPDATE jobs SET error=? WHERE id=?", (error, job_id))
+                self._set_state(conn, job_id, "failed", f"failed: {error}", level="error", data={"error": error})
+        return self.get(job_id)
 
     def renew(self, job_id: str, worker_id: str, lease_s: float = DEFAULT_LEASE_S, device_seconds: float | None = None,
               cost: dict | None = None) -> str:
@@ -315,11 +365,13 @@ class JobQueue:
         if state not in (*TERMINAL, "queued"):
             raise InvalidInput(f"state {state!r}: a worker ends a job as succeeded, failed, cancelled or queued")
         with dbmod.transaction(self.conn) as conn:
-            row = conn.execute("SELECT state, worker_id, extra_json FROM jobs WHERE id=?", (job_id,)).fetchone()
+            row = conn.execute("SELECT state, worker_id, extra_json, executor FROM jobs WHERE id=?", (job_id,)).fetchone()
             if row is None or row["state"] != "running" or row["worker_id"] != worker_id:
                 return False
             if device_seconds is not None:
                 self._account(conn, job_id, row["extra_json"], device_seconds, cost)
+            if state == "queued" and row["executor"] != "local":
+                state, error = "failed", _not_requeued(job_id, row["executor"], error)
             conn.execute("UPDATE jobs SET result_version=?, error=?, lease_expires=NULL WHERE id=?",
                          (result_version, error, job_id))
             message = {"succeeded": f"succeeded: {result_version}", "failed": f"failed: {error}",
@@ -442,10 +494,14 @@ class JobQueue:
         return self._locked_get(conn, job.id)
 
     def _requeue_expired(self, conn, now: float) -> None:
-        for row in conn.execute("SELECT id, worker_id, attempts, max_attempts FROM jobs WHERE state='running'"
+        for row in conn.execute("SELECT id, worker_id, attempts, max_attempts, executor FROM jobs WHERE state='running'"
                                 " AND lease_expires<?", (now,)).fetchall():
             lost = f"worker {row['worker_id']} stopped renewing its lease"
-            if row["attempts"] >= row["max_attempts"]:
+            if row["executor"] != "local":
+                error = _not_requeued(row["id"], row["executor"], lost)
+                conn.execute("UPDATE jobs SET error=? WHERE id=?", (error, row["id"]))
+                self._set_state(conn, row["id"], "failed", f"failed: {error}", level="error")
+            elif row["attempts"] >= row["max_attempts"]:
                 conn.execute("UPDATE jobs SET error=? WHERE id=?", (f"{lost} on attempt {row['attempts']} of "
                                                                     f"{row['max_attempts']}", row["id"]))
                 self._set_state(conn, row["id"], "failed", f"failed: {lost}, and all {row['max_attempts']} attempts are "

@@ -12,6 +12,9 @@ STATES = ("validating_files", "queued", "running", "succeeded", "failed", "cance
 TERMINAL = frozenset({"succeeded", "failed", "cancelled"})
 EVENT_LEVELS = ("info", "warn", "error")
 EVENT_TYPES = ("message", "metrics", "checkpoint", "state")
+# Where a job runs: `local`, claimed by any `reg worker`; or an external executor (trainer/jobs/executors/) that was
+# handed the job and runs `reg worker --job ID` for it, the only worker that claims it.
+EXECUTORS = ("local", "kubernetes", "ray")
 
 
 def _seconds_since(iso: str | None, until: str | None = None) -> float | None:
@@ -53,6 +56,7 @@ class SubmitRequest:
     max_attempts: int = 3
     source: str = "cli"
     extra: dict = field(default_factory=dict)
+    executor: str = "local"  # one of EXECUTORS
 
 
 @dataclass
@@ -70,6 +74,7 @@ class JobSpec:
     source: str = "cli"  # cli, grpc, openai
     extra: dict = field(default_factory=dict)  # what the submitter asked for besides the config (OpenAI's fields)
     warnings: list[str] = field(default_factory=list)  # become warning events of the new job
+    executor: str = "local"  # one of EXECUTORS
 
 
 @dataclass
@@ -103,6 +108,8 @@ class Job:
     device_count: int
     device_seconds: float
     extra: dict
+    executor: str = "local"  # one of EXECUTORS
+    executor_handle: str | None = None  # what the external executor calls the job's worker (K8s Job name, Ray id)
 
     @classmethod
     def from_row(cls, row) -> "Job":
@@ -115,6 +122,7 @@ class Job:
         for key in ("step", "total_steps", "attempts", "device_count"):
             data[key] = data[key] or 0
         data["device_seconds"] = data["device_seconds"] or 0.0
+        data["executor"] = data.get("executor") or "local"
         return cls(**data)
 
     @property

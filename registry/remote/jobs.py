@@ -112,9 +112,9 @@ class RemoteJobs:
         self._work("UnregisterWorker", jobs_pb.WorkerRequest, worker_id=worker_id)
 
     def claim(self, worker_id: str, free: dict, lease_s: float = DEFAULT_LEASE_S,
-              max_running_per_submitter: int | None = None) -> Job | None:
+              max_running_per_submitter: int | None = None, job_id: str | None = None) -> Job | None:
         answer = self._work("ClaimJob", jobs_pb.ClaimJobRequest, worker_id=worker_id, free=free, lease_s=lease_s,
-                            max_running_per_submitter=max_running_per_submitter)
+                            max_running_per_submitter=max_running_per_submitter, job_id=job_id)
         return to_record(Job, answer["job"]) if answer["job"] else None
 
     def renew(self, job_id: str, worker_id: str, lease_s: float = DEFAULT_LEASE_S, device_seconds: float | None = None,

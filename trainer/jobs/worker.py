@@ -7,6 +7,9 @@ ended and records how (the version they pushed, or the error), and claims the ne
 free. Killed outright, it renews nothing: the leases lapse and other workers resume its jobs from their
 checkpoints; its children exit with it (`run.py`). Stopped with SIGTERM or Ctrl-C, it stops its children
 and hands their jobs back to the queue.
+
+Given a job id (`reg worker --job ID`, the command an external executor runs, trainer/jobs/executors/), it claims
+exactly that queued job, runs it as above, and exits.
 """
 
 from __future__ import annotations
@@ -44,6 +47,11 @@ class WorkerOptions:
     max_running_per_submitter: int | None = None
     max_jobs: int | None = None  # exit after this many jobs ended (batch use, tests)
     exit_when_idle: bool = False  # exit once the queue holds nothing this worker can run
+    job_id: str | None = None  # run exactly this queued job, then exit (what an external executor starts)
+
+    def __post_init__(self) -> None:
+        if self.job_id is not None:
+            self.max_jobs = 1  # the one job, however it ends
 
 
 @dataclass
@@ -157,7 +165,8 @@ class Worker:
             return False
         busy = {g for r in self.running.values() for g in r.gpus}
         free = {**self.resources, "gpus": [g for g in self.resources["gpus"] if g not in busy]}
-        job = self.queue.claim(self.id, free, self.options.lease_s, self.options.max_running_per_submitter)
+        job = self.queue.claim(self.id, free, self.options.lease_s, self.options.max_running_per_submitter,
+                               job_id=self.options.job_id)
         if job is None:
             return False
         self._start(job, free["gpus"][: int(job.resources.get("gpus") or 0)])
