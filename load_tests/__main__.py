@@ -128,6 +128,14 @@ def bench(ctx: typer.Context) -> None:
     raise typer.Exit(bench_main(ctx.args))  # its options are bench.py's own (argparse), passed through as given
 
 
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True}, add_help_option=False)
+def peer(ctx: typer.Context) -> None:
+    """vLLM side by side with `reg serve`: same base, adapters, prompts and clients, runs alternated (`peer --help`)."""
+    from .peer import main as peer_main
+
+    raise typer.Exit(peer_main(ctx.args))  # its options are peer.py's own (argparse), passed through as given
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run with `argv`; return the exit code. Loradock errors become one-line messages here."""
     from cli.errors import report

@@ -34,8 +34,9 @@ def adapter_names(prefix: str, count: int) -> list[str]:
 
 
 def prepare_adapters(registry: Registry, base: str, count: int, prefix: str = "load", rank: int = 8, seed: int = 0,
-                     canary: bool = True) -> list[Prepared]:
-    """Create and push `count` adapters named PREFIX-00, PREFIX-01, ... (and a two-version `canary`)."""
+                     canary: bool = True, targets: tuple[str, ...] = ("q_proj", "v_proj")) -> list[Prepared]:
+    """Create and push `count` adapters named PREFIX-00, PREFIX-01, ... (and a two-version `canary`) of rank `rank`
+    on the modules `targets`."""
     import torch
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
@@ -53,7 +54,7 @@ def prepare_adapters(registry: Registry, base: str, count: int, prefix: str = "l
     base_record = registry.resolve_base(base)
     logger.info(f"loading {base_record.name} to shape {len(jobs)} adapters ...")
     model = AutoModelForCausalLM.from_pretrained(base_record.path, torch_dtype=torch.float32)
-    config = LoraConfig(r=rank, lora_alpha=2 * rank, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM",
+    config = LoraConfig(r=rank, lora_alpha=2 * rank, target_modules=list(targets), task_type="CAUSAL_LM",
                         init_lora_weights=False)
     out = []
     with tempfile.TemporaryDirectory(prefix="loradock-prepare-") as tmp:

@@ -20,7 +20,7 @@ REJECTION_TARGET_MS = 50.0  # the issue's target for answering the excess under 
 
 def _pcts(values: list[float]) -> dict:
     return {"p50": round(percentile(values, .5), 2), "p90": round(percentile(values, .9), 2),
-            "p99": round(percentile(values, .99), 2), "max": round(max(values), 2) if values else 0.0}
+            "p95": round(percentile(values, .95), 2), "p99": round(percentile(values, .99), 2), "max": round(max(values), 2) if values else 0.0}
 
 
 def summarize(samples: list[Sample], elapsed_s: float) -> dict:
