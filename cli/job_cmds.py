@@ -9,13 +9,19 @@ from typing import Annotated, Optional
 
 import typer
 
-from registry.errors import InvalidInput, shown
+from registry.errors import Conflict, InvalidInput, shown
+from registry.fields import help_texts
+from registry.jobs.queue import not_claimable
+from trainer.jobs.executors.kubernetes import FLAGS as K8S_FLAGS
+from trainer.jobs.executors.kubernetes import KubernetesSettings
+from trainer.jobs.executors.kubernetes import env_name as k8s_env_name
 
 from .common import Home, Json, _registry, app
-from .output import console, print_json, table
+from .output import console, err_console, print_json, table
 
 job_app = typer.Typer(
-    help="Fine-tuning jobs: submit to the queue, list, show, follow events, cancel, resume, checkpoints.",
+    help="Fine-tuning jobs: submit to the queue (run by `reg worker`s, or launched on Kubernetes or Ray with --executor), "
+         "list, show, follow events, cancel, resume, checkpoints.",
     no_args_is_help=True,
 )
 app.add_typer(job_app, name="job")
@@ -43,29 +49,121 @@ def _cost(job) -> str:
     return f"${cost['usd']:.2f}" if cost.get("usd") is not None else "-"
 
 
+_K8S_HELP = help_texts(KubernetesSettings)
+# Each executor's `reg job submit` parameters -> the setting each one gives (the executor's own name for it).
+_EXECUTOR_PARAMS = {
+    "kubernetes": {"k8s_namespace": "namespace", "k8s_image": "image", "k8s_registry_url": "registry_url",
+                   "k8s_home": "home", "k8s_token_secret": "token_secret", "k8s_token_key": "token_key",
+                   "kueue_queue": "kueue_queue", "node_selector": "node_selector", "toleration": "tolerations",
+                   "k8s_cpu": "cpu", "k8s_ttl_s": "ttl_s"},
+    "ray": {"ray_address": "address", "ray_num_cpus": "num_cpus"},
+}
+
+
+def _k8s_option(field: str, **kwargs) -> typer.Option:
+    """The `reg job submit` option of a Kubernetes setting: its flag, variable and help are the setting's own."""
+    return typer.Option(K8S_FLAGS[field], envvar=k8s_env_name(field), show_default=False,
+                        help=f"kubernetes: {_K8S_HELP[field]}", **kwargs)
+
+
 @job_app.command("submit")
 def job_submit(
+    ctx: typer.Context,
     config_path: Annotated[Path, typer.Argument(metavar="CONFIG", help="Training config (YAML, the keys `reg train` takes).")],
     set_: Annotated[Optional[list[str]], typer.Option("--set", help="Override a config key: key=value (dotted for sections).")] = None,
     priority: Annotated[int, typer.Option(help="Higher runs first; equal priorities run in submission order.")] = 0,
     gpus: Annotated[int, typer.Option(help="GPUs the job needs (0: any worker, CPU or GPU).")] = 0,
     num_processes: Annotated[int, typer.Option(help="Training processes (`accelerate launch --num_processes`).")] = 1,
     max_attempts: Annotated[int, typer.Option(help="Attempts before a job whose worker keeps vanishing fails.")] = 3,
+    executor: Annotated[str, typer.Option(
+        help="Where the job runs: local (any `reg worker` claims it), kubernetes (a batch/v1 Job) or ray (a Ray job); "
+             "an external executor runs `reg worker --job ID` for it, and no other worker claims it.")] = "local",
+    dry_run: Annotated[bool, typer.Option(
+        "--dry-run", help="Check the job and print what its executor would be given (the Job's YAML for kubernetes); "
+                          "queue and create nothing.")] = False,
+    k8s_namespace: Annotated[Optional[str], _k8s_option("namespace")] = None,
+    k8s_image: Annotated[Optional[str], _k8s_option("image")] = None,
+    k8s_registry_url: Annotated[Optional[str], _k8s_option("registry_url")] = None,
+    k8s_home: Annotated[Optional[str], _k8s_option("home")] = None,
+    k8s_token_secret: Annotated[Optional[str], _k8s_option("token_secret")] = None,
+    k8s_token_key: Annotated[Optional[str], _k8s_option("token_key")] = None,
+    kueue_queue: Annotated[Optional[str], _k8s_option("kueue_queue")] = None,
+    node_selector: Annotated[Optional[list[str]], _k8s_option("node_selector")] = None,
+    toleration: Annotated[Optional[list[str]], _k8s_option("tolerations")] = None,
+    k8s_cpu: Annotated[Optional[str], _k8s_option("cpu")] = None,
+    k8s_ttl_s: Annotated[Optional[int], _k8s_option("ttl_s")] = None,
+    ray_address: Annotated[Optional[str], typer.Option(
+        envvar="RAY_ADDRESS", show_default=False,
+        help="ray: the cluster's dashboard address, http://HOST:8265 (default: $RAY_ADDRESS).")] = None,
+    ray_num_cpus: Annotated[Optional[float], typer.Option(
+        show_default=False, help="ray: CPUs the job's entrypoint reserves on the cluster.")] = None,
     json_out: Json = False,
     home: Home = None,
 ) -> None:
-    """Check a training config and its datasets, freeze them, and queue the job; prints its id (ftjob-...)."""
-    from registry.jobs import SubmitRequest
-    from trainer.jobs.submit import submit
+    """Check a training config and its datasets, freeze them, and queue the job; prints its id (ftjob-...).
 
+    With --executor kubernetes or ray the job is then handed to that executor (the handle it returns is shown by
+    `reg job show`); if it cannot be reached or refuses, the job ends failed with the reason."""
+    from registry.jobs import SubmitRequest
+    from trainer.jobs.submit import preview, submit
+
+    settings = _executor_settings(ctx, executor)
     request = SubmitRequest(config_path=str(config_path), name=config_path.stem.lower().replace(" ", "-"),
                             overrides=set_ or [], priority=priority, gpus=gpus, num_processes=num_processes,
-                            max_attempts=max_attempts, source="cli")
-    job = submit(_registry(home), request)
+                            max_attempts=max_attempts, source="cli", executor=executor)
+    registry = _registry(home)
+    if executor == "local":
+        if dry_run:
+            raise InvalidInput("--dry-run prints what an external executor is given: add --executor kubernetes or ray")
+        job = submit(registry, request)
+    else:
+        from trainer.jobs.executors import executor_named, launch_job
+
+        chosen = executor_named(executor, settings)  # refuses a bad setting before anything is queued
+        where = _worker_location(executor, chosen, registry)
+        request.extra = {"launch": {"settings": settings, **where}}
+        if dry_run:
+            from trainer.jobs.executors import Launch, launch_env, worker_argv
+
+            job = preview(registry, request)
+            text = chosen.render(Launch(job, worker_argv(job, **where), launch_env()))
+            print(text, end="" if text.endswith("\n") else "\n")  # as rendered (YAML, JSON): not through rich
+            return
+        job = launch_job(registry, submit(registry, request), chosen, **where)
     if json_out:
         print_json(job.as_dict())
         return
     console.print(job.id)
+
+
+def _executor_settings(ctx: typer.Context, executor: str) -> dict:
+    """The settings given for `executor` (flags or variables; unset ones left to its defaults). A flag of another
+    executor on the command line is refused, not ignored; its variable, set for the whole environment, is ignored."""
+    from registry.jobs import EXECUTORS
+
+    if executor not in EXECUTORS:
+        raise InvalidInput(f"--executor {shown(executor)}: expected one of {', '.join(EXECUTORS)}")
+    flags = {param.name: param.opts[0] for param in ctx.command.params}
+    for name, params in _EXECUTOR_PARAMS.items():
+        stray = [flags[p] for p in params if name != executor and _on_command_line(ctx, p)]
+        if stray:
+            raise InvalidInput(f"{', '.join(stray)}: options of the {name} executor, but the job's executor is {executor} "
+                               f"(add --executor {name})")
+    given = {setting: ctx.params[param] for param, setting in _EXECUTOR_PARAMS.get(executor, {}).items()}
+    return {setting: value for setting, value in given.items() if value not in (None, [], ())}
+
+
+def _on_command_line(ctx: typer.Context, param: str) -> bool:
+    source = ctx.get_parameter_source(param)  # an enum of typer's own vendored click: compared by name
+    return source is not None and source.name == "COMMANDLINE"
+
+
+def _worker_location(executor: str, chosen, registry) -> dict:
+    """Where the executor's worker reaches the registry: a pod, over gRPC at its settings' URL, training in its own
+    home; a Ray job, in this registry's home (the Ray node shares this machine's disk)."""
+    if executor == "kubernetes":
+        return {"registry_url": chosen.settings.registry_url, "home": chosen.settings.home}
+    return {"registry_url": None, "home": str(registry.home)}
 
 
 @job_app.command("ls")
@@ -118,6 +216,7 @@ def job_show(job_id: JobId, json_out: Json = False, home: Home = None) -> None:
         ("config", job.config_hash),
         ("datasets", ", ".join(f"{d['name']} ({d['lines']} lines, {'held out, ' if d['split'] == 'test' else ''}"
                                f"sha256:{d['sha256'][:12]})" for d in job.datasets)),
+        ("executor", job.executor + (f" ({job.executor_handle})" if job.executor_handle else "")),
         ("run", job.run_id or "-"),
         ("result", job.result_version or "-"),
     ]
@@ -178,16 +277,40 @@ def job_events(
 
 @job_app.command("cancel")
 def job_cancel(job_id: JobId, home: Home = None) -> None:
-    """Cancel a job: a queued one at once, a running one within seconds (its checkpoints are kept)."""
+    """Cancel a job: a queued one at once, a running one within seconds (its checkpoints are kept).
+
+    A job an external executor holds that no worker has claimed yet is also stopped there (its K8s Job deleted,
+    its Ray job stopped); a running one is stopped by its own worker, as any worker's is."""
     job = _registry(home).jobs.cancel(job_id)
     console.print(f"{job.id}: {'cancelled' if job.state == 'cancelled' else 'stopping (cancellation requested)'}")
+    if job.state == "cancelled" and job.executor_handle:
+        from registry.errors import LoradockError
+        from trainer.jobs.executors import stored_executor
+
+        try:
+            executor, _ = stored_executor(job)
+            executor.stop(job.executor_handle)
+        except LoradockError as exc:  # the job is cancelled all the same: a worker started later finds nothing to claim
+            err_console.print(f"warning: {job.id} is cancelled, but {job.executor_handle} was not stopped on "
+                              f"{job.executor}: {exc}", markup=False, highlight=False)
+            return
+        console.print(f"{job.id}: stopped {job.executor_handle} on {job.executor}")
 
 
 @job_app.command("resume")
 def job_resume(job_id: JobId, home: Home = None) -> None:
-    """Queue a failed or cancelled job again; it continues from its newest checkpoint."""
-    job = _registry(home).jobs.resume(job_id)
-    console.print(f"{job.id}: {job.state}")
+    """Queue a failed or cancelled job again; it continues from its newest checkpoint.
+
+    A job of an external executor is launched there again, with the settings it was submitted with."""
+    registry = _registry(home)
+    # a remote registry refuses to resume an external executor's job: only its host launches it again
+    job = registry.jobs.resume_to_launch(job_id) if registry.is_local else registry.jobs.resume(job_id)
+    if job.executor != "local":
+        from trainer.jobs.executors import launch_job, stored_executor
+
+        executor, where = stored_executor(job)
+        job = launch_job(registry, job, executor, **where)
+    console.print(f"{job.id}: {job.state}" + (f" ({job.executor_handle} on {job.executor})" if job.executor_handle else ""))
 
 
 @job_app.command("checkpoints")
@@ -259,6 +382,10 @@ def worker(
         help="Claim no job of a submitter who already has this many running (all workers).")] = None,
     max_jobs: Annotated[Optional[int], typer.Option(help="Exit after this many jobs ended.")] = None,
     exit_when_idle: Annotated[bool, typer.Option(help="Exit once the queue holds nothing this worker can run.")] = False,
+    job: Annotated[Optional[str], typer.Option(
+        "--job", metavar="JOB_ID", show_default=False,
+        help="Run exactly this queued job (whatever its executor: what a Kubernetes or Ray executor starts), then exit: "
+             "0 if it succeeded, else the exit code of its end.")] = None,
     home: Home = None,
 ) -> None:
     """Run queued fine-tuning jobs on this machine: claim by priority, heartbeat, stream events, stop on cancel.
@@ -266,7 +393,7 @@ def worker(
     With --registry URL (and a token with the `worker`, `read` and `push` roles) it runs that registry's jobs from
     another machine: it trains in --home, whose registry must hold the jobs' bases, and pushes the versions there."""
     from registry import Registry
-    from trainer.jobs.worker import Worker, WorkerOptions
+    from trainer.jobs.worker import JobNotSucceeded, Worker, WorkerOptions
 
     from .common import _REMOTE, _registry
 
@@ -278,9 +405,19 @@ def worker(
             raise InvalidInput(f"{name} {value}: expected at least {low}")
     if memory_gb is not None and memory_gb <= 0:
         raise InvalidInput(f"--memory-gb {memory_gb}: expected a positive number")
+    remote = _registry(home) if _REMOTE.get("url") else None
+    if job is not None:  # refused before this worker registers; the claim checks again, atomically
+        problem = not_claimable((remote or Registry(home)).jobs.get(job))
+        if problem:
+            raise Conflict(problem)
     options = WorkerOptions(slots=slots, gpus=_gpu_list(gpus) if gpus else None, memory_gb=memory_gb,
                             labels=_labels(labels or []), lease_s=lease_s, max_running_per_submitter=max_running_per_submitter,
-                            max_jobs=max_jobs, exit_when_idle=exit_when_idle, device_name=device_name)
-    remote = _registry(home) if _REMOTE.get("url") else None
+                            max_jobs=max_jobs, exit_when_idle=exit_when_idle, device_name=device_name, job_id=job)
     ended = Worker(Registry(home), options, remote=remote).run()
-    console.print(f"worker stopped after {ended} job(s)")
+    if job is None:
+        console.print(f"worker stopped after {ended} job(s)")
+        return
+    ran = (remote or Registry(home)).jobs.get(job)
+    if ran.state != "succeeded":
+        raise JobNotSucceeded(f"job {job} ended {ran.state}" + (f": {ran.error}" if ran.error else ""))
+    console.print(f"{job}: succeeded, {ran.result_version}")

@@ -75,6 +75,14 @@ def _not_requeued(job_id: str, executor: str, why: str | None) -> str:
             f"`reg job resume {job_id}` launches it again")
 
 
+def not_claimable(job: Job) -> str | None:
+    """Why a worker cannot claim `job` by its id (None: it is queued, it can)."""
+    if job.state == "queued":
+        return None
+    now = f"running on worker {job.worker_id}" if job.state == "running" else f"{job.state}, not queued"
+    return f"job {job.id} is {now}: nothing to claim (see `reg job show {job.id}`)"
+
+
 def fit_problem(resources: dict, capacity: dict) -> str | None:
     """Why a job asking for `resources` cannot run on a worker with `capacity` (None: it can)."""
     gpus_needed, gpus = int(resources.get("gpus") or 0), len(capacity.get("gpus") or [])
@@ -213,12 +221,25 @@ class JobQueue:
         return self.get(job_id)
 
     def resume(self, job_id: str, actor: str | None = None) -> Job:
-        """Queue a failed or cancelled job again; its worker continues from the newest checkpoint (a fresh attempt budget)."""
+        """Queue a failed or cancelled job again; its worker continues from the newest checkpoint (a fresh attempt budget).
+
+        A job of an external executor is refused here: queued by this, it would wait for a worker nothing starts.
+        `resume_to_launch` resumes it for a caller that launches it again (`reg job resume` on the registry's host)."""
+        return self._resume(job_id, actor, relaunch=False)
+
+    def resume_to_launch(self, job_id: str, actor: str | None = None) -> Job:
+        """`resume`, for any executor: the caller hands an external executor's job to its executor next."""
+        return self._resume(job_id, actor, relaunch=True)
+
+    def _resume(self, job_id: str, actor: str | None, relaunch: bool) -> Job:
         with dbmod.transaction(self.conn) as conn:
             job = self._locked_get(conn, job_id)
             self.check_owner(job, actor)
             if job.state not in ("failed", "cancelled"):
                 raise Conflict(f"job {job_id} is {job.state}: only a failed or cancelled job can be resumed")
+            if job.executor != "local" and not relaunch:
+                raise Conflict(f"job {job_id} runs on {job.executor}: resume it with `reg job resume {job_id}` on the "
+                               f"registry's host, which launches it there again")
             conn.execute("UPDATE jobs SET attempts=0, cancel_requested=0, error=NULL, finished_at=NULL, worker_id=NULL,"
                          " lease_expires=NULL WHERE id=?", (job_id,))
             newest = conn.execute("SELECT MAX(step) FROM job_checkpoints WHERE job_id=?", (job_id,)).fetchone()[0]
@@ -302,8 +323,7 @@ class JobQueue:
         """Claim the queued job `job_id` (whatever its executor, so a local job can be run by id too)."""
         job = self._locked_get(conn, job_id)
         if job.state != "queued":
-            held = f" by worker {job.worker_id}" if job.worker_id else ""
-            raise Conflict(f"job {job_id} is {job.state}{held}, not queued: nothing to claim (see `reg job show {job_id}`)")
+            raise Conflict(not_claimable(job))
         problem = fit_problem(job.resources, free)
         if problem:
             raise Conflict(f"job {job_id} cannot run on worker {worker_id}: {problem}")

@@ -17,7 +17,9 @@ import yaml
 
 from registry.errors import InvalidInput, LoradockError, shown
 from registry.jobs import Job, JobSpec, SubmitRequest
-from registry.jobs.queue import fit_problem
+from registry.db import utcnow
+from registry.home import current_actor
+from registry.jobs.queue import check_executor, fit_problem
 from registry.jobs.records import DatasetFile
 from registry.names import validate_name
 
@@ -41,10 +43,40 @@ def submit(registry, request: SubmitRequest, submitter: str | None = None) -> Jo
     with this same function against its own registry.
     """
     if not registry.is_local:
+        _refuse_remote_executor(request)
         return registry.jobs.submit_request(with_files(request))
     with tempfile.TemporaryDirectory(prefix="loradock-submit-") as tmp:
         spec = check_submission(registry, request, Path(tmp))
         return registry.jobs.submit(spec, submitter=submitter)
+
+
+def preview(registry, request: SubmitRequest) -> Job:
+    """The job `submit` would queue, checked the same way but stored nowhere (`reg job submit --dry-run`); its id is
+    a placeholder, `DRY_RUN_JOB_ID`."""
+    if not registry.is_local:
+        _refuse_remote_executor(request)
+    with tempfile.TemporaryDirectory(prefix="loradock-preview-") as tmp:
+        spec = check_submission(registry, request, Path(tmp))
+    datasets = [{"name": d.name, "type": d.type, "sha256": d.sha256, "bytes": d.bytes, "lines": d.lines,
+                 "split": d.split} for d in spec.datasets]
+    return Job(id=DRY_RUN_JOB_ID, adapter=spec.adapter, state="queued", config=spec.config, config_hash=spec.config_hash,
+               base=spec.base, datasets=datasets, priority=spec.priority, resources=spec.resources,
+               submitter=current_actor(), source=spec.source, created_at=utcnow(), started_at=None, finished_at=None,
+               attempts=0, max_attempts=spec.max_attempts, worker_id=None, lease_expires=None, cancel_requested=False,
+               run_id=None, result_version=None, error=None, step=0, total_steps=0, metrics={}, device=None,
+               device_count=0, device_seconds=0.0, extra=spec.extra, executor=spec.executor)
+
+
+DRY_RUN_JOB_ID = "ftjob-dryrun"  # what a previewed job is called: a valid id that no submitted job has
+
+
+def _refuse_remote_executor(request: SubmitRequest) -> None:
+    """An external executor's job is launched by the process that queues it, which must be the registry's host: a
+    remote registry records no executor handle, and a job queued there for one would wait for a worker never started."""
+    if request.executor != "local":
+        raise InvalidInput(f"executor {request.executor}: a job for an external executor is submitted on the registry's "
+                           f"host (e.g. `kubectl exec` into the registry pod), where it is launched; over --registry "
+                           f"only local jobs are queued")
 
 
 def with_files(request: SubmitRequest) -> SubmitRequest:
@@ -124,13 +156,16 @@ def check_submission(registry, request: SubmitRequest, workdir: Path) -> JobSpec
         entry["path"] = f"blob:{ds.sha256}"
     resources = {"memory_bytes": _memory_estimate(config, base), "gpus": request.gpus,
                  "num_processes": request.num_processes}
-    warnings = _check_fits_a_worker(registry, resources)
+    # an external executor's job runs on what its executor provides, not on one of the workers polling the queue
+    warnings = _check_fits_a_worker(registry, resources) if request.executor == "local" else []
     return JobSpec(adapter=config.push.name, config=frozen, config_hash=resolved_config_hash(frozen), base=base.name,
                    datasets=datasets, priority=request.priority, resources=resources, max_attempts=request.max_attempts,
-                   source=request.source, extra={**request.extra, "config_name": request.name}, warnings=warnings)
+                   source=request.source, extra={**request.extra, "config_name": request.name}, warnings=warnings,
+                   executor=request.executor)
 
 
 def _check_numbers(request: SubmitRequest) -> None:
+    check_executor(request.executor)
     if not isinstance(request.priority, int):
         raise InvalidInput(f"priority {shown(request.priority)}: expected an integer")
     if not 0 <= request.gpus <= MAX_PROCESSES:

@@ -35,6 +35,13 @@ CANCEL_GRACE_S = 5.0  # SIGTERM first; SIGKILL after this (a cancel must stop a 
 GIB = 1 << 30
 
 
+class JobNotSucceeded(LoradockError):
+    """`reg worker --job ID` ran its job and the job failed or was cancelled: the command fails too, so the executor
+    that started it (a K8s Job, a Ray job) records a failed run."""
+
+    exit_code, grpc_status, http_status = 1, "ABORTED", 500
+
+
 @dataclass
 class WorkerOptions:
     slots: int = 1

@@ -24,7 +24,7 @@ class JobDataset(_message.Message):
     def __init__(self, name: _Optional[str] = ..., type: _Optional[str] = ..., sha256: _Optional[str] = ..., bytes: _Optional[int] = ..., lines: _Optional[int] = ..., split: _Optional[str] = ...) -> None: ...
 
 class Job(_message.Message):
-    __slots__ = ("id", "adapter", "state", "config", "config_hash", "base", "datasets", "priority", "resources", "submitter", "source", "created_at", "started_at", "finished_at", "attempts", "max_attempts", "worker_id", "lease_expires", "cancel_requested", "run_id", "result_version", "error", "step", "total_steps", "metrics", "device", "device_count", "device_seconds", "extra", "progress", "eta_s", "device_hours", "cost", "executor", "executor_handle")
+    __slots__ = ("id", "adapter", "state", "config", "config_hash", "base", "datasets", "priority", "resources", "submitter", "source", "created_at", "started_at", "finished_at", "attempts", "max_attempts", "worker_id", "lease_expires", "cancel_requested", "run_id", "result_version", "error", "step", "total_steps", "metrics", "device", "device_count", "device_seconds", "extra", "executor", "executor_handle", "progress", "eta_s", "device_hours", "cost")
     ID_FIELD_NUMBER: _ClassVar[int]
     ADAPTER_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
@@ -54,12 +54,12 @@ class Job(_message.Message):
     DEVICE_COUNT_FIELD_NUMBER: _ClassVar[int]
     DEVICE_SECONDS_FIELD_NUMBER: _ClassVar[int]
     EXTRA_FIELD_NUMBER: _ClassVar[int]
+    EXECUTOR_FIELD_NUMBER: _ClassVar[int]
+    EXECUTOR_HANDLE_FIELD_NUMBER: _ClassVar[int]
     PROGRESS_FIELD_NUMBER: _ClassVar[int]
     ETA_S_FIELD_NUMBER: _ClassVar[int]
     DEVICE_HOURS_FIELD_NUMBER: _ClassVar[int]
     COST_FIELD_NUMBER: _ClassVar[int]
-    EXECUTOR_FIELD_NUMBER: _ClassVar[int]
-    EXECUTOR_HANDLE_FIELD_NUMBER: _ClassVar[int]
     id: str
     adapter: str
     state: str
@@ -89,13 +89,13 @@ class Job(_message.Message):
     device_count: int
     device_seconds: float
     extra: _registry_pb2.JsonObject
+    executor: str
+    executor_handle: str
     progress: float
     eta_s: float
     device_hours: float
     cost: _registry_pb2.JsonObject
-    executor: str
-    executor_handle: str
-    def __init__(self, id: _Optional[str] = ..., adapter: _Optional[str] = ..., state: _Optional[str] = ..., config: _Optional[_Union[_registry_pb2.JsonObject, _Mapping]] = ..., config_hash: _Optional[str] = ..., base: _Optional[str] = ..., datasets: _Optional[_Iterable[_Union[JobDataset, _Mapping]]] = ..., priority: _Optional[int] = ..., resources: _Optional[_Union[_registry_pb2.JsonObject, _Mapping]] = ..., submitter: _Optional[str] = ..., source: _Optional[str] = ..., created_at: _Optional[str] = ..., started_at: _Optional[str] = ..., finished_at: _Optional[str] = ..., attempts: _Optional[int] = ..., max_attempts: _Optional[int] = ..., worker_id: _Optional[str] = ..., lease_expires: _Optional[float] = ..., cancel_requested: _Optional[bool] = ..., run_id: _Optional[str] = ..., result_version: _Optional[str] = ..., error: _Optional[str] = ..., step: _Optional[int] = ..., total_steps: _Optional[int] = ..., metrics: _Optional[_Union[_registry_pb2.JsonObject, _Mapping]] = ..., device: _Optional[str] = ..., device_count: _Optional[int] = ..., device_seconds: _Optional[float] = ..., extra: _Optional[_Union[_registry_pb2.JsonObject, _Mapping]] = ..., progress: _Optional[float] = ..., eta_s: _Optional[float] = ..., device_hours: _Optional[float] = ..., cost: _Optional[_Union[_registry_pb2.JsonObject, _Mapping]] = ..., executor: _Optional[str] = ..., executor_handle: _Optional[str] = ...) -> None: ...
+    def __init__(self, id: _Optional[str] = ..., adapter: _Optional[str] = ..., state: _Optional[str] = ..., config: _Optional[_Union[_registry_pb2.JsonObject, _Mapping]] = ..., config_hash: _Optional[str] = ..., base: _Optional[str] = ..., datasets: _Optional[_Iterable[_Union[JobDataset, _Mapping]]] = ..., priority: _Optional[int] = ..., resources: _Optional[_Union[_registry_pb2.JsonObject, _Mapping]] = ..., submitter: _Optional[str] = ..., source: _Optional[str] = ..., created_at: _Optional[str] = ..., started_at: _Optional[str] = ..., finished_at: _Optional[str] = ..., attempts: _Optional[int] = ..., max_attempts: _Optional[int] = ..., worker_id: _Optional[str] = ..., lease_expires: _Optional[float] = ..., cancel_requested: _Optional[bool] = ..., run_id: _Optional[str] = ..., result_version: _Optional[str] = ..., error: _Optional[str] = ..., step: _Optional[int] = ..., total_steps: _Optional[int] = ..., metrics: _Optional[_Union[_registry_pb2.JsonObject, _Mapping]] = ..., device: _Optional[str] = ..., device_count: _Optional[int] = ..., device_seconds: _Optional[float] = ..., extra: _Optional[_Union[_registry_pb2.JsonObject, _Mapping]] = ..., executor: _Optional[str] = ..., executor_handle: _Optional[str] = ..., progress: _Optional[float] = ..., eta_s: _Optional[float] = ..., device_hours: _Optional[float] = ..., cost: _Optional[_Union[_registry_pb2.JsonObject, _Mapping]] = ...) -> None: ...
 
 class JobEvent(_message.Message):
     __slots__ = ("seq", "at", "level", "type", "message", "data")
