@@ -19,6 +19,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta, timezone
 
 from .db import transaction, utcnow
+from .rollouts import place_feedback
 from .errors import InvalidInput, NotFound, shown
 from .fields import documented
 from .names import validate_name
@@ -176,6 +177,7 @@ class Captures:
                     " response, status, latency_ms, bytes, at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     (kept.adapter, kept.version, kept.revision, kept.arm, kept.request_id, kept.key_hash, kept.prompt,
                      json.dumps(kept.messages), kept.response, kept.status, kept.latency_ms, kept.bytes, kept.at))
+                place_feedback(self.conn, kept.request_id, kept.adapter, kept.version, kept.revision, kept.arm)
                 stored += 1
                 touched.add(r.adapter)
             for adapter in touched:

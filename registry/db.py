@@ -403,6 +403,13 @@ def _m011_job_executors(db) -> None:
     db["jobs"].add_column("executor_handle", str)
 
 
+def _m012_feedback_by_request(db) -> None:
+    # A fleet's feedback may reach a replica that did not serve the request: the registry places it by request id,
+    # with the outcome (or capture) the serving replica recorded (registry/rollouts.py:served_as, place_feedback).
+    db["rollout_events"].create_index(["request_id"])
+    db["feedback"].create_index(["request_id"])
+
+
 MIGRATIONS: list[tuple[int, str, Callable]] = [
     (1, "initial schema", _m001_initial),
     (2, "evaluation pass/fail verdicts", _m002_evaluation_verdicts),
@@ -415,6 +422,7 @@ MIGRATIONS: list[tuple[int, str, Callable]] = [
     (9, "continuous fine-tuning: captured traffic, feedback corrections, loops and their runs", _m009_continuous_fine_tuning),
     (10, "registry settings (the blob store a home keeps its blobs in)", _m010_settings),
     (11, "job executors: where a job runs (local, kubernetes, ray) and the executor's handle", _m011_job_executors),
+    (12, "feedback and rollout outcomes by request id (feedback through another replica)", _m012_feedback_by_request),
 ]
 
 

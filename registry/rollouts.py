@@ -22,6 +22,22 @@ from .rollout_records import (  # noqa: F401  (re-exported: the records are part
 )
 
 
+
+def served_as(conn, request_id: str) -> tuple[str, int | None, int | None, str]:
+    """(adapter, version, revision, arm) of the request `request_id` as its outcome or capture recorded it, or
+    ("", None, None, "") while neither has reached the registry."""
+    row = conn.execute("SELECT adapter, version, revision, arm FROM rollout_events WHERE request_id=? LIMIT 1",
+                       (request_id,)).fetchone() or \
+        conn.execute("SELECT adapter, version, revision, arm FROM captures WHERE request_id=? LIMIT 1",
+                     (request_id,)).fetchone()
+    return (row[0], row[1], row[2], row[3] or "") if row else ("", None, None, "")
+
+
+def place_feedback(conn, request_id: str, adapter: str, version: int | None, revision: int | None, arm: str) -> None:
+    """Give feedback that arrived before its request's outcome (through another replica) that request's adapter."""
+    conn.execute("UPDATE feedback SET adapter=?, version=?, revision=?, arm=? WHERE request_id=? AND adapter=''",
+                 (adapter, version, revision, arm or "", request_id))
+
 class Rollouts:
     """The rollouts of a registry: `registry.rollouts.set("support", [Arm(3, 90), Arm(4, 10)], sticky=True)`."""
 
@@ -145,17 +161,26 @@ class Rollouts:
             return None
 
     def record(self, outcomes: list[Outcome], feedback: list[FeedbackRecord] = ()) -> None:
-        """Write a batch of outcomes and feedback in one transaction (a server's writer thread calls this)."""
+        """Write a batch of outcomes and feedback in one transaction (a server's writer thread calls this).
+
+        Feedback with no adapter ("") is for a request another replica of a fleet served: it takes
+        the adapter, version, revision and arm of that request's outcome or capture, whichever reaches the registry
+        first; one still unknown is placed when the other replica's outcome arrives (`place_feedback`)."""
         with dbmod.transaction(self.conn) as conn:
             conn.executemany(
                 "INSERT INTO rollout_events (adapter, revision, version, arm, request_id, key_hash, status, latency_ms,"
                 " ttft_ms, prompt_tokens, completion_tokens, at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 [astuple(o) for o in outcomes],
             )
+            for o in outcomes:
+                place_feedback(conn, o.request_id, o.adapter, o.version, o.revision, o.arm)
+            rows = []
+            for f in feedback:
+                served = (f.adapter, f.version, f.revision, f.arm) if f.adapter else served_as(conn, f.request_id)
+                rows.append((f.request_id, *served, f.score, f.label, f.at, f.correction or None))
             conn.executemany(
                 "INSERT INTO feedback (request_id, adapter, version, revision, arm, score, label, at, correction)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                [(*astuple(f)[:-1], f.correction or None) for f in feedback],
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", rows,
             )
 
     # --- helpers -------------------------------------------------------------------------

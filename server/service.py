@@ -361,10 +361,21 @@ class InferenceService:
         """Attach an outcome to a recent request; stored (with its rollout arm, if any) by the rollout worker.
 
         `score`: finite, within +-1e6 (the rollout report reads its sign and mean); `label`: 1-64 letters, digits, _.:-;
-        `correction`: the response it should have given, kept (redacted) only while the adapter's capture is on."""
+        `correction`: the response it should have given, kept (redacted) only while the adapter's capture is on.
+
+        A replica of a fleet (a remote registry) also takes feedback for a request it did not serve: behind a load
+        balancer another replica may have. It goes to the registry without an adapter, which places it with that
+        request's outcome or capture (`registry.rollouts.Rollouts.record`); its correction is dropped, since
+        only the serving replica knows which adapter's redaction applies."""
         check_feedback(score, label, correction)
         if request_id not in self.recent:
-            raise NotFound(f"no recent request with id {request_id[:128]!r} (feedback is accepted for the last {RECENT_REQUESTS:,} requests)")
+            if self.registry.is_local:
+                raise NotFound(f"no recent request with id {request_id[:128]!r} (feedback is accepted for the last "
+                               f"{RECENT_REQUESTS:,} requests)")
+            record = FeedbackRecord(request_id, "", None, None, "", None if score == 0 and label else score, label,
+                                    utcnow())
+            self.rollout_worker.record_feedback(record)
+            return record
         version, choice = self.recent[request_id]
         name, _, number = version.rpartition(":")
         adapter, number = (name, int(number)) if number.isdigit() else (version, None)  # the base or a merge: no number
