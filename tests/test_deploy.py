@@ -336,3 +336,18 @@ def test_tokens_secret_is_a_tokens_file_holding_each_client_tokens_hash(tmp_path
             ref = env.get("valueFrom", {}).get("secretKeyRef")
             if ref:
                 assert ref["name"] == "loradock-client-tokens" and ref["key"] in clients, name
+
+
+def test_the_registry_pod_may_create_and_watch_the_jobs_the_kubernetes_executor_makes():
+    """The executor (trainer/jobs/executors/kubernetes.py) creates, reads and deletes Jobs and lists their Pods; the
+    registry pod, where `reg job submit --executor kubernetes` runs, has a ServiceAccount bound to exactly that."""
+    [registry_pod] = [named("Deployment", "loradock-registry")["spec"]["template"]["spec"]]
+    account = registry_pod["serviceAccountName"]
+    named("ServiceAccount", account)
+    [binding] = [b for b in objects_of("RoleBinding") if {"kind": "ServiceAccount", "name": account} in b["subjects"]]
+    role = named("Role", binding["roleRef"]["name"])
+    granted = {(group, resource, verb) for rule in role["rules"] for group in rule["apiGroups"]
+               for resource in rule["resources"] for verb in rule["verbs"]}
+    needed = {("batch", "jobs", verb) for verb in ("create", "get", "delete")} | {("", "pods", "list")}
+    assert needed <= granted, sorted(needed - granted)
+    assert {resource for _, resource, _ in granted} == {"jobs", "pods"}  # nothing more
