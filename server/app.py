@@ -35,18 +35,25 @@ REGISTRY_MESSAGE_BYTES = 5 * 2**20  # one Registry upload chunk (at most 4 MiB, 
 
 def load_service(options: ServerOptions, registry: Registry) -> InferenceService:
     """The engine and the service over it, both started. The engine is chosen here, and only here (the service
-    sees it through `server.engines.Engine`): the native one loads the base once, quantized as asked.
+    sees it through `server.engines.Engine`): the native one loads the base once, quantized as asked; the vLLM one
+    starts vLLM in its own environment (`server/engines/vllm.py`).
 
     With a remote registry (`RemoteRegistry`) adapters resolve and pull from it, while the base is
     found (or registered) in the local home, where its weights are.
     """
-    from .engines.native import load_native_engine
     from .service import InferenceService
 
     options.validate()
     base = (registry if registry.is_local else Registry(registry.home)).resolve_base(options.base)
-    logger.info(f"loading base {base.name} ({options.quant}) ...")
-    engine = load_native_engine(base, options)
+    logger.info(f"loading base {base.name} ({options.quant}, engine {options.engine}) ...")
+    if options.engine == "vllm":
+        from .engines.vllm import load_vllm_engine
+
+        engine = load_vllm_engine(base, options)
+    else:
+        from .engines.native import load_native_engine
+
+        engine = load_native_engine(base, options)
     return InferenceService(registry, base, engine, options, options.quant).start()
 
 

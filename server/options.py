@@ -53,6 +53,14 @@ class ServerOptions:
                                                 "that send none (the Gateway API inference extension's endpoint picker): on "
                                                 "--host, TLS as --tls-cert; anyone who reaches it reads adapter names and "
                                                 "counts (0 picks a free one; unset = none).")
+    engine: str = documented("native", "native (loradock's own: Hugging Face forward, per-row LoRA slots) or vllm (a vLLM "
+                                       "child process does batching, attention and the LoRA kernels; needs --quant none "
+                                       "and --vllm-python).")
+    vllm_python: str | None = documented(None, "--engine vllm: a python with vLLM and loradock's plugin "
+                                               "(integrations/vllm) installed (default: $LORADOCK_VLLM_PYTHON).")
+    vllm_dtype: str = documented("float32", "--engine vllm: the dtype vLLM computes in (float32, bfloat16, float16, auto).")
+    vllm_args: str | None = documented(None, "--engine vllm: more `vllm serve` arguments, as one shell-quoted string "
+                                             "(e.g. \"--gpu-memory-utilization 0.8\").")
     allow_path_adapters: bool = documented(False, "Let POST /v1/load_lora_adapter (admin) take a `lora_path`: a "
                                                   "directory the server can read, pushed to the registry and loaded.")
 
@@ -61,6 +69,12 @@ class ServerOptions:
 
         if self.quant not in ("nf4", "int8", "none"):
             raise BadRequest(f"--quant {self.quant!r}: use nf4, int8 or none")
+        if self.engine not in ("native", "vllm"):
+            raise BadRequest(f"--engine {self.engine!r}: use native or vllm")
+        if self.engine == "vllm" and self.quant != "none":
+            raise BadRequest(f"--engine vllm serves the base's own weights: give --quant none (not {self.quant})")
+        if self.vllm_dtype not in ("float32", "bfloat16", "float16", "auto"):
+            raise BadRequest(f"--vllm-dtype {self.vllm_dtype!r}: use float32, bfloat16, float16 or auto")
         problems = range_problems(self)  # each field's `minimum=`
         if problems:
             raise BadRequest(problems[0])

@@ -2,11 +2,12 @@
 
 The service (`server/service.py`: validation, routing, rollouts, the adapter cache, merges) talks to an
 engine only through the `Engine` protocol below and the plain dataclasses it exchanges, so a second
-engine (vLLM, issue 18) is one more module here plus one line where the service is built
+engine (vLLM) is one more module here plus one line where the service is built
 (`server/app.py:load_service`). An engine owns the model: batching, the forward passes, sampling,
 cancellation, and the adapter slots the cache places adapters in.
 
-Engines: `native` (loradock's own: Hugging Face forward, per-row LoRA slots, continuous batching).
+Engines: `native` (loradock's own: Hugging Face forward, per-row LoRA slots, continuous batching) and `vllm`
+(a vLLM child process in its own environment: its batching, attention and LoRA kernels).
 This module imports no torch, so the service and the transports can be read (and type-checked) without it.
 """
 

@@ -26,9 +26,31 @@ def _vllm_version(name: str) -> str:
 
 
 metadata.version = _vllm_version
+PARENT_ENV = "LORADOCK_VLLM_PARENT"  # set by `reg serve --engine vllm`: its pid
+
+
+def _exit_with_parent() -> None:
+    """Stop (SIGTERM) when the server that started this dies, even by SIGKILL (Linux; elsewhere nothing)."""
+    import os
+    import signal
+
+    parent = os.environ.get(PARENT_ENV)
+    if not parent:
+        return
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != int(parent):  # it died before the line above
+        os.kill(os.getpid(), signal.SIGTERM)
+
 
 if __name__ == "__main__":
     from vllm.entrypoints.cli.main import main
+
+    _exit_with_parent()
 
     sys.argv[0] = "vllm"
     sys.exit(main())
