@@ -53,6 +53,7 @@ TORCH = "torch==2.13.0"
 MISMATCHED = ("torchvision", "torchaudio", "torchcodec")  # PyPI builds that break `import transformers` on CPU torch
 PREFIX = "peer"
 WORKLOADS = ("adapters", "base", "fixed", "single")
+SYSTEMS = ("ours", "vllm", "ours-vllm")
 QUICK = {"runs": 1, "duration": 3.0, "adapters": 2, "concurrency": 2, "max_new_tokens": 4, "prompt_tokens": 16}
 
 
@@ -72,12 +73,17 @@ def parse_args(argv: list[str] | None):
     ap.add_argument("--kv-cache-gib", type=float, default=4.0, help="vLLM's VLLM_CPU_KVCACHE_SPACE on a CPU machine.")
     ap.add_argument("--startup-timeout", type=float, default=900.0, help="Seconds to wait for a server to answer.")
     ap.add_argument("--out", type=Path, default=REPO / "load-test-out" / "peer", help="vLLM's virtualenv, logs, results.")
-    ap.add_argument("--only", choices=("ours", "vllm"), help="Run one system (no ratios).")
+    ap.add_argument("--systems", default="ours,vllm",
+                    help="Comma-separated, of: ours (`reg serve`), vllm (`vllm serve`), ours-vllm (`reg serve --engine vllm`).")
     ap.add_argument("--install-only", action="store_true",
                     help="Make vLLM's virtualenv under --out (if not there yet), print its python, and stop.")
     ap.add_argument("--quick", action="store_true",
                     help="A smoke run of the script: " + ", ".join(f"{k} {v}" for k, v in QUICK.items()))
     args = ap.parse_args(argv)
+    args.systems = [name.strip() for name in args.systems.split(",") if name.strip()]
+    unknown = [name for name in args.systems if name not in SYSTEMS]
+    if unknown or not args.systems:
+        ap.error(f"--systems {','.join(args.systems)}: use some of {', '.join(SYSTEMS)}")
     if args.quick:
         for key, value in QUICK.items():
             setattr(args, key, value)
@@ -226,11 +232,17 @@ class System:
         self._log.close()
 
 
-def our_server(args, base: str, port: int, grpc_port: int, out: Path) -> System:
+def our_server(args, base: str, port: int, grpc_port: int, out: Path, vllm_python: Path | None = None,
+               vllm_settings: dict | None = None) -> System:
+    """`reg serve`, on its own engine, or on vLLM's (`--engine vllm`) when `vllm_python` is given."""
     command = [sys.executable, "-c", "from cli.main import run; run()", "serve", "--base", base, "--quant", "none",
                "--port", str(grpc_port), "--http-port", str(port), "--max-adapters", str(args.adapters),
-               "--max-batch-size", str(args.concurrency), *(["--home", str(args.home)] if args.home else [])]
-    return System("reg serve", command, {}, port, base, out / "ours.log")
+               "--max-batch-size", str(args.concurrency), "--lora-rank", str(args.rank),
+               *(["--home", str(args.home)] if args.home else [])]
+    if vllm_python is None:
+        return System("reg serve", command, {}, port, base, out / "ours.log")
+    command += ["--engine", "vllm", "--vllm-python", str(vllm_python)]
+    return System("reg serve --engine vllm", command, vllm_settings or {}, port, base, out / "ours-vllm.log")
 
 
 def vllm_server(args, python: Path, base: str, base_dir: Path, adapter_dirs: dict[str, Path], port: int,
@@ -240,10 +252,14 @@ def vllm_server(args, python: Path, base: str, base_dir: Path, adapter_dirs: dic
                "--enable-lora", "--max-loras", str(args.adapters), "--max-lora-rank", str(args.rank),
                "--max-num-seqs", str(args.concurrency), "--max-model-len", "1024",
                "--lora-modules", *(f"{name}={path}" for name, path in adapter_dirs.items())]
+    return System("vllm serve", command, vllm_env(args, cuda), port, base, out / "vllm.log")
+
+
+def vllm_env(args, cuda: bool) -> dict:
+    """vLLM's settings on this machine: on a CPU, the KV cache's size and both cores, as `reg serve` uses them."""
     env = {} if cuda else {"VLLM_TARGET_DEVICE": "cpu", "VLLM_CPU_KVCACHE_SPACE": f"{args.kv_cache_gib:g}",
                            "VLLM_CPU_OMP_THREADS_BIND": f"0-{os.cpu_count() - 1}"}
-    return System("vllm serve", command, {**env, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}, port, base,
-                  out / "vllm.log")
+    return {**env, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
 
 
 # --- workloads ----------------------------------------------------------------------------------------------------------
@@ -402,8 +418,8 @@ def bench(args) -> dict:
 
     cuda = torch.cuda.is_available()
     args.out.mkdir(parents=True, exist_ok=True)
-    install = None
-    if args.only != "ours":
+    install = python = None
+    if {"vllm", "ours-vllm"} & set(args.systems):
         python, install = ensure_vllm(args.out, cuda)
     registry = Registry(args.home)
     try:
@@ -421,15 +437,15 @@ def bench(args) -> dict:
         registry.close()
     refs = list(adapter_dirs)
     prompts = make_prompts(AutoTokenizer.from_pretrained(base_dir), 64, args.prompt_tokens)
-    systems = {}
-    ports = free_ports(3)
-    if args.only != "vllm":
-        systems["ours"] = our_server(args, base.name, ports[0], ports[1], args.out)
-    if args.only != "ours":
-        systems["vllm"] = vllm_server(args, python, base.name, base_dir, adapter_dirs, ports[2], args.out, cuda)
+    ports = free_ports(5)
+    build = {"ours": lambda: our_server(args, base.name, ports[0], ports[1], args.out),
+             "vllm": lambda: vllm_server(args, python, base.name, base_dir, adapter_dirs, ports[2], args.out, cuda),
+             "ours-vllm": lambda: our_server(args, base.name, ports[3], ports[4], args.out, vllm_python=python,
+                                             vllm_settings=vllm_env(args, cuda))}
+    systems = {name: build[name]() for name in args.systems}
     load_before = os.getloadavg()
     agreement = None
-    if len(systems) == 2:
+    if len(systems) > 1:
         answers = {}
         for key, system in systems.items():
             system.start(args.startup_timeout)
@@ -437,11 +453,15 @@ def bench(args) -> dict:
                 answers[key] = greedy_answers(system, args, [base.name, *refs[:2]], prompts[:4])
             finally:
                 system.stop()
-        same = [k for k in answers["ours"] if answers["ours"][k] == answers["vllm"][k]]
-        agreement = {"compared": len(answers["ours"]), "identical": len(same),
-                     "differing": {k: {"ours": answers["ours"][k], "vllm": answers["vllm"][k]}
-                                   for k in answers["ours"] if k not in same}}
-        log(f"greedy answers identical: {len(same)} of {len(answers['ours'])}")
+        first, *others = list(answers)
+        agreement = {}
+        for other in others:  # each against the first system named
+            same = [k for k in answers[first] if answers[first][k] == answers[other][k]]
+            agreement[f"{other} vs {first}"] = {
+                "compared": len(answers[first]), "identical": len(same),
+                "differing": {k: {first: answers[first][k], other: answers[other][k]} for k in answers[first]
+                              if k not in same}}
+            log(f"greedy answers of {other} identical to {first}'s: {len(same)} of {len(answers[first])}")
     runs = []
     for i in range(args.runs):
         order = list(systems) if i % 2 == 0 else list(systems)[::-1]
@@ -496,25 +516,25 @@ def _range(runs: list[dict], system: str, path: tuple, fmt: str = "{:.0f}") -> s
 
 def markdown(results: dict) -> str:
     a, runs = results["args"], results["runs"]
-    systems = [k for k in ("ours", "vllm") if k in runs[0]]
-    both = len(systems) == 2
-    title = {"ours": "`reg serve --quant none`", "vllm": f"vLLM ({(results['vllm'] or {}).get('dist', '')})"}
+    systems = [k for k in SYSTEMS if k in runs[0]]
+    compared = [s for s in systems if s != "vllm"] if "vllm" in systems else []  # each gets a column against vLLM
+    title = {"ours": "`reg serve --quant none`", "vllm": f"vLLM ({(results['vllm'] or {}).get('dist', '')})",
+             "ours-vllm": "`reg serve --engine vllm`"}
     lines = [f"{results['base']} fp32, {len(results['adapters'])} rank-{a['rank']} all-linear adapters, "
              f"{a['prompt_tokens']}-token prompts, {a['max_new_tokens']} new tokens, greedy, {a['concurrency']} "
              f"concurrent clients, {len(runs)} alternated runs of each system (ranges over the runs; ratios of the "
              f"medians); load average before/after {results['machine']['loadavg_before'][0]} / "
              f"{results['machine']['loadavg_after'][0]} on {results['machine']['cpus']} CPUs", "",
-             "| workload | " + " | ".join(title[s] for s in systems) + (" | ours vs vLLM (> 1: ours better) |" if both else " |"),
-             "|---" * (len(systems) + 1 + both) + "|"]
+             "| workload | " + " | ".join([title[s] for s in systems] +
+                                          [f"{title[s]} vs vLLM (> 1: better)" for s in compared]) + " |",
+             "|---" * (len(systems) + 1 + len(compared)) + "|"]
 
     def row(label: str, path: tuple, fmt: str = "{:.0f}", unit: str = "", higher_is_better: bool | None = True) -> None:
         cells = [_range(runs, s, path, fmt) + unit for s in systems]
-        if both and higher_is_better is None:
-            cells.append("")
-        elif both:
-            ours, peer = _median(runs, "ours", path), _median(runs, "vllm", path)
+        for s in compared:
+            ours, peer = _median(runs, s, path), _median(runs, "vllm", path)
             ratio = (ours / peer if higher_is_better else peer / ours) if ours and peer else None
-            cells.append("-" if ratio is None else f"{ratio:.2f}x")
+            cells.append("" if higher_is_better is None else "-" if ratio is None else f"{ratio:.2f}x")
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
 
     row(f"{a['concurrency']} concurrent, {len(results['adapters'])} different adapters", ("adapters", "output_tokens_per_s"), unit=" tok/s")
@@ -535,9 +555,9 @@ def markdown(results: dict) -> str:
     ref = results["static_batch"]
     lines += ["", f"Static batch (HF `generate`, {ref['batch']} prompts as one batch, bare base, fp32): "
                   f"{ref['tokens_per_s']} tok/s. Errors: " + ", ".join(f"{s}: {errors[s] or 'none'}" for s in systems) + "."]
-    if results["agreement"]:
-        g = results["agreement"]
-        lines.append(f"Greedy answers identical on {g['identical']} of {g['compared']} (base + 2 adapters x 4 prompts).")
+    for pair, g in (results["agreement"] or {}).items():
+        lines.append(f"Greedy answers, {pair}: identical on {g['identical']} of {g['compared']} (base + 2 adapters x 4 "
+                     f"prompts).")
     return "\n".join(lines) + "\n"
 
 
