@@ -54,6 +54,7 @@ MISMATCHED = ("torchvision", "torchaudio", "torchcodec")  # PyPI builds that bre
 PREFIX = "peer"
 WORKLOADS = ("adapters", "base", "fixed", "single")
 SYSTEMS = ("ours", "vllm", "ours-vllm")
+MAX_MODEL_LEN = 1024  # vLLM's KV cache is sized for this (or the base's context, if shorter): prompts here are short
 QUICK = {"runs": 1, "duration": 3.0, "adapters": 2, "concurrency": 2, "max_new_tokens": 4, "prompt_tokens": 16}
 
 
@@ -63,6 +64,10 @@ def parse_args(argv: list[str] | None):
     ap = argparse.ArgumentParser(prog="python -m load_tests peer", description=__doc__.split("\n\n")[0])
     ap.add_argument("--home", type=Path, default=None, help="Registry home (default: $LORADOCK_HOME, else ~/.loradock).")
     ap.add_argument("--base", default=DEFAULT_BASE, help="The base both servers load (a registered name).")
+    ap.add_argument("--random-llama", choices=("8b", "tiny"),
+                    help="Instead of --base: a randomly initialised Llama of this shape (8b: Llama-3.1-8B's layers, with "
+                         "--base's tokenizer and vocabulary), made once and registered as random-llama-SHAPE; 8b is "
+                         "meant for a GPU.")
     ap.add_argument("--adapters", type=int, default=16, help="LoRA adapters in the mix (peer-00 ...), all loaded.")
     ap.add_argument("--rank", type=int, default=16, help="Their rank (all-linear).")
     ap.add_argument("--concurrency", type=int, default=16, help="Closed-loop clients, and each server's batch size.")
@@ -250,9 +255,15 @@ def vllm_server(args, python: Path, base: str, base_dir: Path, adapter_dirs: dic
     command = [str(python), "-m", "loradock_vllm.serve", "serve", str(base_dir),
                "--served-model-name", base, "--dtype", "float32", "--port", str(port), "--host", "127.0.0.1",
                "--enable-lora", "--max-loras", str(args.adapters), "--max-lora-rank", str(args.rank),
-               "--max-num-seqs", str(args.concurrency), "--max-model-len", "1024",
+               "--max-num-seqs", str(args.concurrency), "--max-model-len", str(min(MAX_MODEL_LEN, context_len(base_dir))),
                "--lora-modules", *(f"{name}={path}" for name, path in adapter_dirs.items())]
     return System("vllm serve", command, vllm_env(args, cuda), port, base, out / "vllm.log")
+
+
+def context_len(base_dir: Path) -> int:
+    from transformers import AutoConfig
+
+    return int(getattr(AutoConfig.from_pretrained(base_dir), "max_position_embeddings", MAX_MODEL_LEN) or MAX_MODEL_LEN)
 
 
 def vllm_env(args, cuda: bool) -> dict:
@@ -381,6 +392,39 @@ def greedy_answers(system: System, args, refs: list[str], prompts: list[str]) ->
     return answers
 
 
+def random_base(registry, shape: str, tokenizer_base: str, cuda: bool) -> str:
+    """`random-llama-SHAPE`, registered once: a seeded random Llama of load_tests/bench_grid.py's shape, with the
+    tokenizer (and so the vocabulary and chat template) of `tokenizer_base`, so both servers take chat requests."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig
+
+    from load_tests.bench_grid import RANDOM_LLAMAS
+    from registry.errors import BaseNotFound
+
+    name = f"random-llama-{shape}"
+    try:
+        registry.resolve_base(name)
+        return name
+    except BaseNotFound:
+        pass
+    if shape == "8b" and not cuda:
+        raise SystemExit("peer: --random-llama 8b is meant for a GPU machine (its weights do not fit a small CPU one)")
+    tokenizer = AutoTokenizer.from_pretrained(registry.resolve_base(tokenizer_base).path)
+    config = LlamaConfig(**{**RANDOM_LLAMAS[shape], "vocab_size": len(tokenizer)}, bos_token_id=tokenizer.bos_token_id,
+                         eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+    out = Path(registry.home) / "bases" / name  # where `reg base fetch` keeps the bases it makes
+    shutil.rmtree(out, ignore_errors=True)  # a half-written one from an interrupted run
+    torch.manual_seed(0)
+    with torch.device("cuda" if cuda else "cpu"):
+        model = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16 if cuda else torch.float32)
+    model.save_pretrained(out)
+    del model
+    tokenizer.save_pretrained(out)
+    log(f"made {name} ({sum(f.stat().st_size for f in out.iterdir()) / 2**30:.1f} GiB) in {out}")
+    registry.add_base(str(out), name)
+    return name
+
+
 def static_batch(base_dir: Path, prompts: list[str], max_new_tokens: int) -> dict:
     """Hugging Face `generate` on the prompts as one batch (bare base, fp32, greedy): tokens/s of a fixed batch."""
     import torch
@@ -423,7 +467,8 @@ def bench(args) -> dict:
         python, install = ensure_vllm(args.out, cuda)
     registry = Registry(args.home)
     try:
-        base = registry.resolve_base(args.base)
+        base = registry.resolve_base(random_base(registry, args.random_llama, args.base, cuda) if args.random_llama
+                                     else args.base)
         made = prepare_adapters(registry, base.name, args.adapters, prefix=PREFIX, rank=args.rank, canary=False,
                                 targets=TARGET_PRESETS["all-linear"])
         adapter_dirs = {}  # exact refs (NAME:N), so both servers serve the same bytes whatever else is pushed meanwhile
