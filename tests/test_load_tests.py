@@ -170,6 +170,10 @@ def test_overload_rejects_the_excess_cleanly_and_completes_every_admitted_reques
         code, out, err = run(capsys, "--target", target, "--protocol", protocol, "--preset", "overload", "--adapters",
                              "load-00,load-01", "--calibrate", "1", "--duration", "2", "--max-new-tokens", "16",
                              "--concurrency", "1",  # calibration clients over HTTP, which has no ServerStats.max_batch_size
+                             # fewer in flight than the server's handler threads (batch + queue + 16): beyond them gRPC
+                             # itself refuses a call, before the service sees (and counts) it, as a starved CPU makes
+                             # happen; the server's refusals (QueueFull) are what this test is about
+                             "--max-in-flight", "12",
                              "--out", str(tmp_path))
     finally:
         shutdown(server, service, 0)
