@@ -45,14 +45,15 @@ def load_service(options: ServerOptions, registry: Registry) -> InferenceService
 
     options.validate()
     base = (registry if registry.is_local else Registry(registry.home)).resolve_base(options.base)
-    logger.info(f"loading base {base.name} ({options.quant}, engine {options.engine}) ...")
     if options.engine == "vllm":
         from .engines.vllm import load_vllm_engine
 
+        logger.info(f"serving base {base.name} through vLLM ...")
         engine = load_vllm_engine(base, options)
     else:
         from .engines.native import load_native_engine
 
+        logger.info(f"loading base {base.name} ({options.quant}) ...")
         engine = load_native_engine(base, options)
     return InferenceService(registry, base, engine, options, options.quant).start()
 

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import logging
 import socket
-import socketserver
 import ssl
 import sys
 import threading
@@ -252,25 +251,14 @@ class MetricsListener:
     """
 
     def __init__(self, options: ServerOptions):
-        from registry.errors import Conflict
+        from .listen import bind_port
 
-        from .errors import BadRequest
-
-        host = options.host.strip("[]")
-        try:
-            family, _, _, _, address = socket.getaddrinfo(host, options.metrics_port, type=socket.SOCK_STREAM,
-                                                          flags=socket.AI_PASSIVE)[0]
-        except socket.gaierror as e:
-            raise BadRequest(f"--host {options.host}: cannot resolve it ({e.strerror})") from None
         tls = None
         if options.tls_cert:
             tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
             tls.load_cert_chain(options.tls_cert, options.tls_key)
-        try:
-            self._server = _ScrapeServer(family, address[:2], tls, options.http_timeout_s)
-        except OSError as e:
-            raise Conflict(f"cannot listen on {options.host}:{options.metrics_port}: {e.strerror}; stop what uses it or "
-                           f"choose another --metrics-port") from None
+        self._server = _ScrapeServer(bind_port(options.host, options.metrics_port, "--metrics-port"), tls,
+                                     options.http_timeout_s)
         self.port: int = self._server.server_address[1]
         self._thread = threading.Thread(target=self._server.serve_forever, name="loradock-metrics", daemon=True)
 
@@ -290,18 +278,18 @@ class _ScrapeServer(ThreadingHTTPServer):
     daemon_threads = True
     block_on_close = False
 
-    def __init__(self, family: int, address: tuple, tls: ssl.SSLContext | None, timeout_s: float):
-        self.address_family = family
+    def __init__(self, sock: socket.socket, tls: ssl.SSLContext | None, timeout_s: float):
+        self.address_family = sock.family
         self.tls = tls
         self.timeout_s = timeout_s
         self.metrics: ServerMetrics | None = None
         self._slots = threading.BoundedSemaphore(MAX_SCRAPERS)
-        super().__init__(address, _MetricsHandler)
-
-    def server_bind(self) -> None:
-        """As HTTPServer's, without its reverse DNS lookup of the host (a scraper never reads the name)."""
-        socketserver.TCPServer.server_bind(self)
-        self.server_name, self.server_port = self.server_address[:2]
+        super().__init__(sock.getsockname()[:2], _MetricsHandler, bind_and_activate=False)
+        self.socket.close()  # the one socketserver made; `sock` is already bound (server.listen.bind_port)
+        self.socket = sock
+        self.server_address = sock.getsockname()
+        self.server_name, self.server_port = self.server_address[:2]  # as HTTPServer's bind would, without its DNS lookup
+        self.server_activate()
 
     def process_request(self, request, client_address) -> None:
         if not self._slots.acquire(blocking=False):  # every slot busy: close it rather than queue a thread

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import threading
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -145,6 +146,16 @@ def log_lines(name: str):
     finally:
         logger.removeHandler(handler)
         logger.setLevel(level)
+
+
+def wait_until(condition, what: str, rounds: int = 1200) -> None:
+    """Poll `condition` every 0.1 s, `rounds` times at most: a bound against hanging, never a timing assertion
+    (servers write outcomes and poll rollouts twice a second)."""
+    for _ in range(rounds):
+        if condition():
+            return
+        threading.Event().wait(0.1)
+    raise AssertionError(f"gave up waiting: {what}")
 
 
 def run_reg(capsys, *args: str) -> tuple[int, str, str]:

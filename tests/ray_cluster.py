@@ -12,7 +12,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -21,6 +20,8 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
+
+from load_tests import free_ports
 
 RAY = str(Path(sys.executable).parent / "ray")
 MARKER = "LORADOCK_TEST_RAY_CLUSTER"
@@ -43,18 +44,6 @@ class RayCluster:
     def pids(self) -> list[int]:
         """The live processes of this cluster (found by the marker in their environment)."""
         return marked_pids(MARKER, str(self.temp_dir))
-
-
-def free_ports(count: int) -> list[int]:
-    """`count` distinct ports nothing listens on now (all held open together while chosen, so none repeats)."""
-    socks = [socket.socket() for _ in range(count)]
-    try:
-        for s in socks:
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
 
 
 def start_ray_cluster(num_cpus: int = 2, env: dict | None = None) -> RayCluster:

@@ -7,11 +7,10 @@ The server tests run a real gRPC server on the tiny Llama over a real registry; 
 from __future__ import annotations
 
 import json
-import threading
 from datetime import datetime, timedelta, timezone
 
 import pytest
-from conftest import TINY_BASE, make_adapter_dir
+from conftest import TINY_BASE, make_adapter_dir, wait_until
 
 from cli.main import main
 from registry import Registry
@@ -41,14 +40,6 @@ def served(tmp_path_factory, tiny_base_dir):
     shutdown(server, service, 0)
     reg.close()
 
-
-def wait_until(condition, what: str) -> None:
-    """Poll `condition` (a bound against hanging, not a timing assertion: the server writes twice a second)."""
-    for _ in range(1200):
-        if condition():
-            return
-        threading.Event().wait(0.1)
-    raise AssertionError(f"gave up waiting: {what}")
 
 
 def set_capture(served, name: str, config: CaptureConfig) -> None:

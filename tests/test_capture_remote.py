@@ -10,12 +10,11 @@ from __future__ import annotations
 
 import inspect
 import json
-import threading
 from datetime import datetime, timezone
 
 import grpc
 import pytest
-from conftest import TINY_BASE, make_adapter_dir, run_reg
+from conftest import TINY_BASE, make_adapter_dir, run_reg, wait_until
 from remote_helpers import registry_with_base, start_registry
 
 from registry import Registry
@@ -65,14 +64,6 @@ def served(tmp_path_factory, tiny_base_dir):
     registry_server.stop(0)
     reg.close()
 
-
-def wait_until(condition, what: str) -> None:
-    """Poll `condition` (a bound against hanging, not a timing assertion: the server polls twice a second)."""
-    for _ in range(1200):
-        if condition():
-            return
-        threading.Event().wait(0.1)
-    raise AssertionError(f"gave up waiting: {what}")
 
 
 def reg_cli(capsys, served, token: str, *args: str) -> tuple[int, str, list[str]]:

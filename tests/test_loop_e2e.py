@@ -12,12 +12,11 @@ import json
 import os
 import subprocess
 import sys
-import threading
 from pathlib import Path
 
 import pytest
 import yaml
-from conftest import TINY_BASE
+from conftest import TINY_BASE, wait_until
 
 from cli.main import main
 from registry import Registry
@@ -35,14 +34,6 @@ ARITH = [json.loads(line) for line in (ROOT / "examples" / "arith.jsonl").read_t
 STYLE = "Sure! "
 OPTIONS = dict(base=TINY_BASE, quant="none", port=0, max_batch_size=8, max_adapters=4, default_max_new_tokens=12)
 
-
-def wait_until(condition, what: str, rounds: int = 1200) -> None:
-    """Poll `condition` (a bound against hanging, not a timing assertion)."""
-    for _ in range(rounds):
-        if condition():
-            return
-        threading.Event().wait(0.1)
-    raise AssertionError(f"gave up waiting: {what}")
 
 
 @pytest.fixture(scope="module")

@@ -13,12 +13,11 @@ from __future__ import annotations
 
 import itertools
 import json
-import threading
 from concurrent.futures import ThreadPoolExecutor
 
 import grpc
 import pytest
-from conftest import TINY_BASE, make_adapter_dir, run_reg
+from conftest import TINY_BASE, make_adapter_dir, run_reg, wait_until
 
 from load_tests.bench_replicas import PROMPT, Fleet, expected_routes, main
 from registry import Registry
@@ -60,14 +59,6 @@ def on_replicas(call, indices=range(REPLICAS)) -> list:
     with ThreadPoolExecutor(REPLICAS) as pool:
         return list(pool.map(call, indices))
 
-
-def wait_until(condition, what: str) -> None:
-    """Poll `condition` (a bound against hanging, not a timing assertion: replicas poll rollouts twice a second)."""
-    for _ in range(1200):
-        if condition():
-            return
-        threading.Event().wait(0.1)
-    raise AssertionError(f"gave up waiting: {what}")
 
 
 def wait_served_as(fleet: Fleet, name: str, want: dict[str, tuple[str, str]], seen: list | None = None,

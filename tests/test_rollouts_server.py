@@ -8,7 +8,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import grpc
 import pytest
-from conftest import TINY_BASE, make_adapter_dir
+from conftest import TINY_BASE, make_adapter_dir, wait_until
 
 from cli.main import main
 from registry import Registry
@@ -57,14 +57,6 @@ def expected_arms(reg: Registry, name: str, keys) -> dict[str, tuple[str, str]]:
     router.load(reg.rollouts.all_current())
     return {k: (f"{name}:{c.version}", c.arm) for k in keys for c in [router.pick_arm(name, k)]}
 
-
-def wait_until(condition, what: str) -> None:
-    """Poll `condition` (a bound against hanging, not a timing assertion: the server polls twice a second)."""
-    for _ in range(1200):
-        if condition():
-            return
-        threading.Event().wait(0.1)
-    raise AssertionError(f"gave up waiting: {what}")
 
 
 def wait_for_revision(service, name: str, revision: int) -> None:

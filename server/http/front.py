@@ -9,7 +9,6 @@ dropped (uvicorn alone waits).
 
 from __future__ import annotations
 
-import errno
 import logging
 import socket
 import threading
@@ -18,9 +17,8 @@ import time
 import uvicorn
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
-from registry.errors import Conflict
 
-from ..errors import BadRequest
+from ..listen import bind_port
 from ..jobs_service import JobsService
 from ..options import ServerOptions
 from ..service import InferenceService
@@ -35,23 +33,7 @@ MAX_HEADER_BYTES = 64 * 2**10
 
 def bind_http(options: ServerOptions) -> socket.socket:
     """A socket bound to --host:--http-port (not listening yet); a busy port or an unknown host is one line."""
-    host = options.host.strip("[]")
-    try:
-        family, kind, proto, _, address = socket.getaddrinfo(host, options.http_port, type=socket.SOCK_STREAM,
-                                                             flags=socket.AI_PASSIVE)[0]
-    except socket.gaierror as e:
-        raise BadRequest(f"--host {options.host}: cannot resolve it ({e.strerror})") from None
-    sock = socket.socket(family, kind, proto)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    try:
-        sock.bind(address)
-    except OSError as e:
-        sock.close()
-        if e.errno in (errno.EADDRINUSE, errno.EACCES, errno.EADDRNOTAVAIL):
-            raise Conflict(f"cannot listen on {options.host}:{options.http_port}: {e.strerror}; stop what uses it or "
-                           f"choose another --http-port") from None
-        raise
-    return sock
+    return bind_port(options.host, options.http_port, "--http-port")
 
 
 class _H11Protocol(H11Protocol):
