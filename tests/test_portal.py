@@ -198,12 +198,27 @@ def screenshot(browser, name: str) -> None:
 def navigate(browser, element) -> None:
     """Click `element` (a link or a form's button) and wait for the next page to replace this one (a backstop)."""
     from selenium.webdriver.common.by import By
-    from selenium.webdriver.support import expected_conditions
     from selenium.webdriver.support.ui import WebDriverWait
 
     page = browser.find_element(By.TAG_NAME, "html")
     element.click()
-    WebDriverWait(browser, 120).until(expected_conditions.staleness_of(page))
+    WebDriverWait(browser, 120).until(lambda _: page_left(page))
+
+
+def page_left(page) -> bool:
+    """True once `page` (the old <html>) is detached: staleness_of, plus the form chromedriver reports it in when the
+    check lands mid-navigation ("Node with given id does not belong to the document"), which staleness_of raises."""
+    from selenium.common.exceptions import StaleElementReferenceException, WebDriverException
+
+    try:
+        page.is_enabled()
+        return False
+    except StaleElementReferenceException:
+        return True
+    except WebDriverException as exc:
+        if "does not belong to the document" in str(exc):
+            return True
+        raise
 
 
 def labelled_fields_only(browser) -> None:
