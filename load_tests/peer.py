@@ -35,7 +35,6 @@ import dataclasses
 import json
 import os
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
@@ -227,13 +226,10 @@ class System:
         log(f"{self.name} answers after {self.startup_s:.1f} s")
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(60)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait()
+        from server.engines.vllm import stop_process_group
+
+        if self.proc is not None:
+            stop_process_group(self.proc)
         self._log.close()
 
 

@@ -180,8 +180,7 @@ class VllmEngine:
         self._command, self._env, self.port = command, env, port
         self._proc: subprocess.Popen | None = None
         self._log = None
-        self._inflight: set[int] = set()
-        self._by_id: dict[int, _Request] = {}
+        self._inflight: dict[int, _Request] = {}  # id(request) -> request, from submit to its end
         self._inflight_lock = threading.Lock()
         self._idle = threading.Condition(self._inflight_lock)
         self._accepting = True
@@ -217,19 +216,16 @@ class VllmEngine:
         self.stop_accepting()
         with self._idle:
             self._idle.wait_for(lambda: not self._inflight, timeout=drain_s)
-        for req in list(self._requests_inflight()):
+        with self._inflight_lock:
+            inflight = list(self._inflight.values())
+        for req in inflight:
             self.cancel(req)
         self._kill()
         shutil.rmtree(self._merges, ignore_errors=True)
 
     def _kill(self) -> None:
-        if self._proc is not None and self._proc.poll() is None:
-            os.killpg(self._proc.pid, signal.SIGTERM)
-            try:
-                self._proc.wait(60)
-            except subprocess.TimeoutExpired:
-                os.killpg(self._proc.pid, signal.SIGKILL)
-                self._proc.wait()
+        if self._proc is not None:
+            stop_process_group(self._proc)
         if self._log is not None:
             self._log.close()
 
@@ -253,15 +249,10 @@ class VllmEngine:
         req = _Request(request, submitted_at=time.monotonic())
         with self._inflight_lock:
             self.check_room()
-            self._inflight.add(id(req))
-            self._by_id[id(req)] = req
+            self._inflight[id(req)] = req
         threading.Thread(target=self._run, args=(req,), name=f"loradock-vllm-{request.request_id[:16]}",
                          daemon=True).start()
         return VllmHandle(req, self)
-
-    def _requests_inflight(self) -> list[_Request]:
-        with self._inflight_lock:
-            return [self._by_id[i] for i in self._inflight if i in self._by_id]
 
     def cancel(self, req: _Request) -> None:
         req.cancelled = True
@@ -348,8 +339,7 @@ class VllmEngine:
             req.result = result
             req.cond.notify_all()
         with self._idle:
-            self._inflight.discard(id(req))
-            self._by_id.pop(id(req), None)
+            self._inflight.pop(id(req), None)
             self._idle.notify_all()
 
     def stats(self) -> EngineStats:
@@ -424,6 +414,18 @@ def _refusal(status: int, body: bytes, what: str = "vLLM refused the request") -
         message = body.decode(errors="replace")
     line = f"{what}: {message.strip().splitlines()[0][:300] if message.strip() else f'HTTP {status}'}"
     return BadRequest(line) if status == 400 else Unavailable(line)
+
+
+def stop_process_group(proc: subprocess.Popen, grace_s: float = 60.0) -> None:
+    """SIGTERM the process group `proc` leads (started with start_new_session), SIGKILL it after `grace_s`."""
+    if proc.poll() is not None:
+        return
+    os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(grace_s)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
 
 
 def lora_rank_for(rank: int) -> int:
