@@ -396,7 +396,10 @@ def test_the_metrics_port_closes_connections_beyond_its_limit(guarded):
     finally:
         for connection in idle:
             connection.close()
-    wait_until(lambda: http_status(guarded["metrics"] + "/metrics") == 200, what="a scrape once the idle ones left")
+    # Each slot comes back when its handler thread sees its connection close; until then a scrape is refused too.
+    wait_until(lambda: guarded["server"].metrics_listener._server._slots._value == MAX_SCRAPERS,
+               what="every connection slot free once the idle connections closed")
+    assert http_status(guarded["metrics"] + "/metrics") == 200
 
 
 def test_the_metrics_port_speaks_tls_with_the_servers_certificate(served, tmp_path):
