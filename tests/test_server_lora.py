@@ -393,7 +393,8 @@ def test_gathered_copies_respect_their_memory_budget(tiny_base_dir, adapter_dirs
     assert multi.gathered_nbytes == 0
 
 
-def test_prefill_keeps_no_copies(multi, right_batch):
+def test_prefill_keeps_no_copies(tiny_base_dir, adapter_dirs, right_batch):
+    multi = load_multi(tiny_base_dir, adapter_dirs)
     logits(multi, right_batch, MIXES["all-different"])  # several tokens per row: gathered once, used once
     assert multi.gathered_nbytes == 0
 
