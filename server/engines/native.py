@@ -1,10 +1,10 @@
 """loradock's native engine: one Hugging Face model, one running batch, continuous batching across adapters.
 
-A single thread owns the model. Each turn it admits waiting requests (prefilling them together,
-left-padded) into the running batch, then runs one decode step for every row at once. Each row
+A single thread owns the model. Each turn it admits waiting requests (prefilling them together, left-padded, straight into free rows of the
+preallocated KV cache, `row_cache.RowCache`), then runs one decode step for every row at once. Each row
 carries its adapter's slot, so requests for different adapters (and the bare base) share every
-forward pass (`server.lora.MultiLoraModel`). Rows that finish leave at once; their KV cache
-rows are dropped and the cache is trimmed of columns no row needs any more.
+forward pass (`server.lora.MultiLoraModel`). A row that finishes leaves at once: the last row takes its
+place, so no step re-indexes the cache, and the adapter layers re-copy only the rows whose slot changed.
 
 It implements `server.engines.Engine`; its adapter slots are the `MultiLoraModel`'s (`server/lora.py`).
 """
@@ -29,6 +29,7 @@ from .. import limits
 from ..errors import QueueFull, ServerShuttingDown
 from ..lora import check_fits, load_lora_weights
 from . import EngineRequest, EngineResult, EngineStats
+from .row_cache import RowCache
 from .sampler import sample_row
 
 log = logging.getLogger(__name__)
@@ -105,9 +106,8 @@ class NativeEngine:
         self.lock = threading.Lock()  # held for every forward; adapter slot writes take it too
         self._cond = threading.Condition()
         self._waiting: deque[_Sequence] = deque()
-        self._active: list[_Sequence] = []
-        self._cache = None
-        self._mask: torch.Tensor | None = None
+        self._active: list[_Sequence] = []  # row i of the running batch is row i of the cache
+        self._cache = RowCache.for_model(model, max_batch_size)
         self._stopping = False
         self._accepting = True
         self._thread = threading.Thread(target=self._run, name="loradock-engine", daemon=True)
@@ -218,21 +218,20 @@ class NativeEngine:
                 for seq in list(self._active) + admit:
                     if seq.result is None:
                         self._finish(seq, "error", error=exc)
-                self._active, self._cache, self._mask = [], None, None
+                self._active = []
+                self._cache.clear()
             if self._stopping and not self._active and not self._waiting:
                 return
 
-    def _forward(self, input_ids, attention_mask, position_ids, cache, slots):
-        from transformers import DynamicCache
-
+    def _forward(self, input_ids, attention_mask, position_ids, slots):
         with self.lock, torch.inference_mode():
             context = self.lora.rows(slots) if self.lora is not None else nullcontext()
             with context:
                 out = self.model(
                     input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                    cache=cache if cache is not None else DynamicCache(), use_cache=True, logits_to_keep=1,
+                    cache=self._cache, use_cache=True, logits_to_keep=1,
                 )
-        return out.logits[:, -1, :].float(), out.cache
+        return out.logits[:, -1, :].float()
 
     def _prefill(self, seqs: list[_Sequence]) -> None:
         now = time.monotonic()
@@ -240,47 +239,37 @@ class NativeEngine:
             seq.admitted_at = now
         width = max(len(s.request.prompt_ids) for s in seqs)
         ids = torch.full((len(seqs), width), self.pad_id, dtype=torch.long)
-        mask = torch.zeros((len(seqs), width), dtype=torch.long)
+        pad_mask = torch.zeros((len(seqs), width), dtype=torch.long)
         for row, seq in enumerate(seqs):
             p = seq.request.prompt_ids
             ids[row, width - len(p):] = torch.tensor(p, dtype=torch.long)
-            mask[row, width - len(p):] = 1
-        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+            pad_mask[row, width - len(p):] = 1
+        positions = (pad_mask.cumsum(-1) - 1).clamp(min=0)
         slots = torch.tensor([s.request.slot for s in seqs], dtype=torch.long)
-        logits, cache = self._forward(ids.to(self.device), mask.to(self.device), positions.to(self.device), None, slots)
-        self._join(seqs, cache, mask.to(self.device))
-        self._emit(seqs, logits)
-
-    def _join(self, seqs: list[_Sequence], cache, mask: torch.Tensor) -> None:
-        """Add freshly prefilled rows to the running batch, left-padding whichever side is shorter."""
-        if not self._active:
-            self._active, self._cache, self._mask = list(seqs), cache, mask
-            return
-        old_len, new_len = self._mask.shape[1], mask.shape[1]
-        width = max(old_len, new_len)
-        layers = []
-        for old_layer, new_layer in zip(self._cache.layers, cache.layers):
-            k = torch.cat([_left_pad(old_layer.keys, width), _left_pad(new_layer.keys, width)], dim=0)
-            v = torch.cat([_left_pad(old_layer.values, width), _left_pad(new_layer.values, width)], dim=0)
-            layers.append((k, v))
-        self._cache = _cache_from(layers)
-        self._mask = torch.cat([_left_pad(self._mask, width, dim=1), _left_pad(mask, width, dim=1)], dim=0)
+        mask = self._cache.prefill_window(len(seqs), width, pad_mask)
+        logits = self._forward(ids.to(self.device), mask, positions.to(self.device), slots)
+        self._cache.join(len(seqs))
         self._active.extend(seqs)
+        self._emit(seqs, logits)
 
     def _decode_step(self) -> None:
         started = time.perf_counter()
         last = torch.tensor([[s.generated[-1]] for s in self._active], dtype=torch.long, device=self.device)
-        self._mask = torch.cat([self._mask, torch.ones((len(self._active), 1), dtype=torch.long, device=self.device)], dim=1)
-        positions = self._mask.sum(-1, keepdim=True) - 1
+        positions, mask = self._cache.decode_window()
         slots = torch.tensor([s.request.slot for s in self._active], dtype=torch.long)
-        logits, self._cache = self._forward(last, self._mask, positions, self._cache, slots)
+        try:
+            logits = self._forward(last, mask, positions, slots)
+        except BaseException:
+            self._cache.undo_window()
+            raise
+        self._cache.advance()
         self.decode_seconds += time.perf_counter() - started
         self.decode_tokens += len(self._active)
         self._emit(list(self._active), logits)
 
     def _emit(self, seqs: list[_Sequence], logits: torch.Tensor) -> None:
-        """Pick each row's next token, stream it, and retire rows that are done."""
-        finished: list[int] = []
+        """Pick each row's next token, stream it, and retire rows that are done (before their callers hear so)."""
+        finished: list[tuple[_Sequence, str]] = []
         now = time.monotonic()
         for row, seq in enumerate(seqs):
             s = seq.request.sampling
@@ -297,10 +286,11 @@ class NativeEngine:
                 if reason is None and len(seq.generated) >= s.max_new_tokens:
                     reason = "length"
             if reason is not None or seq.cancelled:
-                self._finish(seq, reason or "cancelled")
-                finished.append(row)
+                finished.append((seq, reason or "cancelled"))
         if finished:
-            self._retire(set(id(seqs[r]) for r in finished))
+            self._retire({id(seq) for seq, _ in finished})
+        for seq, reason in finished:
+            self._finish(seq, reason)
 
     def _stream(self, seq: _Sequence) -> str | None:
         """Send the newly decoded text; return "stop" when a stop string appeared."""
@@ -329,25 +319,18 @@ class NativeEngine:
 
     def _drop_cancelled(self) -> None:
         cancelled = [s for s in self._active if s.cancelled]
-        for seq in cancelled:
-            self._finish(seq, "cancelled")
         if cancelled:
             self._retire({id(s) for s in cancelled})
+        for seq in cancelled:
+            self._finish(seq, "cancelled")
 
     def _retire(self, gone: set[int]) -> None:
-        keep = [i for i, s in enumerate(self._active) if id(s) not in gone]
-        self._active = [self._active[i] for i in keep]
-        if not self._active:
-            self._cache, self._mask = None, None
-            return
-        index = torch.tensor(keep, dtype=torch.long, device=self.device)
-        mask = self._mask.index_select(0, index)
-        used = torch.nonzero(mask.sum(0) > 0)
-        first = int(used[0]) if used.numel() else 0  # leading columns no remaining row attends to
-        layers = [(layer.keys.index_select(0, index)[:, :, first:], layer.values.index_select(0, index)[:, :, first:])
-                  for layer in self._cache.layers]
-        self._cache = _cache_from(layers)
-        self._mask = mask[:, first:]
+        """Drop the rows of the sequences in `gone` (ids); the last row moves into each freed row."""
+        for row in sorted((i for i, s in enumerate(self._active) if id(s) in gone), reverse=True):
+            self._cache.remove(row)
+            last = self._active.pop()
+            if row < len(self._active):
+                self._active[row] = last
 
     def _finish(self, seq: _Sequence, reason: str, error: BaseException | None = None) -> None:
         if seq.result is not None:
@@ -384,24 +367,11 @@ def load_native_engine(base, options) -> NativeEngine:
     from registry.modeling.loading import load_base_model
 
     from ..lora import MultiLoraModel
+    from .packed import pack_linears
 
     loaded = load_base_model(base, options.quant)
     lora = MultiLoraModel(loaded.model, max_slots=options.max_adapters, rank=options.lora_rank,
                           gather_cache_bytes=options.gather_cache_mb * 2**20)
+    packed = pack_linears(loaded.model, batch_hint=options.max_batch_size)
+    log.info("packed %d Linear layers of the base for oneDNN", packed) if packed else None
     return NativeEngine(loaded.model, loaded.tokenizer, lora, options.max_batch_size, options.max_queue)
-
-
-def _left_pad(t: torch.Tensor, width: int, dim: int = 2) -> torch.Tensor:
-    missing = width - t.shape[dim]
-    if missing <= 0:
-        return t
-    shape = list(t.shape)
-    shape[dim] = missing
-    return torch.cat([torch.zeros(shape, dtype=t.dtype, device=t.device), t], dim=dim)
-
-
-def _cache_from(layers: list[tuple[torch.Tensor, torch.Tensor]]):
-    from transformers import DynamicCache
-
-    return DynamicCache(ddp_cache_data=layers)
-
