@@ -18,6 +18,10 @@ class ServerOptions:
     port: int = documented(50051, "Port to listen on (0 picks a free one).")
     max_batch_size: int = documented(16, "Rows decoded together; new requests join between decode steps up to this.",
                                      minimum=1)
+    max_prefill_tokens: int = documented(512, "Prompt tokens prefilled per engine turn (at least one request): arrivals "
+                                              "beyond it join at the next turns, between decode steps, so a wave of "
+                                              "arrivals gets its first tokens in turn and the running rows keep going.",
+                                         minimum=1)
     max_queue: int = documented(256, "Requests waiting to join the batch; beyond it requests get RESOURCE_EXHAUSTED.",
                                 minimum=1)
     max_adapters: int = documented(8, "Adapters held in memory at once (LRU eviction of idle, unpinned ones).", minimum=1)

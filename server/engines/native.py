@@ -94,7 +94,8 @@ class NativeEngine:
     """`lora`: the `MultiLoraModel` wrapping `model` (its slots are this engine's adapter slots); None serves the
     bare base only (the load tests' engine runs)."""
 
-    def __init__(self, model, tokenizer, lora=None, max_batch_size: int = 16, max_queue: int = 256):
+    def __init__(self, model, tokenizer, lora=None, max_batch_size: int = 16, max_queue: int = 256,
+                 max_prefill_tokens: int = 512):
         self.model = model
         self.tokenizer = tokenizer
         self.lora = lora
@@ -102,6 +103,7 @@ class NativeEngine:
         self.context_len = int(getattr(model.config, "max_position_embeddings", 2048) or 2048)
         self.max_batch_size = max_batch_size
         self.max_queue = max_queue
+        self.max_prefill_tokens = max_prefill_tokens
         self.device = next(model.parameters()).device
         self.lock = threading.Lock()  # held for every forward; adapter slot writes take it too
         self._cond = threading.Condition()
@@ -201,13 +203,16 @@ class NativeEngine:
                     self._cond.wait()
                 if self._stopping and not self._active and not self._waiting:
                     return
-                admit = []
+                admit, tokens = [], 0
                 while self._waiting and len(self._active) + len(admit) < self.max_batch_size:
-                    seq = self._waiting.popleft()
+                    seq = self._waiting[0]
                     if seq.cancelled:
-                        self._finish(seq, "cancelled")
+                        self._finish(self._waiting.popleft(), "cancelled")
                         continue
-                    admit.append(seq)
+                    tokens += len(seq.request.prompt_ids)
+                    if admit and tokens > self.max_prefill_tokens:  # the rest wait for the next turn
+                        break
+                    admit.append(self._waiting.popleft())
             try:
                 self._drop_cancelled()
                 if admit:
@@ -374,4 +379,5 @@ def load_native_engine(base, options) -> NativeEngine:
                           gather_cache_bytes=options.gather_cache_mb * 2**20)
     packed = pack_linears(loaded.model, batch_hint=options.max_batch_size)
     log.info("packed %d Linear layers of the base for oneDNN", packed) if packed else None
-    return NativeEngine(loaded.model, loaded.tokenizer, lora, options.max_batch_size, options.max_queue)
+    return NativeEngine(loaded.model, loaded.tokenizer, lora, options.max_batch_size, options.max_queue,
+                        options.max_prefill_tokens)
