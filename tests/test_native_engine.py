@@ -9,6 +9,7 @@ from transformers import AutoTokenizer
 from registry.modeling.loading import load_base_model
 from server.engines import EngineRequest, Sampling
 from server.engines.native import NativeEngine
+from server.lora import MultiLoraModel, load_lora_weights
 
 PROMPTS = ["Q: 12+30 A:", "hello world", "The quick brown fox jumps", "What is the capital of", "LOUD", "a b c d"]
 
@@ -18,11 +19,11 @@ def model_and_tokenizer(tiny_base_dir):
     return load_base_model(tiny_base_dir, device="cpu").model.eval(), AutoTokenizer.from_pretrained(tiny_base_dir)
 
 
-def run_wave(model, tokenizer, max_prefill_tokens: int):
+def run_wave(model, tokenizer, max_prefill_tokens: int, lora=None, slots=None):
     """Every prompt queued before the engine starts (one wave of arrivals); (admission times, texts) in order."""
-    engine = NativeEngine(model, tokenizer, max_batch_size=8, max_prefill_tokens=max_prefill_tokens)
+    engine = NativeEngine(model, tokenizer, lora, max_batch_size=8, max_prefill_tokens=max_prefill_tokens)
     handles = [engine.submit(EngineRequest(request_id=str(i), prompt_ids=tokenizer(p)["input_ids"],
-                                           sampling=Sampling(max_new_tokens=6)))
+                                           sampling=Sampling(max_new_tokens=6), slot=slots[i] if slots else 0))
                for i, p in enumerate(PROMPTS)]
     engine.start()
     try:
@@ -51,3 +52,20 @@ def test_a_prompt_longer_than_the_budget_still_joins(model_and_tokenizer):
     model, tokenizer = model_and_tokenizer
     admitted, texts = run_wave(model, tokenizer, max_prefill_tokens=1)
     assert len(set(admitted)) == len(PROMPTS) and all(isinstance(t, str) for t in texts)
+
+
+def test_arrivals_on_adapters_joining_turn_by_turn_answer_as_when_prefilled_together(tiny_base_dir, tmp_path):
+    from conftest import make_adapter_dir
+
+    model = load_base_model(tiny_base_dir, device="cpu").model.eval()
+    tokenizer = AutoTokenizer.from_pretrained(tiny_base_dir)
+    lora = MultiLoraModel(model, max_slots=3)
+    for slot, kind in enumerate(["lora", "lora-all", "lora"], start=1):
+        lora.assign(slot, load_lora_weights(make_adapter_dir(tiny_base_dir, tmp_path / str(slot), kind, seed=slot), lora))
+    slots = [1, 2, 0, 3, 2, 1]
+    _, together = run_wave(model, tokenizer, 10_000, lora, slots)
+    shortest = min(len(tokenizer(p)["input_ids"]) for p in PROMPTS)
+    _, turn_by_turn = run_wave(model, tokenizer, shortest, lora, slots)  # each joins a running batch, rows re-copied
+    assert turn_by_turn == together
+    _, bare = run_wave(model, tokenizer, 10_000)
+    assert bare != together  # the adapters really change the answers
