@@ -1,10 +1,12 @@
 """loradock's native engine: one Hugging Face model, one running batch, continuous batching across adapters.
 
-A single thread owns the model. Each turn it admits waiting requests (prefilling them together, left-padded, straight into free rows of the
-preallocated KV cache, `row_cache.RowCache`), then runs one decode step for every row at once. Each row
-carries its adapter's slot, so requests for different adapters (and the bare base) share every
-forward pass (`server.lora.MultiLoraModel`). A row that finishes leaves at once: the last row takes its
-place, so no step re-indexes the cache, and the adapter layers re-copy only the rows whose slot changed.
+A single thread owns the model. Each turn it admits waiting requests, up to `max_prefill_tokens` of prompt
+(prefilling them together, left-padded, straight into free rows of the preallocated KV cache,
+`row_cache.RowCache`), then runs one decode step for every row at once. Each row carries its adapter's
+slot, so requests for different adapters (and the bare base) share every forward pass
+(`server.lora.MultiLoraModel`). A row that finishes leaves at once: the last row takes its place, so no
+step re-indexes the cache, and the adapter layers re-copy only the rows whose slot changed. On a CPU the
+base's Linear layers run as oneDNN matmuls on weights packed at load (`packed.pack_linears`).
 
 It implements `server.engines.Engine`; its adapter slots are the `MultiLoraModel`'s (`server/lora.py`).
 """
@@ -378,6 +380,7 @@ def load_native_engine(base, options) -> NativeEngine:
     lora = MultiLoraModel(loaded.model, max_slots=options.max_adapters, rank=options.lora_rank,
                           gather_cache_bytes=options.gather_cache_mb * 2**20)
     packed = pack_linears(loaded.model, batch_hint=options.max_batch_size)
-    log.info("packed %d Linear layers of the base for oneDNN", packed) if packed else None
+    if packed:
+        log.info("packed %d Linear layers of the base for oneDNN", packed)
     return NativeEngine(loaded.model, loaded.tokenizer, lora, options.max_batch_size, options.max_queue,
                         options.max_prefill_tokens)
