@@ -12,8 +12,8 @@ Each row has a boolean mask of the columns it attends to (its prompt without the
 generated); forwards get a prepared 4-D mask built from it, so masking is exact for any mix of rows.
 
 When the clock reaches the end of the buffers, or a joining prompt is longer than the columns before
-`hi`, the used columns [lo, hi) move to fresh buffers with room on both sides: rare (every ~128 steps or
-less often), and one copy of the used part, amortized over the steps in between.
+`hi`, the used columns [lo, hi) move to fresh buffers with room on both sides (`HEADROOM` columns after
+`hi`): one copy of the used part every 128 decode steps at most, amortized over the steps in between.
 """
 
 from __future__ import annotations
