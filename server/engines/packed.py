@@ -24,6 +24,8 @@ from torch import nn
 
 log = logging.getLogger(__name__)
 
+PACKABLE_DTYPES = (torch.float32, torch.bfloat16)
+
 
 class PackedLinear(nn.Module):
     """`nn.Linear`'s forward with the weight held in oneDNN's packed layout (inference only)."""
@@ -47,7 +49,7 @@ class PackedLinear(nn.Module):
 def can_pack(model: nn.Module) -> bool:
     """oneDNN is there, the model runs on the CPU in fp32 or bf16, and a packed probe layer agrees with F.linear."""
     parameter = next(model.parameters())
-    if parameter.device.type != "cpu" or parameter.dtype not in (torch.float32, torch.bfloat16):
+    if parameter.device.type != "cpu" or parameter.dtype not in PACKABLE_DTYPES:
         return False
     if not torch.backends.mkldnn.is_available():
         return False
@@ -69,9 +71,9 @@ def pack_linears(model: nn.Module, batch_hint: int = 16) -> int:
     if not can_pack(model):
         return 0
     swapped = 0
-    for name, module in list(model.named_modules()):
-        for child_name, child in list(module.named_children()):
-            if type(child) is nn.Linear and child.weight.dtype in (torch.float32, torch.bfloat16):
-                setattr(module, child_name, PackedLinear(child, batch_hint))
+    for module in list(model.modules()):
+        for name, child in list(module.named_children()):
+            if type(child) is nn.Linear and child.weight.dtype in PACKABLE_DTYPES:
+                setattr(module, name, PackedLinear(child, batch_hint))
                 swapped += 1
     return swapped

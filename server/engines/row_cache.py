@@ -80,10 +80,6 @@ class RowCache(Cache):
         boolean = getattr(config, "_attn_implementation", "sdpa") == "sdpa"
         return cls(config.num_hidden_layers, max_rows, kv_heads, head_dim, dtype, device, boolean, headroom)
 
-    @property
-    def nbytes(self) -> int:
-        return sum(t.nbytes for t in self.keys) + sum(t.nbytes for t in self.values)
-
     # --- what the engine calls around its forwards ------------------------------------------------
 
     def prefill_window(self, rows: int, width: int, pad_mask: torch.Tensor) -> torch.Tensor:
