@@ -34,13 +34,16 @@ def quiet_libraries() -> None:
 
     Call it before transformers, peft or bitsandbytes are imported (the CLI does, first thing):
     - bitsandbytes on AVX512-BF16 CPUs logs "Failed to load CPU gemm_4bit_forward ... No module
-      named 'kernels'" at import: an optional faster kernel from the hub; the fallback works.
+      named 'kernels'" at import: an optional faster kernel from the hub; the fallback works. Where
+      `kernels` is installed (transformers >= 5.25 requires it), it logs "Skipping publisher trust check
+      ... offline mode" for that same kernel instead.
     - transformers' and peft's FutureWarnings name their own internal calls (peft calling a
       deprecated transformers method, for example), which only a library upgrade changes.
     - transformers' info/warning logs (checkpoint rotation, loading reports) go to error level;
       `TRANSFORMERS_VERBOSITY=info` (set by the user) still turns them back on.
     """
     logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
+    logging.getLogger("kernels").setLevel(logging.ERROR)
     for library in ("transformers", "peft", "bitsandbytes", "accelerate"):
         warnings.filterwarnings("ignore", category=FutureWarning, module=rf"{library}(\.|$)")
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
