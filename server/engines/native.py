@@ -31,6 +31,7 @@ from .. import limits
 from ..errors import QueueFull, ServerShuttingDown
 from ..lora import check_fits, load_lora_weights
 from . import EngineRequest, EngineResult, EngineStats
+from .decode_step import DecodeStep
 from .row_cache import RowCache
 from .sampler import sample_row
 
@@ -112,6 +113,7 @@ class NativeEngine:
         self._waiting: deque[_Sequence] = deque()
         self._active: list[_Sequence] = []  # row i of the running batch is row i of the cache
         self._cache = RowCache.for_model(model, max_batch_size)
+        self._decode = DecodeStep.for_model(model, self._cache)  # None: decode steps run the full forward too
         self._stopping = False
         self._accepting = True
         self._thread = threading.Thread(target=self._run, name="loradock-engine", daemon=True)
@@ -230,15 +232,18 @@ class NativeEngine:
             if self._stopping and not self._active and not self._waiting:
                 return
 
-    def _forward(self, input_ids, attention_mask, position_ids, slots):
+    def _forward(self, input_ids, attention_mask, position_ids, slots, decode: bool = False):
         with self.lock, torch.inference_mode():
             context = self.lora.rows(slots) if self.lora is not None else nullcontext()
             with context:
-                out = self.model(
-                    input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                    cache=self._cache, use_cache=True, logits_to_keep=1,
-                )
-        return out.logits[:, -1, :].float()
+                if decode and self._decode is not None:
+                    logits = self._decode(input_ids, position_ids, attention_mask)
+                else:
+                    logits = self.model(
+                        input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                        cache=self._cache, use_cache=True, logits_to_keep=1,
+                    ).logits
+        return logits[:, -1, :].float()
 
     def _prefill(self, seqs: list[_Sequence]) -> None:
         now = time.monotonic()
@@ -265,7 +270,7 @@ class NativeEngine:
         positions, mask = self._cache.decode_window()
         slots = torch.tensor([s.request.slot for s in self._active], dtype=torch.long)
         try:
-            logits = self._forward(last, mask, positions, slots)
+            logits = self._forward(last, mask, positions, slots, decode=True)
         except BaseException:
             self._cache.undo_window()
             raise
