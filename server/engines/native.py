@@ -6,7 +6,8 @@ A single thread owns the model. Each turn it admits waiting requests, up to `max
 slot, so requests for different adapters (and the bare base) share every forward pass
 (`server.lora.MultiLoraModel`). A row that finishes leaves at once: the last row takes its place, so no
 step re-indexes the cache, and the adapter layers re-copy only the rows whose slot changed. On a CPU the
-base's Linear layers run as oneDNN matmuls on weights packed at load (`packed.pack_linears`).
+base's Linear layers run as oneDNN matmuls on weights packed at load (`packed.pack_linears`); on a Llama
+base, decode steps skip the Hugging Face forward's per-layer Python (`decode_step.DecodeStep`, same logits).
 
 It implements `server.engines.Engine`; its adapter slots are the `MultiLoraModel`'s (`server/lora.py`).
 """
