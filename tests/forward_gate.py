@@ -12,7 +12,10 @@ import threading
 
 
 class ForwardGate:
-    """A forward pre-hook on `model` that blocks each forward pass until the test grants one (or opens the gate)."""
+    """A forward pre-hook on `model` that blocks each forward pass until the test grants one (or opens the gate).
+
+    It hooks the input embeddings, which every forward pass runs once: the model's own forward and the native
+    engine's decode step (server/engines/decode_step.py), which does not go through `model.forward`."""
 
     def __init__(self, model, allowed: int = 0):
         self._cond = threading.Condition()
@@ -20,7 +23,7 @@ class ForwardGate:
         self._open = False
         self.forwards = 0          # forward passes let through so far
         self.waiting = False       # a forward pass is being held now
-        self._hook = model.register_forward_pre_hook(self._wait)
+        self._hook = model.get_input_embeddings().register_forward_pre_hook(self._wait)
 
     def _wait(self, module, args) -> None:
         with self._cond:
