@@ -249,6 +249,7 @@ class MultiLoraModel:
         self.min_rank = rank  # the stacks never shrink below the startup rank
         self.layers: dict[str, MultiLoraLinear] = {}
         self._slot_ranks: dict[int, int] = {}
+        self._slot_versions: dict[int, int] = {}  # bumped by every assign/clear of the slot
         self._last_plan: tuple[tuple[tuple[int, ...], tuple[int, ...]], RowPlan] | None = None
         targets = set(target_modules) if target_modules is not None else None
         stack_name = _decoder_stack_name(model)
@@ -293,6 +294,10 @@ class MultiLoraModel:
         """Occupied slots -> the rank of the adapter in them."""
         return dict(self._slot_ranks)
 
+    def slot_version(self, slot: int) -> int:
+        """Changes whenever `slot` gets other weights (or none): what its rows compute is the same while it holds."""
+        return self._slot_versions.get(slot, 0)
+
     def assign(self, slot: int, weights: LoraTensors) -> None:
         """Place `weights` in `slot` (1..max_slots), replacing whatever was there; raises before changing anything."""
         self._check_slot(slot)
@@ -306,6 +311,7 @@ class MultiLoraModel:
             for name, layer in self.layers.items():
                 layer.set_slot(slot, weights.slot_pair(name) if name in weights.lora_A else None)
         self._slot_ranks[slot] = weights.rank
+        self._slot_versions[slot] = self.slot_version(slot) + 1
 
     def clear(self, slot: int) -> None:
         """Empty `slot`: rows that still name it get the bare base."""
@@ -315,6 +321,7 @@ class MultiLoraModel:
             for layer in self.layers.values():
                 layer.set_slot(slot, None)
         self._slot_ranks.pop(slot, None)
+        self._slot_versions[slot] = self.slot_version(slot) + 1
 
     def shrink_to_fit(self) -> None:
         """Re-allocate the stacks for the largest rank still assigned (never below the startup rank)."""

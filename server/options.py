@@ -22,6 +22,9 @@ class ServerOptions:
                                               "beyond it join at the next turns, between decode steps, so a wave of "
                                               "arrivals gets its first tokens in turn and the running rows keep going.",
                                          minimum=1)
+    prefix_cache_mb: int = documented(512, "Memory for prefilled prompts' keys and values, kept so that a prompt starting "
+                                           "the same way (a shared system prompt, a repeated request) prefills only "
+                                           "the rest; native engine; 0 = off.", minimum=0)
     max_queue: int = documented(256, "Requests waiting to join the batch; beyond it requests get RESOURCE_EXHAUSTED.",
                                 minimum=1)
     max_adapters: int = documented(8, "Adapters held in memory at once (LRU eviction of idle, unpinned ones).", minimum=1)

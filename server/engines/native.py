@@ -33,6 +33,7 @@ from ..errors import QueueFull, ServerShuttingDown
 from ..lora import check_fits, load_lora_weights
 from . import EngineRequest, EngineResult, EngineStats
 from .decode_step import DecodeStep
+from .prefix_cache import PrefixCache
 from .row_cache import RowCache
 from .sampler import sample_row
 
@@ -91,6 +92,7 @@ class _Sequence:
     admitted_at: float | None = None
     first_token_at: float | None = None
     generator: torch.Generator | None = None
+    prefix: tuple[int, torch.Tensor] | None = None  # a kept prefix of its prompt: (tokens, keys/values)
     result: EngineResult | None = None
 
 
@@ -99,7 +101,7 @@ class NativeEngine:
     bare base only (the load tests' engine runs)."""
 
     def __init__(self, model, tokenizer, lora=None, max_batch_size: int = 16, max_queue: int = 256,
-                 max_prefill_tokens: int = 512):
+                 max_prefill_tokens: int = 512, prefix_cache_bytes: int = 0):
         self.model = model
         self.tokenizer = tokenizer
         self.lora = lora
@@ -115,6 +117,7 @@ class NativeEngine:
         self._active: list[_Sequence] = []  # row i of the running batch is row i of the cache
         self._cache = RowCache.for_model(model, max_batch_size)
         self._decode = DecodeStep.for_model(model, self._cache)  # None: decode steps run the full forward too
+        self._prefixes = PrefixCache(prefix_cache_bytes) if prefix_cache_bytes > 0 else None
         self._stopping = False
         self._accepting = True
         self._thread = threading.Thread(target=self._run, name="loradock-engine", daemon=True)
@@ -214,7 +217,9 @@ class NativeEngine:
                     if seq.cancelled:
                         self._finish(self._waiting.popleft(), "cancelled")
                         continue
-                    tokens += len(seq.request.prompt_ids)
+                    if self._prefixes is not None and seq.prefix is None:
+                        seq.prefix = self._prefixes.lookup(self._owner(seq), seq.request.prompt_ids)
+                    tokens += len(seq.request.prompt_ids) - (seq.prefix[0] if seq.prefix else 0)
                     if admit and tokens > self.max_prefill_tokens:  # the rest wait for the next turn
                         break
                     admit.append(self._waiting.popleft())
@@ -250,20 +255,34 @@ class NativeEngine:
         now = time.monotonic()
         for seq in seqs:
             seq.admitted_at = now
-        width = max(len(s.request.prompt_ids) for s in seqs)
+        kept = [seq.prefix[0] if seq.prefix else 0 for seq in seqs]  # prompt tokens whose keys/values are kept
+        rest = [seq.request.prompt_ids[k:] for seq, k in zip(seqs, kept)]
+        width = max(len(r) for r in rest)
         ids = torch.full((len(seqs), width), self.pad_id, dtype=torch.long)
         pad_mask = torch.zeros((len(seqs), width), dtype=torch.long)
-        for row, seq in enumerate(seqs):
-            p = seq.request.prompt_ids
-            ids[row, width - len(p):] = torch.tensor(p, dtype=torch.long)
-            pad_mask[row, width - len(p):] = 1
-        positions = (pad_mask.cumsum(-1) - 1).clamp(min=0)
+        for row, r in enumerate(rest):
+            ids[row, width - len(r):] = torch.tensor(r, dtype=torch.long)
+            pad_mask[row, width - len(r):] = 1
+        positions = (pad_mask.cumsum(-1) - 1).clamp(min=0) + torch.tensor(kept)[:, None]
         slots = torch.tensor([s.request.slot for s in seqs], dtype=torch.long)
-        mask = self._cache.prefill_window(len(seqs), width, pad_mask)
+        mask = self._cache.prefill_window(len(seqs), width, pad_mask, [seq.prefix for seq in seqs])
+        for seq in seqs:
+            seq.prefix = None  # the cache holds its own copy now
         logits = self._forward(ids.to(self.device), mask, positions.to(self.device), slots)
+        first = self._cache.n
         self._cache.join(len(seqs))
+        if self._prefixes is not None:
+            for row, seq in enumerate(seqs, start=first):
+                owner, prompt = self._owner(seq), seq.request.prompt_ids
+                if not self._prefixes.holds(owner, prompt):
+                    self._prefixes.store(owner, prompt, self._cache.prompt_kv(row))
         self._active.extend(seqs)
         self._emit(seqs, logits)
+
+    def _owner(self, seq: _Sequence) -> tuple[int, int]:
+        """What computes a row's keys and values: its slot, as long as that slot holds the same weights."""
+        slot = seq.request.slot
+        return slot, (self.lora.slot_version(slot) if self.lora is not None and slot else 0)
 
     def _decode_step(self) -> None:
         started = time.perf_counter()
@@ -284,10 +303,16 @@ class NativeEngine:
         """Pick each row's next token, stream it, and retire rows that are done (before their callers hear so)."""
         finished: list[tuple[_Sequence, str]] = []
         now = time.monotonic()
+        argmax: list[int] | None = None  # every row's greedy token, in one op, once a row wants it
         for row, seq in enumerate(seqs):
             s = seq.request.sampling
-            seen = torch.tensor(seq.request.prompt_ids + seq.generated, dtype=torch.long) if s.repetition_penalty != 1.0 else None
-            token = sample_row(logits[row].cpu(), s, seq.generator, seen)
+            if s.greedy and s.repetition_penalty == 1.0:
+                if argmax is None:
+                    argmax = logits.argmax(-1).tolist()
+                token = argmax[row]
+            else:
+                seen = torch.tensor(seq.request.prompt_ids + seq.generated, dtype=torch.long) if s.repetition_penalty != 1.0 else None
+                token = sample_row(logits[row].cpu(), s, seq.generator, seen)
             if seq.first_token_at is None:
                 seq.first_token_at = now
             reason = None
@@ -389,4 +414,4 @@ def load_native_engine(base, options) -> NativeEngine:
     if packed:
         log.info("packed %d Linear layers of the base for oneDNN", packed)
     return NativeEngine(loaded.model, loaded.tokenizer, lora, options.max_batch_size, options.max_queue,
-                        options.max_prefill_tokens)
+                        options.max_prefill_tokens, options.prefix_cache_mb * 2**20)

@@ -82,29 +82,57 @@ class RowCache(Cache):
 
     # --- what the engine calls around its forwards ------------------------------------------------
 
-    def prefill_window(self, rows: int, width: int, pad_mask: torch.Tensor) -> torch.Tensor:
+    def prefill_window(self, rows: int, width: int, pad_mask: torch.Tensor,
+                       prefixes: list[tuple[int, torch.Tensor] | None] | None = None) -> torch.Tensor:
         """Make rows n..n+rows-1 the next forward's, their `width` prompt columns ending at `hi`; return its 4-D mask.
 
-        `pad_mask` (rows, width): 1 for prompt tokens, 0 for left padding. The rows join the batch (`join`)
-        only after their forward succeeded."""
+        `pad_mask` (rows, width): 1 for prompt tokens, 0 for left padding. `prefixes`: for each row, None or
+        (tokens, kv) of a kept prefix of its prompt (`prefix_cache.PrefixCache.lookup`) that the forward's
+        tokens follow: its keys and values are copied into the columns just before the window, and the
+        row's tokens attend to them. The rows join the batch (`join`) only after their forward succeeded."""
         if self.n + rows > self.max_rows:
             raise ValueError(f"{self.n} running rows and {rows} joining exceed the cache's {self.max_rows} rows")
-        self._make_room(left=width, right=1)
+        prefixes = prefixes or [None] * rows
+        longest = max((p[0] for p in prefixes if p is not None), default=0)
+        self._make_room(left=longest + width, right=1)
         rows_ = slice(self.n, self.n + rows)
         start = self.hi - width
         pad = pad_mask.to(device=self.device, dtype=torch.bool)
         self.attends[rows_] = False
         self.attends[rows_, start:self.hi] = pad
         self.lengths[rows_] = pad.sum(-1)
-        self._rows, self._write, self._read = rows_, start, start
+        for row, prefix in enumerate(prefixes, start=self.n):
+            if prefix is not None:
+                self._put_prefix(row, start, *prefix)
+        self._rows, self._write, self._read = rows_, start, start - longest
         causal = torch.ones((width, width), dtype=torch.bool, device=self.device).tril_()
         allowed = causal[None] & pad[:, None, :]
         allowed |= torch.eye(width, dtype=torch.bool, device=self.device)[None]  # padding attends to itself: no NaN
+        if longest:
+            before = self.attends[rows_, start - longest:start]
+            allowed = torch.cat([before[:, None, :].expand(rows, width, longest), allowed], dim=-1)
         return self._mask(allowed[:, None])
+
+    def _put_prefix(self, row: int, end: int, tokens: int, kv: torch.Tensor) -> None:
+        """Row `row`'s first `tokens` keys/values, from `kv` (layers, 2, kv_heads, >= tokens, head_dim), in the
+        columns before `end`."""
+        cols = slice(end - tokens, end)
+        kv = kv.to(self.dtype)
+        for layer, (keys, values) in enumerate(zip(self.keys, self.values)):
+            keys[row, :, cols] = kv[layer, 0, :, :tokens]
+            values[row, :, cols] = kv[layer, 1, :, :tokens]
+        self.attends[row, cols] = True
+        self.lengths[row] += tokens
+
+    def prompt_kv(self, row: int) -> torch.Tensor:
+        """Right after its prefill, row `row`'s prompt keys and values: (layers, 2, kv_heads, prompt, head_dim)."""
+        cols = torch.nonzero(self.attends[row]).reshape(-1)
+        return torch.stack([torch.stack([keys[row].index_select(1, cols), values[row].index_select(1, cols)])
+                            for keys, values in zip(self.keys, self.values)])
 
     def join(self, rows: int) -> None:
         """The rows the last `prefill_window` made are running now."""
-        self.lo = self._write if self.n == 0 else min(self.lo, self._write)
+        self.lo = self._read if self.n == 0 else min(self.lo, self._read)
         self.n += rows
 
     def decode_window(self) -> tuple[torch.Tensor, torch.Tensor]:
