@@ -417,15 +417,37 @@ def _refusal(status: int, body: bytes, what: str = "vLLM refused the request") -
 
 
 def stop_process_group(proc: subprocess.Popen, grace_s: float = 60.0) -> None:
-    """SIGTERM the process group `proc` leads (started with start_new_session), SIGKILL it after `grace_s`."""
-    if proc.poll() is not None:
-        return
-    os.killpg(proc.pid, signal.SIGTERM)
+    """SIGTERM the process group `proc` leads (started with start_new_session), SIGKILL it after `grace_s`.
+
+    Returns once every process of the group is gone, not only its leader: vLLM's engine-core and worker
+    processes outlive the API server by seconds, busy on both cores (what ran next measured half its speed)."""
+    deadline = time.monotonic() + grace_s
+    if proc.poll() is None:
+        _signal_group(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(grace_s)
+        except subprocess.TimeoutExpired:
+            _signal_group(proc.pid, signal.SIGKILL)
+            proc.wait()
+    killed = False
+    while _signal_group(proc.pid, 0):  # members left behind (reparented once the leader exited)
+        if time.monotonic() > deadline:
+            if killed:  # what is left is not exiting (a zombie nobody reaps): nothing more to wait for
+                return
+            _signal_group(proc.pid, signal.SIGKILL)
+            killed, deadline = True, time.monotonic() + 5
+        time.sleep(0.1)
+
+
+def _signal_group(pgid: int, sig: int) -> bool:
+    """Send `sig` to process group `pgid` (0: only check it exists); False once no process is in it."""
     try:
-        proc.wait(grace_s)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
+        os.killpg(pgid, sig)
+        return True
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # a member that changed its user: it exists but is not ours to wait for
+        return False
 
 
 def lora_rank_for(rank: int) -> int:
