@@ -69,3 +69,20 @@ def test_arrivals_on_adapters_joining_turn_by_turn_answer_as_when_prefilled_toge
     assert turn_by_turn == together
     _, bare = run_wave(model, tokenizer, 10_000)
     assert bare != together  # the adapters really change the answers
+
+
+def test_text_decoded_token_by_token_is_what_decoding_it_whole_gives(model_and_tokenizer):
+    """The engine decodes only each row's newest tokens per step; at every step the text must be the whole
+    decode's, incomplete characters (random byte tokens) and special tokens included."""
+    import random
+
+    from server.engines.native import _Sequence
+
+    model, tokenizer = model_and_tokenizer
+    engine = NativeEngine(model, tokenizer)
+    rng = random.Random(0)
+    for _ in range(50):
+        seq = _Sequence(EngineRequest(request_id="r", prompt_ids=[1], sampling=Sampling(max_new_tokens=30)), 0.0)
+        for _ in range(30):
+            seq.generated.append(rng.randrange(len(tokenizer)))
+            assert engine._decode_text(seq) == tokenizer.decode(seq.generated, skip_special_tokens=True)

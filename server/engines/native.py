@@ -87,12 +87,15 @@ class _Sequence:
     events: "queue.Queue[tuple[str, object]]" = field(default_factory=queue.Queue)
     done: threading.Event = field(default_factory=threading.Event)
     generated: list[int] = field(default_factory=list)
+    text: str = ""                       # `generated` decoded so far (whole characters)
+    decoded: tuple[int, int] = (0, 0)    # incremental decoding's window: where its context starts, where text ends
     sent: int = 0                        # characters of text already streamed
     cancelled: bool = False
     admitted_at: float | None = None
     first_token_at: float | None = None
     generator: torch.Generator | None = None
     prefix: tuple[int, torch.Tensor] | None = None  # a kept prefix of its prompt: (tokens, keys/values)
+    looked_up: bool = False
     result: EngineResult | None = None
 
 
@@ -163,6 +166,9 @@ class NativeEngine:
             decode_tokens_per_s=self.decode_tokens / self.decode_seconds if self.decode_seconds else 0.0,
             slot_memory_bytes=self.lora.nbytes if self.lora is not None else 0,
             gathered_memory_bytes=self.lora.gathered_nbytes if self.lora is not None else 0,
+            **({} if self._prefixes is None else dict(
+                prefix_cache_bytes=self._prefixes.nbytes, prefix_query_tokens=self._prefixes.query_tokens,
+                prefix_hit_tokens=self._prefixes.hit_tokens)),
         )
 
     # --- adapters in slot form ------------------------------------------------------------
@@ -217,8 +223,8 @@ class NativeEngine:
                     if seq.cancelled:
                         self._finish(self._waiting.popleft(), "cancelled")
                         continue
-                    if self._prefixes is not None and seq.prefix is None:
-                        seq.prefix = self._prefixes.lookup(self._owner(seq), seq.request.prompt_ids)
+                    if self._prefixes is not None and not seq.looked_up:  # once, even if it waits a turn
+                        seq.prefix, seq.looked_up = self._prefixes.lookup(self._owner(seq), seq.request.prompt_ids), True
                     tokens += len(seq.request.prompt_ids) - (seq.prefix[0] if seq.prefix else 0)
                     if admit and tokens > self.max_prefill_tokens:  # the rest wait for the next turn
                         break
@@ -332,7 +338,7 @@ class NativeEngine:
 
     def _stream(self, seq: _Sequence) -> str | None:
         """Send the newly decoded text; return "stop" when a stop string appeared."""
-        text = self.tokenizer.decode(seq.generated, skip_special_tokens=True)
+        text = self._decode_text(seq)
         stops = seq.request.sampling.stop
         if stops:
             hits = [i for i in (text.find(stop) for stop in stops) if i >= 0]
@@ -355,6 +361,24 @@ class NativeEngine:
             seq.sent = safe
         return None
 
+    def _decode_text(self, seq: _Sequence) -> str:
+        """`seq.generated` as text, as decoding it whole would give, decoding only its newest tokens (from the
+        window before them, as a token's text can depend on the one before it) instead of all of them every
+        step. Text that still ends in an incomplete character is returned but not kept: the next token may
+        complete it."""
+        start, end = seq.decoded
+        if end == len(seq.generated):
+            return seq.text
+        before = self.tokenizer.decode(seq.generated[start:end], skip_special_tokens=True)
+        now = self.tokenizer.decode(seq.generated[start:], skip_special_tokens=True)
+        if len(now) <= len(before):
+            return seq.text
+        if now.endswith("\ufffd"):
+            return seq.text + now[len(before):]
+        seq.text += now[len(before):]
+        seq.decoded = (end, len(seq.generated))
+        return seq.text
+
     def _drop_cancelled(self) -> None:
         cancelled = [s for s in self._active if s.cancelled]
         if cancelled:
@@ -374,7 +398,7 @@ class NativeEngine:
         if seq.result is not None:
             return
         end = time.monotonic()
-        full = self.tokenizer.decode(seq.generated, skip_special_tokens=True)
+        full = self._decode_text(seq)
         if reason in ("eos", "length"):  # everything decoded counts, including text held back for stop strings
             if len(full) > seq.sent:
                 seq.events.put(("delta", full[seq.sent:]))
