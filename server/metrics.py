@@ -191,10 +191,16 @@ class _ServiceCollector(Collector):
             ("loradock_gathered_adapter_bytes", "Per-row adapter A/B copies the engine keeps between decode steps",
              engine.gathered_memory_bytes),
             ("loradock_decode_tokens_per_second", "Decode throughput over the engine's life", engine.decode_tokens_per_s),
+            ("loradock_prefix_cache_bytes", "Prompt keys/values kept for prompts that start the same way (--prefix-cache-mb)",
+             engine.prefix_cache_bytes),
             (KV_CACHE_USAGE_METRIC, ("KV-cache utilisation from 0 to 1: each batch row keeps a KV cache of its own, so "
                                      "the rows in use over --max-batch-size"), engine.batch_size / engine.max_batch_size),
         ]:
             yield GaugeMetricFamily(name, doc, value=value)
+        yield CounterMetricFamily("loradock_prefix_cache_query_tokens", "Prompt tokens looked up in the prefix cache",
+                                  value=engine.prefix_query_tokens)
+        yield CounterMetricFamily("loradock_prefix_cache_hit_tokens", "Prompt tokens found in the prefix cache, so not "
+                                  "prefilled again", value=engine.prefix_hit_tokens)
         yield self._lora_info(service.cache.max_adapters)
 
     def _lora_info(self, slots: int) -> Metric:

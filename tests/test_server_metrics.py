@@ -167,6 +167,21 @@ def test_counters_histograms_and_gauges_agree_with_server_stats(served):
     assert info.labels == {"base": stats.base, "quantization": stats.quantization} and info.value == 1
 
 
+def test_the_prefix_cache_counts_the_prompt_tokens_it_found(served):
+    client, service, url = served["client"], served["service"], served["url"]
+    prompt = "a prompt asked twice, word for word, whose second prefill is one token"
+    before = scrape(service, url)
+    first = client.generate(prompt, max_new_tokens=2)
+    second = client.generate(prompt, max_new_tokens=2)
+    samples = scrape(service, url)
+    new = lambda name: total(samples, name) - total(before, name)  # noqa: E731
+    tokens = first.prompt_tokens
+    assert second.text == first.text and tokens > 2
+    assert new("loradock_prefix_cache_query_tokens_total") == 2 * tokens
+    assert new("loradock_prefix_cache_hit_tokens_total") == tokens - 1  # all of the repeat but its last token
+    assert total(samples, "loradock_prefix_cache_bytes") > 0
+
+
 def test_running_and_waiting_gauges_while_requests_are_held(tmp_path, tiny_base_dir):
     """One batch row: with the model held after one prefill, one request runs and two wait (gauges and ServerStats)."""
     reg = Registry(tmp_path / "home")

@@ -78,6 +78,9 @@ class EngineStats:
     decode_tokens_per_s: float          # over the engine's life, decode steps only
     slot_memory_bytes: int              # adapter slot storage (every slot, padded as the engine pads it)
     gathered_memory_bytes: int          # per-row adapter copies kept between steps (0 where an engine keeps none)
+    prefix_cache_bytes: int = 0         # kept prompt keys/values (native engine's prefix cache)
+    prefix_query_tokens: int = 0        # prompt tokens looked up in it, over the engine's life
+    prefix_hit_tokens: int = 0          # of those, tokens whose keys/values were found (not prefilled again)
 
 
 @runtime_checkable

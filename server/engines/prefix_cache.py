@@ -54,7 +54,7 @@ class PrefixCache:
     def __init__(self, max_bytes: int):
         self.max_bytes = max_bytes
         self.nbytes = 0
-        self.hits = self.misses = self.hit_tokens = self.evictions = 0
+        self.hits = self.misses = self.hit_tokens = self.query_tokens = self.evictions = 0
         self._entries: OrderedDict[tuple[Hashable, tuple[int, ...]], _Entry] = OrderedDict()  # least recent first
         self._index: dict[tuple, _Entry] = {}
 
@@ -65,6 +65,7 @@ class PrefixCache:
         """(tokens, kv) of the longest kept prefix of `prompt` computed by `owner`, at most all but its last
         token; `kv[..., :tokens, :]` are that prefix's keys and values. None when nothing is kept."""
         limit = len(prompt) - 1
+        self.query_tokens += len(prompt)
         lengths = sorted({limit, *range(BLOCK, limit + 1, BLOCK)} - {0}) if limit > 0 else []
         for length, key in zip(reversed(lengths), reversed(_prefix_keys(owner, prompt, lengths))):
             entry = self._index.get(key)
