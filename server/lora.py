@@ -266,6 +266,8 @@ class MultiLoraModel:
             setattr(model.get_submodule(parent_name), child, wrapper)
             self.layers[name] = wrapper
         self._device = next(iter(self.layers.values())).stacked_A.device
+        self._slot_bytes_per_rank = sum((layer.in_features + layer.out_features) * layer.stacked_A.element_size()
+                                        for layer in self.layers.values())
 
     @property
     def max_rank(self) -> int:
@@ -274,10 +276,8 @@ class MultiLoraModel:
 
     @property
     def nbytes_per_slot(self) -> int:
-        return sum(
-            (layer.stacked_A[0].numel() + layer.stacked_B[0].numel()) * layer.stacked_A.element_size()
-            for layer in self.layers.values()
-        )
+        """Bytes of one slot's A and B in every layer, at the current rank (read per new batch plan: no walk of the layers)."""
+        return self._slot_bytes_per_rank * self.max_rank
 
     @property
     def nbytes(self) -> int:

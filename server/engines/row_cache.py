@@ -12,8 +12,10 @@ Each row has a boolean mask of the columns it attends to (its prompt without the
 generated); forwards get a prepared 4-D mask built from it, so masking is exact for any mix of rows.
 
 When the clock reaches the end of the buffers, or a joining prompt is longer than the columns before
-`hi`, the used columns [lo, hi) move to fresh buffers with room on both sides (`HEADROOM` columns after
-`hi`): one copy of the used part every 128 decode steps at most, amortized over the steps in between.
+`hi`, the used columns [lo, hi) move with room on both sides (`HEADROOM` columns after `hi`): within the
+same buffers when they are large enough (only rows that run are copied; nothing is allocated or zeroed),
+else to larger new ones: one copy of the used part every 128 decode steps at most, amortized over the
+steps in between.
 """
 
 from __future__ import annotations
@@ -60,7 +62,8 @@ class RowCache(Cache):
         self.n = 0            # rows in use: 0..n-1
         self.lo = self.hi = 0  # columns [lo, hi) hold every row's past; no row attends before lo
         self.capacity = 0
-        self.relayouts = 0  # times running rows' columns moved to new buffers
+        self.relayouts = 0  # times running rows' columns moved
+        self.allocations = 0  # times the buffers were (re)allocated: the first forward, and when they grow
         self.keys: list[torch.Tensor] = []
         self.values: list[torch.Tensor] = []
         self.attends = torch.zeros((max_rows, 0), dtype=torch.bool, device=device)
@@ -192,23 +195,35 @@ class RowCache(Cache):
     # --- layout ---------------------------------------------------------------------------
 
     def _make_room(self, left: int, right: int) -> None:
-        """Ensure columns [hi-left, hi+right) exist: move the used columns to new buffers when they do not."""
+        """Ensure columns [hi-left, hi+right) exist: move the used columns, within the buffers when they have
+        room (no allocation: the columns no row attends keep stale but finite keys/values, which the masks
+        hide), else to larger new ones."""
         if self.hi >= left and self.hi + right <= self.capacity:
             return
         used = self.hi - self.lo
         start = max(0, left - used)
-        capacity = start + used + max(self.headroom, right)
-        shape = (self.max_rows, self.kv_heads, capacity, self.head_dim)
-        keys = [torch.zeros(shape, dtype=self.dtype, device=self.device) for _ in self.layers]
-        values = [torch.zeros(shape, dtype=self.dtype, device=self.device) for _ in self.layers]
-        attends = torch.zeros((self.max_rows, capacity), dtype=torch.bool, device=self.device)
-        if self.n and used:
-            rows, old, new = slice(0, self.n), slice(self.lo, self.hi), slice(start, start + used)
-            for fresh, current in zip(keys + values, self.keys + self.values):
-                fresh[rows, :, new] = current[rows, :, old]
-            attends[rows, new] = self.attends[rows, old]
-        self.keys, self.values, self.attends, self.capacity = keys, values, attends, capacity
-        self.relayouts += bool(self.n and used)
+        needed = start + used + max(self.headroom, right)
+        rows, old, new = slice(0, self.n), slice(self.lo, self.hi), slice(start, start + used)
+        moving = self.n and used
+        if needed <= self.capacity:
+            if moving:
+                for t in (*self.keys, *self.values):
+                    t[rows, :, new] = t[rows, :, old].clone()  # the two ranges may overlap
+                kept = self.attends[rows, old].clone()
+                self.attends[rows] = False
+                self.attends[rows, new] = kept
+        else:
+            shape = (self.max_rows, self.kv_heads, needed, self.head_dim)
+            keys = [torch.zeros(shape, dtype=self.dtype, device=self.device) for _ in self.layers]
+            values = [torch.zeros(shape, dtype=self.dtype, device=self.device) for _ in self.layers]
+            attends = torch.zeros((self.max_rows, needed), dtype=torch.bool, device=self.device)
+            if moving:
+                for fresh, current in zip(keys + values, self.keys + self.values):
+                    fresh[rows, :, new] = current[rows, :, old]
+                attends[rows, new] = self.attends[rows, old]
+            self.keys, self.values, self.attends, self.capacity = keys, values, attends, needed
+            self.allocations += 1
+        self.relayouts += bool(moving)
         self.lo, self.hi = start, start + used
 
     def _mask(self, allowed: torch.Tensor) -> torch.Tensor:
