@@ -124,3 +124,20 @@ def test_more_rows_than_the_cache_holds_are_refused(model_and_ids):
     cache = RowCache.for_model(model, max_rows=2)
     with pytest.raises(ValueError, match="0 running rows and 3 joining exceed the cache's 2 rows"):
         cache.prefill_window(3, 4, torch.ones((3, 4), dtype=torch.long))
+
+
+def test_a_row_attached_from_kept_keys_gives_its_prefilled_logits(model_and_ids):
+    """A prompt whose keys/values but the last token's are kept joins without a prefill: the decode step that
+    feeds its last token gives the logits its prefill gave, in a running batch and in an empty cache."""
+    model, prompt_ids = model_and_ids
+    prompt = prompt_ids[2]
+    cache = RowCache.for_model(model, max_rows=4)
+    prefilled = prefill(model, cache, [prompt])[0]
+    kept = cache.prompt_kv(0)
+    assert kept.shape[-2] == len(prompt)
+    cache.attach([(len(prompt) - 1, kept)])  # row 1, next to the running row 0
+    logits = decode(model, cache, [int(prefilled.argmax()), prompt[-1]])
+    torch.testing.assert_close(logits[1], prefilled, atol=1e-5, rtol=0)
+    empty = RowCache.for_model(model, max_rows=1)
+    empty.attach([(len(prompt) - 1, kept)])
+    torch.testing.assert_close(decode(model, empty, [prompt[-1]])[0], prefilled, atol=1e-5, rtol=0)

@@ -231,6 +231,10 @@ class NativeEngine:
                     admit.append(self._waiting.popleft())
             try:
                 self._drop_cancelled()
+                whole = [s for s in admit if s.prefix and s.prefix[0] == len(s.request.prompt_ids) - 1]
+                if whole:  # all but the last prompt token kept: the decode step below feeds that token
+                    self._attach(whole)
+                    admit = [s for s in admit if s not in whole]
                 if admit:
                     self._prefill(admit)
                 if self._active:
@@ -290,9 +294,19 @@ class NativeEngine:
         slot = seq.request.slot
         return slot, (self.lora.slot_version(slot) if self.lora is not None and slot else 0)
 
+    def _attach(self, seqs: list[_Sequence]) -> None:
+        """Rows whose whole prompt but its last token is kept join without a prefill forward of their own."""
+        now = time.monotonic()
+        self._cache.attach([seq.prefix for seq in seqs])
+        for seq in seqs:
+            seq.admitted_at, seq.prefix = now, None
+        self._active.extend(seqs)
+
     def _decode_step(self) -> None:
         started = time.perf_counter()
-        last = torch.tensor([[s.generated[-1]] for s in self._active], dtype=torch.long, device=self.device)
+        # A row attached without a prefill has generated nothing yet: its input is its prompt's last token.
+        last = torch.tensor([[s.generated[-1] if s.generated else s.request.prompt_ids[-1]] for s in self._active],
+                            dtype=torch.long, device=self.device)
         positions, mask = self._cache.decode_window()
         slots = torch.tensor([s.request.slot for s in self._active], dtype=torch.long)
         try:
