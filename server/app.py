@@ -33,7 +33,7 @@ REGISTRY_SERVICE_NAME = registry_pb.DESCRIPTOR.services_by_name["Registry"].full
 REGISTRY_MESSAGE_BYTES = 5 * 2**20  # one Registry upload chunk (at most 4 MiB, server/registry_service.py) and its framing
 
 
-def load_service(options: ServerOptions, registry: Registry) -> InferenceService:
+def load_service(options: ServerOptions, registry: Registry, engine_thread: bool = True) -> InferenceService:
     """The engine and the service over it, both started. The engine is chosen here, and only here (the service
     sees it through `server.engines.Engine`): the native one loads the base once, quantized as asked; the vLLM one
     starts vLLM in its own environment (`server/engines/vllm.py`).
@@ -55,11 +55,11 @@ def load_service(options: ServerOptions, registry: Registry) -> InferenceService
 
         logger.info(f"loading base {base.name} ({options.quant}) ...")
         engine = load_native_engine(base, options)
-    return InferenceService(registry, base, engine, options, options.quant).start()
+    return InferenceService(registry, base, engine, options, options.quant).start(engine_thread)
 
 
 def create_server(options: ServerOptions, registry: Registry, service: InferenceService | None = None,
-                  job_hooks: JobHooks | None = None):
+                  job_hooks: JobHooks | None = None, engine_thread: bool = True):
     """A started gRPC server with Inference, health and reflection; returns (server, port, service).
 
     It also serves the Registry and Jobs services over `registry` when that is a local one (jobs are taken only
@@ -75,7 +75,7 @@ def create_server(options: ServerOptions, registry: Registry, service: Inference
     http_socket = _bind_http(options)
     metrics_listener = _bind_metrics(options)
     try:
-        service = service or load_service(options, registry)
+        service = service or load_service(options, registry, engine_thread)
     except BaseException:
         if http_socket is not None:
             http_socket.close()
@@ -317,7 +317,9 @@ def serve_portal_forever(options: ServerOptions, registry, job_hooks: JobHooks |
 
 
 def serve_forever(options: ServerOptions, registry: Registry, job_hooks: JobHooks | None = None) -> int:
-    server, port, service = create_server(options, registry, job_hooks=job_hooks)
+    """`reg serve`: until SIGTERM/SIGINT, then a drain. The engine's loop runs on this, the main, thread (its
+    forwards are fastest there: `Engine.run`), the drain on another."""
+    server, port, service = create_server(options, registry, job_hooks=job_hooks, engine_thread=False)
     http = f", HTTP (OpenAI API) on {options.host}:{server.http_port}" if server.http_port is not None else ""
     if server.metrics_port is not None:
         http += f", /metrics without a token on {options.host}:{server.metrics_port}"
@@ -325,9 +327,22 @@ def serve_forever(options: ServerOptions, registry: Registry, job_hooks: JobHook
                 f"SIGTERM drains for {options.grace_s:g} s")
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stop.set())
-    stop.wait()
-    logger.info("draining in-flight requests ...")
-    shutdown(server, service, options.grace_s)
+        signal.signal(sig, lambda *_: stop.set())  # handlers run on the main thread, between the engine's steps
+
+    def drain() -> None:
+        stop.wait()
+        logger.info("draining in-flight requests ...")
+        shutdown(server, service, options.grace_s)  # stops the engine: run() below returns
+
+    drainer = threading.Thread(target=drain, name="loradock-drain", daemon=True)
+    drainer.start()
+    try:
+        service.engine.run()
+    except BaseException:
+        logger.exception("the engine stopped on an error; shutting down")
+        stop.set()
+        drainer.join(timeout=options.grace_s + 30)
+        return 1
+    drainer.join()
     logger.info("stopped")
     return 0

@@ -113,9 +113,10 @@ class InferenceService:
         self.adapter_files = registry.home / "cache" / "adapters"
         self.metrics = ServerMetrics(self)  # Prometheus, over this service's stats (GET /metrics)
 
-    def start(self) -> "InferenceService":
+    def start(self, engine_thread: bool = True) -> "InferenceService":
+        """`engine_thread=False`: the caller runs the engine's loop on a thread of its own (`engine.run()`)."""
         self.rollout_worker.start()
-        self.engine.start()
+        self.engine.start(thread=engine_thread)
         return self
 
     def stop_accepting(self) -> None:

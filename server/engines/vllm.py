@@ -187,10 +187,12 @@ class VllmEngine:
         self._merges = Path(tempfile.mkdtemp(prefix="loradock-vllm-merges-"))
         self.decode_tokens = 0
         self.decode_seconds = 0.0
+        self._stopped = threading.Event()
 
     # --- lifecycle ----------------------------------------------------------------------------------------------
 
-    def start(self) -> "VllmEngine":
+    def start(self, thread: bool = True) -> "VllmEngine":
+        """`thread` makes no difference: vLLM's loop runs in its own processes."""
         log_path = self._merges / "vllm.log"
         self._log = log_path.open("w")
         log.info("starting vLLM: %s (its log: %s)", shlex.join(self._command), log_path)
@@ -222,6 +224,11 @@ class VllmEngine:
             self.cancel(req)
         self._kill()
         shutil.rmtree(self._merges, ignore_errors=True)
+        self._stopped.set()
+
+    def run(self) -> None:
+        """Nothing to run on the caller's thread (vLLM works in its own processes): wait for `stop()`."""
+        self._stopped.wait()
 
     def _kill(self) -> None:
         if self._proc is not None:
