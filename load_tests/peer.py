@@ -171,6 +171,16 @@ def process_tree_rss(pid: int) -> int:
     return total
 
 
+def stolen_cpu_seconds() -> float | None:
+    """CPU seconds the hypervisor gave other guests while this machine wanted them (/proc/stat steal), all CPUs;
+    None where the kernel does not say. A run with seconds stolen measured a slower machine than the others."""
+    try:
+        fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()
+        return int(fields[8]) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return None
+
+
 def tree_cpu_seconds(pid: int) -> float:
     """User + system CPU seconds of `pid` and its living children so far."""
     from load_tests.bench_http import cpu_seconds
@@ -310,7 +320,7 @@ def measure(system: System, transport, options, refs: list[str], prompts: list[s
 
     workload = Workload([AdapterChoice(ref, 1.0) for ref in refs], prompts, keys=0, mix="round-robin", seed=seed)
     gen = LoadGenerator(transport, workload, options, live=False)
-    cpu, started = tree_cpu_seconds(system.proc.pid), time.perf_counter()
+    cpu, stolen, started = tree_cpu_seconds(system.proc.pid), stolen_cpu_seconds(), time.perf_counter()
     if count is None:
         phase: Phase = gen.closed_loop(name, concurrency, duration)
         elapsed = phase.duration_s
@@ -334,6 +344,8 @@ def measure(system: System, transport, options, refs: list[str], prompts: list[s
     summary = summarize(gen.samples, elapsed)
     summary["elapsed_s"] = round(elapsed, 3)
     summary["cores_used"] = round((tree_cpu_seconds(system.proc.pid) - cpu) / elapsed, 2) if elapsed else None
+    now_stolen = stolen_cpu_seconds()
+    summary["stolen_cpu_s"] = round(now_stolen - stolen, 2) if stolen is not None and now_stolen is not None else None
     summary["error_examples"] = {code: next(s.detail for s in gen.samples if s.code == code) for code in summary["errors"]}
     summary["texts_ok"] = sum(s.code == OK for s in gen.samples)
     return summary
@@ -589,6 +601,8 @@ def markdown(results: dict) -> str:
     row("latency p95, adapters", ("adapters", "latency_ms", "p95"), "{:.0f}", " ms", False)
     row("latency p50, bare base", ("base", "latency_ms", "p50"), "{:.0f}", " ms", False)
     row("cores the server used (adapters)", ("adapters", "cores_used"), "{:.2f}", "", None)
+    row("CPU seconds the host stole, adapters workload", ("adapters", "stolen_cpu_s"), "{:.1f}", " s", None)
+    row("CPU seconds the host stole, bare-base workload", ("base", "stolen_cpu_s"), "{:.1f}", " s", None)
     row("start-up (spawn to /health 200)", ("startup_s",), "{:.1f}", " s", False)
     row("resident memory after the run", ("rss_after_gib",), "{:.2f}", " GiB", False)
     errors = {s: sorted({code for run in runs for key in ("adapters", "base", "fixed") for code in run[s][key]["errors"]})
