@@ -34,6 +34,7 @@ import argparse
 import dataclasses
 import json
 import os
+import shlex
 import shutil
 import statistics
 import subprocess
@@ -81,6 +82,8 @@ def parse_args(argv: list[str] | None):
                     help="Comma-separated, of: ours (`reg serve`), vllm (`vllm serve`), ours-vllm (`reg serve --engine vllm`).")
     ap.add_argument("--install-only", action="store_true",
                     help="Make vLLM's virtualenv under --out (if not there yet), print its python, and stop.")
+    ap.add_argument("--serve-args", default="",
+                    help="More `reg serve` options for ours, e.g. \"--prefix-cache-mb 0\" (one string, shell-quoted).")
     ap.add_argument("--quick", action="store_true",
                     help="A smoke run of the script: " + ", ".join(f"{k} {v}" for k, v in QUICK.items()))
     args = ap.parse_args(argv)
@@ -249,7 +252,7 @@ def our_server(args, base: str, port: int, grpc_port: int, out: Path, vllm_pytho
     command = [sys.executable, "-c", "from cli.main import run; run()", "serve", "--base", base, "--quant", "none",
                "--port", str(grpc_port), "--http-port", str(port), "--max-adapters", str(args.adapters),
                "--max-batch-size", str(args.concurrency), "--lora-rank", str(args.rank),
-               *(["--home", str(args.home)] if args.home else [])]
+               *(["--home", str(args.home)] if args.home else []), *shlex.split(args.serve_args)]
     if vllm_python is None:
         return System("reg serve", command, {}, port, base, out / "ours.log")
     command += ["--engine", "vllm", "--vllm-python", str(vllm_python)]
