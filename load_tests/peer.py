@@ -84,6 +84,9 @@ def parse_args(argv: list[str] | None):
                     help="Make vLLM's virtualenv under --out (if not there yet), print its python, and stop.")
     ap.add_argument("--serve-args", default="",
                     help="More `reg serve` options for ours, e.g. \"--prefix-cache-mb 0\" (one string, shell-quoted).")
+    ap.add_argument("--vllm-args", default="",
+                    help="More `vllm serve` options, e.g. \"--block-size 32\" (its CPU default, 128, caches no prefix "
+                         "shorter than 128 tokens).")
     ap.add_argument("--quick", action="store_true",
                     help="A smoke run of the script: " + ", ".join(f"{k} {v}" for k, v in QUICK.items()))
     args = ap.parse_args(argv)
@@ -265,7 +268,8 @@ def vllm_server(args, python: Path, base: str, base_dir: Path, adapter_dirs: dic
                "--served-model-name", base, "--dtype", "float32", "--port", str(port), "--host", "127.0.0.1",
                "--enable-lora", "--max-loras", str(args.adapters), "--max-lora-rank", str(args.rank),
                "--max-num-seqs", str(args.concurrency), "--max-model-len", str(min(MAX_MODEL_LEN, context_len(base_dir))),
-               "--lora-modules", *(f"{name}={path}" for name, path in adapter_dirs.items())]
+               "--lora-modules", *(f"{name}={path}" for name, path in adapter_dirs.items()),
+               *shlex.split(args.vllm_args)]
     return System("vllm serve", command, vllm_env(args, cuda), port, base, out / "vllm.log")
 
 
