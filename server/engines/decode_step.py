@@ -32,10 +32,11 @@ from .row_cache import RowCache
 def unsupported(model: nn.Module) -> str | None:
     """Why `model` cannot take a `DecodeStep` (None: it can)."""
     config = model.config
-    if getattr(config, "model_type", None) != "llama":
-        return f"model type {getattr(config, 'model_type', None)!r} is not llama"
-    if getattr(config, "hidden_act", None) != "silu":
-        return f"activation {config.hidden_act!r} is not silu"
+    model_type, activation = getattr(config, "model_type", None), getattr(config, "hidden_act", None)
+    if model_type != "llama":
+        return f"model type {model_type!r} is not llama"
+    if activation != "silu":
+        return f"activation {activation!r} is not silu"
     if getattr(config, "pretraining_tp", 1) != 1:
         return f"pretraining_tp is {config.pretraining_tp}"
     decoder = getattr(model, "model", None)

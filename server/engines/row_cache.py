@@ -136,17 +136,10 @@ class RowCache(Cache):
     def attach(self, prefixes: list[tuple[int, torch.Tensor]]) -> None:
         """Rows n.. join the batch with nothing to prefill: each has all of its prompt but the last token kept
         (`prefix_cache.PrefixCache.lookup`), placed to end just before `hi`, so the next decode step feeds that
-        last token and gives the row its first."""
-        if self.n + len(prefixes) > self.max_rows:
-            raise ValueError(f"{self.n} running rows and {len(prefixes)} joining exceed the cache's {self.max_rows} rows")
-        longest = max(tokens for tokens, _ in prefixes)
-        self._make_room(left=longest, right=1)
-        for row, (tokens, kv) in enumerate(prefixes, start=self.n):
-            self.attends[row] = False
-            self.lengths[row] = 0
-            self._put_prefix(row, self.hi, tokens, kv)
-        self.lo = self.hi - longest if self.n == 0 else min(self.lo, self.hi - longest)
-        self.n += len(prefixes)
+        last token and gives the row its first. A prefill window of no columns, joined at once."""
+        rows = len(prefixes)
+        self.prefill_window(rows, 0, torch.zeros((rows, 0), dtype=torch.long), prefixes)
+        self.join(rows)
 
     def join(self, rows: int) -> None:
         """The rows the last `prefill_window` made are running now."""
