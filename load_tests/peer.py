@@ -58,6 +58,14 @@ MAX_MODEL_LEN = 1024  # vLLM's KV cache is sized for this (or the base's context
 QUICK = {"runs": 1, "duration": 3.0, "adapters": 2, "concurrency": 2, "max_new_tokens": 4, "prompt_tokens": 16}
 
 
+def shell_words(text: str) -> list[str]:
+    """`--serve-args`/`--vllm-args`: one string split as a shell would; bad quoting is a usage error."""
+    try:
+        return shlex.split(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"{text!r}: {exc}") from None
+
+
 def parse_args(argv: list[str] | None):
     from registry.bases import DEFAULT_BASE
 
@@ -82,9 +90,9 @@ def parse_args(argv: list[str] | None):
                     help="Comma-separated, of: ours (`reg serve`), vllm (`vllm serve`), ours-vllm (`reg serve --engine vllm`).")
     ap.add_argument("--install-only", action="store_true",
                     help="Make vLLM's virtualenv under --out (if not there yet), print its python, and stop.")
-    ap.add_argument("--serve-args", default="",
+    ap.add_argument("--serve-args", type=shell_words, default=[],
                     help="More `reg serve` options for ours, e.g. \"--prefix-cache-mb 0\" (one string, shell-quoted).")
-    ap.add_argument("--vllm-args", default="",
+    ap.add_argument("--vllm-args", type=shell_words, default=[],
                     help="More `vllm serve` options, e.g. \"--block-size 32\" (its CPU default, 128, caches no prefix "
                          "shorter than 128 tokens).")
     ap.add_argument("--quick", action="store_true",
@@ -255,7 +263,7 @@ def our_server(args, base: str, port: int, grpc_port: int, out: Path, vllm_pytho
     command = [sys.executable, "-c", "from cli.main import run; run()", "serve", "--base", base, "--quant", "none",
                "--port", str(grpc_port), "--http-port", str(port), "--max-adapters", str(args.adapters),
                "--max-batch-size", str(args.concurrency), "--lora-rank", str(args.rank),
-               *(["--home", str(args.home)] if args.home else []), *shlex.split(args.serve_args)]
+               *(["--home", str(args.home)] if args.home else []), *args.serve_args]
     if vllm_python is None:
         return System("reg serve", command, {}, port, base, out / "ours.log")
     command += ["--engine", "vllm", "--vllm-python", str(vllm_python)]
@@ -269,7 +277,7 @@ def vllm_server(args, python: Path, base: str, base_dir: Path, adapter_dirs: dic
                "--enable-lora", "--max-loras", str(args.adapters), "--max-lora-rank", str(args.rank),
                "--max-num-seqs", str(args.concurrency), "--max-model-len", str(min(MAX_MODEL_LEN, context_len(base_dir))),
                "--lora-modules", *(f"{name}={path}" for name, path in adapter_dirs.items()),
-               *shlex.split(args.vllm_args)]
+               *args.vllm_args]
     return System("vllm serve", command, vllm_env(args, cuda), port, base, out / "vllm.log")
 
 
